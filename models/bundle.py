@@ -1,0 +1,716 @@
+"""The bundle contract: the one thing that passes between stages.
+
+A bundle is a directory holding ``bundle.json`` (the manifest) and the model
+files it names. The manifest is canonical JSON, versioned by ``schema`` and
+validated strictly on load: an unknown schema, a missing or mistyped field, a
+bad hash or an unknown enum value raises :class:`BundleError` naming the field
+(``variants[1].sha256``).
+
+Standard library only: the agent and the server import this module, and a
+vehicle runs it with nothing but ONNX Runtime installed.
+
+This module does not pick variants for hardware (see :mod:`models.hardware`)
+and does not run models (see :mod:`models.runtime`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, TypeVar
+
+__all__ = [
+    "SCHEMA",
+    "MANIFEST_NAME",
+    "BundleError",
+    "Task",
+    "Format",
+    "Precision",
+    "Layout",
+    "ColorOrder",
+    "ResizeMode",
+    "DecoderKind",
+    "InputSpec",
+    "TensorSpec",
+    "DecoderSpec",
+    "OutputSpec",
+    "HardwareRequirements",
+    "Measurement",
+    "Variant",
+    "SelectionEntry",
+    "Gates",
+    "Provenance",
+    "Manifest",
+    "canonical_json",
+    "sha256_file",
+    "parse_semver",
+    "load_manifest",
+    "read_bundle",
+    "write_bundle",
+    "verify_bundle",
+]
+
+SCHEMA = "edgefleet.bundle/1"
+MANIFEST_NAME = "bundle.json"
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SEMVER = re.compile(
+    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
+    r"(?:-([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?(?:\+([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?$"
+)
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class BundleError(ValueError):
+    """A manifest or bundle directory is invalid; ``field`` names the culprit."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}" if field else message)
+
+
+class Task(str, Enum):
+    CLASSIFICATION = "classification"
+    DETECTION = "detection"
+    SEGMENTATION = "segmentation"
+
+
+class Format(str, Enum):
+    ONNX = "onnx"
+    TENSORRT_ENGINE = "tensorrt-engine"
+
+
+class Precision(str, Enum):
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"
+
+
+class Layout(str, Enum):
+    NCHW = "NCHW"
+    NHWC = "NHWC"
+
+
+class ColorOrder(str, Enum):
+    RGB = "RGB"
+    BGR = "BGR"
+
+
+class ResizeMode(str, Enum):
+    STRETCH = "stretch"
+    LETTERBOX = "letterbox"
+    CENTER_CROP = "center-crop"
+
+
+class DecoderKind(str, Enum):
+    TOPK = "topk"
+    BOXES = "boxes"
+    MASKS = "masks"
+
+
+# --------------------------------------------------------------------------- helpers
+
+E = TypeVar("E", bound=Enum)
+T = TypeVar("T")
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Canonical JSON bytes: sorted keys, no whitespace, UTF-8."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def sha256_file(path: str | os.PathLike[str], *, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def parse_semver(version: str, *, where: str = "version") -> tuple[int, int, int, str]:
+    """``"1.2.3-rc.1"`` → ``(1, 2, 3, "rc.1")``; raises :class:`BundleError`."""
+    m = _SEMVER.match(version) if isinstance(version, str) else None
+    if not m:
+        raise BundleError(f"must be a semantic version like 1.2.0, got {version!r}", field=where)
+    return int(m[1]), int(m[2]), int(m[3]), m[4] or ""
+
+
+def semver_key(version: str) -> tuple[int, int, int, int, str]:
+    """Sort key: pre-releases sort before the release they precede."""
+    major, minor, patch, pre = parse_semver(version)
+    return major, minor, patch, 0 if pre else 1, pre
+
+
+class _Reader:
+    """Typed field access on a JSON object, with errors that name the field path."""
+
+    def __init__(self, data: Any, path: str) -> None:
+        if not isinstance(data, Mapping):
+            raise BundleError(f"expected an object, got {type(data).__name__}", field=path or None)
+        self.data = data
+        self.path = path
+
+    def _p(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def has(self, key: str) -> bool:
+        return key in self.data and self.data[key] is not None
+
+    def raw(self, key: str, *, optional: bool = False) -> Any:
+        if key not in self.data or (self.data[key] is None and not optional):
+            if optional:
+                return None
+            raise BundleError("missing required field", field=self._p(key))
+        return self.data[key]
+
+    def typed(self, key: str, types: tuple[type, ...], *, optional: bool = False) -> Any:
+        value = self.raw(key, optional=optional)
+        if value is None:
+            return None
+        if isinstance(value, bool) and bool not in types:
+            raise BundleError(f"expected {types[0].__name__}, got bool", field=self._p(key))
+        if not isinstance(value, types):
+            raise BundleError(
+                f"expected {types[0].__name__}, got {type(value).__name__}", field=self._p(key)
+            )
+        return value
+
+    def str(self, key: str, *, optional: bool = False) -> Any:
+        return self.typed(key, (str,), optional=optional)
+
+    def int(self, key: str, *, optional: bool = False) -> Any:
+        return self.typed(key, (int,), optional=optional)
+
+    def float(self, key: str, *, optional: bool = False) -> float | None:
+        value = self.typed(key, (float, int), optional=optional)
+        return None if value is None else float(value)
+
+    def bool(self, key: str, *, default: bool = False) -> bool:
+        if key not in self.data:
+            return default
+        return bool(self.typed(key, (bool,)))
+
+    def enum(self, key: str, enum: type[E], *, optional: bool = False) -> E | None:
+        value = self.str(key, optional=optional)
+        if value is None:
+            return None
+        try:
+            return enum(value)
+        except ValueError:
+            allowed = [m.value for m in enum]
+            raise BundleError(f"must be one of {allowed}, got {value!r}", field=self._p(key)) from None
+
+    def list(self, key: str, *, optional: bool = False) -> list[Any]:
+        value = self.typed(key, (list,), optional=optional)
+        return [] if value is None else value
+
+    def obj(self, key: str, *, optional: bool = False) -> _Reader | None:
+        value = self.raw(key, optional=optional)
+        return None if value is None else _Reader(value, self._p(key))
+
+    def objs(self, key: str, build: Callable[[_Reader], T]) -> tuple[T, ...]:
+        return tuple(
+            build(_Reader(item, f"{self._p(key)}[{i}]")) for i, item in enumerate(self.list(key))
+        )
+
+    def strs(self, key: str, *, optional: bool = False) -> tuple[str, ...]:
+        items = self.list(key, optional=optional)
+        for i, item in enumerate(items):
+            if not isinstance(item, str):
+                raise BundleError("expected a string", field=f"{self._p(key)}[{i}]")
+        return tuple(items)
+
+    def floats(self, key: str, n: int | None = None) -> tuple[float, ...]:
+        items = self.list(key)
+        if n is not None and len(items) != n:
+            raise BundleError(f"expected {n} numbers, got {len(items)}", field=self._p(key))
+        for i, item in enumerate(items):
+            if isinstance(item, bool) or not isinstance(item, (int, float)):
+                raise BundleError("expected a number", field=f"{self._p(key)}[{i}]")
+        return tuple(float(x) for x in items)
+
+    def dict(self, key: str) -> dict[str, Any]:
+        value = self.typed(key, (dict,), optional=True)
+        return dict(value) if value else {}
+
+    def fail(self, key: str, message: str) -> BundleError:
+        return BundleError(message, field=self._p(key))
+
+
+def _clean(obj: Any) -> Any:
+    """Dataclass → JSON-ready value: enums to values, tuples to lists, None kept."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _clean(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Enum):
+        return obj.value
+    if isinstance(obj, (list, tuple)):
+        return [_clean(x) for x in obj]
+    if isinstance(obj, Mapping):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    return obj
+
+
+# --------------------------------------------------------------------------- specs
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How a camera frame (uint8 BGR, HxWx3) becomes the network input."""
+
+    name: str = "input"
+    shape: tuple[int | None, ...] = (None, 3, 224, 224)  # None = dynamic batch
+    dtype: str = "float32"
+    layout: Layout = Layout.NCHW
+    color_order: ColorOrder = ColorOrder.RGB
+    resize: ResizeMode = ResizeMode.STRETCH
+    resize_to: int | None = None  # short side before a center crop
+    scale: float = 1.0 / 255.0
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    pad_value: int = 114  # letterbox padding, uint8 before scaling
+
+    @property
+    def height(self) -> int:
+        dim = self.shape[2] if self.layout is Layout.NCHW else self.shape[1]
+        return int(dim or 0)
+
+    @property
+    def width(self) -> int:
+        dim = self.shape[3] if self.layout is Layout.NCHW else self.shape[2]
+        return int(dim or 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(_clean(self))
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str = "input") -> InputSpec:
+        r = _Reader(data, path)
+        shape_raw = r.list("shape")
+        if len(shape_raw) != 4:
+            raise r.fail("shape", f"expected 4 dimensions, got {len(shape_raw)}")
+        shape: list[int | None] = []
+        for i, dim in enumerate(shape_raw):
+            if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0):
+                raise BundleError("expected a positive int or null", field=f"{path}.shape[{i}]")
+            if dim is None and i != 0:
+                raise BundleError("only the batch dimension may be dynamic", field=f"{path}.shape[{i}]")
+            shape.append(dim)
+        dtype = r.str("dtype")
+        if dtype not in ("float32", "float16", "uint8"):
+            raise r.fail("dtype", f"must be one of ['float32', 'float16', 'uint8'], got {dtype!r}")
+        std = r.floats("std", 3)
+        if any(s <= 0 for s in std):
+            raise r.fail("std", "every std must be > 0")
+        spec = cls(
+            name=r.str("name"),
+            shape=tuple(shape),
+            dtype=dtype,
+            layout=r.enum("layout", Layout) or Layout.NCHW,
+            color_order=r.enum("color_order", ColorOrder) or ColorOrder.RGB,
+            resize=r.enum("resize", ResizeMode) or ResizeMode.STRETCH,
+            resize_to=r.int("resize_to", optional=True),
+            scale=float(r.float("scale") or 0.0),
+            mean=r.floats("mean", 3),  # type: ignore[arg-type]
+            std=std,  # type: ignore[arg-type]
+            pad_value=int(r.int("pad_value", optional=True) or 114),
+        )
+        if spec.scale <= 0:
+            raise r.fail("scale", f"must be > 0, got {spec.scale}")
+        return spec
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int | None, ...]
+    meaning: str = ""  # "logits", "boxes_xyxy", "scores", "mask_logits"
+
+    @classmethod
+    def from_dict(cls, r: _Reader) -> TensorSpec:
+        shape = r.list("shape")
+        for i, dim in enumerate(shape):
+            if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int)):
+                raise BundleError("expected an int or null", field=f"{r.path}.shape[{i}]")
+        return cls(name=r.str("name"), shape=tuple(shape), meaning=r.str("meaning", optional=True) or "")
+
+
+@dataclass(frozen=True)
+class DecoderSpec:
+    kind: DecoderKind
+    top_k: int = 5
+    score_threshold: float = 0.3
+    iou_threshold: float = 0.5
+    max_detections: int = 100
+
+    @classmethod
+    def from_dict(cls, r: _Reader) -> DecoderSpec:
+        kind = r.enum("kind", DecoderKind)
+        assert kind is not None
+        return cls(
+            kind=kind,
+            top_k=int(r.int("top_k", optional=True) or 5),
+            score_threshold=float(r.float("score_threshold", optional=True) or 0.3),
+            iou_threshold=float(r.float("iou_threshold", optional=True) or 0.5),
+            max_detections=int(r.int("max_detections", optional=True) or 100),
+        )
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    tensors: tuple[TensorSpec, ...]
+    decoder: DecoderSpec
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str = "output") -> OutputSpec:
+        r = _Reader(data, path)
+        tensors = r.objs("tensors", TensorSpec.from_dict)
+        if not tensors:
+            raise r.fail("tensors", "at least one output tensor is required")
+        dec = r.obj("decoder")
+        assert dec is not None
+        return cls(tensors=tensors, decoder=DecoderSpec.from_dict(dec))
+
+
+@dataclass(frozen=True)
+class HardwareRequirements:
+    """What a variant needs of the device that runs it."""
+
+    accelerators: tuple[str, ...] = ("cpu",)  # any of: cpu, cuda, jetson
+    min_compute_capability: str | None = None  # "7.2"
+    tensorrt_version: str | None = None  # engines are tied to the TensorRT version
+    compute_capability: str | None = None  # engines are tied to the exact GPU arch
+    cpu_arch: tuple[str, ...] = ()  # empty = any; e.g. ("x86_64",)
+    cpu_features: tuple[str, ...] = ()  # e.g. ("avx2",)
+    execution_providers: tuple[str, ...] = ()  # any of these ORT providers
+    build_on_device: bool = False  # an ONNX the device compiles to a TensorRT engine
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(_clean(self))
+
+    @classmethod
+    def from_dict(cls, r: _Reader) -> HardwareRequirements:
+        accelerators = r.strs("accelerators")
+        for i, acc in enumerate(accelerators):
+            if acc not in ("cpu", "cuda", "jetson"):
+                raise BundleError(
+                    f"must be one of ['cpu', 'cuda', 'jetson'], got {acc!r}",
+                    field=f"{r.path}.accelerators[{i}]",
+                )
+        return cls(
+            accelerators=accelerators,
+            min_compute_capability=r.str("min_compute_capability", optional=True),
+            tensorrt_version=r.str("tensorrt_version", optional=True),
+            compute_capability=r.str("compute_capability", optional=True),
+            cpu_arch=r.strs("cpu_arch", optional=True),
+            cpu_features=r.strs("cpu_features", optional=True),
+            execution_providers=r.strs("execution_providers", optional=True),
+            build_on_device=r.bool("build_on_device"),
+        )
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Accuracy and latency of a variant, and where they were measured."""
+
+    metric: str  # "top1", "map50", "miou"
+    accuracy: float | None
+    accuracy_delta: float | None  # points vs the FP32 reference (negative = worse)
+    latency_p50_ms: float | None
+    latency_p99_ms: float | None
+    throughput_qps: float | None
+    host: str  # "x86_64 Intel Xeon ... / onnxruntime 1.20.1 CPUExecutionProvider"
+    measured_at: str  # ISO-8601
+
+    @classmethod
+    def from_dict(cls, r: _Reader) -> Measurement:
+        return cls(
+            metric=r.str("metric"),
+            accuracy=r.float("accuracy", optional=True),
+            accuracy_delta=r.float("accuracy_delta", optional=True),
+            latency_p50_ms=r.float("latency_p50_ms", optional=True),
+            latency_p99_ms=r.float("latency_p99_ms", optional=True),
+            throughput_qps=r.float("throughput_qps", optional=True),
+            host=r.str("host"),
+            measured_at=r.str("measured_at"),
+        )
+
+
+@dataclass(frozen=True)
+class Variant:
+    id: str
+    format: Format
+    precision: Precision
+    file: str
+    sha256: str
+    size: int
+    requires: HardwareRequirements = field(default_factory=HardwareRequirements)
+    measurement: Measurement | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)  # calibration method, excluded nodes...
+
+    @classmethod
+    def from_dict(cls, r: _Reader) -> Variant:
+        vid = r.str("id")
+        if not _NAME.match(vid):
+            raise r.fail("id", f"must match {_NAME.pattern}, got {vid!r}")
+        file = r.str("file")
+        if not _FILE.match(file):
+            raise r.fail("file", f"must be a plain file name matching {_FILE.pattern}, got {file!r}")
+        sha = r.str("sha256")
+        if not _SHA256.match(sha):
+            raise r.fail("sha256", f"must be 64 lowercase hex digits, got {sha!r}")
+        size = r.int("size")
+        if size <= 0:
+            raise r.fail("size", f"must be > 0, got {size}")
+        req = r.obj("requires", optional=True)
+        meas = r.obj("measurement", optional=True)
+        return cls(
+            id=vid,
+            format=r.enum("format", Format) or Format.ONNX,
+            precision=r.enum("precision", Precision) or Precision.FP32,
+            file=file,
+            sha256=sha,
+            size=size,
+            requires=HardwareRequirements.from_dict(req) if req else HardwareRequirements(),
+            measurement=Measurement.from_dict(meas) if meas else None,
+            details=r.dict("details"),
+        )
+
+
+@dataclass(frozen=True)
+class SelectionEntry:
+    """Preferred variant order for one hardware class, and why."""
+
+    order: tuple[str, ...]
+    reason: str
+
+    @classmethod
+    def from_dict(cls, r: _Reader) -> SelectionEntry:
+        order = r.strs("order")
+        if not order:
+            raise r.fail("order", "must name at least one variant")
+        return cls(order=order, reason=r.str("reason"))
+
+
+@dataclass(frozen=True)
+class Gates:
+    """What a device must measure before (shadow) and after (health) a swap."""
+
+    latency_budget_ms: float  # p95 on the device
+    min_agreement: float = 0.9  # top-1 agreement / box F1@0.5 vs the active model
+    max_nan_frames: int = 0
+    shadow_frames: int = 50  # frames the candidate must see in the shadow run
+    health_window_s: float = 30.0  # health watch after the swap
+    max_latency_regression: float = 1.5  # health: p95 / shadow p95 above this rolls back
+    max_error_rate: float = 0.01  # health: failed inferences / frames
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str = "gates") -> Gates:
+        r = _Reader(data, path)
+        budget = r.float("latency_budget_ms")
+        assert budget is not None
+        if budget <= 0:
+            raise r.fail("latency_budget_ms", f"must be > 0, got {budget}")
+        agreement = r.float("min_agreement", optional=True)
+        agreement = 0.9 if agreement is None else agreement
+        if not 0.0 <= agreement <= 1.0:
+            raise r.fail("min_agreement", f"must be within [0, 1], got {agreement}")
+
+        def opt(key: str, default: float) -> float:
+            value = r.float(key, optional=True)
+            return default if value is None else value
+
+        return cls(
+            latency_budget_ms=budget,
+            min_agreement=agreement,
+            max_nan_frames=int(opt("max_nan_frames", 0)),
+            shadow_frames=int(opt("shadow_frames", 50)),
+            health_window_s=opt("health_window_s", 30.0),
+            max_latency_regression=opt("max_latency_regression", 1.5),
+            max_error_rate=opt("max_error_rate", 0.01),
+        )
+
+    def with_overrides(self, overrides: Mapping[str, Any] | None) -> Gates:
+        """Rollout-level overrides (validated the same way)."""
+        if not overrides:
+            return self
+        merged = {**_clean(self), **{k: v for k, v in overrides.items() if v is not None}}
+        return Gates.from_dict(merged, "gates")
+
+
+@dataclass(frozen=True)
+class Provenance:
+    training_run: str
+    dataset_fingerprint: str
+    code_version: str
+    created_at: str
+    checkpoint_sha256: str | None = None
+    dataset: Mapping[str, Any] = field(default_factory=dict)  # models.datasets.DatasetSpec
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str = "provenance") -> Provenance:
+        r = _Reader(data, path)
+        return cls(
+            training_run=r.str("training_run"),
+            dataset_fingerprint=r.str("dataset_fingerprint"),
+            code_version=r.str("code_version"),
+            created_at=r.str("created_at"),
+            checkpoint_sha256=r.str("checkpoint_sha256", optional=True),
+            dataset=r.dict("dataset"),
+        )
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    version: str
+    task: Task
+    labels: tuple[str, ...]
+    input: InputSpec
+    output: OutputSpec
+    variants: tuple[Variant, ...]
+    selection: Mapping[str, SelectionEntry]
+    gates: Gates
+    provenance: Provenance
+    arch: str = ""
+    schema: str = SCHEMA
+
+    def variant(self, variant_id: str) -> Variant:
+        for v in self.variants:
+            if v.id == variant_id:
+                return v
+        raise BundleError(
+            f"no variant {variant_id!r}; bundle has {[v.id for v in self.variants]}",
+            field="variants",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(_clean(self))
+
+    def to_json(self) -> bytes:
+        return canonical_json(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Manifest:
+        r = _Reader(data, "")
+        schema = r.str("schema")
+        if schema != SCHEMA:
+            raise BundleError(f"unsupported schema {schema!r}; this build reads {SCHEMA!r}", field="schema")
+        name = r.str("name")
+        if not _NAME.match(name):
+            raise r.fail("name", f"must match {_NAME.pattern}, got {name!r}")
+        version = r.str("version")
+        parse_semver(version)
+        task = r.enum("task", Task)
+        assert task is not None
+        labels = r.strs("labels")
+        if not labels:
+            raise r.fail("labels", "at least one label is required")
+        variants = r.objs("variants", Variant.from_dict)
+        if not variants:
+            raise r.fail("variants", "at least one variant is required")
+        ids = [v.id for v in variants]
+        files = [v.file for v in variants]
+        for i, v in enumerate(variants):
+            if ids.count(v.id) > 1:
+                raise BundleError(f"duplicate variant id {v.id!r}", field=f"variants[{i}].id")
+            if files.count(v.file) > 1 or v.file == MANIFEST_NAME:
+                raise BundleError(f"duplicate or reserved file {v.file!r}", field=f"variants[{i}].file")
+        sel_raw = r.obj("selection")
+        assert sel_raw is not None
+        selection: dict[str, SelectionEntry] = {}
+        for hw_class in sorted(sel_raw.data):
+            entry = SelectionEntry.from_dict(_Reader(sel_raw.data[hw_class], f"selection.{hw_class}"))
+            for j, vid in enumerate(entry.order):
+                if vid not in ids:
+                    raise BundleError(
+                        f"names unknown variant {vid!r}; variants are {ids}",
+                        field=f"selection.{hw_class}.order[{j}]",
+                    )
+            selection[hw_class] = entry
+        return cls(
+            schema=schema,
+            name=name,
+            version=version,
+            task=task,
+            labels=labels,
+            input=InputSpec.from_dict(r.raw("input")),
+            output=OutputSpec.from_dict(r.raw("output")),
+            variants=variants,
+            selection=selection,
+            gates=Gates.from_dict(r.raw("gates")),
+            provenance=Provenance.from_dict(r.raw("provenance")),
+            arch=r.str("arch", optional=True) or "",
+        )
+
+
+# --------------------------------------------------------------------------- directories
+
+
+def load_manifest(data: bytes | str) -> Manifest:
+    """Parse and validate manifest JSON text."""
+    try:
+        obj = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"not valid JSON: {e}", field=MANIFEST_NAME) from e
+    return Manifest.from_dict(obj)
+
+
+def read_bundle(directory: str | os.PathLike[str], *, verify: bool = True) -> Manifest:
+    """Load ``bundle.json`` from a directory; with ``verify``, check every variant file."""
+    path = Path(directory) / MANIFEST_NAME
+    if not path.is_file():
+        raise BundleError(f"{path} does not exist; is {directory} a bundle directory?", field=MANIFEST_NAME)
+    manifest = load_manifest(path.read_bytes())
+    if verify:
+        verify_bundle(directory, manifest)
+    return manifest
+
+
+def verify_bundle(
+    directory: str | os.PathLike[str],
+    manifest: Manifest,
+    *,
+    variant_ids: Sequence[str] | None = None,
+) -> None:
+    """Check length then sha256 of the variant files present (all, or ``variant_ids``)."""
+    for i, v in enumerate(manifest.variants):
+        if variant_ids is not None and v.id not in variant_ids:
+            continue
+        f = Path(directory) / v.file
+        if not f.is_file():
+            raise BundleError(f"file {v.file!r} is missing from {directory}", field=f"variants[{i}].file")
+        size = f.stat().st_size
+        if size != v.size:
+            raise BundleError(f"{v.file} is {size} bytes, manifest says {v.size}", field=f"variants[{i}].size")
+        digest = sha256_file(f)
+        if digest != v.sha256:
+            raise BundleError(
+                f"{v.file} has sha256 {digest}, manifest says {v.sha256}", field=f"variants[{i}].sha256"
+            )
+
+
+def write_bundle(directory: str | os.PathLike[str], manifest: Manifest) -> Path:
+    """Write ``bundle.json`` atomically (temp file, fsync, rename) after verifying the files."""
+    directory = Path(directory)
+    Manifest.from_dict(json.loads(manifest.to_json()))  # round-trip validation
+    verify_bundle(directory, manifest)
+    fd, tmp = tempfile.mkstemp(prefix=".bundle.", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(manifest.to_json() + b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, directory / MANIFEST_NAME)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return directory / MANIFEST_NAME

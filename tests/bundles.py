@@ -1,0 +1,167 @@
+"""Tiny, real bundles for tests: ONNX graphs built with ``onnx.helper`` (no torch).
+
+Each model is a genuine ONNX model that ONNX Runtime runs, with a genuine
+manifest; behaviours let tests exercise the agent's gates:
+
+- ``ok``: mean colour per channel → linear classifier (deterministic logits);
+- ``permuted``: same weights with the output classes rotated (disagrees with ``ok``);
+- ``nan``: multiplies the logits by NaN;
+- ``slow``: adds a chain of large MatMuls so each inference takes tens of ms;
+- ``not-onnx``: the "model" file is random bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from models.bundle import (
+    ColorOrder,
+    DecoderKind,
+    DecoderSpec,
+    Format,
+    Gates,
+    HardwareRequirements,
+    InputSpec,
+    Layout,
+    Manifest,
+    OutputSpec,
+    Precision,
+    Provenance,
+    ResizeMode,
+    SelectionEntry,
+    TensorSpec,
+    Task,
+    Variant,
+    write_bundle,
+)
+
+LABELS = ("red", "green", "blue", "other")
+SIZE = 32
+
+
+def _weights(shift: int) -> tuple[np.ndarray, np.ndarray]:
+    # logits = mean_rgb @ W + b; class c fires for colour channel c
+    w = np.zeros((3, 4), dtype=np.float32)
+    w[0, 0] = w[1, 1] = w[2, 2] = 4.0
+    w[:, 3] = 1.3
+    b = np.zeros(4, dtype=np.float32)
+    if shift:
+        w = np.roll(w, shift, axis=1)
+        b = np.roll(b, shift)
+    return w, b
+
+
+def make_onnx(behaviour: str = "ok", *, slow_ops: int = 24, slow_dim: int = 384) -> bytes:
+    """Serialized ONNX model (opset 17) for one of the behaviours above."""
+    if behaviour == "not-onnx":
+        return hashlib.sha256(b"not a model").digest() * 64
+    w, b = _weights(1 if behaviour == "permuted" else 0)
+    inits = [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")]
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
+        helper.make_node("Gemm", ["flat", "W", "B"], ["logits0"]),
+    ]
+    last = "logits0"
+    if behaviour == "nan":
+        inits.append(numpy_helper.from_array(np.array([np.nan], dtype=np.float32), "NANV"))
+        nodes.append(helper.make_node("Mul", [last, "NANV"], ["logits_nan"]))
+        last = "logits_nan"
+    if behaviour == "slow":
+        rng = np.random.default_rng(0)
+        m = (rng.standard_normal((slow_dim, slow_dim)) / slow_dim).astype(np.float32)
+        big = np.ones((slow_dim, slow_dim), dtype=np.float32)
+        inits += [numpy_helper.from_array(m, "M"), numpy_helper.from_array(big, "BIG")]
+        # the chain depends on the input, so ONNX Runtime cannot constant-fold it away
+        nodes.append(helper.make_node("ReduceMean", ["input"], ["input_mean"], keepdims=0))
+        nodes.append(helper.make_node("Mul", ["BIG", "input_mean"], ["chain_in"]))
+        nodes.append(helper.make_node("MatMul", ["chain_in", "M"], ["chain0"]))
+        x = "chain0"
+        for i in range(1, slow_ops):
+            nodes.append(helper.make_node("MatMul", [x, "M"], [f"chain{i}"]))
+            x = f"chain{i}"
+        nodes.append(helper.make_node("ReduceSum", [x], ["chain_sum"], keepdims=0))
+        zero = np.zeros((), dtype=np.float32)
+        inits.append(numpy_helper.from_array(zero, "ZERO"))
+        nodes.append(helper.make_node("Mul", ["chain_sum", "ZERO"], ["chain_zero"]))
+        nodes.append(helper.make_node("Add", [last, "chain_zero"], ["logits_slow"]))
+        last = "logits_slow"
+    nodes.append(helper.make_node("Identity", [last], ["logits"]))
+    graph = helper.make_graph(
+        nodes,
+        f"tiny-{behaviour}",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, SIZE, SIZE])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", len(LABELS)])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def make_bundle(
+    directory: str | os.PathLike[str],
+    *,
+    name: str = "tiny",
+    version: str = "1.0.0",
+    behaviour: str = "ok",
+    latency_budget_ms: float = 250.0,
+    min_agreement: float = 0.8,
+) -> Manifest:
+    """Write a one-variant classification bundle into ``directory`` and return its manifest."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    data = make_onnx(behaviour)
+    (d / "model.onnx").write_bytes(data)
+    variant = Variant(
+        id="onnx-fp32",
+        format=Format.ONNX,
+        precision=Precision.FP32,
+        file="model.onnx",
+        sha256=hashlib.sha256(data).hexdigest(),
+        size=len(data),
+        requires=HardwareRequirements(accelerators=("cpu", "cuda", "jetson")),
+    )
+    manifest = Manifest(
+        name=name,
+        version=version,
+        task=Task.CLASSIFICATION,
+        labels=LABELS,
+        input=InputSpec(
+            name="input",
+            shape=(None, 3, SIZE, SIZE),
+            layout=Layout.NCHW,
+            color_order=ColorOrder.RGB,
+            resize=ResizeMode.STRETCH,
+            scale=1.0 / 255.0,
+            mean=(0.0, 0.0, 0.0),
+            std=(1.0, 1.0, 1.0),
+        ),
+        output=OutputSpec(
+            tensors=(TensorSpec("logits", (None, len(LABELS)), "logits"),),
+            decoder=DecoderSpec(kind=DecoderKind.TOPK, top_k=2),
+        ),
+        variants=(variant,),
+        selection={
+            hw: SelectionEntry(order=("onnx-fp32",), reason="only variant")
+            for hw in ("cpu-x86_64", "cpu-aarch64", "cuda", "jetson-orin", "jetson-xavier", "jetson-nano")
+        },
+        gates=Gates(latency_budget_ms=latency_budget_ms, min_agreement=min_agreement, shadow_frames=20,
+                    health_window_s=3.0),
+        provenance=Provenance(
+            training_run="tests/tiny",
+            dataset_fingerprint="sha256:" + "0" * 64,
+            code_version="test",
+            created_at="2026-01-01T00:00:00Z",
+        ),
+        arch="tiny-linear",
+    )
+    write_bundle(d, manifest)
+    return manifest
