@@ -15,6 +15,7 @@ and does not run models (see :mod:`models.runtime`).
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import hashlib
 import json
@@ -153,26 +154,26 @@ def semver_key(version: str) -> tuple[int, int, int, int, str]:
 class _Reader:
     """Typed field access on a JSON object, with errors that name the field path."""
 
-    def __init__(self, data: Any, path: str) -> None:
+    def __init__(self, data: Any, path: builtins.str) -> None:
         if not isinstance(data, Mapping):
             raise BundleError(f"expected an object, got {type(data).__name__}", field=path or None)
         self.data = data
         self.path = path
 
-    def _p(self, key: str) -> str:
+    def _p(self, key: builtins.str) -> str:
         return f"{self.path}.{key}" if self.path else key
 
-    def has(self, key: str) -> bool:
+    def has(self, key: builtins.str) -> bool:
         return key in self.data and self.data[key] is not None
 
-    def raw(self, key: str, *, optional: bool = False) -> Any:
+    def raw(self, key: builtins.str, *, optional: builtins.bool = False) -> Any:
         if key not in self.data or (self.data[key] is None and not optional):
             if optional:
                 return None
             raise BundleError("missing required field", field=self._p(key))
         return self.data[key]
 
-    def typed(self, key: str, types: tuple[type, ...], *, optional: bool = False) -> Any:
+    def typed(self, key: builtins.str, types: tuple[type, ...], *, optional: builtins.bool = False) -> Any:
         value = self.raw(key, optional=optional)
         if value is None:
             return None
@@ -184,22 +185,22 @@ class _Reader:
             )
         return value
 
-    def str(self, key: str, *, optional: bool = False) -> Any:
+    def str(self, key: builtins.str, *, optional: builtins.bool = False) -> Any:
         return self.typed(key, (str,), optional=optional)
 
-    def int(self, key: str, *, optional: bool = False) -> Any:
+    def int(self, key: builtins.str, *, optional: builtins.bool = False) -> Any:
         return self.typed(key, (int,), optional=optional)
 
-    def float(self, key: str, *, optional: bool = False) -> float | None:
+    def float(self, key: builtins.str, *, optional: builtins.bool = False) -> builtins.float | None:
         value = self.typed(key, (float, int), optional=optional)
         return None if value is None else float(value)
 
-    def bool(self, key: str, *, default: bool = False) -> bool:
+    def bool(self, key: builtins.str, *, default: builtins.bool = False) -> bool:
         if key not in self.data:
             return default
         return bool(self.typed(key, (bool,)))
 
-    def enum(self, key: str, enum: type[E], *, optional: bool = False) -> E | None:
+    def enum(self, key: builtins.str, enum: type[E], *, optional: builtins.bool = False) -> E | None:
         value = self.str(key, optional=optional)
         if value is None:
             return None
@@ -209,27 +210,27 @@ class _Reader:
             allowed = [m.value for m in enum]
             raise BundleError(f"must be one of {allowed}, got {value!r}", field=self._p(key)) from None
 
-    def list(self, key: str, *, optional: bool = False) -> list[Any]:
+    def list(self, key: builtins.str, *, optional: builtins.bool = False) -> list[Any]:
         value = self.typed(key, (list,), optional=optional)
         return [] if value is None else value
 
-    def obj(self, key: str, *, optional: bool = False) -> _Reader | None:
+    def obj(self, key: builtins.str, *, optional: builtins.bool = False) -> _Reader | None:
         value = self.raw(key, optional=optional)
         return None if value is None else _Reader(value, self._p(key))
 
-    def objs(self, key: str, build: Callable[[_Reader], T]) -> tuple[T, ...]:
+    def objs(self, key: builtins.str, build: Callable[[_Reader], T]) -> tuple[T, ...]:
         return tuple(
             build(_Reader(item, f"{self._p(key)}[{i}]")) for i, item in enumerate(self.list(key))
         )
 
-    def strs(self, key: str, *, optional: bool = False) -> tuple[str, ...]:
+    def strs(self, key: builtins.str, *, optional: builtins.bool = False) -> tuple[builtins.str, ...]:
         items = self.list(key, optional=optional)
         for i, item in enumerate(items):
             if not isinstance(item, str):
                 raise BundleError("expected a string", field=f"{self._p(key)}[{i}]")
         return tuple(items)
 
-    def floats(self, key: str, n: int | None = None) -> tuple[float, ...]:
+    def floats(self, key: builtins.str, n: builtins.int | None = None) -> tuple[builtins.float, ...]:
         items = self.list(key)
         if n is not None and len(items) != n:
             raise BundleError(f"expected {n} numbers, got {len(items)}", field=self._p(key))
@@ -238,11 +239,11 @@ class _Reader:
                 raise BundleError("expected a number", field=f"{self._p(key)}[{i}]")
         return tuple(float(x) for x in items)
 
-    def dict(self, key: str) -> dict[str, Any]:
+    def dict(self, key: builtins.str) -> dict[builtins.str, Any]:
         value = self.typed(key, (dict,), optional=True)
         return dict(value) if value else {}
 
-    def fail(self, key: str, message: str) -> BundleError:
+    def fail(self, key: builtins.str, message: builtins.str) -> BundleError:
         return BundleError(message, field=self._p(key))
 
 
@@ -620,9 +621,9 @@ class Manifest:
         ids = [v.id for v in variants]
         files = [v.file for v in variants]
         for i, v in enumerate(variants):
-            if ids.count(v.id) > 1:
+            if v.id in ids[:i]:  # name the second occurrence, the one to remove
                 raise BundleError(f"duplicate variant id {v.id!r}", field=f"variants[{i}].id")
-            if files.count(v.file) > 1 or v.file == MANIFEST_NAME:
+            if v.file in files[:i] or v.file == MANIFEST_NAME:
                 raise BundleError(f"duplicate or reserved file {v.file!r}", field=f"variants[{i}].file")
         sel_raw = r.obj("selection")
         assert sel_raw is not None

@@ -7,6 +7,8 @@ manifest; behaviours let tests exercise the agent's gates:
 - ``permuted``: same weights with the output classes rotated (disagrees with ``ok``);
 - ``nan``: multiplies the logits by NaN;
 - ``slow``: adds a chain of large MatMuls so each inference takes tens of ms;
+- ``nan-on-red``: like ``ok``, but NaN logits on frames whose mean red exceeds 0.6
+  (a model that breaks only on some scenes);
 - ``not-onnx``: the "model" file is random bytes.
 """
 
@@ -73,6 +75,22 @@ def make_onnx(behaviour: str = "ok", *, slow_ops: int = 24, slow_dim: int = 384)
         inits.append(numpy_helper.from_array(np.array([np.nan], dtype=np.float32), "NANV"))
         nodes.append(helper.make_node("Mul", [last, "NANV"], ["logits_nan"]))
         last = "logits_nan"
+    if behaviour == "nan-on-red":
+        inits += [
+            numpy_helper.from_array(np.array([0], dtype=np.int64), "RED_START"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "RED_END"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "RED_AXIS"),
+            numpy_helper.from_array(np.array(0.6, dtype=np.float32), "RED_LIMIT"),
+            numpy_helper.from_array(np.array(np.nan, dtype=np.float32), "RED_NAN"),
+            numpy_helper.from_array(np.array(0.0, dtype=np.float32), "RED_ZERO"),
+        ]
+        nodes += [
+            helper.make_node("Slice", ["flat", "RED_START", "RED_END", "RED_AXIS"], ["red_mean"]),
+            helper.make_node("Greater", ["red_mean", "RED_LIMIT"], ["is_red"]),
+            helper.make_node("Where", ["is_red", "RED_NAN", "RED_ZERO"], ["red_nan"]),
+            helper.make_node("Add", [last, "red_nan"], ["logits_red"]),
+        ]
+        last = "logits_red"
     if behaviour == "slow":
         rng = np.random.default_rng(0)
         m = (rng.standard_normal((slow_dim, slow_dim)) / slow_dim).astype(np.float32)
@@ -114,11 +132,12 @@ def make_bundle(
     behaviour: str = "ok",
     latency_budget_ms: float = 250.0,
     min_agreement: float = 0.8,
+    slow_ops: int = 24,
 ) -> Manifest:
     """Write a one-variant classification bundle into ``directory`` and return its manifest."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    data = make_onnx(behaviour)
+    data = make_onnx(behaviour, slow_ops=slow_ops)
     (d / "model.onnx").write_bytes(data)
     variant = Variant(
         id="onnx-fp32",

@@ -1,0 +1,403 @@
+"""The update state machine: pure decisions, every effect behind :class:`Controller`.
+
+Each state's handler calls one controller method and returns the next
+state (Mender's design)::
+
+    idle → checking → downloading → verifying → staging → preparing
+         → benchmarking → swapping → health-watch → committed
+    any step before swapping fails   → refused (trust/integrity) | failed (model, space)
+    swapping / health-watch fails    → rolled-back (previous slot restored)
+    a transient error                → stay in the state, back off, resume later
+
+:func:`run_update` journals the state *before* each step acts, so a crash at
+any point resumes from the last journaled state; every handler is idempotent.
+This module does no I/O itself: network, disk, clocks, runtimes and the
+perception path are the controller's and the journal's business.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from typing import Any, Protocol
+
+from edge_agent.errors import FatalError, ReasonCode, TransientError
+from edge_agent.perception import GateResult
+
+__all__ = [
+    "State",
+    "TargetRef",
+    "Update",
+    "Record",
+    "Controller",
+    "JournalStore",
+    "Outcome",
+    "run_update",
+    "next_state",
+    "backoff_delay",
+    "REFUSAL_REASONS",
+    "TERMINAL",
+]
+
+log = logging.getLogger(__name__)
+
+
+class State(str, Enum):
+    IDLE = "idle"
+    CHECKING = "checking"
+    DOWNLOADING = "downloading"
+    VERIFYING = "verifying"
+    STAGING = "staging"
+    PREPARING = "preparing"
+    BENCHMARKING = "benchmarking"
+    SWAPPING = "swapping"
+    HEALTH_WATCH = "health-watch"
+    COMMITTED = "committed"
+    FAILED = "failed"
+    REFUSED = "refused"
+    ROLLED_BACK = "rolled-back"
+
+
+TERMINAL = frozenset({State.COMMITTED, State.FAILED, State.REFUSED, State.ROLLED_BACK})
+# steps after which the new model may be active: a fatal error there means restoring the old one
+_AFTER_SWITCH = frozenset({State.SWAPPING, State.HEALTH_WATCH})
+# trust and integrity refusals (reported as "refused"); everything else fatal is "failed"
+REFUSAL_REASONS = frozenset(
+    {
+        ReasonCode.SIGNATURE_INVALID,
+        ReasonCode.WRONG_DEVICE,
+        ReasonCode.NONCE_MISMATCH,
+        ReasonCode.ASSIGNMENT_EXPIRED,
+        ReasonCode.RELEASE_COUNTER_DECREASED,
+        ReasonCode.TARGET_NOT_IN_TUF,
+        ReasonCode.TARGET_MISMATCH,
+        ReasonCode.TUF_METADATA_INVALID,
+        ReasonCode.TUF_EXPIRED,
+        ReasonCode.TUF_ROLLBACK,
+        ReasonCode.LENGTH_EXCEEDED,
+        ReasonCode.HASH_MISMATCH,
+        ReasonCode.INCOMPATIBLE_HARDWARE,
+        ReasonCode.BUNDLE_INVALID,
+    }
+)
+
+
+@dataclass(frozen=True)
+class TargetRef:
+    """A TUF target as the verified assignment names it."""
+
+    path: str
+    length: int
+    sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "length": self.length, "sha256": self.sha256}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TargetRef:
+        return cls(path=str(data["path"]), length=int(data["length"]), sha256=str(data["sha256"]))
+
+
+@dataclass(frozen=True)
+class Update:
+    """One accepted assignment being installed (everything here was verified)."""
+
+    release: int
+    name: str
+    version: str
+    rollout_id: str | None
+    variant: str
+    manifest: TargetRef
+    target: TargetRef
+    gates: Mapping[str, Any] = field(default_factory=dict)  # rollout overrides
+    slot: str | None = None  # the slot being staged into
+    previous_slot: str | None = None  # the slot active when the update began
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "release": self.release,
+            "name": self.name,
+            "version": self.version,
+            "rollout_id": self.rollout_id,
+            "variant": self.variant,
+            "manifest": self.manifest.to_dict(),
+            "target": self.target.to_dict(),
+            "gates": dict(self.gates),
+            "slot": self.slot,
+            "previous_slot": self.previous_slot,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Update:
+        return cls(
+            release=int(data["release"]),
+            name=str(data["name"]),
+            version=str(data["version"]),
+            rollout_id=data.get("rollout_id"),
+            variant=str(data["variant"]),
+            manifest=TargetRef.from_dict(data["manifest"]),
+            target=TargetRef.from_dict(data["target"]),
+            gates=dict(data.get("gates") or {}),
+            slot=data.get("slot"),
+            previous_slot=data.get("previous_slot"),
+        )
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}@{self.version} (release {self.release})"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a state ended: the reason and detail travel to the terminal state's report."""
+
+    reason: ReasonCode | None = None
+    detail: str = ""
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Record:
+    """What the journal holds: where the update stands, and how it got there."""
+
+    state: State = State.IDLE
+    update: Update | None = None
+    attempts: int = 0  # transient failures of this update so far
+    outcome: Outcome = field(default_factory=Outcome)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "state": self.state.value,
+            "update": self.update.to_dict() if self.update else None,
+            "attempts": self.attempts,
+            "outcome": {
+                "reason": self.outcome.reason.value if self.outcome.reason else None,
+                "detail": self.outcome.detail,
+                "metrics": dict(self.outcome.metrics),
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Record:
+        out = data.get("outcome") or {}
+        return cls(
+            state=State(data["state"]),
+            update=Update.from_dict(data["update"]) if data.get("update") else None,
+            attempts=int(data.get("attempts", 0)),
+            outcome=Outcome(
+                reason=ReasonCode(out["reason"]) if out.get("reason") else None,
+                detail=str(out.get("detail") or ""),
+                metrics=dict(out.get("metrics") or {}),
+            ),
+        )
+
+
+class Controller(Protocol):
+    """Every effect of an update. Each method is idempotent (a crash may repeat it)."""
+
+    def check(self) -> Update | None:
+        """Poll, verify the assignment and its TUF target; None = nothing to do."""
+
+    def download(self, update: Update) -> None:
+        """Fetch manifest and variant into ``.part`` files (resuming), capped at their lengths."""
+
+    def verify(self, update: Update) -> None:
+        """Check length and sha256 of the downloaded files and the manifest's claims."""
+
+    def stage(self, update: Update) -> Update:
+        """Install the verified files into the inactive slot; returns the update with ``slot``."""
+
+    def prepare(self, update: Update) -> GateResult:
+        """Child-process load check, NaN check, latency, on-device engine build."""
+
+    def benchmark(self, update: Update) -> GateResult:
+        """Shadow run of the candidate on the perception path."""
+
+    def swap(self, update: Update) -> None:
+        """Switch ``current`` to the new slot and the perception path to the new model."""
+
+    def watch(self, update: Update) -> GateResult:
+        """Health window after the swap."""
+
+    def commit(self, update: Update) -> None:
+        """Record success; the previous slot stays for rollback."""
+
+    def roll_back(self, update: Update, outcome: Outcome) -> None:
+        """Restore the previous slot and model."""
+
+    def abandon(self, update: Update, state: State, outcome: Outcome) -> None:
+        """Drop partial downloads and the staged slot of a refused/failed update."""
+
+    def report(self, state: State, update: Update | None, outcome: Outcome) -> None:
+        """Queue a transition report (persisted; sent when the server is reachable)."""
+
+    def pause_point(self, state: State) -> None:
+        """Test hook: called after each journal write."""
+
+
+class JournalStore(Protocol):
+    def load(self) -> Record: ...
+
+    def save(self, record: Record) -> None: ...
+
+
+def _fail_state(state: State, reason: ReasonCode) -> State:
+    if state in _AFTER_SWITCH:
+        return State.ROLLED_BACK
+    return State.REFUSED if reason in REFUSAL_REASONS else State.FAILED
+
+
+def _gate(result: GateResult, ok: State, default: ReasonCode) -> tuple[State, Outcome]:
+    outcome = Outcome(
+        reason=None if result.passed else ReasonCode.parse(result.reason_code, default=default),
+        detail=result.detail,
+        metrics=dict(result.metrics),
+    )
+    if result.passed:
+        return ok, outcome
+    raise FatalError(outcome.reason or default, result.detail or "gate failed")
+
+
+Handler = Callable[[Controller, Update], tuple[State, Update, Outcome]]
+
+
+def _download(c: Controller, u: Update) -> tuple[State, Update, Outcome]:
+    c.download(u)
+    return State.VERIFYING, u, Outcome()
+
+
+def _verify(c: Controller, u: Update) -> tuple[State, Update, Outcome]:
+    c.verify(u)
+    return State.STAGING, u, Outcome()
+
+
+def _stage(c: Controller, u: Update) -> tuple[State, Update, Outcome]:
+    return State.PREPARING, c.stage(u), Outcome()
+
+
+def _prepare(c: Controller, u: Update) -> tuple[State, Update, Outcome]:
+    nxt, out = _gate(c.prepare(u), State.BENCHMARKING, ReasonCode.MODEL_LOAD_FAILED)
+    return nxt, u, out
+
+
+def _benchmark(c: Controller, u: Update) -> tuple[State, Update, Outcome]:
+    nxt, out = _gate(c.benchmark(u), State.SWAPPING, ReasonCode.LOW_AGREEMENT)
+    return nxt, u, out
+
+
+def _swap(c: Controller, u: Update) -> tuple[State, Update, Outcome]:
+    c.swap(u)
+    return State.HEALTH_WATCH, u, Outcome()
+
+
+def _watch(c: Controller, u: Update) -> tuple[State, Update, Outcome]:
+    nxt, out = _gate(c.watch(u), State.COMMITTED, ReasonCode.HEALTH_REGRESSION)
+    return nxt, u, out
+
+
+HANDLERS: dict[State, Handler] = {
+    State.DOWNLOADING: _download,
+    State.VERIFYING: _verify,
+    State.STAGING: _stage,
+    State.PREPARING: _prepare,
+    State.BENCHMARKING: _benchmark,
+    State.SWAPPING: _swap,
+    State.HEALTH_WATCH: _watch,
+}
+
+
+def next_state(c: Controller, state: State, update: Update) -> tuple[State, Update, Outcome]:
+    """Run one working state's handler; fatal errors map to refused/failed/rolled-back.
+
+    Raises :class:`TransientError` unchanged (the caller backs off and resumes).
+    """
+    try:
+        return HANDLERS[state](c, update)
+    except FatalError as e:
+        return _fail_state(state, e.reason), update, Outcome(e.reason, e.detail)
+
+
+def _finish(c: Controller, record: Record) -> None:
+    """Terminal states' effects (idempotent: a crash here repeats them)."""
+    assert record.update is not None  # terminal records always carry their update
+    if record.state is State.COMMITTED:
+        c.commit(record.update)
+    elif record.state is State.ROLLED_BACK:
+        c.roll_back(record.update, record.outcome)
+    else:
+        c.abandon(record.update, record.state, record.outcome)
+
+
+def run_update(
+    c: Controller, journal: JournalStore, *, max_attempts: int = 5
+) -> tuple[Record, float | None]:
+    """Resume the journaled update or check for a new one, and drive it as far as it goes.
+
+    Returns the last record and, after a transient error, how many back-off
+    steps have accumulated (``attempts``) as a float hint (None when done).
+    Raises nothing for update failures: they end in a terminal state, reported.
+    """
+    record = journal.load()
+    if record.state in (State.IDLE, State.CHECKING):
+        record = Record(State.CHECKING)
+        journal.save(record)
+        c.pause_point(State.CHECKING)
+        try:
+            update = c.check()
+        except TransientError as e:
+            log.warning("check failed, will retry: %s", e)
+            journal.save(Record(State.IDLE))
+            return Record(State.IDLE, outcome=Outcome(e.reason, e.detail)), 1.0
+        except FatalError as e:
+            log.warning("assignment refused: %s", e)
+            journal.save(Record(State.IDLE))
+            c.report(State.REFUSED, None, Outcome(e.reason, e.detail, {}))
+            return Record(State.REFUSED, outcome=Outcome(e.reason, e.detail)), None
+        if update is None:
+            journal.save(Record(State.IDLE))
+            return Record(State.IDLE), None
+        record = Record(State.DOWNLOADING, update)
+        log.info("accepted %s: downloading %s", update.label, update.target.path)
+        journal.save(record)
+        c.report(State.DOWNLOADING, update, Outcome())
+        c.pause_point(State.DOWNLOADING)
+    return _drive(c, journal, record, max_attempts=max_attempts)
+
+
+def _drive(
+    c: Controller, journal: JournalStore, record: Record, *, max_attempts: int
+) -> tuple[Record, float | None]:
+    while record.state not in TERMINAL:
+        current = record.update
+        assert current is not None  # working states always carry their update
+        try:
+            state, update, outcome = next_state(c, record.state, current)
+        except TransientError as e:
+            attempts = record.attempts + 1
+            if attempts < max_attempts:
+                log.warning("%s: transient error (attempt %d/%d): %s", record.state.value, attempts, max_attempts, e)
+                record = replace(record, attempts=attempts, outcome=Outcome(e.reason, e.detail))
+                journal.save(record)
+                c.report(record.state, current, record.outcome)  # not a failure: the server only sees why
+                return record, float(attempts)
+            log.error("%s: giving up after %d attempts: %s", record.state.value, attempts, e)
+            state, update, outcome = _fail_state(record.state, e.reason), current, Outcome(e.reason, e.detail)
+        record = Record(state, update, record.attempts, outcome)
+        journal.save(record)
+        log.info("%s → %s%s", update.label, state.value, f" ({outcome.reason.value}: {outcome.detail})" if outcome.reason else "")
+        if state not in TERMINAL:
+            c.report(state, update, outcome)
+        c.pause_point(state)
+    _finish(c, record)
+    c.report(record.state, record.update, record.outcome)
+    journal.save(Record(State.IDLE, outcome=record.outcome))
+    return record, None
+
+
+def backoff_delay(attempt: int, *, base_s: float, max_s: float, jitter: float, rng: random.Random) -> float:
+    """Exponential back-off with +-``jitter`` relative noise: base * 2^(attempt-1), capped."""
+    delay = min(max_s, base_s * float(2 ** max(0, attempt - 1)))
+    return max(0.0, delay * (1.0 + rng.uniform(-jitter, jitter)))

@@ -1,0 +1,255 @@
+"""A loaded bundle as the perception path uses it: one frame in, one attributed outcome out.
+
+:class:`LoadedModel` wraps :class:`models.runtime.Model` (preprocessing,
+runtime and decoder all come from the bundle manifest) and turns every call
+into an :class:`Outcome` that names the model version that produced it, its
+per-stage times and whether its outputs were finite. A runtime failure on a
+frame becomes an outcome with ``error`` set, never an exception in the
+inference thread.
+
+This module does not capture frames, queue them or judge models.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_agent.camera import Frame
+from edge_agent.errors import EdgeAgentError
+from models.bundle import DecoderKind, InputSpec
+from models.preprocess import Preprocessor, Transform
+from models.runtime import Backend, Detections, Model, ModelRuntimeError
+from models.runtime.decode import decode_boxes, decode_mask, pick_outputs, topk
+
+__all__ = ["ModelLoadFailed", "Outcome", "Prepared", "LoadedModel", "load_model"]
+
+log = logging.getLogger(__name__)
+
+STAGES = ("decode", "queue", "preprocess", "infer", "postprocess")
+
+
+class ModelLoadFailed(EdgeAgentError):
+    """A bundle could not be loaded or warmed up for serving; the message says why."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One frame's result, attributed to exactly one model version."""
+
+    frame_index: int
+    model: str  # "name@version" of the model that produced it
+    captured_at: float  # time.monotonic() of capture
+    done_at: float  # time.monotonic() when the result was ready
+    timings_ms: dict[str, float] = field(
+        default_factory=dict
+    )  # decode, queue, preprocess, infer, postprocess
+    top_k: tuple[tuple[int, float], ...] | None = None
+    detections: Detections | None = None
+    mask: np.ndarray | None = None
+    nan: bool = False  # an output was NaN or infinite
+    error: str | None = None  # the inference failed; the message says why
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and not self.nan
+
+    @property
+    def top1(self) -> int | None:
+        return self.top_k[0][0] if self.top_k else None
+
+    @property
+    def latency_ms(self) -> float:
+        """Capture to result (what a consumer of the result waits)."""
+        return (self.done_at - self.captured_at) * 1000.0
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "frame": self.frame_index,
+            "model": self.model,
+            "latency_ms": round(self.latency_ms, 3),
+            "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
+            "nan": self.nan,
+        }
+        if self.error is not None:
+            out["error"] = self.error
+        if self.top_k is not None:
+            out["top_k"] = [[c, round(p, 5)] for c, p in self.top_k]
+        if self.detections is not None:
+            d = self.detections
+            out["boxes"] = [
+                {
+                    "box": [round(float(v), 1) for v in d.boxes[i]],
+                    "score": round(float(d.scores[i]), 4),
+                    "label": int(d.labels[i]),
+                }
+                for i in range(len(d))
+            ]
+        if self.mask is not None:
+            labels, counts = np.unique(self.mask, return_counts=True)
+            out["mask_histogram"] = {
+                str(int(k)): int(v) for k, v in zip(labels, counts, strict=True)
+            }
+        return out
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A frame already turned into the network input of one :class:`InputSpec`."""
+
+    spec: InputSpec
+    tensor: np.ndarray  # one input, no batch dim
+    transform: Transform
+    frame_hw: tuple[int, int]
+    preprocess_ms: float
+
+
+class LoadedModel:
+    """A bundle variant opened, warmed up and ready to serve frames.
+
+    :meth:`prepare` (preprocessing) may run on the capture thread while
+    :meth:`infer` runs the previous frame, so the inference thread spends its
+    time in the runtime; a frame prepared for another input spec (after a
+    swap) is simply prepared again.
+    """
+
+    def __init__(self, model: Model, bundle_dir: Path) -> None:
+        self.model = model
+        self.bundle_dir = bundle_dir
+        self.version = model.name
+        self.manifest = model.manifest
+        self.task = model.manifest.task
+        self.labels = model.manifest.labels
+        self.variant_id = model.variant.id
+        self.spec = model.manifest.input
+        self._local = threading.local()  # a Preprocessor per thread: it keeps the last transform
+
+    def prepare(self, image: np.ndarray) -> Prepared:
+        """Preprocess one uint8 BGR frame; raises ``ValueError`` for a frame it cannot take."""
+        pre = getattr(self._local, "pre", None)
+        if pre is None:
+            pre = self._local.pre = Preprocessor(self.spec)
+        t0 = time.perf_counter()
+        tensor = pre(image)
+        return Prepared(
+            self.spec,
+            tensor,
+            pre.last_transform,
+            (int(image.shape[0]), int(image.shape[1])),
+            (time.perf_counter() - t0) * 1000.0,
+        )
+
+    def infer(self, frame: Frame) -> Outcome:
+        """Run one frame; failures and non-finite outputs are recorded in the outcome."""
+        start = _now()
+        timings = {
+            "decode": frame.decode_ms,
+            "queue": max(0.0, (start - frame.captured_at) * 1000.0),
+        }
+        prep = frame.prepared
+        try:
+            if not isinstance(prep, Prepared) or prep.spec != self.spec:
+                prep = self.prepare(frame.image)
+            timings["preprocess"] = prep.preprocess_ms
+            t1 = time.perf_counter()
+            outputs = self.model.runtime.run(prep.tensor[None])
+            t2 = time.perf_counter()
+            outcome = self._decode(frame, outputs, prep, timings)
+            timings.update(
+                infer=(t2 - t1) * 1000.0, postprocess=(time.perf_counter() - t2) * 1000.0
+            )
+            return outcome
+        except (ModelRuntimeError, ValueError) as e:
+            return Outcome(
+                frame.index, self.version, frame.captured_at, _now(), timings, error=str(e)
+            )
+
+    def _decode(
+        self,
+        frame: Frame,
+        outputs: dict[str, np.ndarray],
+        prep: Prepared,
+        timings: dict[str, float],
+    ) -> Outcome:
+        spec = self.manifest.output
+        picked = pick_outputs(outputs, spec)
+        nan = any(
+            np.issubdtype(a.dtype, np.floating) and not bool(np.all(np.isfinite(a)))
+            for a in outputs.values()
+        )
+        kind = spec.decoder.kind
+        top_k = detections = mask = None
+        if kind is DecoderKind.TOPK:
+            top_k = topk(picked["logits"][0], spec.decoder.top_k)
+        elif kind is DecoderKind.BOXES:
+            detections = decode_boxes(
+                picked["boxes"][0], picked["scores"][0], spec.decoder, prep.transform, prep.frame_hw
+            )
+        else:
+            mask = decode_mask(picked["mask_logits"][0], prep.transform, prep.frame_hw)
+        return Outcome(
+            frame.index,
+            self.version,
+            frame.captured_at,
+            _now(),
+            timings,
+            top_k=top_k,
+            detections=detections,
+            mask=mask,
+            nan=nan,
+        )
+
+    def warmup(self, frames: Sequence[np.ndarray] = (), *, n: int = 3) -> None:
+        """Run a few frames (live ones when given) so the first served frame is not slow."""
+        try:
+            if frames:
+                for image in list(frames)[:n]:
+                    self.model.predict(image)
+            else:
+                self.model.warmup(n)
+        except ModelRuntimeError as e:
+            raise ModelLoadFailed(f"{self.version} failed during warm-up: {e}") from e
+
+    def close(self) -> None:
+        self.model.close()
+
+    def __repr__(self) -> str:
+        return f"LoadedModel({self.version}, variant={self.variant_id!r})"
+
+
+def _now() -> float:
+    return time.monotonic()
+
+
+def load_model(
+    bundle_dir: str | os.PathLike[str],
+    *,
+    variant_id: str | None = None,
+    backend: Backend = Backend.AUTO,
+    providers: Sequence[str] | None = None,
+    threads: int | None = None,
+    warmup: int = 3,
+) -> LoadedModel:
+    """Open a bundle for serving and warm it up; raises :class:`ModelLoadFailed`."""
+    path = Path(bundle_dir)
+    try:
+        model = Model(path, variant_id, backend=backend, providers=providers, threads=threads)
+    except ModelRuntimeError as e:
+        raise ModelLoadFailed(f"cannot load bundle {path}: {e}") from e
+    loaded = LoadedModel(model, path)
+    if warmup:
+        try:
+            loaded.warmup(n=warmup)
+        except ModelLoadFailed:
+            loaded.close()
+            raise
+    log.info("loaded %s (variant %s) from %s", loaded.version, loaded.variant_id, path)
+    return loaded

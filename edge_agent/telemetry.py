@@ -1,0 +1,113 @@
+"""Telemetry outbox: reports persisted in SQLite, sent in order, each id once.
+
+Every transition, gate result and heartbeat is written to ``outbox.sqlite``
+(WAL, synchronous=FULL) before anyone tries to send it. :meth:`Outbox.flush`
+posts the oldest unsent reports in batches; a report leaves the outbox only
+when the server lists its id as accepted or duplicate, so a crash or an
+unreachable server loses nothing and a resend is deduplicated by id. This
+module does not know HTTP (the sender is a callable).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from edge_agent.errors import JournalError
+
+__all__ = ["Outbox", "make_report", "utc_now_iso"]
+
+log = logging.getLogger(__name__)
+Sender = Callable[[list[dict[str, Any]]], Mapping[str, Sequence[str]]]
+
+
+def utc_now_iso() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def make_report(
+    type_: str,
+    *,
+    state: str | None = None,
+    rollout_id: str | None = None,
+    release: int | None = None,
+    reason_code: str | None = None,
+    detail: str | None = None,
+    metrics: Mapping[str, float] | None = None,
+    running: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A report in the contract §7 shape with a fresh uuid4 id."""
+    return {
+        "id": str(uuid.uuid4()),
+        "time": utc_now_iso(),
+        "type": type_,
+        "state": state,
+        "rollout_id": rollout_id,
+        "release": release,
+        "reason_code": reason_code,
+        "detail": detail,
+        "metrics": dict(metrics or {}),
+        "running": dict(running) if running else None,
+    }
+
+
+class Outbox:
+    """Persisted queue of reports; ``add`` is durable before it returns."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS reports ("
+                " seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, body TEXT NOT NULL)"
+            )
+        except sqlite3.Error as e:
+            raise JournalError(f"cannot open the outbox {path}: {e}") from e
+
+    def add(self, report: Mapping[str, Any]) -> None:
+        try:
+            self._db.execute(
+                "INSERT OR IGNORE INTO reports (id, body) VALUES (?, ?)", (str(report["id"]), json.dumps(report))
+            )
+        except sqlite3.Error as e:
+            raise JournalError(f"cannot queue report {report.get('id')}: {e}") from e
+
+    def pending(self, limit: int = 500) -> list[dict[str, Any]]:
+        rows = self._db.execute("SELECT body FROM reports ORDER BY seq LIMIT ?", (limit,)).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM reports").fetchone()[0])
+
+    def flush(self, send: Sender, *, batch: int = 500) -> int:
+        """Send pending reports oldest first until empty; returns how many left the outbox.
+
+        Whatever ``send`` raises (the server is down) propagates after the
+        reports acknowledged so far were removed; the rest stay queued.
+        """
+        sent = 0
+        while True:
+            reports = self.pending(batch)
+            if not reports:
+                return sent
+            answer = send(reports)
+            done = set(answer.get("accepted", ())) | set(answer.get("duplicates", ()))
+            ids = [r["id"] for r in reports if r["id"] in done]
+            if not ids:
+                log.warning("server acknowledged none of %d reports; keeping them", len(reports))
+                return sent
+            self._db.executemany("DELETE FROM reports WHERE id = ?", [(i,) for i in ids])
+            sent += len(ids)
+
+    def close(self) -> None:
+        self._db.close()

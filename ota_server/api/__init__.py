@@ -1,0 +1,1 @@
+"""HTTP blueprints, one per resource; shared request helpers live in :mod:`.common`."""

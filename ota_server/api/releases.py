@@ -1,0 +1,48 @@
+"""Releases: publish a bundle tar (publisher), list and show (viewer)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, request
+
+from ota_server import store as st
+from ota_server.api.common import json_response, principal, require_role, services
+from ota_server.auth import Role
+from ota_server.errors import BadRequest, NotFound
+from ota_server.publish import receive, release_view
+
+bp = Blueprint("releases", __name__, url_prefix="/api/v1/releases")
+
+
+@bp.post("")
+@require_role(Role.PUBLISHER)
+def publish() -> Response:
+    s = services()
+    ctype = (request.content_type or "").split(";")[0].strip()
+    if ctype not in ("application/x-tar", "application/octet-stream"):
+        raise BadRequest(f"Content-Type must be application/x-tar, got {ctype or 'none'!r}", field="Content-Type")
+    request.max_content_length = s.config.max_upload_bytes
+    tar_path = receive(request.stream, content_length=request.content_length, limit=s.config.max_upload_bytes,
+                       tmp_dir=s.config.tmp_dir)
+    release = s.publisher.publish_tar(tar_path, actor=principal().actor)
+    return json_response({"release": release}, 201)
+
+
+@bp.get("")
+@require_role(Role.VIEWER)
+def list_releases() -> Response:
+    with services().store.read() as conn:
+        rows = st.list_releases(conn, name=request.args.get("name") or None)
+        out = [release_view(r, st.release_files(conn, r["counter"])) for r in rows]
+    return json_response({"releases": out})
+
+
+@bp.get("/<name>/<version>")
+@require_role(Role.VIEWER)
+def get_release(name: str, version: str) -> Response:
+    with services().store.read() as conn:
+        row = st.release_by_version(conn, name, version)
+        if row is None:
+            raise NotFound(f"no release {name}@{version}", field="version")
+        view = release_view(row, st.release_files(conn, row["counter"]))
+        view["manifest"] = row["manifest"]
+    return json_response(view)

@@ -1,0 +1,74 @@
+"""Rollouts: create (operator), list/show (viewer), pause/resume/abort/rollback (operator)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, request
+
+from ota_server import rollouts as ro
+from ota_server import service
+from ota_server import store as st
+from ota_server.api.common import json_body, json_response, principal, require_role, services
+from ota_server.auth import Role
+
+bp = Blueprint("rollouts", __name__, url_prefix="/api/v1/rollouts")
+
+
+@bp.post("")
+@require_role(Role.OPERATOR)
+def create() -> Response:
+    spec = ro.parse_rollout(json_body())
+    with services().store.tx() as conn:
+        row = service.create_rollout(conn, spec, actor=principal().actor)
+        view = service.rollout_view(conn, row)
+    return json_response(view, 201)
+
+
+@bp.get("")
+@require_role(Role.VIEWER)
+def list_rollouts() -> Response:
+    status = request.args.get("status")
+    with services().store.read() as conn:
+        rows = st.list_rollouts(conn, statuses=[status] if status else None,
+                                group=request.args.get("group") or None, model=request.args.get("model") or None)
+        out = [service.rollout_view(conn, r) for r in rows]
+    return json_response({"rollouts": out})
+
+
+@bp.get("/<rollout_id>")
+@require_role(Role.VIEWER)
+def get_rollout(rollout_id: str) -> Response:
+    with services().store.read() as conn:
+        return json_response(service.rollout_view(conn, st.get_rollout(conn, rollout_id)))
+
+
+def _act(rollout_id: str, action: str) -> Response:
+    with services().store.tx() as conn:
+        row = service.act(conn, rollout_id, action, actor=principal().actor)
+        return json_response(service.rollout_view(conn, row))
+
+
+@bp.post("/<rollout_id>/pause")
+@require_role(Role.OPERATOR)
+def pause(rollout_id: str) -> Response:
+    return _act(rollout_id, "pause")
+
+
+@bp.post("/<rollout_id>/resume")
+@require_role(Role.OPERATOR)
+def resume(rollout_id: str) -> Response:
+    return _act(rollout_id, "resume")
+
+
+@bp.post("/<rollout_id>/abort")
+@require_role(Role.OPERATOR)
+def abort(rollout_id: str) -> Response:
+    return _act(rollout_id, "abort")
+
+
+@bp.post("/<rollout_id>/rollback")
+@require_role(Role.OPERATOR)
+def rollback(rollout_id: str) -> Response:
+    body = json_body()
+    with services().store.tx() as conn:
+        result = service.rollback(conn, rollout_id, body, actor=principal().actor)
+    return json_response(result, 201)

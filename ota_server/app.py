@@ -1,0 +1,174 @@
+"""The Flask application factory (``create_app``) and the per-worker services it wires.
+
+There is no module-level app: gunicorn calls ``create_app`` in each worker (see
+:mod:`ota_server.cli`), tests call it with a mapping. Workers are stateless — everything lives in
+the database and the data directory — so any number of them can serve side by side; the
+caches they keep (token lookups, signed assignments) are invalidated through the database.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask, Response, g, request
+from werkzeug.exceptions import HTTPException
+
+from ota_server import store as st
+from ota_server.artifacts import ArtifactStore
+from ota_server.auth import Authenticator, Principal, PrincipalKind, Role
+from ota_server.config import ServerConfig
+from ota_server.director import Director
+from ota_server.errors import ApiError, SetupError
+from ota_server.fastpath import FastPoll
+from ota_server.keys import director_public_json, load_private
+from ota_server.metrics import Metrics
+from ota_server.publish import Publisher
+from ota_server.repository import Repository
+from ota_server.settings import load_settings
+from ota_server.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    config: ServerConfig
+    store: Store
+    repo: Repository
+    artifacts: ArtifactStore
+    publisher: Publisher
+    director: Director
+    director_public: dict[str, Any]
+    auth: Authenticator
+    metrics: Metrics
+
+
+def build_services(config: ServerConfig) -> Services:
+    """Open the database and key material of an initialized data directory."""
+    if not config.metadata_dir.joinpath("1.root.json").is_file():
+        raise SetupError(f"{config.data_dir} is not an initialized data directory; run `ota-server init` first")
+    store = Store(config.effective_db_url)
+    repo = Repository(config)
+    artifacts = ArtifactStore(config.artifacts_dir)
+    director_key = load_private(config.keys_dir / "director.pem")
+
+    def lookup(digest: str) -> Principal | None:
+        with store.read() as conn:
+            token = st.find_token(conn, digest)
+            if token is not None:
+                if token["kind"] == "enroll":
+                    return Principal(PrincipalKind.ENROLL, token["name"])
+                return Principal(PrincipalKind.API, token["name"], role=Role(token["role"]))
+            device = st.device_by_token(conn, digest)
+            if device is not None:
+                return Principal(PrincipalKind.DEVICE, device["id"], device_id=device["id"])
+        return None
+
+    return Services(
+        config=config,
+        store=store,
+        repo=repo,
+        artifacts=artifacts,
+        publisher=Publisher(store, repo, artifacts, config.tmp_dir),
+        director=Director(director_key, ttl_s=config.assignment_ttl_s,
+                          spool_dir=config.data_dir / "run" / "assignments"),
+        director_public=director_public_json(director_key.public_key()),
+        auth=Authenticator(lookup, api_cache_s=config.token_cache_s, bad_per_minute=config.bad_auth_per_minute),
+        metrics=Metrics(),
+    )
+
+
+def create_app(test_config: Mapping[str, Any] | ServerConfig | None = None) -> Flask:
+    """Build the app from a :class:`ServerConfig`, a mapping of its fields, or the
+    ``EDGEFLEET_DATA_DIR`` environment variable (how gunicorn workers get it)."""
+    import os
+
+    if isinstance(test_config, ServerConfig):
+        config = test_config
+    elif test_config is not None:
+        config = ServerConfig.from_mapping(test_config)
+    else:
+        data_dir = os.environ.get("EDGEFLEET_DATA_DIR")
+        if not data_dir:
+            raise SetupError("EDGEFLEET_DATA_DIR is not set; start the server with `ota-server serve`")
+        config = load_settings(ServerConfig.from_mapping({"data_dir": data_dir}))
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = config.max_json_bytes
+    app.config["TESTING"] = config.testing
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["edgefleet"] = build_services(config)
+
+    from ota_server.api import dashboard, devices, fleet, health, releases, rollouts, tuf
+
+    for bp in (health.bp, tuf.bp, devices.bp, releases.bp, rollouts.bp, fleet.bp, dashboard.bp):
+        app.register_blueprint(bp)
+    _register_handlers(app)
+    app.wsgi_app = FastPoll(app.wsgi_app, app.extensions["edgefleet"])  # type: ignore[method-assign]
+    return app
+
+
+def _register_handlers(app: Flask) -> None:
+    services: Services = app.extensions["edgefleet"]
+
+    @app.errorhandler(ApiError)
+    def api_error(e: ApiError) -> Response:
+        if e.status == 413:
+            _drain_body()
+        return _error_response(e.status, e.to_dict())
+
+    @app.errorhandler(HTTPException)
+    def http_error(e: HTTPException) -> Response:
+        code = (e.name or "error").upper().replace(" ", "_")
+        body = {"error": {"code": code, "message": e.description or e.name, "field": None}}
+        if e.code == 413:
+            body["error"]["field"] = "body"
+            _drain_body()
+        return _error_response(e.code or 500, body)
+
+    @app.errorhandler(Exception)
+    def internal_error(e: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        body = {"error": {"code": "INTERNAL", "message": f"internal error: {type(e).__name__}", "field": None}}
+        return _error_response(500, body)
+
+    @app.before_request
+    def _start() -> None:
+        g.start = time.perf_counter()
+
+    @app.after_request
+    def _observe(response: Response) -> Response:
+        start = g.get("start")
+        if start is not None:
+            services.metrics.observe(request.url_rule.rule if request.url_rule else "unmatched",
+                                     request.method, response.status_code, time.perf_counter() - start)
+        return response
+
+
+def _drain_body(max_bytes: int = 64 * 1024 * 1024) -> None:
+    """Read and drop a refused body of known, moderate length, so the client — which is still
+    sending — reads our 413 instead of a connection reset. Larger bodies are cut off."""
+    length = request.content_length
+    if length is None or length > max_bytes:
+        return
+    stream = request.environ.get("wsgi.input")
+    if stream is None:
+        return
+    remaining = length
+    try:
+        while remaining > 0:
+            chunk = stream.read(min(remaining, 1 << 16))
+            if not chunk:
+                break
+            remaining -= len(chunk)
+    except OSError:
+        pass
+
+
+def _error_response(status: int, body: dict[str, Any]) -> Response:
+    return Response(json.dumps(body), status=status, mimetype="application/json")

@@ -1,0 +1,194 @@
+"""SQL schema and engine: SQLAlchemy Core tables, SQLite (WAL) by default, PostgreSQL by URL.
+
+The schema is created by ``ota-server init`` (``create_schema`` is idempotent). This module
+owns connection setup only; queries live in :mod:`ota_server.store`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from ota_server.errors import SetupError
+
+metadata = sa.MetaData()
+
+api_tokens = sa.Table(
+    "api_tokens",
+    metadata,
+    sa.Column("digest", sa.String(64), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),  # api | enroll
+    sa.Column("role", sa.String(16), nullable=False),  # viewer..admin, or "enroll"
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("created_at", sa.String(32), nullable=False),
+    sa.Column("revoked", sa.Boolean, nullable=False, default=False),
+)
+
+devices = sa.Table(
+    "devices",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("token_digest", sa.String(64), nullable=False, unique=True),
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("group_name", sa.String(64), nullable=False, index=True),
+    sa.Column("tags", sa.JSON, nullable=False),
+    sa.Column("hardware", sa.JSON, nullable=False),
+    sa.Column("hardware_class", sa.String(32), nullable=False),
+    sa.Column("enrolled_at", sa.String(32), nullable=False),
+    sa.Column("last_seen", sa.String(32), nullable=True),
+    sa.Column("state", sa.String(32), nullable=True),
+    sa.Column("running_name", sa.String(64), nullable=True),
+    sa.Column("running_version", sa.String(64), nullable=True),
+    sa.Column("running_release", sa.Integer, nullable=True),
+    sa.Column("last_metrics", sa.JSON, nullable=True),
+)
+
+releases = sa.Table(
+    "releases",
+    metadata,
+    sa.Column("counter", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("name", sa.String(64), nullable=False, index=True),
+    sa.Column("version", sa.String(64), nullable=False),
+    sa.Column("rollback_of", sa.Integer, nullable=True),  # a rollback release re-points this one
+    sa.Column("manifest", sa.JSON, nullable=False),
+    sa.Column("created_at", sa.String(32), nullable=False),
+    sa.Column("created_by", sa.String(128), nullable=False),
+)
+
+release_files = sa.Table(
+    "release_files",
+    metadata,
+    sa.Column("release", sa.Integer, primary_key=True),
+    sa.Column("path", sa.String(300), primary_key=True),  # TUF target path
+    sa.Column("kind", sa.String(16), nullable=False),  # manifest | variant
+    sa.Column("variant", sa.String(64), nullable=True),
+    sa.Column("length", sa.BigInteger, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("custom", sa.JSON, nullable=False),
+)
+
+rollouts = sa.Table(
+    "rollouts",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("release", sa.Integer, nullable=False),
+    sa.Column("model", sa.String(64), nullable=False),
+    sa.Column("group_name", sa.String(64), nullable=False),
+    sa.Column("tags", sa.JSON, nullable=False),
+    sa.Column("hardware_classes", sa.JSON, nullable=False),
+    sa.Column("stages", sa.JSON, nullable=False),
+    sa.Column("stage", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False, index=True),
+    sa.Column("max_failure_rate", sa.Float, nullable=False),
+    sa.Column("success_quota", sa.Float, nullable=False),
+    sa.Column("min_devices_for_halt", sa.Integer, nullable=False),
+    sa.Column("floor_bucket", sa.Float, nullable=True),
+    sa.Column("gates", sa.JSON, nullable=True),
+    sa.Column("halt_reason", sa.Text, nullable=True),
+    sa.Column("created_at", sa.String(32), nullable=False),
+    sa.Column("created_by", sa.String(128), nullable=False),
+    sa.Column("updated_at", sa.String(32), nullable=False),
+)
+
+rollout_events = sa.Table(
+    "rollout_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("rollout_id", sa.String(40), nullable=False, index=True),
+    sa.Column("time", sa.String(32), nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("detail", sa.Text, nullable=True),
+    sa.Column("actor", sa.String(128), nullable=True),
+)
+
+device_rollouts = sa.Table(
+    "device_rollouts",
+    metadata,
+    sa.Column("rollout_id", sa.String(40), primary_key=True),
+    sa.Column("device_id", sa.String(40), primary_key=True),
+    sa.Column("state", sa.String(32), nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),  # pending | success | failure
+    sa.Column("reason_code", sa.String(64), nullable=True),
+    sa.Column("detail", sa.Text, nullable=True),
+    sa.Column("time", sa.String(32), nullable=False),
+)
+
+reports = sa.Table(
+    "reports",
+    metadata,
+    sa.Column("device_id", sa.String(40), primary_key=True),  # ids are unique per device
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("time", sa.String(32), nullable=False),
+    sa.Column("type", sa.String(16), nullable=False),
+    sa.Column("state", sa.String(32), nullable=True),
+    sa.Column("rollout_id", sa.String(40), nullable=True),
+    sa.Column("release", sa.Integer, nullable=True),
+    sa.Column("reason_code", sa.String(64), nullable=True),
+    sa.Column("body", sa.JSON, nullable=False),
+)
+
+audit = sa.Table(
+    "audit",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("time", sa.String(32), nullable=False),
+    sa.Column("actor", sa.String(128), nullable=False),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("target", sa.String(200), nullable=True),
+    sa.Column("detail", sa.JSON, nullable=True),
+)
+
+# One row: bumped on every change that can alter an assignment, so workers can
+# invalidate their cached signed assignments with one cheap read.
+generation = sa.Table(
+    "generation",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("value", sa.BigInteger, nullable=False),
+)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.isolation_level = None  # SQLAlchemy emits BEGIN itself (see make_engine)
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=15000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def make_engine(url: str, *, immediate: bool = False) -> Engine:
+    """An engine for ``url``; SQLite gets WAL, a busy timeout and, with ``immediate``,
+    write transactions that take the database lock at BEGIN.
+
+    A PostgreSQL schema can be chosen in the URL: ``...?options=-csearch_path%3Dmyschema``.
+    """
+    try:
+        if url.startswith("sqlite"):
+            engine = sa.create_engine(url, connect_args={"timeout": 15, "check_same_thread": False})
+            event.listen(engine, "connect", _sqlite_pragmas)
+            begin = "BEGIN IMMEDIATE" if immediate else "BEGIN"
+
+            def _begin(conn: Any) -> None:
+                conn.exec_driver_sql(begin)
+
+            event.listen(engine, "begin", _begin)
+            return engine
+        return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    except (sa.exc.ArgumentError, ImportError) as e:
+        raise SetupError(f"cannot use database URL {url!r}: {e}") from e
+
+
+def create_schema(engine: Engine) -> None:
+    """Create every table that does not exist yet (idempotent) and the generation row."""
+    try:
+        metadata.create_all(engine)
+        with engine.begin() as conn:
+            if conn.execute(sa.select(generation.c.value).where(generation.c.id == 1)).first() is None:
+                conn.execute(generation.insert().values(id=1, value=1))
+    except sa.exc.SQLAlchemyError as e:
+        raise SetupError(f"cannot create the schema at {engine.url!r}: {e}") from e

@@ -1,0 +1,85 @@
+"""Errors of the OTA server, one shallow tree.
+
+::
+
+    OtaServerError                 base of everything raised on purpose here
+    ├── SetupError                 init/serve/key files: a data dir that is missing, exists, or is unsafe
+    ├── RepositoryError            the TUF repository or artifact store could not be read or written
+    └── ApiError                   answered to an HTTP client as {"error": {"code", "message", "field"}}
+        ├── BadRequest             400  malformed JSON, a bad field, an invalid bundle
+        ├── Unauthorized           401  missing or unknown credentials
+        ├── Forbidden              403  a valid credential without the right (role, other device)
+        ├── NotFound               404
+        ├── Conflict               409  duplicate release, lower version, a rollout already active
+        ├── PayloadTooLarge        413
+        └── TooManyRequests        429  too many failed authentication attempts
+
+Third-party errors (SQLAlchemy, tarfile, python-tuf) are wrapped at the adapter edge with
+``raise X(...) from e``.
+"""
+
+from __future__ import annotations
+
+
+class OtaServerError(Exception):
+    """Base class of the server's own errors."""
+
+
+class SetupError(OtaServerError):
+    """The data directory, key files or configuration are missing or unusable."""
+
+
+class RepositoryError(OtaServerError):
+    """The TUF repository or the artifact store could not be read or written."""
+
+
+class ApiError(OtaServerError):
+    """An error answered to the HTTP client; ``status`` and ``code`` go on the wire."""
+
+    status = 400
+    code = "BAD_REQUEST"
+
+    def __init__(self, message: str, *, field: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        if code is not None:
+            self.code = code
+
+    def to_dict(self) -> dict[str, dict[str, str | None]]:
+        return {"error": {"code": self.code, "message": self.message, "field": self.field}}
+
+
+class BadRequest(ApiError):
+    status = 400
+    code = "BAD_REQUEST"
+
+
+class Unauthorized(ApiError):
+    status = 401
+    code = "UNAUTHORIZED"
+
+
+class Forbidden(ApiError):
+    status = 403
+    code = "FORBIDDEN"
+
+
+class NotFound(ApiError):
+    status = 404
+    code = "NOT_FOUND"
+
+
+class Conflict(ApiError):
+    status = 409
+    code = "CONFLICT"
+
+
+class PayloadTooLarge(ApiError):
+    status = 413
+    code = "PAYLOAD_TOO_LARGE"
+
+
+class TooManyRequests(ApiError):
+    status = 429
+    code = "TOO_MANY_REQUESTS"

@@ -1,0 +1,208 @@
+"""Rollout and report services: the rules of :mod:`ota_server.rollouts` applied to the store.
+
+Each function runs inside the caller's transaction (``conn``) and records what it did: rollout
+events for the timeline, the audit log for operator actions, and a generation bump whenever an
+assignment may change.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy.engine import Connection
+
+from models.bundle import semver_key
+from ota_server import rollouts as ro
+from ota_server import store as st
+from ota_server.errors import BadRequest, Conflict
+from ota_server.publish import release_view
+
+log = logging.getLogger(__name__)
+
+
+def selected_buckets(conn: Connection, rollout: Mapping[str, Any]) -> dict[str, float]:
+    """Bucket of every device the rollout selects (group, tags, hardware classes)."""
+    return {
+        d["id"]: ro.bucket(d["id"], rollout["id"])
+        for d in st.devices_in_group(conn, rollout["group_name"])
+        if ro.is_selected(d, tags=rollout["tags"], hardware_classes=rollout["hardware_classes"])
+    }
+
+
+def create_rollout(conn: Connection, spec: ro.RolloutSpec, *, actor: str, release: int | None = None,
+                   supersede: str | None = None) -> dict[str, Any]:
+    """Insert a rollout of ``spec.model@spec.version`` (or of ``release``); 409 if one is active."""
+    st.lock(conn, f"rollouts:{spec.model}:{spec.group}")
+    if release is None:
+        row = st.release_by_version(conn, spec.model, spec.version)
+        if row is None:
+            raise BadRequest(f"no release {spec.model}@{spec.version}; publish it first", field="version")
+        release = row["counter"]
+    for other in st.list_rollouts(conn, group=spec.group, model=spec.model):
+        if other["id"] == supersede:
+            continue
+        if other["status"] in ro.BLOCKING:
+            raise Conflict(
+                f"rollout {other['id']} of {spec.model} to group {spec.group!r} is {other['status']}; "
+                "abort it or let it finish first", field="group",
+            )
+    for other in st.list_rollouts(conn, statuses=[ro.Status.COMPLETED.value], group=spec.group, model=spec.model):
+        st.update_rollout(conn, other["id"], status=ro.Status.SUPERSEDED.value)
+        st.add_event(conn, other["id"], "superseded", "a newer rollout of this model started", actor)
+    rollout_id = "ro_" + secrets.token_hex(8)
+    now = st.utcnow()
+    row_out: dict[str, Any] = {
+        "id": rollout_id, "release": release, "model": spec.model, "group_name": spec.group,
+        "tags": list(spec.tags), "hardware_classes": list(spec.hardware_classes), "stages": list(spec.stages),
+        "stage": 0, "status": ro.Status.ACTIVE.value, "max_failure_rate": spec.max_failure_rate,
+        "success_quota": spec.success_quota, "min_devices_for_halt": spec.min_devices_for_halt,
+        "floor_bucket": None, "gates": dict(spec.gates) or None, "halt_reason": None,
+        "created_at": now, "created_by": actor, "updated_at": now,
+    }
+    buckets = selected_buckets(conn, row_out)
+    row_out["floor_bucket"] = min(buckets.values()) if buckets else None
+    st.insert_rollout(conn, row_out)
+    st.add_event(conn, rollout_id, "created",
+                 f"release {release} to group {spec.group!r}: {len(buckets)} devices selected", actor)
+    st.audit(conn, actor, "rollout.create", rollout_id, {"release": release, "group": spec.group})
+    st.bump_generation(conn)
+    return row_out
+
+
+def on_enrolled(conn: Connection, device: Mapping[str, Any]) -> None:
+    """A rollout created before any selected device existed pins its floor on the first one, so
+    its first stage is never empty (see :mod:`ota_server.rollouts`)."""
+    for rollout in st.list_rollouts(conn, statuses=list(ro.BLOCKING), group=device["group_name"]):
+        if rollout["floor_bucket"] is None and ro.is_selected(
+            device, tags=rollout["tags"], hardware_classes=rollout["hardware_classes"]
+        ):
+            floor = ro.bucket(device["id"], rollout["id"])
+            st.update_rollout(conn, rollout["id"], floor_bucket=floor)
+            st.add_event(conn, rollout["id"], "first-device", f"{device['id']} pins the first stage", None)
+
+
+_TRANSITIONS = {
+    "pause": ((ro.Status.ACTIVE,), ro.Status.PAUSED),
+    "resume": ((ro.Status.PAUSED, ro.Status.HALTED), ro.Status.ACTIVE),
+    "abort": ((ro.Status.ACTIVE, ro.Status.PAUSED, ro.Status.HALTED), ro.Status.ABORTED),
+}
+
+
+def act(conn: Connection, rollout_id: str, action: str, *, actor: str) -> dict[str, Any]:
+    """pause / resume / abort; 409 when the rollout's status does not allow it."""
+    st.lock(conn, f"rollout:{rollout_id}")
+    rollout = st.get_rollout(conn, rollout_id)
+    allowed, to = _TRANSITIONS[action]
+    if rollout["status"] not in [s.value for s in allowed]:
+        raise Conflict(f"cannot {action} a rollout that is {rollout['status']}", field="status")
+    values: dict[str, Any] = {"status": to.value}
+    if action == "resume":
+        values["halt_reason"] = None
+    st.update_rollout(conn, rollout_id, **values)
+    st.add_event(conn, rollout_id, {"pause": "paused", "resume": "resumed", "abort": "aborted"}[action], None, actor)
+    st.audit(conn, actor, f"rollout.{action}", rollout_id)
+    st.bump_generation(conn)
+    if action == "resume":
+        evaluate(conn, rollout_id, actor="system")
+    return st.get_rollout(conn, rollout_id)
+
+
+def rollback(conn: Connection, rollout_id: str, body: Any, *, actor: str) -> dict[str, Any]:
+    """A new release (next counter) pointing at an older release's artifacts, rolled out at once."""
+    if not isinstance(body, Mapping) or not isinstance(body.get("to_version"), str):
+        raise BadRequest("body must be {\"to_version\": \"1.0.0\"}", field="to_version")
+    st.lock(conn, "releases")
+    rollout = st.get_rollout(conn, rollout_id)
+    current = st.get_release(conn, rollout["release"])
+    old = st.release_by_version(conn, rollout["model"], body["to_version"])
+    if old is None:
+        raise BadRequest(f"no release {rollout['model']}@{body['to_version']}", field="to_version")
+    if semver_key(old["version"]) >= semver_key(current["version"]):
+        raise BadRequest(f"to_version {old['version']} is not older than {current['version']}", field="to_version")
+    counter = st.next_counter(conn)
+    new_release = {
+        "counter": counter, "name": old["name"], "version": old["version"], "rollback_of": old["counter"],
+        "manifest": old["manifest"], "created_at": st.utcnow(), "created_by": actor,
+    }
+    files = st.release_files(conn, old["counter"])
+    st.insert_release(conn, new_release, [{k: f[k] for k in f if k != "release"} for f in files])
+    if rollout["status"] not in (ro.Status.ABORTED.value, ro.Status.SUPERSEDED.value):
+        st.update_rollout(conn, rollout_id, status=ro.Status.ROLLED_BACK.value)
+    st.add_event(conn, rollout_id, "rolled-back", f"to {old['version']} as release {counter}", actor)
+    stages = ro.parse_stages(body["stages"]) if "stages" in body else (100.0,)
+    spec = ro.RolloutSpec(
+        model=rollout["model"], version=old["version"], group=rollout["group_name"], tags=tuple(rollout["tags"]),
+        hardware_classes=tuple(rollout["hardware_classes"]), stages=stages,
+        max_failure_rate=rollout["max_failure_rate"], success_quota=rollout["success_quota"],
+        min_devices_for_halt=rollout["min_devices_for_halt"], gates=rollout["gates"] or {},
+    )
+    new = create_rollout(conn, spec, actor=actor, release=counter, supersede=rollout_id)
+    st.audit(conn, actor, "rollout.rollback", rollout_id, {"release": counter, "rollout": new["id"]})
+    return {"release": release_view(new_release, files), "rollout": rollout_view(conn, new)}
+
+
+def evaluate(conn: Connection, rollout_id: str, *, actor: str = "system") -> str:
+    """Apply the advance/halt rules to a rollout; returns the decision taken."""
+    st.lock(conn, f"rollout:{rollout_id}")
+    rollout = st.get_rollout(conn, rollout_id)
+    buckets = selected_buckets(conn, rollout)
+    rows = st.device_outcomes(conn, rollout_id)
+    outcomes = {r["device_id"]: r["outcome"] for r in rows}
+    reasons = {r["device_id"]: r["reason_code"] for r in rows}
+    result = ro.evaluate(
+        status=rollout["status"], stage=rollout["stage"], stages=rollout["stages"], buckets=buckets,
+        outcomes=outcomes, reasons=reasons, floor=rollout["floor_bucket"],
+        success_quota=rollout["success_quota"], max_failure_rate=rollout["max_failure_rate"],
+        min_devices_for_halt=rollout["min_devices_for_halt"],
+    )
+    if result.decision is ro.Decision.HALT:
+        st.update_rollout(conn, rollout_id, status=ro.Status.HALTED.value, halt_reason=result.detail)
+        st.add_event(conn, rollout_id, "halted", result.detail, actor)
+        log.warning("rollout %s halted: %s", rollout_id, result.detail)
+    elif result.decision is ro.Decision.ADVANCE:
+        st.update_rollout(conn, rollout_id, stage=result.stage)
+        st.add_event(conn, rollout_id, "stage-advanced", result.detail, actor)
+    elif result.decision is ro.Decision.COMPLETE:
+        st.update_rollout(conn, rollout_id, stage=result.stage, status=ro.Status.COMPLETED.value)
+        st.add_event(conn, rollout_id, "completed", result.detail, actor)
+    if result.decision is not ro.Decision.NONE:
+        st.bump_generation(conn)
+    return result.decision.value
+
+
+def rollout_view(conn: Connection, rollout: Mapping[str, Any]) -> dict[str, Any]:
+    """A rollout with per-stage progress, failure reasons and its event timeline."""
+    buckets = selected_buckets(conn, rollout)
+    rows = st.device_outcomes(conn, rollout["id"])
+    outcomes = {r["device_id"]: r["outcome"] for r in rows}
+    reasons = {r["device_id"]: r["reason_code"] for r in rows}
+    progress = ro.stage_progress(rollout["stages"], buckets, outcomes, rollout["floor_bucket"], reasons)
+    release = st.get_release(conn, rollout["release"])
+    failures = Counter(r["reason_code"] or "UNKNOWN" for r in rows if r["outcome"] == "failure")
+    return {
+        "id": rollout["id"], "model": rollout["model"], "version": release["version"],
+        "release": rollout["release"], "group": rollout["group_name"], "tags": rollout["tags"],
+        "hardware_classes": rollout["hardware_classes"], "stages": rollout["stages"],
+        "stage": rollout["stage"], "status": rollout["status"], "halt_reason": rollout["halt_reason"],
+        "max_failure_rate": rollout["max_failure_rate"], "success_quota": rollout["success_quota"],
+        "min_devices_for_halt": rollout["min_devices_for_halt"], "gates": rollout["gates"],
+        "created_at": rollout["created_at"], "created_by": rollout["created_by"],
+        "updated_at": rollout["updated_at"],
+        "selected_devices": len(buckets),
+        "progress": [p.__dict__ for p in progress],
+        "totals": {k: sum(1 for o in outcomes.values() if o == k) for k in ("success", "failure", "pending")},
+        "failure_reasons": dict(failures.most_common()),
+        "failures": [
+            {"device_id": r["device_id"], "state": r["state"], "reason_code": r["reason_code"],
+             "detail": r["detail"], "time": r["time"]}
+            for r in rows if r["outcome"] == "failure"
+        ][:100],
+        "events": [
+            {"time": e["time"], "kind": e["kind"], "detail": e["detail"], "actor": e["actor"]}
+            for e in st.events(conn, rollout["id"])
+        ],
+    }

@@ -1,0 +1,230 @@
+"""The real agent CLI against the real OTA server (gunicorn on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_agent.config import AgentConfig
+from edge_agent.core import State
+from edge_agent.daemon import build_agent
+from edge_agent.daemon import status as daemon_status
+from edge_agent.identity import enroll as enroll_in_process
+from tests.bundles import make_bundle
+from tests.edge_agent.update_harness import (
+    FAST_RUN,
+    MitmProxy,
+    check_slots,
+    make_bundle_with,
+    make_runaway_onnx,
+    run_agent,
+    start_agent,
+)
+from tests.live_server import LiveServer, free_port, live_server
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    with live_server(tmp_path_factory.mktemp("live")) as srv:
+        yield srv
+
+
+def enroll(server: LiveServer, data: Path, group: str) -> None:
+    out = run_agent(data, "enroll", "--server", server.url, "--token", server.enrollment_token, "--root",
+                    str(server.root_json), "--director-key", str(server.director_key_file), "--group", group,
+                    "--name", data.name)
+    assert out.returncode == 0, out.stderr
+
+
+def once(data: Path, *extra: str) -> Any:
+    return run_agent(data, "run", "--once", *FAST_RUN, *extra)
+
+
+def status(data: Path) -> dict[str, Any]:
+    return daemon_status(AgentConfig(data))
+
+
+def status_cli(data: Path) -> dict[str, Any]:
+    out = run_agent(data, "status", "--json")
+    assert out.returncode == 0, out.stderr
+    return dict(json.loads(out.stdout))
+
+
+def test_install_replace_and_fleet_rollback(server: LiveServer, tmp_path: Path) -> None:
+    data = tmp_path / "truck-1"
+    enroll(server, data, "flow")
+    assert (data / "identity.json").stat().st_mode & 0o777 == 0o600
+    make_bundle(tmp_path / "v1", name="flow", version="1.0.0")
+    make_bundle(tmp_path / "v2", name="flow", version="1.1.0")
+    server.publish(tmp_path / "v1")
+    r1 = server.create_rollout(model="flow", version="1.0.0", group="flow", stages=[100])
+    out = once(data)
+    assert out.returncode == 0, out.stderr
+    assert check_slots(data) == "flow@1.0.0"
+    assert server.rollout(r1["id"])["totals"]["success"] == 1
+
+    release2 = server.publish(tmp_path / "v2")
+    r2 = server.create_rollout(model="flow", version="1.1.0", group="flow", stages=[100])
+    out = once(data)
+    assert out.returncode == 0, out.stderr
+    st = status_cli(data)
+    assert check_slots(data) == "flow@1.1.0" and st["model"]["release"] == release2["counter"]
+    assert st["previous_slot"] is not None and st["pending_reports"] == 0
+    assert server.rollout(r2["id"])["totals"]["success"] == 1
+
+    code, body, _ = server.api("POST", f"/api/v1/rollouts/{r2['id']}/rollback", json={"to_version": "1.0.0"},
+                               token=server.tokens["operator"])
+    assert code == 201, body
+    out = once(data)
+    assert out.returncode == 0, out.stderr
+    st = status(data)
+    assert check_slots(data) == "flow@1.0.0"
+    assert st["model"]["release"] == body["release"]["counter"] > release2["counter"]
+    assert server.rollout(body["rollout"]["id"])["totals"]["success"] == 1
+
+    # nothing new: the next poll is a no-op and the model stays
+    out = once(data)
+    assert out.returncode == 0 and check_slots(data) == "flow@1.0.0"
+    code, dev, _ = server.api("GET", f"/api/v1/devices/{st['device_id']}", token=server.tokens["viewer"])
+    assert code == 200 and dev["running"]["version"] == "1.0.0", dev
+
+
+@pytest.fixture(scope="module")
+def device(server: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A device in group "bad" running base@1.0.0."""
+    tmp = tmp_path_factory.mktemp("bad")
+    data = tmp / "truck-2"
+    enroll(server, data, "bad")
+    make_bundle(tmp / "base", name="base", version="1.0.0")
+    server.publish(tmp / "base")
+    server.create_rollout(model="base", version="1.0.0", group="bad", stages=[100])
+    out = once(data)
+    assert out.returncode == 0, out.stderr
+    return data
+
+
+BAD = [
+    ("not-onnx", "MODEL_LOAD_FAILED", {}),
+    ("nan", "NAN_OUTPUT", {}),
+    ("slow", "LATENCY_OVER_BUDGET", {"latency_budget_ms": 5.0}),
+    ("runaway", "RUNTIME_CRASHED", {}),
+]
+
+
+@pytest.mark.parametrize(("behaviour", "reason", "kwargs"), BAD, ids=[b[0] for b in BAD])
+def test_bad_models_are_refused_and_counted(server: LiveServer, device: Path, tmp_path: Path, behaviour: str,
+                                            reason: str, kwargs: dict[str, Any]) -> None:
+    name = f"bad-{behaviour}"
+    if behaviour == "runaway":
+        make_bundle_with(tmp_path / name, name=name, version="1.0.0", data=make_runaway_onnx())
+    else:
+        make_bundle(tmp_path / name, name=name, version="1.0.0", behaviour=behaviour, **kwargs)
+    server.publish(tmp_path / name)
+    rollout = server.create_rollout(model=name, version="1.0.0", group="bad", stages=[100])
+    out = once(device, "--prepare-cpu-limit", "3")
+    assert out.returncode == 3, out.stderr
+    assert reason in out.stderr
+    assert check_slots(device) == "base@1.0.0"  # the previous model stays active
+    progress = server.rollout(rollout["id"])
+    assert progress["totals"]["failure"] == 1 and progress["status"] == "halted", progress
+    assert reason in json.dumps(progress["failure_reasons"])
+    assert status(device)["pending_reports"] == 0
+
+
+def test_server_down_keeps_the_model_and_queues_reports(server: LiveServer, device: Path) -> None:
+    ident = json.loads((device / "identity.json").read_text())
+    real = ident["server"]
+    ident["server"] = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    (device / "identity.json").write_text(json.dumps(ident))
+    try:
+        out = once(device)
+        assert out.returncode == 4, out.stderr  # transient: retry later
+        assert "server unreachable" in out.stderr
+        assert check_slots(device) == "base@1.0.0"
+        assert status(device)["pending_reports"] >= 1  # the heartbeat waits in the outbox
+    finally:
+        ident["server"] = real
+        (device / "identity.json").write_text(json.dumps(ident))
+    out = once(device)
+    assert out.returncode == 0, out.stderr
+    assert status(device)["pending_reports"] == 0
+
+
+def test_manual_rollback_and_its_errors(server: LiveServer, tmp_path: Path, device: Path) -> None:
+    fresh = tmp_path / "fresh"
+    enroll(server, fresh, "nothing")
+    out = run_agent(fresh, "rollback")
+    assert out.returncode == 2 and "no previous model" in out.stderr
+    out = run_agent(tmp_path / "not-enrolled", "status")
+    assert out.returncode == 2 and "not enrolled" in out.stderr
+    out = run_agent(fresh, "enroll", "--server", server.url, "--token", "ef_enr_wrong")
+    assert out.returncode == 2 and "already enrolled" in out.stderr
+    out = run_agent(tmp_path / "x", "enroll", "--server", server.url, "--token", "ef_enr_wrong")
+    assert out.returncode == 1 and "401" in out.stderr
+
+
+def test_man_in_the_middle_of_the_real_server(server: LiveServer, tmp_path: Path) -> None:
+    """Tampered model bytes and a replayed assignment through a proxy: refused, counted, model kept."""
+    proxy = MitmProxy(server.url)
+    try:
+        config = AgentConfig(tmp_path / "truck-3", health_window_s=0.2, bench_queries=5, bench_duration_s=0.05)
+        enroll_in_process(config.paths, server=proxy.url, token=server.enrollment_token, name="truck-3",
+                          group="mitm", root_file=server.root_json, director_key_file=server.director_key_file)
+        agent = build_agent(config)
+        agent.start()
+        for version in ("1.0.0", "1.1.0"):
+            make_bundle(tmp_path / version, name="mitm", version=version)
+        server.publish(tmp_path / "1.0.0")
+        server.create_rollout(model="mitm", version="1.0.0", group="mitm", stages=[100])
+        assert agent.run_once().record.state is State.COMMITTED
+
+        server.publish(tmp_path / "1.1.0")
+        rollout = server.create_rollout(model="mitm", version="1.1.0", group="mitm", stages=[100])
+        proxy.tamper_suffix = "model.onnx"
+        result = agent.run_once()
+        assert (result.record.state, result.record.outcome.reason.value if result.record.outcome.reason else None) \
+            == (State.REFUSED, "HASH_MISMATCH")
+        assert check_slots(config.data_dir) == "mitm@1.0.0"
+        progress = server.rollout(rollout["id"])
+        assert progress["totals"]["failure"] == 1 and "HASH_MISMATCH" in str(progress["failure_reasons"])
+
+        proxy.tamper_suffix, proxy.replay = None, True  # replay the very first (signed, genuine) assignment
+        result = agent.run_once()
+        assert result.record.state is State.REFUSED and result.record.outcome.reason is not None
+        assert result.record.outcome.reason.value == "NONCE_MISMATCH"
+        assert check_slots(config.data_dir) == "mitm@1.0.0"
+        agent.controller.outbox.close()
+    finally:
+        proxy.close()
+
+
+def test_daemon_loop_stops_cleanly_on_sigterm(server: LiveServer, device: Path) -> None:
+    import signal
+    import threading
+    import time
+
+    proc = start_agent(device, "run", "--poll-interval", "0.3", *FAST_RUN)
+    lines: list[str] = []
+    assert proc.stdout is not None
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or []), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and sum("cycle" in x or "headless" in x for x in lines) < 1:
+            time.sleep(0.1)
+        time.sleep(1.0)  # a few poll cycles
+        assert proc.poll() is None, "the daemon exited on its own"
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        reader.join(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out = "".join(lines)
+    assert proc.returncode == 0, out
+    assert "signal 15: stopping" in out and "agent stopped" in out
+    assert check_slots(device) == "base@1.0.0"

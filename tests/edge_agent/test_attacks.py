@@ -1,0 +1,206 @@
+"""Attacks on the update path, each refused with its reason code while the active model keeps running.
+
+The agent (real code, in this process) talks HTTP to :class:`SimServer`: a
+real TUF repository and a director with real Ed25519 keys behind a server
+that misbehaves on demand. Every test starts from a device running
+``sim@1.0.0`` and checks that it still runs it, untouched, afterwards.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_agent.config import AgentConfig
+from edge_agent.core import State
+from edge_agent.daemon import Agent, CycleResult, build_agent
+from edge_agent.identity import enroll
+from edge_agent.journal import StateFile
+from tests.bundles import make_bundle
+from tests.edge_agent.update_harness import RepoSim, SimServer, check_slots, utc
+
+Assign = Callable[[str, str], dict[str, Any] | None]
+
+
+@dataclass
+class Rig:
+    sim: RepoSim
+    srv: SimServer
+    agent: Agent
+    data: Path
+    tmp: Path
+    minor: int = 0
+    active: str = "sim@1.0.0"  # what the device must still run after each attack
+
+    def release(self) -> dict[str, Any]:
+        """Publish sim@1.<n>.0 in the TUF repository; returns its release description."""
+        self.minor += 1
+        bundle = self.tmp / f"sim-1.{self.minor}.0"
+        make_bundle(bundle, name="sim", version=f"1.{self.minor}.0")
+        return self.sim.add_bundle(bundle)
+
+    def assign(self, release: dict[str, Any], **over: Any) -> Assign:
+        def make(device: str, nonce: str) -> dict[str, Any]:
+            body = self.sim.assignment_body(release, device_id=device, nonce=nonce)
+            body.update(over)
+            return self.sim.sign_assignment(body)
+
+        return make
+
+    def attempt(self, assign: Assign, **knobs: Any) -> CycleResult:
+        self.srv.knobs.assign = assign
+        for k, v in knobs.items():
+            setattr(self.srv.knobs, k, v)
+        try:
+            return self.agent.run_once()
+        finally:
+            self.srv.knobs = type(self.srv.knobs)()
+
+    def refused(self, result: CycleResult, reason: str, *, state: State = State.REFUSED) -> None:
+        assert result.record.state is state, result.record
+        assert result.record.outcome.reason is not None and result.record.outcome.reason.value == reason
+        assert reason in self.srv.reasons(state.value), self.srv.reports[-3:]
+        assert check_slots(self.data) == self.active  # the active model is unchanged and intact
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    tmp = tmp_path_factory.mktemp("attacks")
+    sim = RepoSim()
+    srv = SimServer(sim)
+    data = tmp / "agent"
+    config = AgentConfig(tmp / "agent")
+    enroll(config.paths, server=srv.url, token="ef_enr_sim", name="victim")
+    config = AgentConfig(data, health_window_s=0.2, bench_queries=5, bench_duration_s=0.05, min_rate_bps=2000,
+                         rate_window_s=0.6, max_attempts=2, http_timeout_s=5)
+    agent = build_agent(config)
+    agent.start()
+    r = Rig(sim, srv, agent, data, tmp)
+    make_bundle(tmp / "sim-1.0.0", name="sim", version="1.0.0")
+    first = sim.add_bundle(tmp / "sim-1.0.0")
+    result = r.attempt(r.assign(first))
+    assert result.record.state is State.COMMITTED, result.record
+    assert check_slots(data) == "sim@1.0.0"
+    yield r
+    agent.controller.outbox.close()
+    srv.close()
+
+
+def test_tampered_model_bytes(rig: Rig) -> None:
+    rig.refused(rig.attempt(rig.assign(rig.release()), tamper=True), "HASH_MISMATCH")
+    assert not list((rig.data / "downloads").glob("*.part"))  # the bad bytes are gone
+
+
+def test_assignment_altered_in_transit(rig: Rig) -> None:
+    good = rig.assign(rig.release())
+
+    def mitm(device: str, nonce: str) -> dict[str, Any]:
+        env = good(device, nonce)
+        env["signed"]["target"]["hashes"]["sha256"] = "0" * 64
+        return env
+
+    rig.refused(rig.attempt(mitm), "SIGNATURE_INVALID")
+
+
+def test_signed_assignment_with_a_hash_tuf_does_not_know(rig: Rig) -> None:
+    release = rig.release()
+    target = copy.deepcopy(rig.sim.assignment_body(release, device_id="x", nonce="x")["target"])
+    target["hashes"] = {"sha256": "1" * 64}
+    rig.refused(rig.attempt(rig.assign(release, target=target)), "TARGET_MISMATCH")
+
+
+def test_target_that_is_not_in_tuf(rig: Rig) -> None:
+    release = rig.release()
+    target = copy.deepcopy(rig.sim.assignment_body(release, device_id="x", nonce="x")["target"])
+    target["path"] = "sim/9.9.9/model.onnx"
+    rig.refused(rig.attempt(rig.assign(release, target=target)), "TARGET_NOT_IN_TUF")
+
+
+def test_assignment_for_another_device(rig: Rig) -> None:
+    rig.refused(rig.attempt(rig.assign(rig.release(), device_id="dev_someone_else")), "WRONG_DEVICE")
+
+
+def test_replayed_assignment_with_an_old_nonce(rig: Rig) -> None:
+    release = rig.release()
+    recorded = rig.assign(release)("dev_sim1", "ab" * 16)  # captured from an earlier exchange
+    rig.refused(rig.attempt(lambda device, nonce: recorded), "NONCE_MISMATCH")
+
+
+def test_expired_assignment(rig: Rig) -> None:
+    rig.refused(rig.attempt(rig.assign(rig.release(), expires="2020-01-01T00:00:00Z")), "ASSIGNMENT_EXPIRED")
+
+
+def test_lower_release_counter(rig: Rig) -> None:
+    older, newer = rig.release(), rig.release()
+    rig.refused(rig.attempt(rig.assign(newer), tamper=True), "HASH_MISMATCH")  # accepted, then refused
+    assert StateFile(rig.data / "agent-state.json").load().highest_release == newer["counter"]
+    rig.refused(rig.attempt(rig.assign(older)), "RELEASE_COUNTER_DECREASED")
+
+
+def test_frozen_tuf_metadata(rig: Rig) -> None:
+    release = rig.release()
+    rig.sim.republish_timestamp(expires=utc(-60))  # validly signed, but expired: a freeze attack
+    try:
+        rig.refused(rig.attempt(rig.assign(release)), "TUF_EXPIRED")
+    finally:
+        rig.sim.republish_timestamp()
+
+
+def test_replayed_older_tuf_metadata(rig: Rig) -> None:
+    old_timestamp = rig.sim.metadata["timestamp.json"]
+    first = rig.release()  # timestamp moves on; the agent sees and caches the newer one
+    rig.refused(rig.attempt(rig.assign(first), tamper=True), "HASH_MISMATCH")
+    second = rig.release()
+    result = rig.attempt(rig.assign(second), metadata_override={"timestamp.json": old_timestamp})
+    rig.refused(result, "TUF_ROLLBACK")
+
+
+def test_endless_data(rig: Rig) -> None:
+    rig.refused(rig.attempt(rig.assign(rig.release()), endless=True), "LENGTH_EXCEEDED")
+
+
+def test_endless_metadata(rig: Rig) -> None:
+    rig.refused(rig.attempt(rig.assign(rig.release()), endless_metadata=True), "TUF_METADATA_INVALID")
+
+
+def test_slow_retrieval_is_retried_then_abandoned(rig: Rig) -> None:
+    release = rig.release()
+    first = rig.attempt(rig.assign(release), trickle_bps=300)
+    assert first.retry and first.record.state is State.DOWNLOADING  # transient: kept for a later resume
+    assert "SLOW_RETRIEVAL" in rig.srv.reasons("downloading")
+    assert check_slots(rig.data) == "sim@1.0.0"
+    second = rig.attempt(rig.assign(release), trickle_bps=300)  # max_attempts=2: give up
+    rig.refused(second, "SLOW_RETRIEVAL", state=State.FAILED)
+
+
+def test_an_honest_update_still_installs_after_all_that(rig: Rig) -> None:
+    release = rig.release()
+    result = rig.attempt(rig.assign(release))
+    assert result.record.state is State.COMMITTED, result.record
+    rig.active = f"sim@{release['version']}"
+    assert check_slots(rig.data) == rig.active
+
+
+def test_a_frozen_repository_that_heals_is_retried_and_reported_once(rig: Rig) -> None:
+    release = rig.release()
+    rig.sim.republish_timestamp(expires=utc(-60))
+    envelopes: dict[str, dict[str, Any]] = {}
+    make = rig.assign(release)
+
+    def stable(device: str, nonce: str) -> dict[str, Any]:  # one envelope per nonce, like the director
+        return envelopes.setdefault(nonce, make(device, nonce))
+
+    before = rig.srv.reasons().count("TUF_EXPIRED")
+    rig.refused(rig.attempt(stable), "TUF_EXPIRED")
+    again = rig.attempt(stable)  # same assignment, same frozen metadata: checked again, not reported twice
+    assert again.record.state is State.IDLE and rig.srv.reasons().count("TUF_EXPIRED") == before + 1
+    rig.sim.republish_timestamp()  # the server re-signs its timestamp
+    healed = rig.attempt(stable)
+    assert healed.record.state is State.COMMITTED, healed.record
+    rig.active = f"sim@{release['version']}"
+    assert check_slots(rig.data) == rig.active

@@ -1,0 +1,45 @@
+"""Fixtures for the OTA server tests: an initialized data dir on SQLite or on a fresh
+PostgreSQL schema (dropped afterwards)."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+import sqlalchemy as sa
+
+from ota_server.config import ServerConfig
+from ota_server.setup import init_data_dir
+
+
+@pytest.fixture
+def pg_schema_url(postgres_url: str) -> Iterator[str]:
+    """A PostgreSQL URL whose search_path is a new, empty schema."""
+    schema = "ota_test_" + secrets.token_hex(6)
+    engine = sa.create_engine(postgres_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    sep = "&" if "?" in postgres_url else "?"
+    try:
+        yield f"{postgres_url}{sep}options={quote(f'-csearch_path={schema}')}"
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest) -> str | None:
+    if request.param == "sqlite":
+        return None
+    return str(request.getfixturevalue("pg_schema_url"))
+
+
+@pytest.fixture
+def initialized(tmp_path: Path, db_url: str | None) -> tuple[ServerConfig, dict[str, str]]:
+    config = ServerConfig(data_dir=tmp_path / "data", db_url=db_url)
+    result = init_data_dir(config)
+    return config, result
