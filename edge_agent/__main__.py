@@ -183,7 +183,8 @@ def _status(args: argparse.Namespace) -> int:
     print(f"slot:            {info['slot'] or '-'} (previous: {info['previous_slot'] or '-'})")
     print(f"update state:    {info['update_state']}")
     if last:
-        print(f"last update:     release {last.get('release')} {last.get('version')} → {last.get('state')} "
+        why = f" ({last['reason']})" if last.get("reason") else ""
+        print(f"last update:     release {last.get('release')} {last.get('version')} → {last.get('state')}{why} "
               f"at {last.get('time')}")
     print(f"pending reports: {info['pending_reports']}")
     return EXIT_OK

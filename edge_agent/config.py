@@ -1,7 +1,7 @@
 """Agent configuration and the layout of its data directory.
 
 ``AgentConfig`` is built once by the CLI from flags and passed down; nothing
-here reads flags or performs I/O beyond :meth:`AgentConfig.from_env_hooks`,
+here reads flags or performs I/O beyond :meth:`AgentConfig.pause_from_env`,
 which reads the documented test hook ``EDGEFLEET_AGENT_PAUSE_AT``.
 
 Data directory (``--data-dir``)::

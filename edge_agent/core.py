@@ -333,12 +333,12 @@ def _finish(c: Controller, record: Record) -> None:
 
 def run_update(
     c: Controller, journal: JournalStore, *, max_attempts: int = 5
-) -> tuple[Record, float | None]:
+) -> tuple[Record, bool]:
     """Resume the journaled update or check for a new one, and drive it as far as it goes.
 
-    Returns the last record and, after a transient error, how many back-off
-    steps have accumulated (``attempts``) as a float hint (None when done).
-    Raises nothing for update failures: they end in a terminal state, reported.
+    Returns the last record and whether a transient error stopped it (back
+    off, then call again: the journal resumes it). Raises nothing for update
+    failures: they end in a terminal state, reported.
     """
     record = journal.load()
     if record.state in (State.IDLE, State.CHECKING):
@@ -350,15 +350,15 @@ def run_update(
         except TransientError as e:
             log.warning("check failed, will retry: %s", e)
             journal.save(Record(State.IDLE))
-            return Record(State.IDLE, outcome=Outcome(e.reason, e.detail)), 1.0
+            return Record(State.IDLE, outcome=Outcome(e.reason, e.detail)), True
         except FatalError as e:
             log.warning("assignment refused: %s", e)
             journal.save(Record(State.IDLE))
             c.report(State.REFUSED, None, Outcome(e.reason, e.detail, {}))
-            return Record(State.REFUSED, outcome=Outcome(e.reason, e.detail)), None
+            return Record(State.REFUSED, outcome=Outcome(e.reason, e.detail)), False
         if update is None:
             journal.save(Record(State.IDLE))
-            return Record(State.IDLE), None
+            return Record(State.IDLE), False
         record = Record(State.DOWNLOADING, update)
         log.info("accepted %s: downloading %s", update.label, update.target.path)
         journal.save(record)
@@ -369,7 +369,7 @@ def run_update(
 
 def _drive(
     c: Controller, journal: JournalStore, record: Record, *, max_attempts: int
-) -> tuple[Record, float | None]:
+) -> tuple[Record, bool]:
     while record.state not in TERMINAL:
         current = record.update
         assert current is not None  # working states always carry their update
@@ -382,7 +382,7 @@ def _drive(
                 record = replace(record, attempts=attempts, outcome=Outcome(e.reason, e.detail))
                 journal.save(record)
                 c.report(record.state, current, record.outcome)  # not a failure: the server only sees why
-                return record, float(attempts)
+                return record, True
             log.error("%s: giving up after %d attempts: %s", record.state.value, attempts, e)
             state, update, outcome = _fail_state(record.state, e.reason), current, Outcome(e.reason, e.detail)
         record = Record(state, update, record.attempts, outcome)
@@ -394,7 +394,7 @@ def _drive(
     _finish(c, record)
     c.report(record.state, record.update, record.outcome)
     journal.save(Record(State.IDLE, outcome=record.outcome))
-    return record, None
+    return record, False
 
 
 def backoff_delay(attempt: int, *, base_s: float, max_s: float, jitter: float, rng: random.Random) -> float:

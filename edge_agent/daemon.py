@@ -28,7 +28,7 @@ from edge_agent.core import Record, State, backoff_delay, run_update
 from edge_agent.errors import ConfigError, JournalError, ServerError
 from edge_agent.headless import HeadlessPerception
 from edge_agent.identity import load_identity, load_profile
-from edge_agent.journal import Journal, StateFile, read_json
+from edge_agent.journal import Journal, StateFile, read_json, remove_stale_temps
 from edge_agent.perception import Perception
 from edge_agent.slots import Slots
 from edge_agent.telemetry import Outbox, make_report
@@ -62,6 +62,8 @@ class Agent:
     def start(self) -> None:
         """Clean up after a crash and start serving the active model, if any."""
         self.controller.slots.clean()
+        for path in (self.journal.path, self.controller.state.path):
+            remove_stale_temps(path)
         active = self.controller.slots.active_dir()
         if active is not None:
             self.perception.start(active)
@@ -91,7 +93,7 @@ class Agent:
         self.heartbeat()
         record, retry = run_update(self.controller, self.journal, max_attempts=self.config.max_attempts)
         sent += self.flush()
-        return CycleResult(record, retry is not None, sent, self.controller.outbox.count())
+        return CycleResult(record, retry, sent, self.controller.outbox.count())
 
     def next_delay(self, result: CycleResult) -> float:
         if result.retry:

@@ -18,7 +18,7 @@ from typing import Any
 from edge_agent.core import Record
 from edge_agent.errors import JournalError
 
-__all__ = ["write_atomic", "fsync_dir", "read_json", "Journal", "AgentState", "StateFile"]
+__all__ = ["write_atomic", "remove_stale_temps", "fsync_dir", "read_json", "Journal", "AgentState", "StateFile"]
 
 
 def fsync_dir(directory: Path) -> None:
@@ -44,6 +44,14 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def remove_stale_temps(path: Path) -> int:
+    """Delete temp files a killed :func:`write_atomic` left beside ``path``; returns how many."""
+    stale = list(path.parent.glob(f".{path.name}.*")) if path.parent.exists() else []
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return len(stale)
 
 
 def read_json(path: Path) -> Any:

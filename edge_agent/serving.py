@@ -31,7 +31,17 @@ from edge_agent.inference import LoadedModel, ModelLoadFailed, Outcome, load_mod
 from edge_agent.perception import GateResult, SwapResult
 from edge_agent.pipeline import Pipeline, PipelineConfig
 from edge_agent.shadow import ShadowRun
-from models.bundle import Gates
+from models.bundle import BundleError, Gates, read_bundle
+
+
+def staged_variant(bundle_dir: Path) -> str | None:
+    """The variant a slot holds (the agent stages only its assigned variant); None = let selection pick."""
+    try:
+        manifest = read_bundle(bundle_dir, verify=False)
+    except BundleError:
+        return None
+    present = [v.id for v in manifest.variants if (Path(bundle_dir) / v.file).is_file()]
+    return present[0] if len(present) == 1 else None
 
 __all__ = ["PerceptionError", "CameraPerception"]
 
@@ -91,7 +101,8 @@ class CameraPerception:
 
     # ------------------------------------------------------------------ serving
     def _load(self, bundle_dir: Path) -> LoadedModel:
-        return load_model(bundle_dir, providers=self.providers, threads=self.threads)
+        return load_model(bundle_dir, variant_id=staged_variant(bundle_dir), providers=self.providers,
+                          threads=self.threads)
 
     def start(self, active_bundle_dir: Path) -> None:
         """Load the active model, open the source, start the threads.

@@ -109,7 +109,7 @@ def export_onnx(model: nn.Module, spec: InputSpec, path: Path, *, task: Task, op
 def _runs_batch(path: Path, spec: InputSpec) -> bool:
     shape = (2, 3, spec.height, spec.width) if spec.layout.value == "NCHW" else (2, spec.height, spec.width, 3)
     try:
-        OrtRuntime(path, OrtOptions(providers=("CPUExecutionProvider",))).run(np.zeros(shape, np.float32))
+        OrtRuntime(path, OrtOptions(providers=("CPUExecutionProvider",), allow_spinning=False)).run(np.zeros(shape, np.float32))
     except ModelRuntimeError:
         return False
     return True
@@ -132,7 +132,7 @@ def torch_outputs(model: nn.Module, inputs: np.ndarray, names: tuple[str, ...], 
 def check_parity(onnx_path: Path, reference: dict[str, np.ndarray], inputs: np.ndarray, *, atol: float = 1e-3,
                  rtol: float = 1e-3, min_cosine: float = 0.9999, batch_size: int = 16) -> ParityReport:
     """Compare ONNX Runtime (FP32, CPU) with ``reference`` (torch) outputs on ``inputs``."""
-    rt = OrtRuntime(onnx_path, OrtOptions(providers=("CPUExecutionProvider",)))
+    rt = OrtRuntime(onnx_path, OrtOptions(providers=("CPUExecutionProvider",), allow_spinning=False))
     static = isinstance(rt.input_shape[0], int)
     step = 1 if static else batch_size
     got: dict[str, list[np.ndarray]] = {}

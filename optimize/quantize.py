@@ -257,7 +257,7 @@ def node_sensitivity(fp32: Path, int8: Path, inputs: np.ndarray) -> dict[str, fl
     nodes = [n for n in graph.node if n.op_type in _WEIGHTED_OPS and n.name]
     in_int8 = {t for n in onnx.load(str(int8)).graph.node for t in n.output}
     tensors = sorted({t for n in nodes for t in (n.input[0], n.output[0])} & in_int8)
-    opts = OrtOptions(providers=("CPUExecutionProvider",))
+    opts = OrtOptions(providers=("CPUExecutionProvider",), allow_spinning=False)
     try:
         ref = OrtRuntime(_with_outputs(fp32, tensors), opts)
         got = OrtRuntime(_with_outputs(int8, tensors), opts)

@@ -11,10 +11,10 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from scripts import demo_media, demo_steps
-from scripts.demo_procs import Processes, StepFailed
+from scripts.demo_procs import Child, Processes, StepFailed
 from scripts.demo_report import FleetRow, RolloutRecord, fleet_table, write_report
 from scripts.demo_steps import Agent, Clock, Server
 
@@ -64,7 +64,7 @@ def make_inputs(cfg: DemoConfig) -> list[Agent]:
     return agents
 
 
-def make_bundles(cfg: DemoConfig, procs: Processes, steps: Steps) -> tuple[dict[str, Path], list[Any]]:
+def make_bundles(cfg: DemoConfig, procs: Processes, steps: Steps) -> tuple[dict[str, Path], list[Child]]:
     """Bundle directories for 1.0.0, 1.1.0 and the bad 1.2.0, and the background jobs still making them."""
     bundles = {v: cfg.out / "bundles" / f"{MODEL}-{v}" for v in ("1.0.0", "1.1.0", "1.2.0")}
     if cfg.quick:

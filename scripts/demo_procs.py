@@ -165,7 +165,7 @@ class Processes:
         from tqdm import tqdm
 
         deadline = time.monotonic() + timeout_s
-        with tqdm(desc=f"    {label}", bar_format="{desc} [{elapsed}] {postfix}", leave=False) as bar:
+        with tqdm(desc=f"    {label}", bar_format="{desc} [{elapsed}]{postfix}", leave=False) as bar:
             while proc.poll() is None:
                 if time.monotonic() > deadline:
                     raise subprocess.TimeoutExpired(proc.args, timeout_s)

@@ -178,11 +178,13 @@ def publish(procs: Processes, server: Server, bundle: Path, version: str) -> Non
 
 
 def create_rollout(procs: Processes, server: Server, *, model: str, version: str, stages: list[int],
-                   max_failure_rate: float, gates: dict[str, float], group: str = "demo") -> str:
+                   max_failure_rate: float, gates: dict[str, float | None], group: str = "demo") -> str:
+    """``ota-ctl rollout create``; ``gates`` values that are None keep the bundle's own gate."""
     argv = ota_ctl(server, "rollout", "create", f"{model}@{version}", "--group", group,
-                   "--stages", ",".join(str(s) for s in stages), "--max-failure-rate", str(max_failure_rate),
-                   "--latency-budget-ms", str(gates["latency_budget_ms"]),
-                   "--min-agreement", str(gates["min_agreement"]))
+                   "--stages", ",".join(str(s) for s in stages), "--max-failure-rate", str(max_failure_rate))
+    for key, value in gates.items():
+        if value is not None:
+            argv += [f"--{key.replace('_', '-')}", str(value)]
     out = procs.run(f"rollout-{version}", argv, timeout_s=60)
     try:
         data = json.loads(out[out.index("{"):])
@@ -252,8 +254,9 @@ def train(procs: Processes, config: Path, runs_dir: Path) -> Path:
     if not runs:
         raise StepFailed(f"edge-train wrote no checkpoints/best.json under {runs_dir}",
                          log_path=procs.log_dir / "train.log")
-    for line in out.strip().splitlines()[-6:]:
-        print(f"    {line}")
+    lines = [x for x in out.replace("\r", "\n").splitlines() if x.strip() and "%|" not in x]
+    for line in [x for x in lines if "epoch" in x or "best" in x][-5:]:
+        print(f"    {line.split(' INFO ')[-1]}")
     return runs[-1]
 
 

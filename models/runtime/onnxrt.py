@@ -56,6 +56,7 @@ class OrtOptions:
     inter_op_threads: int | None = 1  # sequential execution: one graph branch at a time
     graph_optimization: GraphOptimization = GraphOptimization.ALL
     trt_cache_dir: str | None = None  # TensorRT EP engine cache (when that provider is used)
+    allow_spinning: bool = True  # busy-wait between ops: lowest latency, but burns a shared CPU
 
 
 def available_providers() -> tuple[str, ...]:
@@ -104,6 +105,9 @@ def _session_options(options: OrtOptions) -> Any:
         so.intra_op_num_threads = int(options.intra_op_threads)
     if options.inter_op_threads is not None:
         so.inter_op_num_threads = int(options.inter_op_threads)
+    if not options.allow_spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
     so.log_severity_level = 3  # errors only; failures surface as exceptions
     return so
 

@@ -132,7 +132,9 @@ def test_bad_models_are_refused_and_counted(server: LiveServer, device: Path, tm
     progress = server.rollout(rollout["id"])
     assert progress["totals"]["failure"] == 1 and progress["status"] == "halted", progress
     assert reason in json.dumps(progress["failure_reasons"])
-    assert status(device)["pending_reports"] == 0
+    st = status(device)
+    assert st["pending_reports"] == 0 and st["update_state"] == "idle"
+    assert (st["last_update"]["state"], st["last_update"]["reason"]) == ("failed", reason)
 
 
 def test_server_down_keeps_the_model_and_queues_reports(server: LiveServer, device: Path) -> None:

@@ -160,6 +160,19 @@ def test_replayed_older_tuf_metadata(rig: Rig) -> None:
     rig.refused(result, "TUF_ROLLBACK")
 
 
+def test_a_variant_this_hardware_cannot_run(rig: Rig) -> None:
+    import dataclasses
+
+    from models.bundle import HardwareRequirements, write_bundle
+
+    rig.minor += 1
+    bundle = rig.tmp / f"sim-1.{rig.minor}.0"
+    manifest = make_bundle(bundle, name="sim", version=f"1.{rig.minor}.0")
+    jetson_only = dataclasses.replace(manifest.variants[0], requires=HardwareRequirements(accelerators=("jetson",)))
+    write_bundle(bundle, dataclasses.replace(manifest, variants=(jetson_only,)))
+    rig.refused(rig.attempt(rig.assign(rig.sim.add_bundle(bundle))), "INCOMPATIBLE_HARDWARE")
+
+
 def test_endless_data(rig: Rig) -> None:
     rig.refused(rig.attempt(rig.assign(rig.release()), endless=True), "LENGTH_EXCEEDED")
 

@@ -140,7 +140,7 @@ def test_transitions(name: str, faults: dict[str, Any], final: State, reason: Re
     c = FakeController(faults=dict(faults))
     journal = MemoryJournal()
     record, retry = run_update(c, journal)
-    assert (record.state, record.outcome.reason, retry) == (final, reason, None)
+    assert (record.state, record.outcome.reason, retry) == (final, reason, False)
     assert c.calls == calls
     assert c.reports[-1] == (final.value, reason.value if reason else None)
     assert journal.load().state is S.IDLE  # the cycle always ends idle
@@ -153,14 +153,14 @@ def test_transitions(name: str, faults: dict[str, Any], final: State, reason: Re
 def test_no_assignment_stays_idle() -> None:
     c = FakeController(offer=None)
     record, retry = run_update(c, MemoryJournal())
-    assert (record.state, retry, c.calls, c.reports) == (S.IDLE, None, ["check"], [])
+    assert (record.state, retry, c.calls, c.reports) == (S.IDLE, False, ["check"], [])
 
 
 def test_transient_check_error_backs_off_without_report() -> None:
     c = FakeController(faults={"check": TransientError(R.DOWNLOAD_FAILED, "server down")})
     journal = MemoryJournal()
     record, retry = run_update(c, journal)
-    assert record.state is S.IDLE and retry == 1.0 and c.reports == []
+    assert record.state is S.IDLE and retry is True and c.reports == []
     assert journal.load().state is S.IDLE
 
 
@@ -168,11 +168,11 @@ def test_transient_download_error_keeps_the_update_and_resumes() -> None:
     c = FakeController(faults={"download": [TransientError(R.SLOW_RETRIEVAL, "trickle")]})
     journal = MemoryJournal()
     record, retry = run_update(c, journal)
-    assert record.state is S.DOWNLOADING and record.attempts == 1 and retry == 1.0
+    assert record.state is S.DOWNLOADING and record.attempts == 1 and retry is True
     assert journal.load().update == UPDATE
     assert c.reports[-1] == ("downloading", "SLOW_RETRIEVAL")
     record, retry = run_update(c, journal)  # next cycle resumes the download; no new check
-    assert record.state is S.COMMITTED and retry is None
+    assert record.state is S.COMMITTED and retry is False
     assert c.calls.count("check") == 1 and c.calls.count("download") == 2
 
 

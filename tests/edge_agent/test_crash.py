@@ -69,6 +69,7 @@ class Fleet:
         assert out.returncode == code, out.stderr
         journal = json.loads((self.data / "journal.json").read_text())
         assert journal["state"] == "idle"
+        assert not list(self.data.glob(".journal.json.*")), "a killed write left a temp file behind"
 
 
 def test_kill_at_every_state_then_resume(server: LiveServer, tmp_path: Path) -> None:
@@ -109,7 +110,7 @@ def _ahead(data: Path, rng: random.Random) -> str | None:
         parts = [p.stat().st_size for p in (data / "downloads").glob("*.part")] if (data / "downloads").exists() else []
         have = max(parts, default=0)
         if have < MODEL_BYTES - 1000:
-            later += [f"download:{rng.randrange(have + 1, MODEL_BYTES - 500)}" for _ in range(4)]
+            later += [f"download:{rng.randrange(have + 1, MODEL_BYTES - 500)}" for _ in range(10)]
     return rng.choice(later) if later else None
 
 

@@ -207,6 +207,15 @@ class RepoSim:
         }
 
 
+class _QuietServer(ThreadingHTTPServer):
+    """Clients that cut a transfer on purpose (the agent's watchdogs) are not server errors."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, OSError):
+            super().handle_error(request, client_address)
+
+
 @dataclass
 class Knobs:
     """What the (malicious) server does; reset between tests."""
@@ -230,7 +239,7 @@ class SimServer:
         self.devices: dict[str, str] = {}  # token → device id
         self.polls: list[str] = []  # nonces seen
         handler = self._handler()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd = _QuietServer(("127.0.0.1", 0), handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -475,7 +484,7 @@ class MitmProxy:
             def do_PUT(self) -> None:
                 self._forward("PUT")
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = _QuietServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()

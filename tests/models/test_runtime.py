@@ -270,3 +270,17 @@ def test_tensorrt_runtime_on_a_real_engine(tmp_path: Path) -> None:
     rt = TrtRuntime(engine)
     np.testing.assert_allclose(rt.run(x)["logits"], expected, atol=1e-3)
     rt.close()
+
+
+def test_session_options_threads_and_no_spinning(ok_bundle: Path) -> None:
+    from models.runtime.onnxrt import GraphOptimization, OrtOptions, OrtRuntime, default_providers
+
+    assert default_providers()[-1] == "CPUExecutionProvider"
+    opts = OrtOptions(intra_op_threads=1, allow_spinning=False, graph_optimization=GraphOptimization.DISABLED)
+    rt = OrtRuntime(ok_bundle / "model.onnx", opts)
+    assert rt.providers == ("CPUExecutionProvider",) and rt.input_shape[1:] == (3, 32, 32)
+    x = np.zeros((1, 3, 32, 32), np.float32)
+    x[0, 2] = 1.0
+    assert int(np.argmax(rt.run(x)["logits"])) == 2
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        OrtRuntime(ok_bundle / "missing.onnx")

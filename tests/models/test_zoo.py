@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,15 @@ import torch
 
 from models.bundle import InputSpec
 from models.zoo import ARCHS, ZooError, build_model, default_input_spec
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    # small tensors: one thread avoids spin-waiting when the CPU is shared
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize(
@@ -60,7 +70,7 @@ def test_detector_train_mode_returns_a_loss_dict_that_learns() -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert losses[-1] < losses[0]
     with pytest.raises(ZooError, match="needs targets"):
         model(images)

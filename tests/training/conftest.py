@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,16 @@ def run_cli(args: list[str], *, timeout: float = 900) -> tuple[int, str]:
         out, _ = proc.communicate()
         pytest.fail(f"edge-train {args} did not finish in {timeout}s:\n{out[-3000:]}")
     return proc.returncode, out
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads() -> Iterator[None]:
+    """In-process runs set torch's thread count (``--threads``); give it back after."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
