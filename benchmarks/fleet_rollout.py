@@ -109,6 +109,15 @@ def print_table(rows: Sequence[dict[str, Any]], *, devices: int, enroll_s: float
             print(f"  t={t:7.1f}s  {event}")
 
 
+def write_json(args: argparse.Namespace, rows: list[dict[str, Any]], *, enroll_s: float,
+               stages: list[float]) -> None:
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"devices": args.devices, "enroll_s": round(enroll_s, 2),
+                                    "server_workers": args.server_workers, "client_workers": args.workers,
+                                    "poll_interval_s": args.poll_interval, "stages": stages,
+                                    "rows": rows}, indent=2) + "\n")
+
+
 def run(args: argparse.Namespace, work: Path) -> int:
     stages = [float(s) for s in args.stages.split(",")]
     with Processes(work / "logs", cwd=ROOT) as procs:
@@ -131,14 +140,10 @@ def run(args: argparse.Namespace, work: Path) -> int:
                     "max_failure_rate": args.max_failure_rate, "success_quota": args.success_quota}
             summary = run_rollout(replace(cfg, etag=etag), client, devices, start_rollout=body)
             rows.append(row(mode, summary))
+            write_json(args, rows, enroll_s=enroll_s, stages=stages)  # kept even if a later mode is cut short
         if procs.children and not procs.children[0].alive:
             print(tail(procs.children[0].log_path), file=sys.stderr)
     print_table(rows, devices=args.devices, enroll_s=enroll_s)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"devices": args.devices, "enroll_s": round(enroll_s, 2),
-                                    "server_workers": args.server_workers, "client_workers": args.workers,
-                                    "poll_interval_s": args.poll_interval, "stages": stages,
-                                    "rows": rows}, indent=2) + "\n")
     print(f"\nwrote {args.out}")
     return 0 if all(r["rollout_status"] == "completed" for r in rows) else 1
 

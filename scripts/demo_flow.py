@@ -204,3 +204,5 @@ def wait_for_ctrl_c(cfg: DemoConfig, procs: Processes) -> None:
             time.sleep(2)
     except StepFailed as e:
         print(f"stopping: {e}", file=sys.stderr)
+    except KeyboardInterrupt:  # the expected end of --keep-running: the checks decide the exit code
+        print("\nstopping the server and the agents ...")

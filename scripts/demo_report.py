@@ -99,7 +99,10 @@ def write_charts(out: Path, rollouts: Sequence[RolloutRecord], rows: Sequence[Fl
         ax.step(ts, [p["failure"] for p in rec.progress], where="post", label="failed/refused", color="tab:red")
         for e in rec.events:
             ax.axvline(e["t"], color="grey", linestyle=":", linewidth=0.8)
-            ax.annotate(e["event"].replace("status=", ""), (e["t"], 0), rotation=90, fontsize=6,
+            label = e.get("kind") or e["event"]
+            if label == "stage-advanced":
+                label = e["event"].split(" — ")[-1]
+            ax.annotate(label, (e["t"], 0), rotation=90, fontsize=6,
                         va="bottom", ha="right", color="dimgrey")
         ax.set_title(f"{rec.label} ({rec.final.get('status', '?')})", fontsize=9)
         ax.set_xlabel("seconds since the demo started")
@@ -116,8 +119,8 @@ def write_charts(out: Path, rollouts: Sequence[RolloutRecord], rows: Sequence[Fl
     ax1.set_ylabel("p95 latency (ms)")
     ax1.set_title("last benchmark p95 per vehicle", fontsize=9)
     ax2.bar(names, [r.fps or 0.0 for r in rows], color="tab:orange")
-    ax2.set_ylabel("frames per second")
-    ax2.set_title("camera throughput per vehicle", fontsize=9)
+    ax2.set_ylabel("inferences per second")
+    ax2.set_title("last benchmark throughput per vehicle", fontsize=9)
     for ax in (ax1, ax2):
         ax.tick_params(axis="x", labelrotation=30, labelsize=7)
     fig.tight_layout()
@@ -133,7 +136,10 @@ def write_report(out: Path, *, rows: Sequence[FleetRow], rollouts: Sequence[Roll
     """Write report.md, summary.json and the charts; returns the markdown text."""
     charts = write_charts(out, rollouts, rows)
     lines = ["# edgefleet demo report", ""]
-    lines += ["## Fleet", ""] + fleet_table(rows) + [""]
+    lines += ["## Fleet", "",
+              "p95 / FPS / agreement: the vehicle's last benchmark report (the update gates' measurements); "
+              "model (server): what the fleet API says it runs; model (agent): `edge-agent status --json`.", ""]
+    lines += fleet_table(rows) + [""]
     lines += ["## Rollouts", ""]
     for rec in rollouts:
         lines += rollout_section(rec)

@@ -99,13 +99,13 @@ def start_server(procs: Processes, data_dir: Path, *, port: int | None = None, w
     url = f"http://127.0.0.1:{port}"
     procs.start("server", [server_cli, "serve", "--data-dir", str(data_dir), "--bind", f"127.0.0.1:{port}",
                            "--workers", str(workers)])
-    client = FleetClient(url, pool_size=4)
+    probe = FleetClient(url, pool_size=1, timeout_s=2.0)  # short: a port held by another program never answers
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         procs.check_alive()
         try:
-            if client.get_json("/healthz").get("status") == "ok":
-                return Server(url, data_dir, admin, enroll, client)
+            if probe.get_json("/healthz").get("status") == "ok":
+                return Server(url, data_dir, admin, enroll, FleetClient(url, pool_size=4))
         except ApiError:
             time.sleep(0.3)
     raise StepFailed(f"the server did not answer {url}/healthz within 60 s", log_path=procs.log_dir / "server.log")

@@ -376,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
         "out without one), 1 on a server error, 2 on bad arguments, 3 when the rollout did not end in time.",
     )
     p.add_argument("--server", required=True, help="base URL, e.g. http://127.0.0.1:8080")
-    p.add_argument("--enroll-token", required=True, help="fleet enrollment token (ef_enr_...)")
+    p.add_argument("--enroll-token", required=True, help="fleet enrollment token (ef_enroll_...)")
     p.add_argument("--api-token", help="operator API token: needed for --rollout/--start-rollout")
     p.add_argument("--devices", type=int, default=1000, help="simulated devices (default 1000)")
     p.add_argument("--workers", type=int, default=32, help="worker threads = pooled connections")

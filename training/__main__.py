@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -197,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.error("interrupted")
         return 130
-    if summary:
+    if summary and os.environ.get("RANK", "0") == "0":  # under torchrun: rank 0 only
         final = summary.get("final", {})
         metric = summary.get("main_metric", "")
         print(
