@@ -127,7 +127,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
         cfg = SimConfig(server=server.url, enroll_token=server.enroll_token, api_token=server.admin_token,
                         devices=args.devices, workers=args.workers, poll_interval_s=args.poll_interval,
                         apply_delay_s=1.0, failure_rate=args.failure_rate, duration_s=args.timeout,
-                        group="bench", name_prefix="bench")
+                        group="bench", name_prefix="bench", watch_interval_s=2.0)
         client = FleetClient(server.url, pool_size=args.workers)
         devices = build_devices(cfg)
         t0 = time.monotonic()

@@ -87,6 +87,7 @@ class SimConfig:
     seed: int = 0
     duration_s: float = 300.0  # hard stop
     rollout_id: str | None = None  # watch this rollout; stop when it ends
+    watch_interval_s: float = 0.5  # GET /rollouts/<id> period (the server computes progress per call)
     enroll_workers: int = 8
 
 
@@ -434,7 +435,7 @@ def run_rollout(cfg: SimConfig, client: FleetClient, devices: list[SimDevice], *
         log.info("started rollout %s", rollout_id)
     watcher = None
     if rollout_id and cfg.api_token:
-        watcher = RolloutWatcher(client, cfg.api_token, rollout_id)
+        watcher = RolloutWatcher(client, cfg.api_token, rollout_id, interval_s=cfg.watch_interval_s)
         watcher.start()
     sim = Simulator(cfg, client, devices)
     try:

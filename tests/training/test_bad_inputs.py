@@ -148,6 +148,8 @@ def test_detection_trains_end_to_end_and_reports_map(tmp_path: Path) -> None:
         "--epochs",
         "1",
         "--no-progress",
+        "--threads",
+        "1",
         "--output",
         str(tmp_path),
         "--name",
