@@ -55,8 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--poll-interval", type=float, default=5.0, help="seconds between a device's polls")
     p.add_argument("--failure-rate", type=float, default=0.01, help="simulated failures per release")
     p.add_argument("--max-failure-rate", type=float, default=0.05, help="rollout halt threshold")
-    p.add_argument("--success-quota", type=float, default=0.95,
+    p.add_argument("--success-quota", type=float, default=0.9,
                    help="share of a stage that must commit before the next stage (failures are expected)")
+    p.add_argument("--min-devices-for-halt", type=int, default=50,
+                   help="finished devices before the failure rate may halt (a 1%% failure rate "
+                   "would otherwise halt on the first unlucky device)")
     p.add_argument("--timeout", type=float, default=1200.0, help="seconds each rollout may take")
     p.add_argument("--out", type=Path, default=ROOT / "bench-out" / "fleet_rollout.json", help="JSON output")
     return p
@@ -137,9 +140,13 @@ def run(args: argparse.Namespace, work: Path) -> int:
         for mode, version, etag in (("baseline", "1.1.0", False), ("etag", "1.2.0", True)):
             print(f"rollout of bench {version} ({mode} polling) ...", file=sys.stderr)
             body = {"model": "bench", "version": version, "group": "bench", "stages": stages,
-                    "max_failure_rate": args.max_failure_rate, "success_quota": args.success_quota}
+                    "max_failure_rate": args.max_failure_rate, "success_quota": args.success_quota,
+                    "min_devices_for_halt": args.min_devices_for_halt}
             summary = run_rollout(replace(cfg, etag=etag), client, devices, start_rollout=body)
             rows.append(row(mode, summary))
+            ro = summary.get("rollout", {})
+            if ro.get("status") not in ("completed", None):  # a halted rollout blocks the next one
+                client.post_json(f"/api/v1/rollouts/{ro['id']}/abort", {}, server.admin_token)
             write_json(args, rows, enroll_s=enroll_s, stages=stages)  # kept even if a later mode is cut short
         if procs.children and not procs.children[0].alive:
             print(tail(procs.children[0].log_path), file=sys.stderr)

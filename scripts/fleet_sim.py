@@ -13,9 +13,6 @@ threads shares one keep-alive connection pool. They are not agents: no TUF
 metadata refresh, no model, no camera — the real agent does those. This script
 decides nothing about rollouts either; the server stages, advances and halts
 them, and the watcher here only records what it did and when.
-
-Usage: ``python scripts/fleet_sim.py --server URL --enroll-token T --api-token T
---devices 2000 --start-rollout signs@1.1.0 --stages 10,50,100``.
 """
 
 from __future__ import annotations
@@ -403,6 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-failure-rate", type=float, default=0.05, help="halt threshold for --start-rollout")
     p.add_argument("--success-quota", type=float, default=1.0,
                    help="share of a stage that must commit before --start-rollout's next stage")
+    p.add_argument("--min-devices-for-halt", type=int, default=1,
+                   help="finished devices before --start-rollout's failure rate may halt it")
     p.add_argument("--json-out", type=Path, help="write the summary JSON here")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -475,7 +474,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--start-rollout must look like signs@1.1.0, got {args.start_rollout!r}")
         start = {"model": model, "version": version, "group": cfg.group,
                  "stages": [float(s) for s in args.stages.split(",")],
-                 "max_failure_rate": args.max_failure_rate, "success_quota": args.success_quota}
+                 "max_failure_rate": args.max_failure_rate, "success_quota": args.success_quota,
+                 "min_devices_for_halt": args.min_devices_for_halt}
     try:
         summary = simulate(cfg, start_rollout=start)
     except ApiError as e:

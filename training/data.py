@@ -35,13 +35,13 @@ class AugmentConfig:
     """Augmentation strengths (all on the uint8 image)."""
 
     def __init__(
-        self, *, enabled: bool = True, hflip: bool = False, crop_scale: float = 0.8
+        self, *, enabled: bool = True, hflip: bool = False, crop_scale: float = 0.85
     ) -> None:
         self.enabled = enabled
         self.hflip = hflip
-        self.crop_scale = (
-            crop_scale  # smallest crop side as a fraction of the image (classification)
-        )
+        # smallest crop side as a fraction of the image (classification); not smaller,
+        # or a crop could cut away the detail that separates classes (a sign's digits)
+        self.crop_scale = crop_scale
 
 
 def augment_image(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:

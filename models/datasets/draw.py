@@ -64,13 +64,33 @@ def _text(
     width: float,
     colour: tuple[int, int, int],
     thick: int,
+    height: float | None = None,
 ) -> None:
+    """Draw ``text`` centred at (cx, cy), ``width`` wide; with ``height`` the glyphs
+    are stretched to that height (the tall, narrow digits of road-sign lettering)."""
     font = cv2.FONT_HERSHEY_SIMPLEX
-    (tw, th), _ = cv2.getTextSize(text, font, 1.0, thick)
-    scale = width / max(tw, 1)
-    (tw, th), _ = cv2.getTextSize(text, font, scale, thick)
-    org = (int(round(cx - tw / 2)), int(round(cy + th / 2)))
-    cv2.putText(img, text, org, font, scale, colour, thick, AA)
+    if height is None:
+        (tw, th), _ = cv2.getTextSize(text, font, 1.0, thick)
+        scale = width / max(tw, 1)
+        (tw, th), _ = cv2.getTextSize(text, font, scale, thick)
+        org = (int(round(cx - tw / 2)), int(round(cy + th / 2)))
+        cv2.putText(img, text, org, font, scale, colour, thick, AA)
+        return
+    # render large on a mask, crop to the ink, resize into the target box, blend
+    (tw, th), base = cv2.getTextSize(text, font, 2.0, thick * 3)
+    pad = thick * 3
+    canvas = np.zeros((th + base + 2 * pad, tw + 2 * pad), np.uint8)
+    cv2.putText(canvas, text, (pad, pad + th), font, 2.0, 255, thick * 3, AA)
+    ys, xs = np.nonzero(canvas)
+    ink = canvas[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    w, h = max(1, round(width)), max(1, round(height))
+    alpha = cv2.resize(ink, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32)[..., None]
+    x0, y0 = round(cx - w / 2), round(cy - h / 2)
+    roi = img[y0 : y0 + h, x0 : x0 + w].astype(np.float32)
+    a = alpha / 255.0
+    img[y0 : y0 + h, x0 : x0 + w] = (roi * (1 - a) + np.asarray(colour, np.float32) * a).astype(
+        np.uint8
+    )
 
 
 def _arrow(img: np.ndarray, s: int, left: bool, colour: tuple[int, int, int]) -> None:
@@ -120,7 +140,9 @@ def draw_sign(kind: str, size: int, rng: Rng) -> tuple[np.ndarray, np.ndarray]:
     elif kind.startswith("speed_limit_"):
         cv2.circle(img, (int(c), int(c)), int(s * 0.48), red, -1, AA)
         cv2.circle(img, (int(c), int(c)), int(s * 0.37), white, -1, AA)
-        _text(img, kind.rsplit("_", 1)[1], c, c, s * 0.56, BLACK, max(2, s // 11))
+        # tall digits filling most of the white disc, as on real signs: the first digit
+        # is all that tells 30/50/80 apart, so it must survive blur at small sizes
+        _text(img, kind.rsplit("_", 1)[1], c, c, s * 0.50, BLACK, max(2, s // 14), s * 0.40)
     elif kind == "no_entry":
         cv2.circle(img, (int(c), int(c)), int(s * 0.48), red, -1, AA)
         cv2.rectangle(
@@ -342,16 +364,24 @@ def quad_for(
 
 
 def occlude(img: np.ndarray, box: np.ndarray, rng: Rng, *, max_frac: float) -> None:
-    """Cover up to ``max_frac`` of ``box`` with a random bar (a pole, a branch, a sticker)."""
+    """Cover part of ``box`` with a random bar: a post or branch across one edge (up to
+    ``max_frac`` of the side) or a thin pole in front of the middle.
+
+    The bar never hides the sign's centre wholesale, so the legend that tells
+    similar signs apart (speed-limit digits, arrow direction) stays readable."""
     x1, y1, x2, y2 = box
     bw, bh = x2 - x1, y2 - y1
     frac = rng.uniform(0.1, max_frac)
-    if rng.random() < 0.5:
+    r = rng.random()
+    if r < 0.4:  # vertical bar over the left or right edge
         ow, oh = bw * frac, bh
-        ox, oy = x1 + rng.uniform(-0.1, 1.0) * bw, y1
-    else:
+        ox, oy = x1 + rng.choice([-0.05, 1.0 - frac + 0.05]) * bw, y1
+    elif r < 0.8:  # horizontal bar over the top or bottom edge
         ow, oh = bw, bh * frac
         ox, oy = x1, y1 + rng.choice([-0.05, 1.0 - frac + 0.05]) * bh
+    else:  # a thin pole anywhere in front
+        ow, oh = bw * rng.uniform(0.04, 0.09), bh
+        ox, oy = x1 + rng.uniform(0.0, 1.0) * bw, y1
     colour = tuple(int(v) for v in rng.integers(0, 256, 3))
     cv2.rectangle(img, (int(ox), int(oy)), (int(ox + ow), int(oy + oh)), colour, -1)
 
