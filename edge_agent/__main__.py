@@ -129,20 +129,34 @@ def _enroll(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _perception(args: argparse.Namespace) -> Any:
+def _perception(args: argparse.Namespace, stop: threading.Event) -> Any:
     if not args.source:
         return None
     # the camera stack is imported only when a camera is asked for
     from edge_agent.serving import CameraPerception
 
     return CameraPerception.from_options(args.source, loop=not args.no_loop, results_path=args.results,
-                                         max_fps=args.max_fps)
+                                         max_fps=args.max_fps, stop_requested=stop)
+
+
+def _install_stop_handlers(stop: threading.Event) -> None:
+    """SIGTERM/SIGINT set ``stop``: the loop, the shadow run and the health watch all wait on it."""
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("signal %d: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
 
 
 def _run(args: argparse.Namespace) -> int:
     from edge_agent.daemon import build_agent
 
-    agent = build_agent(_config(args), perception=_perception(args))
+    stop = threading.Event()
+    if not args.once:
+        _install_stop_handlers(stop)
+    agent = build_agent(_config(args), perception=_perception(args, stop), stop=stop)
     if args.once:
         agent.start()
         try:
@@ -156,14 +170,6 @@ def _run(args: argparse.Namespace) -> int:
         if result.retry:
             return EXIT_RETRY
         return EXIT_UPDATE_FAILED if state in (State.FAILED, State.REFUSED, State.ROLLED_BACK) else EXIT_OK
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("signal %d: stopping after the current step", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     agent.run_forever(stop)
     return EXIT_OK
 
@@ -182,10 +188,12 @@ def _status(args: argparse.Namespace) -> int:
           "model:           none")
     print(f"slot:            {info['slot'] or '-'} (previous: {info['previous_slot'] or '-'})")
     print(f"update state:    {info['update_state']}")
-    if last:
+    if last.get("state"):
         why = f" ({last['reason']})" if last.get("reason") else ""
-        print(f"last update:     release {last.get('release')} {last.get('version')} → {last.get('state')}{why} "
+        print(f"last update:     release {last.get('release')} {last.get('version') or ''} → {last.get('state')}{why} "
               f"at {last.get('time')}")
+        if last.get("detail"):
+            print(f"  why:           {last['detail']}")
     print(f"pending reports: {info['pending_reports']}")
     return EXIT_OK
 

@@ -14,6 +14,7 @@ import os
 import secrets
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -33,6 +34,7 @@ from edge_agent.errors import (
     ReasonCode,
     ServerError,
     ServerUnreachable,
+    StopRequested,
     TransientError,
 )
 from edge_agent.identity import Identity
@@ -73,6 +75,8 @@ class AgentController:
         self.prepared: dict[str, GateResult] = {}  # slot dir → child-process gate result
         self._shadowed: str | None = None  # slot whose shadow run passed in this process
         self._claimed: dict[str, Any] = {}
+        # set by the daemon's signal handler: long waits end early with StopRequested
+        self.stop_requested: threading.Event | None = None
 
     @property
     def profile(self) -> HardwareProfile:
@@ -106,6 +110,11 @@ class AgentController:
             if st.refused == refused:
                 log.info("same refused assignment again (%s); not reporting twice", e.reason.value)
                 return None
+            # nothing was installed, but `status` must still say what was refused and why
+            st = self.state.load()
+            last = _last_update(st, release=self._claimed.get("release"), name=None, version=None,
+                                state=State.REFUSED, outcome=Outcome(e.reason, e.detail))
+            self.state.save(replace(st, last_update=last))
             raise
 
     def _accept(self, st: AgentState, envelope: Any, etag: str | None) -> Update | None:
@@ -165,10 +174,14 @@ class AgentController:
 
     def _download_hook(self, bar: Any) -> Any:
         limit = self.config.pause.download_bytes
-        if limit is None and bar is None:
+        stop = self.stop_requested
+        if limit is None and bar is None and stop is None:
             return None
 
         def hook(total: int) -> None:
+            if stop is not None and stop.is_set():
+                # the .part file stays: the next start resumes the download where it stopped
+                raise StopRequested(f"stop requested during the download, at byte {total}")
             if bar is not None:
                 bar.update(total - bar.n)
             if limit is not None and total >= limit:
@@ -243,7 +256,7 @@ class AgentController:
         limits = PrepareLimits(timeout_s=c.prepare_timeout_s, cpu_s=c.prepare_cpu_limit_s,
                                memory_mb=c.prepare_memory_limit_mb, frames=c.sample_frames,
                                queries=c.bench_queries, duration_s=c.bench_duration_s)
-        result = check_in_child(slot_dir, variant_id, gates, limits, engine_out=engine_out)
+        result = check_in_child(slot_dir, variant_id, gates, limits, engine_out=engine_out, stop=self.stop_requested)
         log.info("prepare gate for %s: %s %s", slot_dir.name, "passed" if result.passed else result.reason_code,
                  result.detail)
         self.prepared[str(slot_dir)] = result
@@ -279,6 +292,8 @@ class AgentController:
         else:
             try:
                 result = perception.shadow(slot_dir, gates, timeout_s=self.config.shadow_timeout_s)
+            except StopRequested:
+                raise  # not a verdict: the journal stays at this step and the next start repeats it
             except EdgeAgentError as e:
                 result = GateResult(False, _R.MODEL_LOAD_FAILED.value, f"shadow run failed: {e}")
         self._shadowed = update.slot if result.passed else None
@@ -313,15 +328,16 @@ class AgentController:
         window = self.config.health_window_s if self.config.health_window_s is not None else gates.health_window_s
         try:
             return self._perception().watch(gates, window_s=window)
+        except StopRequested:
+            raise  # not a verdict: the journal stays at health-watch and the next start repeats it
         except EdgeAgentError as e:
             return GateResult(False, _R.HEALTH_REGRESSION.value, f"health watch failed: {e}")
 
     # ------------------------------------------------------------------ endings
-    def _settle(self, update: Update, state: State, reason: ReasonCode | None = None) -> None:
+    def _settle(self, update: Update, state: State, outcome: Outcome | None = None) -> None:
         st = self.state.load()
-        last = {"release": update.release, "name": update.name, "version": update.version, "state": state.value,
-                "reason": reason.value if reason else None, "time": utc_now_iso(),
-                "slots": (st.last_update or {}).get("slots", {})}
+        last = _last_update(st, release=update.release, name=update.name, version=update.version, state=state,
+                            outcome=outcome)
         self.state.save(replace(st.with_settled(f"{update.release}:{update.target.sha256}", state.value),
                                 last_update=last))
         for ref in (update.manifest, update.target):
@@ -350,12 +366,12 @@ class AgentController:
             self.slots.current_link.unlink(missing_ok=True)  # first install failed: run nothing rather than it
             if self.perception is not None:
                 self.perception.stop()
-        self._settle(update, State.ROLLED_BACK, outcome.reason)
+        self._settle(update, State.ROLLED_BACK, outcome)
 
     def abandon(self, update: Update, state: State, outcome: Outcome) -> None:
         if update.slot and update.slot != self.slots.active_slot():
             shutil.rmtree(self.slots.path(update.slot), ignore_errors=True)
-        self._settle(update, state, outcome.reason)
+        self._settle(update, state, outcome)
 
     # ------------------------------------------------------------------ telemetry and hooks
     def _set_slot_release(self, slot: str, release: int) -> None:
@@ -406,6 +422,15 @@ def _progress_bar(path: str, length: int) -> Any:
     except ImportError:
         return None
     return tqdm(total=length, unit="B", unit_scale=True, desc=path.rsplit("/", 1)[-1], leave=False)
+
+
+def _last_update(st: AgentState, *, release: int | None, name: str | None, version: str | None, state: State,
+                 outcome: Outcome | None) -> dict[str, Any]:
+    """The state file's ``last_update`` for ``status``: how the update ended, and why (reason code, detail)."""
+    reason = outcome.reason.value if outcome is not None and outcome.reason is not None else None
+    return {"release": release, "name": name, "version": version, "state": state.value, "reason": reason,
+            "detail": (outcome.detail or None) if outcome is not None and reason else None, "time": utc_now_iso(),
+            "slots": (st.last_update or {}).get("slots", {})}
 
 
 def variant_in(bundle_dir: Path) -> str | None:

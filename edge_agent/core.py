@@ -338,7 +338,9 @@ def run_update(
 
     Returns the last record and whether a transient error stopped it (back
     off, then call again: the journal resumes it). Raises nothing for update
-    failures: they end in a terminal state, reported.
+    failures: they end in a terminal state, reported. A ``StopRequested``
+    from a step (the agent is shutting down) passes through unjournaled: the
+    journal still names that step, so the next call repeats it.
     """
     record = journal.load()
     if record.state in (State.IDLE, State.CHECKING):

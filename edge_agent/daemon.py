@@ -25,7 +25,7 @@ from edge_agent.client import ServerClient
 from edge_agent.config import AgentConfig
 from edge_agent.controller import AgentController
 from edge_agent.core import Record, State, backoff_delay, run_update
-from edge_agent.errors import ConfigError, JournalError, ServerError
+from edge_agent.errors import ConfigError, JournalError, ServerError, StopRequested
 from edge_agent.headless import HeadlessPerception
 from edge_agent.identity import load_identity, load_profile
 from edge_agent.journal import Journal, StateFile, read_json, remove_stale_temps
@@ -119,6 +119,10 @@ class Agent:
             while not stop.is_set():
                 try:
                     result = self.run_once()
+                except StopRequested as e:
+                    # the journal still names the interrupted step: the next start repeats it
+                    log.info("%s; the update resumes at the next start", e)
+                    break
                 except (JournalError, OSError) as e:
                     log.error("cycle failed, the active model keeps serving: %s", e)
                     result = CycleResult(Record(), True, 0, self.controller.outbox.count())
@@ -131,8 +135,13 @@ class Agent:
             log.info("agent stopped")
 
 
-def build_agent(config: AgentConfig, *, perception: Perception | None = None) -> Agent:
-    """Wire an enrolled data directory; raises ConfigError when it is not usable."""
+def build_agent(config: AgentConfig, *, perception: Perception | None = None,
+                stop: threading.Event | None = None) -> Agent:
+    """Wire an enrolled data directory; raises ConfigError when it is not usable.
+
+    ``stop`` (set by the signal handler) cuts the long steps short: the child-process model check here,
+    the shadow run and health watch in a perception built with the same event.
+    """
     paths = config.paths
     identity = load_identity(paths)
     try:
@@ -147,6 +156,7 @@ def build_agent(config: AgentConfig, *, perception: Perception | None = None) ->
     controller = AgentController(config=config, identity=identity, client=client, tuf=tuf, slots=Slots(paths.slots),
                                  outbox=Outbox(paths.outbox), state=StateFile(paths.state),
                                  profile=lambda: load_profile(identity), director_key=key, pool=pool)
+    controller.stop_requested = stop
     if perception is None:
         perception = HeadlessPerception(gate=controller.cached_gate, active_dir=controller.slots.active_dir,
                                         variant_of=controller.variant_of)

@@ -7,6 +7,7 @@
     ├── JournalError                  the journal or the agent state file cannot be read or written
     ├── ServerError                   the OTA server answered with an error; ``status`` holds the HTTP status
     │   └── ServerUnreachable         connection refused, timeout, 5xx: try again later
+    ├── StopRequested                 SIGTERM/SIGINT cut a waiting step short; the journal resumes it
     └── UpdateError                   one update step failed; ``reason`` is a :class:`ReasonCode`
         ├── TransientError            worth retrying later (network, stalled transfer): back off with jitter
         └── FatalError                abandon this update, keep or restore the previous model, report
@@ -27,6 +28,7 @@ __all__ = [
     "JournalError",
     "ServerError",
     "ServerUnreachable",
+    "StopRequested",
     "UpdateError",
     "TransientError",
     "FatalError",
@@ -93,6 +95,14 @@ class ServerError(EdgeAgentError):
 
 class ServerUnreachable(ServerError):
     """The server could not be reached or answered 5xx; retry later."""
+
+
+class StopRequested(EdgeAgentError):
+    """The agent was asked to stop during a step (shadow run, health watch).
+
+    Not an update failure: the journal still holds the step's state, so the
+    next start repeats that step.
+    """
 
 
 class UpdateError(EdgeAgentError):

@@ -18,10 +18,11 @@ import threading
 from dataclasses import dataclass, field
 
 from edge_agent.camera import Frame
-from edge_agent.errors import ReasonCode
+from edge_agent.errors import ReasonCode, StopRequested
 from edge_agent.inference import Outcome
 from edge_agent.perception import GateResult
 from edge_agent.pipeline import latency_percentiles
+from edge_agent.stopping import wait_either
 from models.bundle import Gates
 
 __all__ = ["HealthStats", "HealthWatch", "judge_health"]
@@ -129,9 +130,13 @@ class HealthWatch:
         if not early.passed:
             self._failed.set()
 
-    def wait(self, window_s: float) -> GateResult:
-        """Block for the window (or until the first regression) and judge."""
-        self._failed.wait(window_s)
+    def wait(self, window_s: float, *, stop: threading.Event | None = None) -> GateResult:
+        """Block for the window (or until the first regression) and judge.
+
+        Raises :class:`StopRequested` (nothing judged) when ``stop`` is set first.
+        """
+        if not wait_either(self._failed, stop, window_s):
+            raise StopRequested(f"stop requested during the health watch of {self.version}")
         with self._lock:
             result = judge_health(self.stats, self.gates, baseline_p95_ms=self.baseline_p95_ms)
         log.info(

@@ -24,13 +24,16 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edge_agent.errors import StopRequested
 from edge_agent.perception import GateResult
+from edge_agent.stopping import STOP_POLL_S
 from models.bundle import Gates
 
 if TYPE_CHECKING:
@@ -100,8 +103,12 @@ def check_in_child(
     limits: PrepareLimits,
     *,
     engine_out: Path | None = None,
+    stop: threading.Event | None = None,
 ) -> GateResult:
-    """Run the load / NaN / latency check in a resource-limited child; never raises for model faults."""
+    """Run the load / NaN / latency check in a resource-limited child; never raises for model faults.
+
+    Raises :class:`StopRequested` (the child killed, nothing judged) when ``stop`` is set meanwhile.
+    """
     cmd = [
         sys.executable, "-m", "edge_agent.prepare",
         "--bundle", str(bundle_dir), "--variant", variant_id,
@@ -112,20 +119,34 @@ def check_in_child(
     if engine_out is not None:
         cmd += ["--engine-out", str(engine_out)]
     started = time.monotonic()
-    try:
-        proc = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=limits.timeout_s, env=_child_env(), check=False,
-        )
-    except subprocess.TimeoutExpired:
-        return GateResult(False, "RUNTIME_CRASHED", f"model check hung: killed after {limits.timeout_s:.0f} s")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_child_env())
+    while True:
+        left = started + limits.timeout_s - time.monotonic()
+        try:
+            # short slices so that a stop request (SIGTERM to the agent) is noticed within STOP_POLL_S
+            stdout, stderr = proc.communicate(timeout=max(0.0, min(left, STOP_POLL_S) if stop is not None else left))
+            break
+        except subprocess.TimeoutExpired:
+            if stop is not None and stop.is_set():
+                proc.kill()
+                proc.communicate()
+                raise StopRequested(f"stop requested during the model check of {bundle_dir.name}") from None
+            if time.monotonic() - started >= limits.timeout_s:
+                proc.kill()
+                proc.communicate()
+                return GateResult(False, "RUNTIME_CRASHED",
+                                  f"model check hung: killed after {limits.timeout_s:.0f} s")
+    if stop is not None and (stop.is_set() or proc.returncode == -signal.SIGTERM):
+        # systemd signals the whole unit: a child killed with the agent is no verdict on the model
+        raise StopRequested(f"stop requested during the model check of {bundle_dir.name}")
     elapsed = time.monotonic() - started
-    for line in reversed(proc.stdout.splitlines()):
+    for line in reversed(stdout.splitlines()):
         if line.startswith(RESULT_PREFIX) and proc.returncode == 0:
             data = json.loads(line[len(RESULT_PREFIX):])
             metrics = {k: float(v) for k, v in data.get("metrics", {}).items()}
             metrics["check_s"] = round(elapsed, 3)
             return GateResult(bool(data["passed"]), data.get("reason_code"), str(data.get("detail", "")), metrics)
-    tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
+    tail = " | ".join(stderr.strip().splitlines()[-3:])
     if proc.returncode < 0:
         why = f"runtime process killed by {_signal_name(proc.returncode)}"
         if -proc.returncode == signal.SIGXCPU:

@@ -25,13 +25,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from edge_agent.camera import FrameSource, ReconnectPolicy, SourceSpec, open_source, parse_source
-from edge_agent.errors import EdgeAgentError, ReasonCode
+from edge_agent.errors import EdgeAgentError, ReasonCode, StopRequested
 from edge_agent.health import HealthWatch
 from edge_agent.inference import LoadedModel, ModelLoadFailed, Outcome, load_model
 from edge_agent.perception import GateResult, SwapResult
 from edge_agent.pipeline import Pipeline, PipelineConfig
 from edge_agent.shadow import ShadowRun
 from models.bundle import BundleError, Gates, read_bundle
+
+__all__ = ["PerceptionError", "CameraPerception", "staged_variant"]
+
+log = logging.getLogger(__name__)
 
 
 def staged_variant(bundle_dir: Path) -> str | None:
@@ -42,10 +46,6 @@ def staged_variant(bundle_dir: Path) -> str | None:
         return None
     present = [v.id for v in manifest.variants if (Path(bundle_dir) / v.file).is_file()]
     return present[0] if len(present) == 1 else None
-
-__all__ = ["PerceptionError", "CameraPerception"]
-
-log = logging.getLogger(__name__)
 
 
 class PerceptionError(EdgeAgentError):
@@ -65,6 +65,7 @@ class CameraPerception:
         reconnect: ReconnectPolicy | None = None,
         shadow_duty: float = 0.5,
         on_result: Callable[[Outcome], None] | None = None,
+        stop_requested: threading.Event | None = None,
     ) -> None:
         self.source_spec = source
         self.config = config or PipelineConfig()
@@ -73,6 +74,8 @@ class CameraPerception:
         self.reconnect = reconnect
         self.shadow_duty = shadow_duty
         self.on_result = on_result
+        # set by the daemon's signal handler: shadow() and watch() end early and raise StopRequested
+        self.stop_requested = stop_requested
         self._pipeline: Pipeline | None = None
         self._candidate: LoadedModel | None = None
         self._previous: LoadedModel | None = None
@@ -89,6 +92,7 @@ class CameraPerception:
         results_path: Path | None = None,
         max_fps: float | None = None,
         queue_size: int = 8,
+        stop_requested: threading.Event | None = None,
     ) -> CameraPerception:
         """Build from ``edge-agent run --source SRC`` options; raises ``CameraError`` for a bad source string."""
         spec = parse_source(source, loop=loop)
@@ -97,6 +101,7 @@ class CameraPerception:
             config=PipelineConfig(
                 queue_size=queue_size, max_fps=max_fps, results_path=results_path
             ),
+            stop_requested=stop_requested,
         )
 
     # ------------------------------------------------------------------ serving
@@ -179,6 +184,7 @@ class CameraPerception:
 
     # ------------------------------------------------------------------ update steps
     def shadow(self, candidate_dir: Path, gates: Gates, *, timeout_s: float) -> GateResult:
+        """Raises :class:`StopRequested` when ``stop_requested`` is set during the run."""
         with self._lock:
             pipeline = self._require()
             if self._candidate is not None:
@@ -207,9 +213,14 @@ class CameraPerception:
                 )
             run = ShadowRun(candidate, gates, task=active.task, duty=self.shadow_duty)
             pipeline.add_listener(run.offer)
+            log.info("shadow run of %s: up to %d frames within %.0f s", candidate.version, gates.shadow_frames,
+                     timeout_s)
             run.start()
             try:
-                result = run.wait(timeout_s)
+                result = run.wait(timeout_s, stop=self.stop_requested)
+            except StopRequested:
+                candidate.close()
+                raise
             finally:
                 pipeline.remove_listener(run.offer)
             if result.passed:
@@ -238,11 +249,13 @@ class CameraPerception:
             )
 
     def watch(self, gates: Gates, *, window_s: float) -> GateResult:
+        """Raises :class:`StopRequested` when ``stop_requested`` is set during the window."""
         pipeline = self._require()
         watch = HealthWatch(pipeline.active.version, gates, baseline_p95_ms=self._baseline_p95_ms)
         pipeline.add_listener(watch)
+        log.info("health watch of %s: %.1f s window", watch.version, window_s)
         try:
-            return watch.wait(window_s)
+            return watch.wait(window_s, stop=self.stop_requested)
         finally:
             pipeline.remove_listener(watch)
 

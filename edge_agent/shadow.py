@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 
 from edge_agent.agreement import AgreementTracker
 from edge_agent.camera import Frame
-from edge_agent.errors import ReasonCode
+from edge_agent.errors import ReasonCode, StopRequested
 from edge_agent.inference import LoadedModel, Outcome
 from edge_agent.perception import GateResult
 from edge_agent.pipeline import latency_percentiles
+from edge_agent.stopping import wait_either
 from models.bundle import Gates, Task
 
 __all__ = ["ShadowStats", "ShadowRun", "judge_shadow"]
@@ -186,9 +187,14 @@ class ShadowRun:
         ):
             self._finished.set()
 
-    def wait(self, timeout_s: float) -> GateResult:
-        """Wait until the gate can decide (or ``timeout_s``), stop the worker and judge."""
-        self._finished.wait(timeout_s)
+    def wait(self, timeout_s: float, *, stop: threading.Event | None = None) -> GateResult:
+        """Wait until the gate can decide (or ``timeout_s``), stop the worker and judge.
+
+        Raises :class:`StopRequested` (worker stopped, nothing judged) when ``stop`` is set first.
+        """
+        if not wait_either(self._finished, stop, timeout_s):
+            self.stop()
+            raise StopRequested(f"stop requested during the shadow run of {self.candidate.version}")
         self.stop()
         result = judge_shadow(self.stats, self.gates)
         log.info(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import logging
 import os
 import sys
 import tarfile
@@ -25,6 +26,8 @@ from typing import IO, Any
 import urllib3
 import yaml
 from tqdm import tqdm
+
+log = logging.getLogger("ota_ctl")
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 DEFAULT_CONFIG = Path("~/.config/edgefleet/ota-ctl.yaml")
@@ -119,10 +122,29 @@ class _Progress(io.RawIOBase):
         return chunk
 
 
-def make_tar(bundle_dir: Path, dest: IO[bytes]) -> None:
-    files = sorted(p for p in bundle_dir.iterdir() if p.is_file() and not p.name.startswith("."))
-    if not any(p.name == "bundle.json" for p in files):
+def bundle_files(bundle_dir: Path) -> tuple[list[Path], list[str]]:
+    """The files to upload — ``bundle.json`` and the variant files it names — and the names of
+    the other files in the directory, left out (``edge-optimize`` writes ``report.md`` and
+    ``report.json`` beside the bundle; the server refuses files its manifest does not name)."""
+    manifest = bundle_dir / "bundle.json"
+    if not manifest.is_file():
         raise UsageError(f"{bundle_dir} has no bundle.json; is it a bundle directory?")
+    try:
+        data = json.loads(manifest.read_bytes())
+        named = {str(v["file"]) for v in data["variants"]}
+    except (ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"{manifest} is not a readable bundle manifest: {e}") from e
+    keep = {"bundle.json"} | named
+    present = sorted(p for p in bundle_dir.iterdir() if p.is_file())
+    files = [p for p in present if p.name in keep]
+    extra = sorted(p.name for p in bundle_dir.iterdir() if p.name not in keep)
+    return files, extra
+
+
+def make_tar(bundle_dir: Path, dest: IO[bytes]) -> None:
+    files, extra = bundle_files(bundle_dir)
+    if extra:
+        log.warning("ota-ctl: left out files the manifest does not name: %s", ", ".join(extra))
     with tarfile.open(fileobj=dest, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for p in files:
             tar.add(p, arcname=p.name, recursive=False)

@@ -114,6 +114,20 @@ device_rollouts = sa.Table(
     sa.Column("reason_code", sa.String(64), nullable=True),
     sa.Column("detail", sa.Text, nullable=True),
     sa.Column("time", sa.String(32), nullable=False),
+    # the device's first stage in the rollout, fixed when its first report arrives; null when the
+    # rollout does not select the device (its reports are kept but not counted)
+    sa.Column("stage", sa.Integer, nullable=True),
+)
+
+# Per rollout and first stage, counters updated in each report's transaction:
+# key = devices | success | failure | pending | reason:<code> (failures by reason code).
+rollout_counters = sa.Table(
+    "rollout_counters",
+    metadata,
+    sa.Column("rollout_id", sa.String(40), primary_key=True),
+    sa.Column("stage", sa.Integer, primary_key=True),
+    sa.Column("key", sa.String(80), primary_key=True),
+    sa.Column("n", sa.Integer, nullable=False),
 )
 
 reports = sa.Table(
@@ -187,6 +201,10 @@ def create_schema(engine: Engine) -> None:
     """Create every table that does not exist yet (idempotent) and the generation row."""
     try:
         metadata.create_all(engine)
+        columns = {c["name"] for c in sa.inspect(engine).get_columns("device_rollouts")}
+        if "stage" not in columns:  # schema of an older server: counters are rebuilt on first use
+            with engine.begin() as conn:
+                conn.execute(sa.text("ALTER TABLE device_rollouts ADD COLUMN stage INTEGER"))
         with engine.begin() as conn:
             if conn.execute(sa.select(generation.c.value).where(generation.c.id == 1)).first() is None:
                 conn.execute(generation.insert().values(id=1, value=1))

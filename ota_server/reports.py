@@ -14,8 +14,8 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
+from ota_server import director, service
 from ota_server import rollouts as ro
-from ota_server import service
 from ota_server import store as st
 from ota_server.errors import BadRequest, NotFound
 
@@ -98,16 +98,21 @@ def ingest(conn: Connection, device_id: str, reports: Sequence[Report]) -> dict[
         else:
             known.add(r.id)
             fresh.append(r)
+    # one rollout's accounting runs one transaction at a time (PostgreSQL advisory lock; SQLite
+    # writers are serial anyway); taken first and in a fixed order — before the generation row
+    # may be bumped, like every other writer — so two transactions never deadlock
+    for rollout_id in sorted({r.rollout_id for r in fresh if r.type == "transition" and r.rollout_id and r.state}):
+        st.lock(conn, f"rollout:{rollout_id}")
     st.insert_reports(conn, [
         {"id": r.id, "device_id": device_id, "time": r.time, "type": r.type, "state": r.state,
          "rollout_id": r.rollout_id, "release": r.release, "reason_code": r.reason_code, "body": dict(r.raw)}
         for r in fresh
     ])
-    _update_device(conn, device_id, sorted(fresh, key=lambda r: r.time))
+    device = _update_device(conn, device_id, sorted(fresh, key=lambda r: r.time))
     touched = set()
     for r in sorted(fresh, key=lambda r: r.time):
         # only finished outcomes can advance or halt a rollout; progress states just get recorded
-        if (r.type == "transition" and r.rollout_id and r.state and _record_outcome(conn, device_id, r)
+        if (r.type == "transition" and r.rollout_id and r.state and _record_outcome(conn, device, r)
                 and ro.outcome_of(r.state) != "pending"):
             touched.add(r.rollout_id)
     for rollout_id in sorted(touched):
@@ -115,7 +120,7 @@ def ingest(conn: Connection, device_id: str, reports: Sequence[Report]) -> dict[
     return {"accepted": [r.id for r in fresh], "duplicates": duplicates}
 
 
-def _update_device(conn: Connection, device_id: str, ordered: Sequence[Report]) -> None:
+def _update_device(conn: Connection, device_id: str, ordered: Sequence[Report]) -> dict[str, Any]:
     device = st.get_device(conn, device_id)
     values: dict[str, Any] = {"last_seen": st.utcnow()}
     for r in ordered:
@@ -130,18 +135,37 @@ def _update_device(conn: Connection, device_id: str, ordered: Sequence[Report]) 
             merged["time"] = r.time
             values["last_metrics"] = merged
     st.update_device(conn, device_id, **values)
-    if "running_release" in values and values["running_release"] != device["running_release"]:
+    # the installed release only shapes the assignment of a device outside every assigning
+    # rollout's current stage (it then points at what the device runs): a device installing its
+    # rollout's release leaves every cached assignment valid, so a rollout's commits do not
+    # invalidate the whole fleet's caches one by one
+    if ("running_release" in values and values["running_release"] != device["running_release"]
+            and director.pick_release(conn, dict(device, **values), director.Catalog(), None).rollout_id is None):
         st.bump_generation(conn)
+    return device
 
 
-def _record_outcome(conn: Connection, device_id: str, r: Report) -> bool:
+def _record_outcome(conn: Connection, device: Mapping[str, Any], r: Report) -> bool:
+    """Store the device's latest state in the rollout and move it between the rollout's counters
+    (O(1): one row read, a few counter updates; the caller holds the rollout's lock)."""
     try:
         rollout = st.get_rollout(conn, r.rollout_id or "")
     except NotFound:
         return False
     if r.release is not None and r.release != rollout["release"]:
         return False
-    return st.upsert_device_outcome(conn, {
-        "rollout_id": rollout["id"], "device_id": device_id, "state": r.state or "",
-        "outcome": ro.outcome_of(r.state), "reason_code": r.reason_code, "detail": r.detail, "time": r.time,
-    })
+    if not st.has_counters(conn, rollout["id"]):
+        service.build_counters(conn, rollout)  # a rollout created by an older server
+    existing = st.device_outcome(conn, rollout["id"], device["id"])
+    if existing is not None and existing["time"] > r.time:
+        return False  # an older report never overwrites a newer one
+    stage = service.stage_of(device, rollout) if existing is None else existing["stage"]
+    outcome = ro.outcome_of(r.state)
+    st.write_device_outcome(conn, {
+        "rollout_id": rollout["id"], "device_id": device["id"], "state": r.state or "",
+        "outcome": outcome, "reason_code": r.reason_code, "detail": r.detail, "time": r.time, "stage": stage,
+    }, exists=existing is not None)
+    if stage is not None:
+        old = (existing["outcome"], existing["reason_code"]) if existing is not None else None
+        service.count_outcome(conn, rollout["id"], stage, old, (outcome, r.reason_code))
+    return True

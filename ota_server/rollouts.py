@@ -182,19 +182,132 @@ class StageProgress:
     failure_reasons: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class StageCounts:
+    """Counters of the devices whose *first* stage is this one (not cumulative): how many are
+    selected, and how many last reported success, failure or a progress state, with the
+    failures' reason codes. The server keeps these up to date report by report."""
+
+    devices: int = 0
+    success: int = 0
+    failure: int = 0
+    pending: int = 0
+    reasons: Mapping[str, int] = field(default_factory=dict)
+
+    def __add__(self, other: StageCounts) -> StageCounts:
+        reasons = Counter(self.reasons)
+        reasons.update(other.reasons)
+        return StageCounts(self.devices + other.devices, self.success + other.success,
+                           self.failure + other.failure, self.pending + other.pending,
+                           {k: v for k, v in reasons.items() if v})
+
+
+def first_stage(bucket_value: float, stages: Sequence[float], floor_bucket: float | None) -> int:
+    """The first stage whose cohort includes the bucket (cohorts are cumulative)."""
+    for k, pct in enumerate(stages):
+        if in_stage(bucket_value, pct, floor_bucket):
+            return k
+    return len(stages) - 1
+
+
+def cumulative(counts: Sequence[StageCounts]) -> list[StageCounts]:
+    """Per stage, the counters of its whole (cumulative) cohort."""
+    out: list[StageCounts] = []
+    acc = StageCounts()
+    for c in counts:
+        acc = acc + c
+        out.append(acc)
+    return out
+
+
+def count_stages(
+    stages: Sequence[float], buckets: Mapping[str, float], outcomes: Mapping[str, str], floor: float | None,
+    reasons: Mapping[str, str | None] | None = None,
+) -> list[StageCounts]:
+    """Per-first-stage counters from every selected device's bucket and outcome (the full scan the
+    server avoids; used to build counters once and by the tests)."""
+    per: list[Counter[str]] = [Counter() for _ in stages]
+    why: list[Counter[str]] = [Counter() for _ in stages]
+    for d, b in buckets.items():
+        k = first_stage(b, stages, floor)
+        per[k]["devices"] += 1
+        o = outcomes.get(d)
+        if o in ("success", "failure", "pending"):
+            per[k][o] += 1
+        if o == "failure":
+            why[k][(reasons or {}).get(d) or "UNKNOWN"] += 1
+    return [StageCounts(c["devices"], c["success"], c["failure"], c["pending"], dict(w))
+            for c, w in zip(per, why, strict=True)]
+
+
+def progress_of(stages: Sequence[float], counts: Sequence[StageCounts]) -> list[StageProgress]:
+    """Per stage (cumulative cohorts): devices, their outcomes and the failures' reason codes."""
+    return [
+        StageProgress(k, pct, c.devices, c.success, c.failure, c.pending,
+                      dict(Counter(c.reasons).most_common()))
+        for k, (pct, c) in enumerate(zip(stages, cumulative(counts), strict=True))
+    ]
+
+
 def stage_progress(
     stages: Sequence[float], buckets: Mapping[str, float], outcomes: Mapping[str, str], floor: float | None,
     reasons: Mapping[str, str | None] | None = None,
 ) -> list[StageProgress]:
-    """Per stage (cumulative cohorts): devices, their outcomes and the failures' reason codes."""
-    out = []
-    for k, pct in enumerate(stages):
-        members = [d for d, b in buckets.items() if in_stage(b, pct, floor)]
-        counts = Counter(outcomes.get(d, "none") for d in members)
-        why = Counter((reasons or {}).get(d) or "UNKNOWN" for d in members if outcomes.get(d) == "failure")
-        out.append(StageProgress(k, pct, len(members), counts["success"], counts["failure"], counts["pending"],
-                                 dict(why.most_common())))
-    return out
+    return progress_of(stages, count_stages(stages, buckets, outcomes, floor, reasons))
+
+
+def _why(reasons: Mapping[str, int]) -> str:
+    return ", ".join(f"{code} x{n}" for code, n in Counter(reasons).most_common(3))
+
+
+def evaluate_counts(
+    *, status: str, stage: int, stages: Sequence[float], counts: Sequence[StageCounts],
+    success_quota: float, max_failure_rate: float, min_devices_for_halt: int,
+) -> Evaluation:
+    """What a rollout should do now, given its per-first-stage counters (see docs/server.md).
+
+    * Early halt: over every finished device, failures / finished > ``max_failure_rate`` once
+      at least ``min(min_devices_for_halt, devices in the current stage)`` have finished.
+    * Advance: the current stage's cohort reached ``success_quota``.
+    * Resolve: every device of the current stage reported a final state — advance if its failure
+      rate is within ``max_failure_rate``, otherwise halt. So a stage never stalls for good.
+    """
+    if status not in (Status.ACTIVE.value, Status.PAUSED.value):
+        return Evaluation(Decision.NONE, stage)
+    cum = cumulative(counts)
+    total = cum[-1]
+    finished = total.success + total.failure
+    size = cum[stage].devices
+    min_sample = max(1, min(min_devices_for_halt, size) if size else min_devices_for_halt)
+    if finished >= min_sample and total.failure / finished > max_failure_rate:
+        return Evaluation(
+            Decision.HALT, stage,
+            f"failure rate {total.failure}/{finished} = {total.failure / finished:.0%} "
+            f"exceeds {max_failure_rate:.0%} ({_why(total.reasons)})",
+        )
+    if status != Status.ACTIVE.value:
+        return Evaluation(Decision.NONE, stage)
+    new_stage = stage
+    while True:
+        c = cum[new_stage]
+        if not c.devices:
+            break
+        needed = math.ceil(success_quota * c.devices - 1e-9)
+        if c.success < needed:
+            if c.success + c.failure < c.devices:
+                break  # devices of this stage are still on their way
+            if c.failure / c.devices > max_failure_rate:
+                return Evaluation(
+                    Decision.HALT, new_stage,
+                    f"stage {new_stage} finished with {c.failure}/{c.devices} failed = "
+                    f"{c.failure / c.devices:.0%}, over {max_failure_rate:.0%} ({_why(c.reasons)})",
+                )
+        if new_stage == len(stages) - 1:
+            return Evaluation(Decision.COMPLETE, new_stage, f"{c.success}/{c.devices} devices succeeded")
+        new_stage += 1
+    if new_stage != stage:
+        return Evaluation(Decision.ADVANCE, new_stage, f"stage {new_stage} ({stages[new_stage]:g}%)")
+    return Evaluation(Decision.NONE, stage)
 
 
 def evaluate(
@@ -202,34 +315,11 @@ def evaluate(
     outcomes: Mapping[str, str], reasons: Mapping[str, str | None], floor: float | None,
     success_quota: float, max_failure_rate: float, min_devices_for_halt: int,
 ) -> Evaluation:
-    """What a rollout should do now, given every selected device's bucket and outcome."""
-    if status not in (Status.ACTIVE.value, Status.PAUSED.value):
-        return Evaluation(Decision.NONE, stage)
-    failures = [d for d, o in outcomes.items() if o == "failure"]
-    finished = sum(1 for o in outcomes.values() if o in ("success", "failure"))
-    if finished >= min_devices_for_halt and finished and len(failures) / finished > max_failure_rate:
-        top = Counter(reasons.get(d) or "UNKNOWN" for d in failures).most_common(3)
-        why = ", ".join(f"{code} x{n}" for code, n in top)
-        return Evaluation(
-            Decision.HALT, stage,
-            f"failure rate {len(failures)}/{finished} = {len(failures) / finished:.0%} "
-            f"exceeds {max_failure_rate:.0%} ({why})",
-        )
-    if status != Status.ACTIVE.value:
-        return Evaluation(Decision.NONE, stage)
-    new_stage = stage
-    while True:
-        cohort = [d for d, b in buckets.items() if in_stage(b, stages[new_stage], floor)]
-        done = sum(1 for d in cohort if outcomes.get(d) == "success")
-        needed = math.ceil(success_quota * len(cohort) - 1e-9)
-        if not cohort or done < needed:
-            break
-        if new_stage == len(stages) - 1:
-            return Evaluation(Decision.COMPLETE, new_stage, f"{done}/{len(cohort)} devices succeeded")
-        new_stage += 1
-    if new_stage != stage:
-        return Evaluation(Decision.ADVANCE, new_stage, f"stage {new_stage} ({stages[new_stage]:g}%)")
-    return Evaluation(Decision.NONE, stage)
+    """:func:`evaluate_counts` from every selected device's bucket and outcome."""
+    return evaluate_counts(
+        status=status, stage=stage, stages=stages, counts=count_stages(stages, buckets, outcomes, floor, reasons),
+        success_quota=success_quota, max_failure_rate=max_failure_rate, min_devices_for_halt=min_devices_for_halt,
+    )
 
 
 def outcome_of(state: str | None) -> str:

@@ -33,6 +33,64 @@ def selected_buckets(conn: Connection, rollout: Mapping[str, Any]) -> dict[str, 
     }
 
 
+def stage_of(device: Mapping[str, Any], rollout: Mapping[str, Any]) -> int | None:
+    """The device's first stage in the rollout, or None when the rollout does not select it."""
+    if device["group_name"] != rollout["group_name"] or not ro.is_selected(
+        device, tags=rollout["tags"], hardware_classes=rollout["hardware_classes"]
+    ):
+        return None
+    return ro.first_stage(ro.bucket(device["id"], rollout["id"]), rollout["stages"], rollout["floor_bucket"])
+
+
+def build_counters(conn: Connection, rollout: Mapping[str, Any]) -> None:
+    """Create a rollout's counters from a full scan — once, at creation (or for a rollout made by
+    an older server): afterwards reports update them incrementally (:func:`count_outcome`)."""
+    buckets = selected_buckets(conn, rollout)
+    stages = rollout["stages"]
+    rows = st.device_outcomes(conn, rollout["id"])
+    counts = ro.count_stages(stages, buckets, {r["device_id"]: r["outcome"] for r in rows},
+                             rollout["floor_bucket"], {r["device_id"]: r["reason_code"] for r in rows})
+    out: list[dict[str, Any]] = []
+    for k, c in enumerate(counts):
+        values = {"devices": c.devices, "success": c.success, "failure": c.failure, "pending": c.pending}
+        values.update({f"reason:{code}": n for code, n in c.reasons.items()})
+        out += [{"rollout_id": rollout["id"], "stage": k, "key": key, "n": n} for key, n in values.items()]
+    st.insert_counters(conn, out)
+    for r in rows:  # an older server's rows: pin their stage
+        stage = ro.first_stage(buckets[r["device_id"]], stages, rollout["floor_bucket"]) \
+            if r["device_id"] in buckets else None
+        st.set_device_stage(conn, r["rollout_id"], r["device_id"], stage)
+
+
+def stage_counts(conn: Connection, rollout: Mapping[str, Any]) -> list[ro.StageCounts]:
+    """The rollout's per-first-stage counters (a handful of rows, whatever the fleet size)."""
+    per: list[dict[str, Any]] = [{"reasons": {}} for _ in rollout["stages"]]
+    for row in st.counters(conn, rollout["id"]):
+        if not 0 <= row["stage"] < len(per):
+            continue
+        key, n = row["key"], int(row["n"])
+        if key.startswith("reason:"):
+            if n:
+                per[row["stage"]]["reasons"][key[len("reason:"):]] = n
+        elif key in ("devices", "success", "failure", "pending"):
+            per[row["stage"]][key] = n
+    return [ro.StageCounts(**p) for p in per]
+
+
+def count_outcome(conn: Connection, rollout_id: str, stage: int, old: tuple[str, str | None] | None,
+                  new: tuple[str, str | None]) -> None:
+    """Move one device between counters: ``old`` / ``new`` are (outcome, reason code)."""
+    if old == new or (old and old[0] != "failure" and old[0] == new[0]):
+        return
+    if old is not None:
+        st.add_counter(conn, rollout_id, stage, old[0], -1)
+        if old[0] == "failure":
+            st.add_counter(conn, rollout_id, stage, f"reason:{old[1] or 'UNKNOWN'}", -1)
+    st.add_counter(conn, rollout_id, stage, new[0], 1)
+    if new[0] == "failure":
+        st.add_counter(conn, rollout_id, stage, f"reason:{new[1] or 'UNKNOWN'}", 1)
+
+
 def create_rollout(conn: Connection, spec: ro.RolloutSpec, *, actor: str, release: int | None = None,
                    supersede: str | None = None) -> dict[str, Any]:
     """Insert a rollout of ``spec.model@spec.version`` (or of ``release``); 409 if one is active."""
@@ -66,6 +124,7 @@ def create_rollout(conn: Connection, spec: ro.RolloutSpec, *, actor: str, releas
     buckets = selected_buckets(conn, row_out)
     row_out["floor_bucket"] = min(buckets.values()) if buckets else None
     st.insert_rollout(conn, row_out)
+    build_counters(conn, row_out)
     st.add_event(conn, rollout_id, "created",
                  f"release {release} to group {spec.group!r}: {len(buckets)} devices selected", actor)
     st.audit(conn, actor, "rollout.create", rollout_id, {"release": release, "group": spec.group})
@@ -82,7 +141,13 @@ def on_enrolled(conn: Connection, device: Mapping[str, Any]) -> None:
         ):
             floor = ro.bucket(device["id"], rollout["id"])
             st.update_rollout(conn, rollout["id"], floor_bucket=floor)
+            rollout = dict(rollout, floor_bucket=floor)
             st.add_event(conn, rollout["id"], "first-device", f"{device['id']} pins the first stage", None)
+        stage = stage_of(device, rollout)
+        if stage is not None:
+            st.lock(conn, f"rollout:{rollout['id']}")
+            if st.has_counters(conn, rollout["id"]):
+                st.add_counter(conn, rollout["id"], stage, "devices", 1)
 
 
 _TRANSITIONS = {
@@ -149,18 +214,16 @@ def evaluate(conn: Connection, rollout_id: str, *, actor: str = "system") -> str
     """Apply the advance/halt rules to a rollout; returns the decision taken."""
     st.lock(conn, f"rollout:{rollout_id}")
     rollout = st.get_rollout(conn, rollout_id)
-    buckets = selected_buckets(conn, rollout)
-    rows = st.device_outcomes(conn, rollout_id)
-    outcomes = {r["device_id"]: r["outcome"] for r in rows}
-    reasons = {r["device_id"]: r["reason_code"] for r in rows}
-    result = ro.evaluate(
-        status=rollout["status"], stage=rollout["stage"], stages=rollout["stages"], buckets=buckets,
-        outcomes=outcomes, reasons=reasons, floor=rollout["floor_bucket"],
-        success_quota=rollout["success_quota"], max_failure_rate=rollout["max_failure_rate"],
-        min_devices_for_halt=rollout["min_devices_for_halt"],
+    if not st.has_counters(conn, rollout_id):
+        build_counters(conn, rollout)
+    result = ro.evaluate_counts(
+        status=rollout["status"], stage=rollout["stage"], stages=rollout["stages"],
+        counts=stage_counts(conn, rollout), success_quota=rollout["success_quota"],
+        max_failure_rate=rollout["max_failure_rate"], min_devices_for_halt=rollout["min_devices_for_halt"],
     )
     if result.decision is ro.Decision.HALT:
-        st.update_rollout(conn, rollout_id, status=ro.Status.HALTED.value, halt_reason=result.detail)
+        st.update_rollout(conn, rollout_id, stage=result.stage, status=ro.Status.HALTED.value,
+                          halt_reason=result.detail)
         st.add_event(conn, rollout_id, "halted", result.detail, actor)
         log.warning("rollout %s halted: %s", rollout_id, result.detail)
     elif result.decision is ro.Decision.ADVANCE:
@@ -176,13 +239,17 @@ def evaluate(conn: Connection, rollout_id: str, *, actor: str = "system") -> str
 
 def rollout_view(conn: Connection, rollout: Mapping[str, Any]) -> dict[str, Any]:
     """A rollout with per-stage progress, failure reasons and its event timeline."""
-    buckets = selected_buckets(conn, rollout)
-    rows = st.device_outcomes(conn, rollout["id"])
-    outcomes = {r["device_id"]: r["outcome"] for r in rows}
-    reasons = {r["device_id"]: r["reason_code"] for r in rows}
-    progress = ro.stage_progress(rollout["stages"], buckets, outcomes, rollout["floor_bucket"], reasons)
+    if st.has_counters(conn, rollout["id"]):
+        counts = stage_counts(conn, rollout)
+    else:  # a rollout made by an older server, not evaluated since: count without storing
+        rows = st.device_outcomes(conn, rollout["id"])
+        counts = ro.count_stages(rollout["stages"], selected_buckets(conn, rollout),
+                                 {r["device_id"]: r["outcome"] for r in rows}, rollout["floor_bucket"],
+                                 {r["device_id"]: r["reason_code"] for r in rows})
+    progress = ro.progress_of(rollout["stages"], counts)
+    total = ro.cumulative(counts)[-1]
     release = st.get_release(conn, rollout["release"])
-    failures = Counter(r["reason_code"] or "UNKNOWN" for r in rows if r["outcome"] == "failure")
+    failures = Counter(total.reasons)
     return {
         "id": rollout["id"], "model": rollout["model"], "version": release["version"],
         "release": rollout["release"], "group": rollout["group_name"], "tags": rollout["tags"],
@@ -192,15 +259,15 @@ def rollout_view(conn: Connection, rollout: Mapping[str, Any]) -> dict[str, Any]
         "min_devices_for_halt": rollout["min_devices_for_halt"], "gates": rollout["gates"],
         "created_at": rollout["created_at"], "created_by": rollout["created_by"],
         "updated_at": rollout["updated_at"],
-        "selected_devices": len(buckets),
+        "selected_devices": total.devices,
         "progress": [p.__dict__ for p in progress],
-        "totals": {k: sum(1 for o in outcomes.values() if o == k) for k in ("success", "failure", "pending")},
+        "totals": {"success": total.success, "failure": total.failure, "pending": total.pending},
         "failure_reasons": dict(failures.most_common()),
         "failures": [
             {"device_id": r["device_id"], "state": r["state"], "reason_code": r["reason_code"],
              "detail": r["detail"], "time": r["time"]}
-            for r in rows if r["outcome"] == "failure"
-        ][:100],
+            for r in st.failed_devices(conn, rollout["id"], limit=100)
+        ],
         "events": [
             {"time": e["time"], "kind": e["kind"], "detail": e["detail"], "actor": e["actor"]}
             for e in st.events(conn, rollout["id"])

@@ -280,19 +280,57 @@ def device_outcomes(conn: Connection, rollout_id: str) -> list[Row]:
     return [dict(r) for r in conn.execute(stmt).mappings()]
 
 
-def upsert_device_outcome(conn: Connection, row: Mapping[str, Any]) -> bool:
-    """Record a device's latest state in a rollout; older reports never overwrite newer ones."""
+def device_outcome(conn: Connection, rollout_id: str, device_id: str) -> Row | None:
+    key = (db.device_rollouts.c.rollout_id == rollout_id) & (db.device_rollouts.c.device_id == device_id)
+    return _one(conn, sa.select(db.device_rollouts).where(key))
+
+
+def write_device_outcome(conn: Connection, row: Mapping[str, Any], *, exists: bool) -> None:
+    """Insert or replace a device's latest state in a rollout (its ``stage`` is kept once set)."""
+    if not exists:
+        conn.execute(db.device_rollouts.insert().values(**row))
+        return
     key = (db.device_rollouts.c.rollout_id == row["rollout_id"]) & (
         db.device_rollouts.c.device_id == row["device_id"]
     )
-    existing = _one(conn, sa.select(db.device_rollouts).where(key))
-    if existing is None:
-        conn.execute(db.device_rollouts.insert().values(**row))
-        return True
-    if existing["time"] > row["time"]:
-        return False
-    conn.execute(db.device_rollouts.update().where(key).values(**row))
-    return True
+    conn.execute(db.device_rollouts.update().where(key).values(**{k: v for k, v in row.items() if k != "stage"}))
+
+
+def set_device_stage(conn: Connection, rollout_id: str, device_id: str, stage: int | None) -> None:
+    key = (db.device_rollouts.c.rollout_id == rollout_id) & (db.device_rollouts.c.device_id == device_id)
+    conn.execute(db.device_rollouts.update().where(key).values(stage=stage))
+
+
+def failed_devices(conn: Connection, rollout_id: str, *, limit: int = 100) -> list[Row]:
+    c = db.device_rollouts.c
+    stmt = sa.select(db.device_rollouts).where(c.rollout_id == rollout_id, c.outcome == "failure")
+    return [dict(r) for r in conn.execute(stmt.order_by(c.time, c.device_id).limit(limit)).mappings()]
+
+
+def has_counters(conn: Connection, rollout_id: str) -> bool:
+    c = db.rollout_counters.c
+    stmt = sa.select(c.n).where(c.rollout_id == rollout_id, c.stage == 0, c.key == "devices")
+    return conn.execute(stmt).first() is not None
+
+
+def counters(conn: Connection, rollout_id: str) -> list[Row]:
+    stmt = sa.select(db.rollout_counters).where(db.rollout_counters.c.rollout_id == rollout_id)
+    return [dict(r) for r in conn.execute(stmt).mappings()]
+
+
+def insert_counters(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    if rows:
+        conn.execute(db.rollout_counters.insert(), [dict(r) for r in rows])
+
+
+def add_counter(conn: Connection, rollout_id: str, stage: int, key: str, delta: int) -> None:
+    """``n = n + delta`` in one atomic UPDATE (a row lock on PostgreSQL); the row is created when
+    missing — callers hold the rollout's lock (:func:`lock`), so two never create it at once."""
+    c = db.rollout_counters.c
+    where = (c.rollout_id == rollout_id) & (c.stage == stage) & (c.key == key)
+    done = conn.execute(db.rollout_counters.update().where(where).values(n=c.n + delta))
+    if done.rowcount == 0:
+        conn.execute(db.rollout_counters.insert().values(rollout_id=rollout_id, stage=stage, key=key, n=delta))
 
 
 # ---------------------------------------------------------------- reports

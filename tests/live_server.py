@@ -19,7 +19,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tarfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -28,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import urllib3
+
+from ota_server.ctl import make_tar
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -40,12 +41,10 @@ def free_port() -> int:
 
 
 def bundle_tar(bundle_dir: Path) -> bytes:
-    """The bundle directory as an uncompressed tar (top-level file names), like ``ota-ctl publish``."""
+    """The bundle directory as an uncompressed tar (top-level file names), like ``ota-ctl publish``:
+    ``bundle.json`` and the files it names; anything else (an optimizer report) is left out."""
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for path in sorted(Path(bundle_dir).iterdir()):
-            if path.is_file():
-                tar.add(path, arcname=path.name, recursive=False)
+    make_tar(Path(bundle_dir), buf)
     return buf.getvalue()
 
 

@@ -26,6 +26,9 @@ from tests.edge_agent.update_harness import (
 )
 from tests.live_server import LiveServer, free_port, live_server
 
+# well-formed (the server's ef_enroll_ format) but never issued
+UNKNOWN_ENROLL_TOKEN = "ef_enroll_" + "x" * 43
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
@@ -163,9 +166,9 @@ def test_manual_rollback_and_its_errors(server: LiveServer, tmp_path: Path, devi
     assert out.returncode == 2 and "no previous model" in out.stderr
     out = run_agent(tmp_path / "not-enrolled", "status")
     assert out.returncode == 2 and "not enrolled" in out.stderr
-    out = run_agent(fresh, "enroll", "--server", server.url, "--token", "ef_enr_wrong")
+    out = run_agent(fresh, "enroll", "--server", server.url, "--token", UNKNOWN_ENROLL_TOKEN)
     assert out.returncode == 2 and "already enrolled" in out.stderr
-    out = run_agent(tmp_path / "x", "enroll", "--server", server.url, "--token", "ef_enr_wrong")
+    out = run_agent(tmp_path / "x", "enroll", "--server", server.url, "--token", UNKNOWN_ENROLL_TOKEN)
     assert out.returncode == 1 and "401" in out.stderr
 
 
@@ -230,3 +233,15 @@ def test_daemon_loop_stops_cleanly_on_sigterm(server: LiveServer, device: Path) 
     assert proc.returncode == 0, out
     assert "signal 15: stopping" in out and "agent stopped" in out
     assert check_slots(device) == "base@1.0.0"
+
+
+def test_enroll_help_names_the_token_format_the_server_issues(capsys: pytest.CaptureFixture[str]) -> None:
+    from edge_agent.__main__ import main
+    from ota_server.auth import TOKEN_RE, new_token
+
+    issued = new_token("enroll")
+    assert TOKEN_RE.match(issued) and issued.startswith("ef_enroll_")
+    with pytest.raises(SystemExit) as exit_:
+        main(["enroll", "--help"])
+    assert exit_.value.code == 0 and "(ef_enroll_...)" in capsys.readouterr().out
+    assert TOKEN_RE.match(UNKNOWN_ENROLL_TOKEN)

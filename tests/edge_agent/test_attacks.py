@@ -75,7 +75,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     srv = SimServer(sim)
     data = tmp / "agent"
     config = AgentConfig(tmp / "agent")
-    enroll(config.paths, server=srv.url, token="ef_enr_sim", name="victim")
+    enroll(config.paths, server=srv.url, token="ef_enroll_sim", name="victim")
     config = AgentConfig(data, health_window_s=0.2, bench_queries=5, bench_duration_s=0.05, min_rate_bps=2000,
                          rate_window_s=0.6, max_attempts=2, http_timeout_s=5)
     agent = build_agent(config)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 
-from edge_agent.health import HealthStats, judge_health
+import pytest
+
+from edge_agent.errors import StopRequested
+from edge_agent.health import HealthStats, HealthWatch, judge_health
 from edge_agent.serving import CameraPerception
 from models.bundle import Gates
 from tests.bundles import make_bundle
@@ -80,3 +84,14 @@ def test_judge_health_reports_each_kind_of_regression() -> None:
     )  # 10x a 0.3 ms baseline, but < 5 ms slower
     assert judge_health(jitter, gates, baseline_p95_ms=0.3).passed
     assert judge_health(HealthStats(), gates, baseline_p95_ms=10.0).passed
+
+
+def test_a_stop_request_ends_the_health_window_at_once_without_a_verdict() -> None:
+    stop = threading.Event()
+    watch = HealthWatch("tiny@1.0.0", GATES, baseline_p95_ms=None)
+    threading.Timer(0.2, stop.set).start()
+    t0 = time.monotonic()
+    with pytest.raises(StopRequested):
+        watch.wait(60.0, stop=stop)
+    assert time.monotonic() - t0 < 2.0
+    assert watch.wait(0.05).passed  # without a stop the (empty) window is judged as before

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from edge_agent.errors import StopRequested
 from edge_agent.prepare import PrepareLimits, check_in_child, sample_frames
 from models.bundle import Gates
 from tests.bundles import make_bundle
@@ -59,3 +62,13 @@ def test_a_hung_child_is_killed_at_the_timeout(tmp_path: Path) -> None:
 def test_a_missing_bundle_is_a_load_failure(tmp_path: Path) -> None:
     result = check_in_child(tmp_path / "nothing", "onnx-fp32", GATES, FAST)
     assert (result.passed, result.reason_code) == (False, "MODEL_LOAD_FAILED")
+
+
+def test_a_stop_request_kills_the_model_check_and_raises(tmp_path: Path) -> None:
+    make_bundle(tmp_path / "ok")
+    stop = threading.Event()
+    stop.set()  # SIGTERM arrived: whatever the child is doing, no verdict comes back
+    t0 = time.monotonic()
+    with pytest.raises(StopRequested):
+        check_in_child(tmp_path / "ok", "onnx-fp32", GATES, FAST, stop=stop)
+    assert time.monotonic() - t0 < 5.0

@@ -118,3 +118,41 @@ def test_shadow_after_the_source_ended_fails_at_once(tmp_path: Path, bundle: Pat
         assert not result.passed and "has ended" in result.detail
     finally:
         p.stop()
+
+
+def _two_variant_bundle(directory: Path) -> Path:
+    """The test bundle plus a second variant that host selection prefers on every profile."""
+    import dataclasses
+    import hashlib
+
+    from models.bundle import SelectionEntry, write_bundle
+    from tests.bundles import make_onnx
+
+    manifest = make_bundle(directory, name="duo", version="1.0.0")
+    data = make_onnx("permuted")
+    (directory / "preferred.onnx").write_bytes(data)
+    staged = manifest.variants[0]
+    preferred = dataclasses.replace(staged, id="onnx-preferred", file="preferred.onnx",
+                                    sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+    selection = {hw: SelectionEntry(order=(preferred.id, staged.id), reason="preferred first")
+                 for hw in manifest.selection}
+    write_bundle(directory, dataclasses.replace(manifest, variants=(preferred, staged), selection=selection))
+    return directory
+
+
+def test_a_slot_serves_the_variant_staged_in_it_not_the_profile_pick(tmp_path: Path) -> None:
+    from edge_agent.serving import staged_variant
+
+    slot = _two_variant_bundle(tmp_path / "slot")
+    assert staged_variant(slot) is None  # both files present: host selection decides
+    (slot / "preferred.onnx").unlink()  # a slot holds only the variant the agent staged
+    assert staged_variant(slot) == "onnx-fp32"
+    video = write_video(tmp_path / "v.avi", [("green", 10)])
+    p = CameraPerception.from_options(str(video), loop=False, queue_size=2)
+    p.start(slot)  # would fail loading the absent preferred variant without staged_variant
+    try:
+        assert p.pipeline is not None and p.pipeline.active.variant_id == "onnx-fp32"
+        assert p.active_version() == "duo@1.0.0"
+    finally:
+        p.stop()
+    assert staged_variant(tmp_path / "nothing-here") is None

@@ -163,7 +163,11 @@ def test_oversized_upload_gets_413_and_changes_nothing(server: LiveServer, tmp_p
     make_bundle(tmp_path / "big", name="big", version="1.0.0")
     (tmp_path / "big" / "pad.bin").write_bytes(secrets.token_bytes(300 * 1024))
     before = _snapshot(server)
-    status, body, _ = server.api("POST", "/api/v1/releases", data=bundle_tar(tmp_path / "big"),
+    buf = io.BytesIO()  # every file, pad.bin included (bundle_tar would leave it out)
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for path in sorted((tmp_path / "big").iterdir()):
+            tar.add(path, arcname=path.name)
+    status, body, _ = server.api("POST", "/api/v1/releases", data=buf.getvalue(),
                                  token=server.tokens["publisher"], headers={"Content-Type": "application/x-tar"})
     _assert_error(status, body, 413)
     big_json = {"model": "x" * (3 * 1024 * 1024)}

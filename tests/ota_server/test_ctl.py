@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ota_server.ctl import main
+from ota_server.ctl import bundle_files, main
 from tests.bundles import make_bundle
 from tests.live_server import LiveServer, live_server
 
@@ -55,6 +55,26 @@ def test_publish_rollout_and_read_back(server: LiveServer, tmp_path: Path, capsy
     assert rc == 0 and "c1" in out
     rc, out, _ = _ctl(server, "admin", "audit", capsys=capsys)
     assert rc == 0 and "rollout.pause" in out and "release.publish" in out
+
+
+def test_publish_leaves_out_files_the_manifest_does_not_name(
+    server: LiveServer, tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture,
+) -> None:
+    bundle = tmp_path / "opt"
+    make_bundle(bundle, name="ctl-opt", version="1.0.0")
+    (bundle / "report.md").write_text("# optimizer report\n")  # what edge-optimize writes beside the bundle
+    (bundle / "report.json").write_text("{}")
+    files, extra = bundle_files(bundle)
+    assert {p.name for p in files} == {"bundle.json", "model.onnx"} and extra == ["report.json", "report.md"]
+    with caplog.at_level("WARNING", logger="ota_ctl"):
+        rc, out, err = _ctl(server, "publisher", "--json", "publish", str(bundle), capsys=capsys)
+    assert rc == 0, (out, err)
+    assert json.loads(out)["name"] == "ctl-opt"
+    assert "report.json, report.md" in caplog.text
+    # the test helper packs the same way (the server itself stays strict: see test_api_errors)
+    make_bundle(tmp_path / "opt2", name="ctl-opt", version="1.0.1")
+    (tmp_path / "opt2" / "report.md").write_text("x")
+    assert server.publish(tmp_path / "opt2")["version"] == "1.0.1"
 
 
 def test_exit_codes(server: LiveServer, tmp_path: Path, capsys: pytest.CaptureFixture[str],

@@ -59,7 +59,8 @@ def _eval(outcomes: dict[str, str], *, stage: int = 0, status: str = "active", s
     ({"a": "success", "b": "success"}, {"status": "paused"}, ro.Decision.NONE, 0),  # paused: no advance
     ({"a": "failure"}, {}, ro.Decision.HALT, 0),
     ({"a": "failure"}, {"min_devices": 2}, ro.Decision.NONE, 0),  # below the minimum sample
-    ({"a": "failure", "b": "success"}, {"min_devices": 2, "rate": 0.5}, ro.Decision.NONE, 0),  # 50 % is not > 50 %
+    # stage 0 (a, b) has fully reported and 50 % is not > 50 %: it resolves by advancing
+    ({"a": "failure", "b": "success"}, {"min_devices": 2, "rate": 0.5}, ro.Decision.ADVANCE, 1),
     ({"a": "failure", "b": "success", "c": "failure"}, {"min_devices": 2, "rate": 0.5}, ro.Decision.HALT, 0),
     ({"a": "failure"}, {"status": "paused"}, ro.Decision.HALT, 0),  # a paused rollout still halts
     ({"a": "failure"}, {"status": "halted"}, ro.Decision.NONE, 0),
@@ -70,6 +71,57 @@ def test_evaluate(outcomes: dict[str, str], kwargs: dict, decision: ro.Decision,
     assert (result.decision, result.stage) == (decision, stage), result
     if decision is ro.Decision.HALT:
         assert "NAN_OUTPUT" in result.detail
+
+
+def _counts(devices: int, success: int, failure: int, pending: int = 0) -> ro.StageCounts:
+    return ro.StageCounts(devices, success, failure, pending, {"NAN_OUTPUT": failure} if failure else {})
+
+
+def _eval_counts(counts: list[ro.StageCounts], *, stage: int = 0, quota: float = 0.95, rate: float = 0.05,
+                 min_devices: int = 50, stages: tuple[float, ...] = (1, 10, 50, 100)) -> ro.Evaluation:
+    return ro.evaluate_counts(status="active", stage=stage, stages=stages, counts=counts, success_quota=quota,
+                              max_failure_rate=rate, min_devices_for_halt=min_devices)
+
+
+def test_fully_reported_stage_resolves_instead_of_stalling() -> None:
+    rest = [_counts(144, 0, 0), _counts(640, 0, 0), _counts(800, 0, 0)]
+    # 15 commits + 1 failure of 16: quota 0.95 not met; 1/16 > 5 % and the stage is done -> halt
+    # (min sample is min(50, 16) = 16, so the early-halt rule already fires)
+    assert _eval_counts([_counts(16, 15, 1)] + rest).decision is ro.Decision.HALT
+    # the same with a 10 % failure budget -> the stage resolves by advancing
+    result = _eval_counts([_counts(16, 15, 1)] + rest, rate=0.10)
+    assert (result.decision, result.stage) == (ro.Decision.ADVANCE, 1)
+    # one device still pending: wait (neither advance nor halt)
+    assert _eval_counts([_counts(16, 14, 1, 1)] + rest, rate=0.10).decision is ro.Decision.NONE
+
+
+def test_min_sample_for_halt_is_relative_to_the_stage_size() -> None:
+    rest = [_counts(144, 0, 0), _counts(640, 0, 0), _counts(800, 0, 0)]
+    # 2 failures out of 10 finished in a 16-device stage: min(50, 16) = 16 not reached yet
+    assert _eval_counts([_counts(16, 8, 2, 6)] + rest).decision is ro.Decision.NONE
+    # 3 failures of 16 finished -> halt early, although 16 < min_devices_for_halt = 50
+    result = _eval_counts([_counts(16, 13, 3)] + rest)
+    assert result.decision is ro.Decision.HALT and "NAN_OUTPUT x3" in result.detail
+
+
+def test_fully_reported_later_stage_halts_below_the_min_sample() -> None:
+    counts = [_counts(1, 1, 0), _counts(9, 8, 1), _counts(40, 0, 0), _counts(50, 0, 0)]
+    # stage 1 (10 devices) is fully reported with 1/10 failed > 5 %, below min_devices_for_halt = 50
+    result = _eval_counts(counts, stage=1, min_devices=50)
+    assert (result.decision, result.stage) == (ro.Decision.HALT, 1)
+
+
+def test_counts_match_the_full_scan() -> None:
+    ids = [f"d{i}" for i in range(500)]
+    buckets = {d: ro.bucket(d, "ro_x") for d in ids}
+    outcomes = {d: ("success", "failure", "pending")[i % 3] for i, d in enumerate(ids[:300])}
+    counts = ro.count_stages((1, 10, 50, 100), buckets, outcomes, min(buckets.values()))
+    cum = ro.cumulative(counts)
+    assert cum[-1].devices == 500 and cum[-1].success == 100 and cum[-1].failure == 100
+    assert cum[-1].reasons == {"UNKNOWN": 100}
+    progress = ro.stage_progress((1, 10, 50, 100), buckets, outcomes, min(buckets.values()))
+    assert [p.devices for p in progress] == [c.devices for c in cum]
+    assert progress[0].devices >= 1
 
 
 def test_outcome_of_states() -> None:

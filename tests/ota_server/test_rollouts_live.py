@@ -183,3 +183,32 @@ def test_concurrent_publishes_and_reports_across_workers(server: LiveServer, tmp
     counters = [r["counter"] for r in body["releases"]]
     assert counters == sorted(set(counters)) == list(range(1, len(counters) + 1))
     assert "Traceback" not in server.log_text()
+
+
+def test_counters_stay_exact_under_concurrent_reports_across_workers(server: LiveServer, tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    make_bundle(tmp_path / "cnt", name="cnt", version="1.0.0")
+    server.publish(tmp_path / "cnt")
+    devs = [server.enroll(name=f"cnt{i}", group="cnt") for i in range(12)]
+    rollout = server.create_rollout(model="cnt", version="1.0.0", group="cnt", stages=[100],
+                                    max_failure_rate=1.0)
+
+    def send(dev: dict[str, Any], rid: str, state: str, second: int, reason: str | None = None) -> int:
+        rep = {"id": rid, "time": f"2026-11-27T10:00:{second:02d}Z", "type": "transition", "state": state,
+               "rollout_id": rollout["id"], "release": rollout["release"], "reason_code": reason}
+        return server.api("POST", f"/api/v1/devices/{dev['device_id']}/reports", json={"reports": [rep]},
+                          token=dev["device_token"])[0]
+
+    # every device fails first; the even ones then commit; every report is also sent twice
+    jobs = [(d, f"f-{i}", "failed", 1, "NAN_OUTPUT") for i, d in enumerate(devs)]
+    jobs += [(d, f"c-{i}", "committed", 2, None) for i, d in enumerate(devs) if i % 2 == 0]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        first = list(pool.map(lambda j: send(*j), jobs[:12]))
+        again = list(pool.map(lambda j: send(*j), jobs[12:] + jobs))
+    assert first == [200] * 12 and again == [200] * len(again), again
+    assert [send(*j) for j in jobs[:3]] == [200] * 3  # resent once more: duplicates, nothing changes
+    view = server.rollout(rollout["id"])
+    assert view["totals"] == {"success": 6, "failure": 6, "pending": 0}, view["totals"]
+    assert view["failure_reasons"] == {"NAN_OUTPUT": 6}
+    assert view["selected_devices"] == 12 and view["status"] == "completed"  # fully reported, 50 % <= 100 %

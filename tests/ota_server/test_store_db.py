@@ -69,3 +69,69 @@ def test_rollout_flow_in_the_store(initialized: tuple[ServerConfig, dict[str, st
         assert dup == {"accepted": [], "duplicates": [f"bad{failing[0]}"]}
         assert [e["kind"] for e in st.events(conn, rollout["id"])] == ["created", "stage-advanced", "halted"]
     s.store.dispose()
+
+
+def _counted(conn, rollout: dict) -> ro.StageCounts:  # type: ignore[no-untyped-def]
+    return ro.cumulative(service.stage_counts(conn, rollout))[-1]
+
+
+def _timed(rid: str, state: str, rollout: dict, time: str, reason: str | None = None) -> rp.Report:
+    return rp.parse_report({"id": rid, "time": time, "type": "transition", "state": state,
+                            "rollout_id": rollout["id"], "release": rollout["release"], "reason_code": reason}, "r")
+
+
+def test_counters_are_incremental_latest_state_wins_and_idempotent(
+    initialized: tuple[ServerConfig, dict[str, str]], tmp_path: Path,
+) -> None:
+    config, _ = initialized
+    s = build_services(config)
+    make_bundle(tmp_path / "b", name="m", version="1.0.0")
+    (tmp_path / "b.tar").write_bytes(bundle_tar(tmp_path / "b"))
+    s.publisher.publish_tar(tmp_path / "b.tar", actor="test")
+    with s.store.tx() as conn:
+        st.insert_devices(conn, [_device(i) for i in range(40)])
+        spec = ro.parse_rollout({"model": "m", "version": "1.0.0", "group": "g", "stages": [100],
+                                 "max_failure_rate": 1.0, "success_quota": 1.0})
+        rollout = service.create_rollout(conn, spec, actor="test")
+        assert _counted(conn, rollout) == ro.StageCounts(40, 0, 0, 0, {})
+    t = "2026-11-27T10:00:0{}Z"
+    with s.store.tx() as conn:
+        rp.ingest(conn, "dev_0001", [_timed("a1", "downloading", rollout, t.format(1))])
+        assert _counted(conn, rollout) == ro.StageCounts(40, 0, 0, 1, {})
+        rp.ingest(conn, "dev_0001", [_timed("a2", "failed", rollout, t.format(2), "NAN_OUTPUT")])
+        rp.ingest(conn, "dev_0002", [_timed("b1", "refused", rollout, t.format(2), "INCOMPATIBLE")])
+        assert _counted(conn, rollout) == ro.StageCounts(40, 0, 2, 0, {"NAN_OUTPUT": 1, "INCOMPATIBLE": 1})
+        # duplicates (same report ids) change nothing, in a batch or resent later
+        out = rp.ingest(conn, "dev_0001", [_timed("a2", "failed", rollout, t.format(2), "NAN_OUTPUT")] * 2)
+        assert out["accepted"] == [] and _counted(conn, rollout).failure == 2
+        # failed -> committed moves the device between counters exactly once
+        rp.ingest(conn, "dev_0001", [_timed("a3", "committed", rollout, t.format(3))])
+        assert _counted(conn, rollout) == ro.StageCounts(40, 1, 1, 0, {"INCOMPATIBLE": 1})
+        rp.ingest(conn, "dev_0001", [_timed("a4", "committed", rollout, t.format(4))])  # same outcome again
+        # an older report arriving late never overrides the newer state
+        rp.ingest(conn, "dev_0001", [_timed("a0", "failed", rollout, t.format(0), "NAN_OUTPUT")])
+        # a failure whose reason changes moves between reason counters
+        rp.ingest(conn, "dev_0002", [_timed("b2", "rolled-back", rollout, t.format(3), "HEALTH")])
+        assert _counted(conn, rollout) == ro.StageCounts(40, 1, 1, 0, {"HEALTH": 1})
+    with s.store.read() as conn:
+        view = service.rollout_view(conn, rollout)
+        assert view["totals"] == {"success": 1, "failure": 1, "pending": 0}
+        assert view["failure_reasons"] == {"HEALTH": 1} and view["failures"][0]["device_id"] == "dev_0002"
+        # the counters agree with a full scan of the device rows
+        rows = st.device_outcomes(conn, rollout["id"])
+        scan = ro.count_stages(rollout["stages"], service.selected_buckets(conn, rollout),
+                               {r["device_id"]: r["outcome"] for r in rows}, rollout["floor_bucket"],
+                               {r["device_id"]: r["reason_code"] for r in rows})
+        assert service.stage_counts(conn, rollout) == scan
+    with s.store.tx() as conn:  # installing the rollout's own release changes no assignment: no bump
+        gen = st.generation(conn)
+        running = {"name": "m", "version": "1.0.0", "release": rollout["release"]}
+        rp.ingest(conn, "dev_0003", [rp.parse_report({"id": "h1", "time": t.format(5), "type": "heartbeat",
+                                                      "running": running}, "r")])
+        assert st.generation(conn) == gen and st.get_device(conn, "dev_0003")["running_release"] == rollout["release"]
+    with s.store.tx() as conn:  # devices enrolled later join the counters of their stage
+        row = _device(99)
+        st.insert_devices(conn, [row])
+        service.on_enrolled(conn, row)
+        assert _counted(conn, rollout).devices == 41
+    s.store.dispose()
