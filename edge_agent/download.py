@@ -14,7 +14,6 @@ This module does not know where targets come from (see
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -27,6 +26,7 @@ from pathlib import Path
 import urllib3
 
 from edge_agent.errors import FatalError, ReasonCode, TransientError
+from models.bundle import sha256_file
 
 __all__ = ["DownloadPolicy", "fetch", "verify_file", "sha256_of"]
 
@@ -187,14 +187,8 @@ def _stream(
 
 
 def sha256_of(path: Path, *, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read into one reused buffer (no per-chunk allocation)."""
-    digest = hashlib.sha256()
-    buf = bytearray(chunk)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as fh:
-        while n := fh.readinto(buf):
-            digest.update(view[:n])
-    return digest.hexdigest()
+    """Hex sha256 of a file (:func:`models.bundle.sha256_file`)."""
+    return sha256_file(path, chunk=chunk)
 
 
 def verify_file(path: Path, *, length: int, sha256: str) -> None:

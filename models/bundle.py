@@ -21,12 +21,13 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any, TypeVar
+
+from models.fsio import write_atomic
 
 __all__ = [
     "SCHEMA",
@@ -131,9 +132,11 @@ def canonical_json(obj: Any) -> bytes:
 def sha256_file(path: str | os.PathLike[str], *, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in chunks."""
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
+    buf = bytearray(chunk)  # one reused buffer: no allocation per chunk
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as fh:
+        while n := fh.readinto(buf):
+            digest.update(view[:n])
     return digest.hexdigest()
 
 
@@ -704,14 +707,5 @@ def write_bundle(directory: str | os.PathLike[str], manifest: Manifest) -> Path:
     directory = Path(directory)
     Manifest.from_dict(json.loads(manifest.to_json()))  # round-trip validation
     verify_bundle(directory, manifest)
-    fd, tmp = tempfile.mkstemp(prefix=".bundle.", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(manifest.to_json() + b"\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, directory / MANIFEST_NAME)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(directory / MANIFEST_NAME, manifest.to_json() + b"\n")
     return directory / MANIFEST_NAME

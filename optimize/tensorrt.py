@@ -19,13 +19,12 @@ the Q/DQ ONNX marked ``build_on_device`` instead.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from models.bundle import Precision
+from models.fsio import write_atomic
 from optimize.errors import EngineBuildError
 
 __all__ = ["TrtBuildConfig", "EngineInfo", "tensorrt_available", "gpu_compute_capability", "build_engine"]
@@ -120,17 +119,6 @@ def _builder_config(trt: Any, builder: Any, config: TrtBuildConfig, strongly: bo
     return cfg
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def build_engine(onnx_path: Path, engine_path: Path, config: TrtBuildConfig) -> EngineInfo:
     """Build and write a serialized engine. Raises :class:`EngineBuildError`."""
     trt = _import_trt()
@@ -150,9 +138,9 @@ def build_engine(onnx_path: Path, engine_path: Path, config: TrtBuildConfig) -> 
     if serialized is None:
         raise EngineBuildError(f"TensorRT failed to build {onnx_path.name} (see the TensorRT log above)")
     data = bytes(serialized)
-    _atomic_write(engine_path, data)
+    write_atomic(engine_path, data)
     if config.timing_cache is not None:
-        _atomic_write(config.timing_cache, bytes(cfg.get_timing_cache().serialize()))
+        write_atomic(config.timing_cache, bytes(cfg.get_timing_cache().serialize()))
     info = EngineInfo(engine_path, str(trt.__version__), gpu_compute_capability(), strongly, len(data))
     log.info("built %s (TensorRT %s, sm %s, %s)", engine_path.name, info.tensorrt_version,
              info.compute_capability, "strongly typed" if strongly else config.precision.value)

@@ -8,8 +8,6 @@ This module does not decide which keys are online; :mod:`ota_server.repository` 
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from securesystemslib.signer import CryptoSigner, SSlibKey  # type: ignore[attr-defined]
 
 from models.bundle import canonical_json
+from models.fsio import write_atomic
 from ota_server.errors import SetupError
 
 TUF_ROLES = ("root", "targets", "snapshot", "timestamp")
@@ -27,17 +26,7 @@ TUF_ROLES = ("root", "targets", "snapshot", "timestamp")
 def write_private(path: Path, data: bytes) -> None:
     """Write a secret file 0600 atomically (created 0600, never world-readable)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(prefix=".key.", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, data, mode=0o600)
 
 
 def generate_key(path: Path) -> Ed25519PrivateKey:

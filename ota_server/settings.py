@@ -15,7 +15,7 @@ PERSISTED = ("db_url", "public_url", "max_upload_bytes", "assignment_ttl_s", "ti
 
 
 def save_settings(config: ServerConfig) -> None:
-    from ota_server.repository import write_atomic
+    from models.fsio import write_atomic
 
     data = {name: getattr(config, name) for name in PERSISTED}
     write_atomic(config.settings_file, json.dumps(data, indent=2).encode() + b"\n")

@@ -15,13 +15,14 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from models.fsio import write_atomic
 from ota_server import db
 from ota_server import store as st
 from ota_server.auth import new_token, token_digest
 from ota_server.config import ServerConfig
 from ota_server.errors import SetupError
 from ota_server.keys import director_public_json, generate_key
-from ota_server.repository import create_repository, write_atomic
+from ota_server.repository import create_repository
 from ota_server.settings import save_settings
 
 _OWNED = ("keys", "tuf", "artifacts", "tmp", "locks", "run", "provisioning", "server.db", "server.db-wal",

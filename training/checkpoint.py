@@ -11,17 +11,17 @@ detects — never a half-written file.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import subprocess
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from models.bundle import sha256_file
+from models.fsio import write_atomic
 from training.errors import CheckpointError
 
 __all__ = [
@@ -62,28 +62,6 @@ def code_version() -> str:
     return f"{base}+g{sha}" if sha else f"{base}+unknown"
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def save_checkpoint(
     path: Path, state: Mapping[str, Any], sidecar: Mapping[str, Any]
 ) -> dict[str, Any]:
@@ -96,13 +74,13 @@ def save_checkpoint(
     if missing:
         raise CheckpointError(f"sidecar for {path} lacks field(s) {missing}")
     try:
-        _atomic_write(path, lambda fh: torch.save(dict(state), fh))
+        write_atomic(path, lambda fh: torch.save(dict(state), fh))
         meta = dict(sidecar)
         meta["format"] = SIDECAR_FORMAT
         meta["created_at"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        meta["checkpoint_sha256"] = _sha256(path)
+        meta["checkpoint_sha256"] = sha256_file(path)
         text = json.dumps(meta, indent=2, sort_keys=True).encode()
-        _atomic_write(path.with_suffix(".json"), lambda fh: fh.write(text + b"\n"))
+        write_atomic(path.with_suffix(".json"), lambda fh: fh.write(text + b"\n"))
     except OSError as e:
         raise CheckpointError(f"cannot write checkpoint {path}: {e}") from e
     return meta
@@ -133,7 +111,7 @@ def load_checkpoint(path: Path, *, verify: bool = True) -> tuple[dict[str, Any],
     ``verify`` checks the file's sha256 against the sidecar first.
     """
     meta = read_sidecar(path)
-    if verify and path.is_file() and _sha256(path) != meta["checkpoint_sha256"]:
+    if verify and path.is_file() and sha256_file(path) != meta["checkpoint_sha256"]:
         raise CheckpointError(
             f"{path} does not match the sha256 in its sidecar (interrupted write?)"
         )

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -22,6 +21,7 @@ from typing import Any
 import yaml
 
 from models.datasets import DatasetName, DatasetSpec, dataset_task
+from models.fsio import write_atomic
 from models.zoo import ARCHS
 from training.errors import ConfigError
 
@@ -231,10 +231,7 @@ def merge(*layers: Mapping[str, Any], source: str = "config") -> TrainConfig:
 def write_config(cfg: TrainConfig, path: Path) -> None:
     """Write the resolved config as YAML, atomically."""
     text = yaml.safe_dump(cfg.to_dict(), sort_keys=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".config.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    write_atomic(path, text.encode("utf-8"))
 
 
 def read_run_config(run_dir: Path) -> dict[str, Any]:

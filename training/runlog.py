@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from models.fsio import write_atomic
 
 __all__ = ["RunLog"]
 
@@ -39,11 +40,8 @@ class RunLog:
 
     def _rewrite_jsonl(self, run_dir: Path) -> None:
         path = run_dir / "metrics.jsonl"
-        fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".metrics.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for row in self.history:
-                fh.write(json.dumps(row, sort_keys=True) + "\n")
-        os.replace(tmp, path)
+        text = "".join(json.dumps(row, sort_keys=True) + "\n" for row in self.history)
+        write_atomic(path, text.encode("utf-8"))
 
     def epoch(self, row: dict[str, Any]) -> None:
         """Record one finished epoch (``row["epoch"]`` is 1-based)."""

@@ -35,7 +35,7 @@ def test_run_dir_layout_matches_the_contract(ddp_run: Path) -> None:
         assert (ddp_run / rel).exists(), rel
     cfg = yaml.safe_load((ddp_run / "config.yaml").read_text())
     assert cfg["nproc_per_node"] == 2 and cfg["epochs"] == 3
-    assert not list((ddp_run / "checkpoints").glob("*.tmp"))
+    assert not list((ddp_run / "checkpoints").glob(".*"))
 
 
 def test_checkpoint_loads_weights_only_and_sidecar_rebuilds_everything(ddp_run: Path) -> None:
