@@ -37,8 +37,8 @@ from models.bundle import (
     Provenance,
     ResizeMode,
     SelectionEntry,
-    TensorSpec,
     Task,
+    TensorSpec,
     Variant,
     write_bundle,
 )
