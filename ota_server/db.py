@@ -91,6 +91,10 @@ rollouts = sa.Table(
     sa.Column("created_at", sa.String(32), nullable=False),
     sa.Column("created_by", sa.String(128), nullable=False),
     sa.Column("updated_at", sa.String(32), nullable=False),
+    # creation order, unique and increasing: "the newest rollout wins" must not depend on
+    # timestamps (two rollouts can be created in the same second). Null only on rows written by
+    # an older server, which sort before every numbered one.
+    sa.Column("seq", sa.BigInteger, nullable=True),
 )
 
 rollout_events = sa.Table(
@@ -205,6 +209,9 @@ def create_schema(engine: Engine) -> None:
         if "stage" not in columns:  # schema of an older server: counters are rebuilt on first use
             with engine.begin() as conn:
                 conn.execute(sa.text("ALTER TABLE device_rollouts ADD COLUMN stage INTEGER"))
+        if "seq" not in {c["name"] for c in sa.inspect(engine).get_columns("rollouts")}:
+            with engine.begin() as conn:
+                conn.execute(sa.text("ALTER TABLE rollouts ADD COLUMN seq BIGINT"))
         with engine.begin() as conn:
             if conn.execute(sa.select(generation.c.value).where(generation.c.id == 1)).first() is None:
                 conn.execute(generation.insert().values(id=1, value=1))

@@ -121,6 +121,8 @@ def create_rollout(conn: Connection, spec: ro.RolloutSpec, *, actor: str, releas
         "floor_bucket": None, "gates": dict(spec.gates) or None, "halt_reason": None,
         "created_at": now, "created_by": actor, "updated_at": now,
     }
+    st.lock(conn, "rollouts:seq")
+    row_out["seq"] = st.next_rollout_seq(conn)
     buckets = selected_buckets(conn, row_out)
     row_out["floor_bucket"] = min(buckets.values()) if buckets else None
     st.insert_rollout(conn, row_out)

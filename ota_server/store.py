@@ -238,6 +238,11 @@ def insert_rollout(conn: Connection, row: Mapping[str, Any]) -> None:
     conn.execute(db.rollouts.insert().values(**row))
 
 
+def next_rollout_seq(conn: Connection) -> int:
+    """The next creation number; call under the ``rollouts:seq`` lock (see :func:`lock`)."""
+    return int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(db.rollouts.c.seq), 0))).scalar() or 0) + 1
+
+
 def get_rollout(conn: Connection, rollout_id: str) -> Row:
     row = _one(conn, sa.select(db.rollouts).where(db.rollouts.c.id == rollout_id))
     if row is None:
@@ -247,7 +252,8 @@ def get_rollout(conn: Connection, rollout_id: str) -> Row:
 
 def list_rollouts(conn: Connection, *, statuses: Sequence[str] | None = None, group: str | None = None,
                   model: str | None = None) -> list[Row]:
-    stmt = sa.select(db.rollouts).order_by(db.rollouts.c.created_at, db.rollouts.c.id)
+    c = db.rollouts.c
+    stmt = sa.select(db.rollouts).order_by(sa.func.coalesce(c.seq, 0), c.created_at, c.id)
     if statuses:
         stmt = stmt.where(db.rollouts.c.status.in_(list(statuses)))
     if group:

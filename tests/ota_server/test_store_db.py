@@ -135,3 +135,32 @@ def test_counters_are_incremental_latest_state_wins_and_idempotent(
         service.on_enrolled(conn, row)
         assert _counted(conn, rollout).devices == 41
     s.store.dispose()
+
+
+def test_newest_rollout_wins_within_one_second(initialized: tuple[ServerConfig, dict[str, str]], tmp_path: Path,
+                                               monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Rollouts of different models to one group, created in the same second: the device gets the
+    one created last, whatever their (random) ids sort as."""
+    config, _ = initialized
+    s = build_services(config)
+    for name in ("base", "next", "third"):
+        make_bundle(tmp_path / name, name=name, version="1.0.0")
+        tar = tmp_path / f"{name}.tar"
+        tar.write_bytes(bundle_tar(tmp_path / name))
+        s.publisher.publish_tar(tar, actor="test")
+    monkeypatch.setattr(st, "utcnow", lambda: "2026-11-27T10:00:00Z")
+    with s.store.tx() as conn:
+        st.insert_devices(conn, [_device(1)])
+    created = []
+    for name in ("base", "next", "third"):
+        with s.store.tx() as conn:
+            spec = ro.parse_rollout({"model": name, "version": "1.0.0", "group": "g", "stages": [100]})
+            created.append(service.create_rollout(conn, spec, actor="test"))
+        with s.store.read() as conn:
+            signed = build_signed(conn, st.get_device(conn, "dev_0001"), "ab" * 16, ttl_s=60)
+            assert signed["rollout_id"] == created[-1]["id"], (name, [r["id"] for r in created])
+    with s.store.read() as conn:
+        order = [r["id"] for r in st.list_rollouts(conn, group="g")]
+    assert order == [r["id"] for r in created]
+    assert [r["seq"] for r in created] == sorted({r["seq"] for r in created})
+    s.store.dispose()
