@@ -24,7 +24,6 @@ import math
 import os
 import pickle
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -33,7 +32,9 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
-from models.bundle import ColorOrder, InputSpec, Layout, ResizeMode, Task
+from models.archs import ARCHS, ArchInfo, ZooError, default_input_spec
+from models.archs import arch_info as _arch
+from models.bundle import Task
 
 __all__ = [
     "ARCHS",
@@ -46,64 +47,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class ZooError(ValueError):
-    """An unknown architecture/task, bad arguments, or weights that do not fit."""
-
-
-@dataclass(frozen=True)
-class ArchInfo:
-    tasks: tuple[str, ...]
-    image_size: int  # default square input size, pixels
-    head_prefixes: tuple[str, ...]  # state_dict keys of the class-count-dependent head
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-
-
-ARCHS: dict[str, ArchInfo] = {
-    "mobilenet_v3_small": ArchInfo(("classification",), 224, ("classifier.3.",)),
-    "mobilenet_v3_large": ArchInfo(("classification",), 224, ("classifier.3.",)),
-    "resnet18": ArchInfo(("classification",), 224, ("fc.",)),
-    "efficientnet_b0": ArchInfo(("classification",), 224, ("classifier.1.",)),
-    "fcos_mnv3": ArchInfo(("detection",), 320, ("head.cls_logits.",)),
-    "lraspp_mobilenet_v3_large": ArchInfo(
-        ("segmentation",),
-        320,
-        ("model.classifier.low_classifier.", "model.classifier.high_classifier."),
-    ),
-}
-
-
-def _arch(arch: str, task: str) -> ArchInfo:
-    if arch not in ARCHS:
-        known = {a: list(i.tasks) for a, i in ARCHS.items()}
-        raise ZooError(f"unknown arch {arch!r}; known archs and their tasks: {known}")
-    info = ARCHS[arch]
-    if task not in info.tasks:
-        raise ZooError(f"arch {arch!r} supports tasks {list(info.tasks)}, got task {task!r}")
-    return info
-
-
-def default_input_spec(arch: str, task: str, image_size: int | None = None) -> InputSpec:
-    """The :class:`InputSpec` a model from :func:`build_model` expects (RGB, NCHW, ImageNet norm)."""
-    info = _arch(arch, task)
-    size = image_size or info.image_size
-    return InputSpec(
-        name="input",
-        shape=(None, 3, size, size),
-        dtype="float32",
-        layout=Layout.NCHW,
-        color_order=ColorOrder.RGB,
-        resize=ResizeMode.STRETCH,
-        scale=1.0 / 255.0,
-        mean=info.mean,
-        std=info.std,
-    )
-
-
 def build_model(
     arch: str,
     task: str,

@@ -21,10 +21,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from models.archs import ARCHS, ZooError
 from models.datasets import DatasetError
-from models.zoo import ARCHS, ZooError
-from training import train
-from training.checkpoint import resolve_checkpoint
 from training.config import Device, Optimizer, TrainConfig, load_yaml, merge, read_run_config
 from training.errors import ConfigError, LaunchError, TrainingError
 
@@ -161,6 +159,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         flags["clip_grad_norm"] = None
     layers: list[dict[str, Any]] = []
     if args.resume:
+        from training.checkpoint import resolve_checkpoint  # imports torch: only when resuming
+
         layers.append(read_run_config(resolve_checkpoint(args.resume)[0]))
     if args.config:
         layers.append(load_yaml(args.config))
@@ -185,6 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(yaml.safe_dump(cfg.to_dict(), sort_keys=True), end="")
             return 0
+        from training import train  # torch is imported here, not for --help or a bad flag
+
         summary = train.main(cfg, verbose=args.verbose)
     except (ConfigError, DatasetError, ZooError) as e:
         log.error("%s", e)

@@ -20,9 +20,9 @@ from typing import Any
 
 import yaml
 
+from models.archs import ARCHS
 from models.datasets import DatasetName, DatasetSpec, dataset_task
 from models.fsio import write_atomic
-from models.zoo import ARCHS
 from training.errors import ConfigError
 
 __all__ = [

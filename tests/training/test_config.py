@@ -100,3 +100,15 @@ def test_shipped_configs_are_valid() -> None:
     for name in names:
         cfg = _cfg("--config", str(root / name))
         assert cfg.nproc_per_node == 2
+
+
+def test_help_and_bad_flags_answer_without_importing_torch() -> None:
+    """``edge-train --help`` and a config error come back in well under a second: torch is
+    imported only when training (or resuming) actually starts."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom training.__main__ import main\nrc = main(['--epochs', '0', '--print-config'])\n"
+            "print('torch' in sys.modules, rc)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.stdout.split() == ["False", "2"], out.stderr
