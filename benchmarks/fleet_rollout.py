@@ -3,7 +3,7 @@
 Starts the OTA server as ``make demo`` does (``ota-server init``, tokens,
 ``ota-server serve`` under gunicorn on 127.0.0.1, SQLite), publishes tiny real
 bundles, enrolls the simulated fleet once (``scripts/fleet_sim.py``), then runs
-two staged rollouts one after the other against the same fleet:
+staged rollouts one after the other against the same fleet, one per mode:
 
 - **baseline** — naive polling: every poll carries a fresh nonce and no
   ``If-None-Match``, so the director signs a new assignment each time;
@@ -11,9 +11,12 @@ two staged rollouts one after the other against the same fleet:
   an assignment and sends its last ETag, so unchanged polls are 304s.
 
 For each it reports how long the staged rollout took (creation → completed),
-the poll throughput the server sustained during it, poll latency percentiles
-and the request counts; prints a table and writes ``bench-out/fleet_rollout.json``.
-Timings depend on the host's load: compare the two rows of one run.
+the poll throughput the server sustained during it, poll latency percentiles,
+per stage the devices, the time until the next stage and the polls and reports
+per second meanwhile, and per route the requests the server answered with their
+mean server-side time (from ``/metrics``) and the server's CPU time. It prints
+tables and writes ``bench-out/fleet_rollout.json``. Timings depend on the
+host's load: compare the rows of one run.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import re
 import sys
 import tempfile
 import time
@@ -35,10 +40,14 @@ if str(ROOT) not in sys.path:
 
 from scripts import demo_steps  # noqa: E402
 from scripts.demo_procs import Processes, StepFailed, tail  # noqa: E402
-from scripts.fleet_http import FleetClient  # noqa: E402
+from scripts.fleet_http import FleetClient, format_stage_table  # noqa: E402
 from scripts.fleet_sim import SimConfig, build_devices, enroll_all, run_rollout  # noqa: E402
 
 log = logging.getLogger("fleet_rollout")
+
+MODES = {"baseline": False, "etag": True}  # mode -> keep the nonce and send If-None-Match
+_SAMPLE = re.compile(r'^edgefleet_http_(request_seconds_sum|request_seconds_count|requests_total)\{(.*)\} (\S+)$')
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,9 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fleet_rollout.py",
         description="Time a staged rollout to a large simulated fleet against the real OTA server, "
         "naive polling (baseline) vs nonce+ETag polling, side by side in one run.",
-        epilog="Exit codes: 0 both rollouts completed; 1 a rollout did not complete or the server failed.",
+        epilog="Exit codes: 0 every rollout completed; 1 a rollout did not complete or the server failed.",
     )
     p.add_argument("--devices", type=int, default=10_000, help="simulated devices (default 10000)")
+    p.add_argument("--modes", default="baseline,etag",
+                   help=f"polling modes to run, in order, comma-separated; of {', '.join(MODES)}")
     p.add_argument("--workers", type=int, default=48, help="client threads = pooled connections")
     p.add_argument("--server-workers", type=int, default=2, help="gunicorn workers")
     p.add_argument("--stages", default="1,10,50,100", help="rollout stages in percent")
@@ -57,12 +68,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-failure-rate", type=float, default=0.05, help="rollout halt threshold")
     p.add_argument("--success-quota", type=float, default=0.9,
                    help="share of a stage that must commit before the next stage (failures are expected)")
-    p.add_argument("--min-devices-for-halt", type=int, default=50,
-                   help="finished devices before the failure rate may halt (a 1%% failure rate "
-                   "would otherwise halt on the first unlucky device)")
+    p.add_argument("--min-devices-for-halt", type=int, default=100,
+                   help="finished devices before the failure rate may halt: with 1%% failures and a 5%% "
+                   "threshold, 50 halts a healthy rollout about once in 40 runs, 100 once in 1,700")
     p.add_argument("--timeout", type=float, default=1200.0, help="seconds each rollout may take")
     p.add_argument("--out", type=Path, default=ROOT / "bench-out" / "fleet_rollout.json", help="JSON output")
     return p
+
+
+def parse_modes(text: str) -> list[str]:
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in modes if m not in MODES]
+    if not modes or bad:
+        raise ValueError(f"--modes must name some of {sorted(MODES)}, got {text!r}")
+    return modes
 
 
 def publish_tiny(procs: Processes, server: demo_steps.Server, work: Path, version: str) -> None:
@@ -73,43 +92,106 @@ def publish_tiny(procs: Processes, server: demo_steps.Server, work: Path, versio
     demo_steps.publish(procs, server, bundle, version)
 
 
-def row(mode: str, summary: dict[str, Any]) -> dict[str, Any]:
+def scrape_routes(client: FleetClient, token: str) -> dict[str, dict[str, float]]:
+    """Per ``METHOD route``: requests answered, their summed server-side seconds, and the count
+    per status (``status:304``), from the server's Prometheus metrics (summed over workers)."""
+    text = client.request("GET", "/metrics", token=token).data.decode()
+    out: dict[str, dict[str, float]] = {}
+    for line in text.splitlines():
+        m = _SAMPLE.match(line)
+        if m is None:
+            continue
+        labels = dict(_LABEL.findall(m.group(2)))
+        key = f"{labels.get('method')} {labels.get('route')}"
+        kind = {"request_seconds_sum": "seconds", "request_seconds_count": "requests"}.get(m.group(1))
+        slot = out.setdefault(key, {})
+        name = kind or f"status:{labels.get('status')}"
+        slot[name] = slot.get(name, 0.0) + float(m.group(3))
+    return out
+
+
+def route_deltas(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+    """What the server answered between two scrapes, busiest route first."""
+    rows = []
+    for key, now in after.items():
+        then = before.get(key, {})
+        delta = {k: now[k] - then.get(k, 0.0) for k in now}
+        n = delta.get("requests", 0.0)
+        if n <= 0:
+            continue
+        rows.append({"route": key, "requests": int(n),
+                     "mean_ms": round(delta.get("seconds", 0.0) / n * 1e3, 2),
+                     "by_status": {k.split(":", 1)[1]: int(v) for k, v in sorted(delta.items())
+                                   if k.startswith("status:") and v > 0}})
+    return sorted(rows, key=lambda r: -r["requests"])
+
+
+def process_cpu_s(master: int) -> float:
+    """User + system CPU seconds so far of a process and its children (the gunicorn workers)."""
+    children = Path(f"/proc/{master}/task/{master}/children")
+    pids = [master] + ([int(x) for x in children.read_text().split()] if children.exists() else [])
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def row(mode: str, summary: dict[str, Any], routes: list[dict[str, Any]], *, server_cpu_s: float,
+        client_cpu_s: float) -> dict[str, Any]:
     c = summary["counts"]
+    ro = summary.get("rollout", {})
+    timeline = summary.get("timeline", [])
+    # creation → the watcher saw the end (the simulator's elapsed time also holds its shutdown)
+    ended = timeline[-1]["t"] if ro.get("ended") and timeline else None
+    requests = sum(r["requests"] for r in routes)
     return {
         "mode": mode,
-        "rollout_status": summary.get("rollout", {}).get("status"),
-        "rollout_s": summary["elapsed_s"],
+        "rollout_status": ro.get("status"),
+        "rollout_s": ended if ended is not None else summary["elapsed_s"],
         "polls": c.get("polls", 0),
         "poll_200": c.get("poll_200", 0),
         "poll_304": c.get("poll_304", 0),
         "errors": c.get("errors", 0),
         "poll_rps": summary["poll_throughput_rps"],
+        "offered_poll_rps": summary["offered_poll_rps"],
         "poll_p50_ms": summary["poll_ms"]["p50"],
         "poll_p95_ms": summary["poll_ms"]["p95"],
         "poll_p99_ms": summary["poll_ms"]["p99"],
+        "reports": c.get("reports", 0),
         "committed": c.get("committed", 0),
         "failed": c.get("failed", 0),
+        "server_cpu_s": round(server_cpu_s, 1),
+        "server_cpu_ms_per_request": round(server_cpu_s / requests * 1e3, 2) if requests else None,
+        "client_cpu_s": round(client_cpu_s, 1),  # the simulator's own share of the host
+        "stages": summary.get("stages", []),
+        "routes": routes,
         "stage_times": [(e["t"], e["event"]) for e in summary.get("timeline", [])],
     }
 
 
-def print_table(rows: Sequence[dict[str, Any]], *, devices: int, enroll_s: float) -> None:
+def print_tables(rows: Sequence[dict[str, Any]], *, devices: int, enroll_s: float) -> None:
     print(f"\nstaged rollout to {devices} simulated devices (enrollment took {enroll_s:.1f} s, "
           f"{devices / enroll_s:.0f}/s); numbers depend on this host's load\n")
     cols = [("mode", 9, ""), ("rollout_status", 10, ""), ("rollout_s", 10, ".1f"), ("poll_rps", 9, ".1f"),
             ("poll_p50_ms", 11, ".1f"), ("poll_p95_ms", 11, ".1f"), ("polls", 8, "d"), ("poll_304", 8, "d"),
-            ("errors", 6, "d"), ("committed", 9, "d"), ("failed", 6, "d")]
+            ("errors", 6, "d"), ("committed", 9, "d"), ("failed", 6, "d"), ("server_cpu_s", 12, ".1f"),
+            ("client_cpu_s", 12, ".1f")]
     print("  ".join(f"{name:>{width}}" for name, width, _ in cols))
     for r in rows:
         print("  ".join(f"{format(r[name], spec) if r[name] is not None else '-':>{width}}"
                         for name, width, spec in cols))
-    if len(rows) == 2 and rows[0]["rollout_s"]:
-        print(f"\netag vs baseline: rollout time x{rows[1]['rollout_s'] / rows[0]['rollout_s']:.2f}, "
-              f"poll throughput x{rows[1]['poll_rps'] / max(rows[0]['poll_rps'], 1e-9):.2f}")
     for r in rows:
-        print(f"\n{r['mode']} stage timeline:")
-        for t, event in r["stage_times"]:
-            print(f"  t={t:7.1f}s  {event}")
+        print(f"\n{r['mode']}: per stage (polls/s and reports/s are the simulated fleet's while in the stage)")
+        print(format_stage_table(r["stages"]))
+        print(f"{r['mode']}: server side, per route (mean ms = time in the server, queueing for a "
+              "thread excluded)")
+        for route in r["routes"][:6]:
+            statuses = ", ".join(f"{k}: {v}" for k, v in route["by_status"].items())
+            print(f"  {route['route']:<48} {route['requests']:>8}  {route['mean_ms']:>8.2f} ms  ({statuses})")
 
 
 def write_json(args: argparse.Namespace, rows: list[dict[str, Any]], *, enroll_s: float,
@@ -118,49 +200,59 @@ def write_json(args: argparse.Namespace, rows: list[dict[str, Any]], *, enroll_s
     args.out.write_text(json.dumps({"devices": args.devices, "enroll_s": round(enroll_s, 2),
                                     "server_workers": args.server_workers, "client_workers": args.workers,
                                     "poll_interval_s": args.poll_interval, "stages": stages,
-                                    "rows": rows}, indent=2) + "\n")
+                                    "load_average": list(os.getloadavg()), "rows": rows}, indent=2) + "\n")
 
 
-def run(args: argparse.Namespace, work: Path) -> int:
+def run(args: argparse.Namespace, modes: list[str], work: Path) -> int:
     stages = [float(s) for s in args.stages.split(",")]
     with Processes(work / "logs", cwd=ROOT) as procs:
         server = demo_steps.start_server(procs, work / "server", workers=args.server_workers)
-        for version in ("1.1.0", "1.2.0"):
+        master = procs.children[0].proc.pid
+        versions = [f"1.{i + 1}.0" for i in range(len(modes))]
+        for version in versions:
             publish_tiny(procs, server, work, version)
         cfg = SimConfig(server=server.url, enroll_token=server.enroll_token, api_token=server.admin_token,
                         devices=args.devices, workers=args.workers, poll_interval_s=args.poll_interval,
                         apply_delay_s=1.0, failure_rate=args.failure_rate, duration_s=args.timeout,
-                        group="bench", name_prefix="bench", watch_interval_s=2.0)
+                        group="bench", name_prefix="bench", watch_interval_s=1.0)
         client = FleetClient(server.url, pool_size=args.workers)
         devices = build_devices(cfg)
         t0 = time.monotonic()
         enroll_all(client, cfg, devices)
         enroll_s = time.monotonic() - t0
         rows = []
-        for mode, version, etag in (("baseline", "1.1.0", False), ("etag", "1.2.0", True)):
+        for mode, version in zip(modes, versions, strict=True):
             print(f"rollout of bench {version} ({mode} polling) ...", file=sys.stderr)
             body = {"model": "bench", "version": version, "group": "bench", "stages": stages,
                     "max_failure_rate": args.max_failure_rate, "success_quota": args.success_quota,
                     "min_devices_for_halt": args.min_devices_for_halt}
-            summary = run_rollout(replace(cfg, etag=etag), client, devices, start_rollout=body)
-            rows.append(row(mode, summary))
+            before, cpu0, own0 = scrape_routes(client, server.admin_token), process_cpu_s(master), time.process_time()
+            summary = run_rollout(replace(cfg, etag=MODES[mode]), client, devices, start_rollout=body)
+            cpu, own = process_cpu_s(master) - cpu0, time.process_time() - own0
+            routes = route_deltas(before, scrape_routes(client, server.admin_token))
+            rows.append(row(mode, summary, routes, server_cpu_s=cpu, client_cpu_s=own))
             ro = summary.get("rollout", {})
             if ro.get("status") not in ("completed", None):  # a halted rollout blocks the next one
                 client.post_json(f"/api/v1/rollouts/{ro['id']}/abort", {}, server.admin_token)
             write_json(args, rows, enroll_s=enroll_s, stages=stages)  # kept even if a later mode is cut short
         if procs.children and not procs.children[0].alive:
             print(tail(procs.children[0].log_path), file=sys.stderr)
-    print_table(rows, devices=args.devices, enroll_s=enroll_s)
+    print_tables(rows, devices=args.devices, enroll_s=enroll_s)
     print(f"\nwrote {args.out}")
     return 0 if all(r["rollout_status"] == "completed" for r in rows) else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        modes = parse_modes(args.modes)
+    except ValueError as e:
+        parser.error(str(e))
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     with tempfile.TemporaryDirectory(prefix="edgefleet-bench-") as tmp:
         try:
-            return run(args, Path(tmp))
+            return run(args, modes, Path(tmp))
         except StepFailed as e:
             print(f"FAILED: {e}\n{tail(e.log_path)}", file=sys.stderr)
             return 1

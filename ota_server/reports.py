@@ -8,7 +8,7 @@ latest state per device wins — after which the rollout's advance/halt rules ru
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,8 +87,18 @@ def parse_batch(body: Any) -> list[Report]:
     return [parse_report(r, f"reports[{i}]") for i, r in enumerate(items)]
 
 
+def _counts(r: Report) -> bool:
+    """Whether the report is a transition that can move its device in a rollout."""
+    return r.type == "transition" and bool(r.rollout_id) and bool(r.state)
+
+
 def ingest(conn: Connection, device_id: str, reports: Sequence[Report]) -> dict[str, list[str]]:
-    """Store new reports, apply their effects; duplicates (by id) change nothing."""
+    """Store new reports, apply their effects; duplicates (by id) change nothing.
+
+    A report costs a fixed handful of statements whatever the fleet size: each rollout the batch
+    names is read once (and its counters built if an older server made it), the device row once,
+    and each counted report touches only the device's own rows and its stage's counters.
+    """
     known = st.known_report_ids(conn, device_id, [r.id for r in reports])
     fresh: list[Report] = []
     duplicates: list[str] = []
@@ -101,26 +111,34 @@ def ingest(conn: Connection, device_id: str, reports: Sequence[Report]) -> dict[
     # one rollout's accounting runs one transaction at a time (PostgreSQL advisory lock; SQLite
     # writers are serial anyway); taken first and in a fixed order — before the generation row
     # may be bumped, like every other writer — so two transactions never deadlock
-    for rollout_id in sorted({r.rollout_id for r in fresh if r.type == "transition" and r.rollout_id and r.state}):
+    rollouts: dict[str, dict[str, Any]] = {}
+    for rollout_id in sorted({r.rollout_id for r in fresh if _counts(r) and r.rollout_id}):
         st.lock(conn, f"rollout:{rollout_id}")
+        try:
+            rollouts[rollout_id] = st.get_rollout(conn, rollout_id)
+        except NotFound:
+            continue  # a report about an unknown rollout is stored, not counted
+        service.ensure_counters(conn, rollouts[rollout_id])
     st.insert_reports(conn, [
         {"id": r.id, "device_id": device_id, "time": r.time, "type": r.type, "state": r.state,
          "rollout_id": r.rollout_id, "release": r.release, "reason_code": r.reason_code, "body": dict(r.raw)}
         for r in fresh
     ])
-    device = _update_device(conn, device_id, sorted(fresh, key=lambda r: r.time))
-    touched = set()
-    for r in sorted(fresh, key=lambda r: r.time):
+    ordered = sorted(fresh, key=lambda r: r.time)
+    device = _update_device(conn, device_id, ordered, rollouts.values())
+    touched: dict[str, dict[str, Any]] = {}
+    for r in ordered:
+        rollout = rollouts.get(r.rollout_id or "") if _counts(r) else None
         # only finished outcomes can advance or halt a rollout; progress states just get recorded
-        if (r.type == "transition" and r.rollout_id and r.state and _record_outcome(conn, device, r)
-                and ro.outcome_of(r.state) != "pending"):
-            touched.add(r.rollout_id)
+        if rollout is not None and _record_outcome(conn, device, rollout, r) and ro.outcome_of(r.state) != "pending":
+            touched[rollout["id"]] = rollout
     for rollout_id in sorted(touched):
-        service.evaluate(conn, rollout_id)
+        service.decide(conn, touched[rollout_id])
     return {"accepted": [r.id for r in fresh], "duplicates": duplicates}
 
 
-def _update_device(conn: Connection, device_id: str, ordered: Sequence[Report]) -> dict[str, Any]:
+def _update_device(conn: Connection, device_id: str, ordered: Sequence[Report],
+                   rollouts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     device = st.get_device(conn, device_id)
     values: dict[str, Any] = {"last_seen": st.utcnow()}
     for r in ordered:
@@ -139,23 +157,22 @@ def _update_device(conn: Connection, device_id: str, ordered: Sequence[Report]) 
     # rollout's current stage (it then points at what the device runs): a device installing its
     # rollout's release leaves every cached assignment valid, so a rollout's commits do not
     # invalidate the whole fleet's caches one by one
-    if ("running_release" in values and values["running_release"] != device["running_release"]
-            and director.pick_release(conn, dict(device, **values), director.Catalog(), None).rollout_id is None):
-        st.bump_generation(conn)
+    if "running_release" in values and values["running_release"] != device["running_release"]:
+        updated = dict(device, **values)
+        # the reported rollouts are at hand; only when none of them assigns to the device does it
+        # take a look at every assigning rollout of its group
+        if not any(ro.assigns(rollout, updated) for rollout in rollouts) and director.pick_release(
+            conn, updated, director.Catalog(), None
+        ).rollout_id is None:
+            st.bump_generation(conn)
     return device
 
 
-def _record_outcome(conn: Connection, device: Mapping[str, Any], r: Report) -> bool:
+def _record_outcome(conn: Connection, device: Mapping[str, Any], rollout: Mapping[str, Any], r: Report) -> bool:
     """Store the device's latest state in the rollout and move it between the rollout's counters
-    (O(1): one row read, a few counter updates; the caller holds the rollout's lock)."""
-    try:
-        rollout = st.get_rollout(conn, r.rollout_id or "")
-    except NotFound:
-        return False
+    (O(1): one row read, one counter update; the caller holds the rollout's lock)."""
     if r.release is not None and r.release != rollout["release"]:
         return False
-    if not st.has_counters(conn, rollout["id"]):
-        service.build_counters(conn, rollout)  # a rollout created by an older server
     existing = st.device_outcome(conn, rollout["id"], device["id"])
     if existing is not None and existing["time"] > r.time:
         return False  # an older report never overwrites a newer one

@@ -152,6 +152,16 @@ def in_stage(bucket_value: float, pct: float, floor_bucket: float | None) -> boo
     return bucket_value < pct or (floor_bucket is not None and bucket_value <= floor_bucket)
 
 
+def assigns(rollout: Mapping[str, Any], device: Mapping[str, Any]) -> bool:
+    """Whether the rollout hands its release to the device now: it is assigning, selects the
+    device and its current stage includes the device's bucket."""
+    if rollout["status"] not in ASSIGNING or rollout["group_name"] != device["group_name"]:
+        return False
+    if not is_selected(device, tags=rollout["tags"], hardware_classes=rollout["hardware_classes"]):
+        return False
+    return in_stage(bucket(device["id"], rollout["id"]), rollout["stages"][rollout["stage"]], rollout["floor_bucket"])
+
+
 def floor_of(device_ids: Iterable[str], rollout_id: str) -> float | None:
     buckets = [bucket(d, rollout_id) for d in device_ids]
     return min(buckets) if buckets else None
@@ -256,6 +266,12 @@ def stage_progress(
     return progress_of(stages, count_stages(stages, buckets, outcomes, floor, reasons))
 
 
+def _pct(share: float) -> str:
+    """A share as a percentage with up to three significant digits: 3/55 is "5.45%", not a
+    "5%" that reads as if it did not exceed a 5 % limit."""
+    return f"{share * 100:.3g}%"
+
+
 def _why(reasons: Mapping[str, int]) -> str:
     return ", ".join(f"{code} x{n}" for code, n in Counter(reasons).most_common(3))
 
@@ -282,8 +298,8 @@ def evaluate_counts(
     if finished >= min_sample and total.failure / finished > max_failure_rate:
         return Evaluation(
             Decision.HALT, stage,
-            f"failure rate {total.failure}/{finished} = {total.failure / finished:.0%} "
-            f"exceeds {max_failure_rate:.0%} ({_why(total.reasons)})",
+            f"failure rate {total.failure}/{finished} = {_pct(total.failure / finished)} "
+            f"exceeds {_pct(max_failure_rate)} ({_why(total.reasons)})",
         )
     if status != Status.ACTIVE.value:
         return Evaluation(Decision.NONE, stage)
@@ -300,7 +316,7 @@ def evaluate_counts(
                 return Evaluation(
                     Decision.HALT, new_stage,
                     f"stage {new_stage} finished with {c.failure}/{c.devices} failed = "
-                    f"{c.failure / c.devices:.0%}, over {max_failure_rate:.0%} ({_why(c.reasons)})",
+                    f"{_pct(c.failure / c.devices)}, over {_pct(max_failure_rate)} ({_why(c.reasons)})",
                 )
         if new_stage == len(stages) - 1:
             return Evaluation(Decision.COMPLETE, new_stage, f"{c.success}/{c.devices} devices succeeded")

@@ -77,18 +77,26 @@ def stage_counts(conn: Connection, rollout: Mapping[str, Any]) -> list[ro.StageC
     return [ro.StageCounts(**p) for p in per]
 
 
+def ensure_counters(conn: Connection, rollout: Mapping[str, Any]) -> None:
+    """Build the counters of a rollout created by an older server (call under the rollout's lock)."""
+    if not st.has_counters(conn, rollout["id"]):
+        build_counters(conn, rollout)
+
+
 def count_outcome(conn: Connection, rollout_id: str, stage: int, old: tuple[str, str | None] | None,
                   new: tuple[str, str | None]) -> None:
     """Move one device between counters: ``old`` / ``new`` are (outcome, reason code)."""
     if old == new or (old and old[0] != "failure" and old[0] == new[0]):
         return
+    deltas: Counter[str] = Counter()
     if old is not None:
-        st.add_counter(conn, rollout_id, stage, old[0], -1)
+        deltas[old[0]] -= 1
         if old[0] == "failure":
-            st.add_counter(conn, rollout_id, stage, f"reason:{old[1] or 'UNKNOWN'}", -1)
-    st.add_counter(conn, rollout_id, stage, new[0], 1)
+            deltas[f"reason:{old[1] or 'UNKNOWN'}"] -= 1
+    deltas[new[0]] += 1
     if new[0] == "failure":
-        st.add_counter(conn, rollout_id, stage, f"reason:{new[1] or 'UNKNOWN'}", 1)
+        deltas[f"reason:{new[1] or 'UNKNOWN'}"] += 1
+    st.add_counters(conn, rollout_id, stage, {k: n for k, n in deltas.items() if n})
 
 
 def create_rollout(conn: Connection, spec: ro.RolloutSpec, *, actor: str, release: int | None = None,
@@ -149,7 +157,7 @@ def on_enrolled(conn: Connection, device: Mapping[str, Any]) -> None:
         if stage is not None:
             st.lock(conn, f"rollout:{rollout['id']}")
             if st.has_counters(conn, rollout["id"]):
-                st.add_counter(conn, rollout["id"], stage, "devices", 1)
+                st.add_counters(conn, rollout["id"], stage, {"devices": 1})
 
 
 _TRANSITIONS = {
@@ -216,25 +224,36 @@ def evaluate(conn: Connection, rollout_id: str, *, actor: str = "system") -> str
     """Apply the advance/halt rules to a rollout; returns the decision taken."""
     st.lock(conn, f"rollout:{rollout_id}")
     rollout = st.get_rollout(conn, rollout_id)
-    if not st.has_counters(conn, rollout_id):
-        build_counters(conn, rollout)
+    ensure_counters(conn, rollout)
+    return decide(conn, rollout, actor=actor)
+
+
+def decide(conn: Connection, rollout: Mapping[str, Any], *, actor: str = "system") -> str:
+    """:func:`evaluate` for a rollout row the caller read under the rollout's lock, in this
+    transaction, after making sure it has counters (report ingestion has both at hand)."""
+    rollout_id = rollout["id"]
     result = ro.evaluate_counts(
         status=rollout["status"], stage=rollout["stage"], stages=rollout["stages"],
         counts=stage_counts(conn, rollout), success_quota=rollout["success_quota"],
         max_failure_rate=rollout["max_failure_rate"], min_devices_for_halt=rollout["min_devices_for_halt"],
     )
+    status = rollout["status"]
     if result.decision is ro.Decision.HALT:
-        st.update_rollout(conn, rollout_id, stage=result.stage, status=ro.Status.HALTED.value,
-                          halt_reason=result.detail)
+        status = ro.Status.HALTED.value
+        st.update_rollout(conn, rollout_id, stage=result.stage, status=status, halt_reason=result.detail)
         st.add_event(conn, rollout_id, "halted", result.detail, actor)
         log.warning("rollout %s halted: %s", rollout_id, result.detail)
     elif result.decision is ro.Decision.ADVANCE:
         st.update_rollout(conn, rollout_id, stage=result.stage)
         st.add_event(conn, rollout_id, "stage-advanced", result.detail, actor)
     elif result.decision is ro.Decision.COMPLETE:
-        st.update_rollout(conn, rollout_id, stage=result.stage, status=ro.Status.COMPLETED.value)
+        status = ro.Status.COMPLETED.value
+        st.update_rollout(conn, rollout_id, stage=result.stage, status=status)
         st.add_event(conn, rollout_id, "completed", result.detail, actor)
-    if result.decision is not ro.Decision.NONE:
+    # assignments change only when the current stage moves or the rollout starts or stops handing
+    # out its release; completing in the last stage changes none, and invalidating every cached
+    # assignment of the fleet for it would have every device's next poll signed afresh
+    if result.stage != rollout["stage"] or (status in ro.ASSIGNING) != (rollout["status"] in ro.ASSIGNING):
         st.bump_generation(conn)
     return result.decision.value
 

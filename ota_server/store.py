@@ -1,7 +1,10 @@
 """The SQL store: every query of the server, on SQLAlchemy Core connections.
 
 Callers open a transaction with :meth:`Store.tx` and pass the connection to the functions of
-this module, so one request is one transaction. Rows come back as plain dicts. SQLAlchemy
+this module, so one request is one transaction. Rows come back as plain dicts. The statements
+of the per-request paths (polls, reports) are built once, at import, with bound parameters:
+building a SQLAlchemy statement and its cache key costs more CPU than SQLite takes to run it,
+and a report holds the database's write lock while it runs about ten of them. SQLAlchemy
 errors are wrapped in :class:`~ota_server.errors.RepositoryError` only where a caller can act
 on them; integrity errors on unique keys are turned into ``Conflict`` by the services.
 
@@ -10,6 +13,8 @@ This module holds no business rules (see :mod:`ota_server.rollouts`, :mod:`ota_s
 
 from __future__ import annotations
 
+import functools
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -24,6 +29,7 @@ from ota_server import db
 from ota_server.errors import NotFound
 
 Row = dict[str, Any]
+log = logging.getLogger(__name__)
 
 
 def utcnow() -> str:
@@ -43,20 +49,46 @@ class Store:
         self._local = threading.local()
 
     def generation(self) -> int:
-        """The fleet generation, read as cheaply as the database allows (every poll does this).
+        """The fleet generation, read from the database on every call (every poll does this).
 
-        SQLite: a per-thread autocommit connection (WAL readers never block); others: one
-        driver-level statement on a pooled connection.
+        Never from a copy kept in this process: a poll must see every change committed before
+        it, by any worker or host, or it could answer 304 for an assignment that changed. So
+        the read is made as cheap as a read can be: one statement on a connection of this
+        thread's own, outside the pool, in autocommit — on PostgreSQL one round trip instead of
+        the pool's three (pre-ping, the query, the rollback that resets a returned connection);
+        on SQLite a WAL read that never blocks. A connection that fails is dropped and this
+        read goes through the pool instead, which raises if the database is gone.
         """
-        if self._sqlite_path:
-            conn = getattr(self._local, "gen_conn", None)
+        conn = getattr(self._local, "gen_conn", None)
+        try:
             if conn is None:
-                conn = sqlite3.connect(self._sqlite_path, isolation_level=None, check_same_thread=True, timeout=15)
-                self._local.gen_conn = conn
-            row = conn.execute("SELECT value FROM generation WHERE id = 1").fetchone()
+                conn = self._local.gen_conn = self._connect_generation_reader()
+            cur = conn.cursor()
+            cur.execute(_GENERATION_SQL)
+            row = cur.fetchone()
             return int(row[0]) if row else 0
+        except self.engine.dialect.loaded_dbapi.Error:
+            self._drop_generation_reader()
         with self.read_engine.connect() as c:
-            return int(c.exec_driver_sql("SELECT value FROM generation WHERE id = 1").scalar() or 0)
+            return int(c.exec_driver_sql(_GENERATION_SQL).scalar() or 0)
+
+    def _connect_generation_reader(self) -> Any:
+        """A DB-API connection in autocommit for :meth:`generation`, used by one thread only."""
+        if self._sqlite_path:
+            return sqlite3.connect(self._sqlite_path, isolation_level=None, check_same_thread=True, timeout=15)
+        dialect = self.read_engine.dialect
+        cargs, cparams = dialect.create_connect_args(self.read_engine.url)
+        conn = dialect.loaded_dbapi.connect(*cargs, **cparams)
+        conn.autocommit = True
+        return conn
+
+    def _drop_generation_reader(self) -> None:
+        conn, self._local.gen_conn = getattr(self._local, "gen_conn", None), None
+        if conn is not None:
+            try:
+                conn.close()
+            except self.engine.dialect.loaded_dbapi.Error:  # it is dropped because it failed
+                log.debug("closing a failed generation reader", exc_info=True)
 
     @contextmanager
     def tx(self) -> Iterator[Connection]:
@@ -69,9 +101,13 @@ class Store:
             yield conn
 
     def dispose(self) -> None:
+        self._drop_generation_reader()  # this thread's; other threads' close when they end
         self.engine.dispose()
         if self.read_engine is not self.engine:
             self.read_engine.dispose()
+
+
+_GENERATION_SQL = "SELECT value FROM generation WHERE id = 1"
 
 
 def lock(conn: Connection, name: str) -> None:
@@ -84,8 +120,8 @@ def lock(conn: Connection, name: str) -> None:
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:name))"), {"name": name})
 
 
-def _one(conn: Connection, stmt: sa.Select[Any]) -> Row | None:
-    row = conn.execute(stmt).mappings().first()
+def _one(conn: Connection, stmt: sa.Select[Any], params: Mapping[str, Any] | None = None) -> Row | None:
+    row = conn.execute(stmt, params).mappings().first()
     return dict(row) if row is not None else None
 
 
@@ -130,15 +166,21 @@ def insert_devices(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         conn.execute(db.devices.insert(), [dict(r) for r in rows])
 
 
+_DEVICE = sa.select(db.devices).where(db.devices.c.id == sa.bindparam("device_id"))
+_DEVICE_BY_TOKEN = sa.select(db.devices).where(db.devices.c.token_digest == sa.bindparam("digest"))
+# SET clause from the parameters' keys, so one statement serves any set of columns
+_UPDATE_DEVICE = db.devices.update().where(db.devices.c.id == sa.bindparam("_device_id"))
+
+
 def get_device(conn: Connection, device_id: str) -> Row:
-    row = _one(conn, sa.select(db.devices).where(db.devices.c.id == device_id))
+    row = _one(conn, _DEVICE, {"device_id": device_id})
     if row is None:
         raise NotFound(f"no device {device_id!r}", field="device_id")
     return row
 
 
 def device_by_token(conn: Connection, digest: str) -> Row | None:
-    return _one(conn, sa.select(db.devices).where(db.devices.c.token_digest == digest))
+    return _one(conn, _DEVICE_BY_TOKEN, {"digest": digest})
 
 
 def list_devices(
@@ -164,7 +206,7 @@ def devices_in_group(conn: Connection, group: str) -> list[Row]:
 
 
 def update_device(conn: Connection, device_id: str, **values: Any) -> None:
-    conn.execute(db.devices.update().where(db.devices.c.id == device_id).values(**values))
+    conn.execute(_UPDATE_DEVICE, {"_device_id": device_id, **values})
 
 
 def count_devices(conn: Connection) -> dict[str, int]:
@@ -243,8 +285,11 @@ def next_rollout_seq(conn: Connection) -> int:
     return int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(db.rollouts.c.seq), 0))).scalar() or 0) + 1
 
 
+_ROLLOUT = sa.select(db.rollouts).where(db.rollouts.c.id == sa.bindparam("rollout_id"))
+
+
 def get_rollout(conn: Connection, rollout_id: str) -> Row:
-    row = _one(conn, sa.select(db.rollouts).where(db.rollouts.c.id == rollout_id))
+    row = _one(conn, _ROLLOUT, {"rollout_id": rollout_id})
     if row is None:
         raise NotFound(f"no rollout {rollout_id!r}", field="rollout_id")
     return row
@@ -286,20 +331,25 @@ def device_outcomes(conn: Connection, rollout_id: str) -> list[Row]:
     return [dict(r) for r in conn.execute(stmt).mappings()]
 
 
+_DR = db.device_rollouts.c
+_DEVICE_OUTCOME = sa.select(db.device_rollouts).where(
+    _DR.rollout_id == sa.bindparam("_rollout_id"), _DR.device_id == sa.bindparam("_device_id"))
+_INSERT_DEVICE_OUTCOME = db.device_rollouts.insert()
+_UPDATE_DEVICE_OUTCOME = db.device_rollouts.update().where(
+    _DR.rollout_id == sa.bindparam("_rollout_id"), _DR.device_id == sa.bindparam("_device_id"))
+
+
 def device_outcome(conn: Connection, rollout_id: str, device_id: str) -> Row | None:
-    key = (db.device_rollouts.c.rollout_id == rollout_id) & (db.device_rollouts.c.device_id == device_id)
-    return _one(conn, sa.select(db.device_rollouts).where(key))
+    return _one(conn, _DEVICE_OUTCOME, {"_rollout_id": rollout_id, "_device_id": device_id})
 
 
 def write_device_outcome(conn: Connection, row: Mapping[str, Any], *, exists: bool) -> None:
     """Insert or replace a device's latest state in a rollout (its ``stage`` is kept once set)."""
     if not exists:
-        conn.execute(db.device_rollouts.insert().values(**row))
+        conn.execute(_INSERT_DEVICE_OUTCOME, dict(row))
         return
-    key = (db.device_rollouts.c.rollout_id == row["rollout_id"]) & (
-        db.device_rollouts.c.device_id == row["device_id"]
-    )
-    conn.execute(db.device_rollouts.update().where(key).values(**{k: v for k, v in row.items() if k != "stage"}))
+    values = {k: v for k, v in row.items() if k not in ("stage", "rollout_id", "device_id")}
+    conn.execute(_UPDATE_DEVICE_OUTCOME, {"_rollout_id": row["rollout_id"], "_device_id": row["device_id"], **values})
 
 
 def set_device_stage(conn: Connection, rollout_id: str, device_id: str, stage: int | None) -> None:
@@ -313,15 +363,18 @@ def failed_devices(conn: Connection, rollout_id: str, *, limit: int = 100) -> li
     return [dict(r) for r in conn.execute(stmt.order_by(c.time, c.device_id).limit(limit)).mappings()]
 
 
+_RC = db.rollout_counters.c
+_HAS_COUNTERS = sa.select(_RC.n).where(_RC.rollout_id == sa.bindparam("rollout_id"), _RC.stage == 0,
+                                       _RC.key == "devices")
+_COUNTERS = sa.select(db.rollout_counters).where(_RC.rollout_id == sa.bindparam("rollout_id"))
+
+
 def has_counters(conn: Connection, rollout_id: str) -> bool:
-    c = db.rollout_counters.c
-    stmt = sa.select(c.n).where(c.rollout_id == rollout_id, c.stage == 0, c.key == "devices")
-    return conn.execute(stmt).first() is not None
+    return conn.execute(_HAS_COUNTERS, {"rollout_id": rollout_id}).first() is not None
 
 
 def counters(conn: Connection, rollout_id: str) -> list[Row]:
-    stmt = sa.select(db.rollout_counters).where(db.rollout_counters.c.rollout_id == rollout_id)
-    return [dict(r) for r in conn.execute(stmt).mappings()]
+    return [dict(r) for r in conn.execute(_COUNTERS, {"rollout_id": rollout_id}).mappings()]
 
 
 def insert_counters(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -329,24 +382,47 @@ def insert_counters(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None
         conn.execute(db.rollout_counters.insert(), [dict(r) for r in rows])
 
 
-def add_counter(conn: Connection, rollout_id: str, stage: int, key: str, delta: int) -> None:
-    """``n = n + delta`` in one atomic UPDATE (a row lock on PostgreSQL); the row is created when
-    missing — callers hold the rollout's lock (:func:`lock`), so two never create it at once."""
-    c = db.rollout_counters.c
-    where = (c.rollout_id == rollout_id) & (c.stage == stage) & (c.key == key)
-    done = conn.execute(db.rollout_counters.update().where(where).values(n=c.n + delta))
-    if done.rowcount == 0:
-        conn.execute(db.rollout_counters.insert().values(rollout_id=rollout_id, stage=stage, key=key, n=delta))
+def add_counters(conn: Connection, rollout_id: str, stage: int, deltas: Mapping[str, int]) -> None:
+    """``n = n + delta`` for each key of one stage in one atomic UPDATE (row locks on
+    PostgreSQL); missing rows (a reason code seen for the first time) are created — callers hold
+    the rollout's lock (:func:`lock`), so two never create one at once."""
+    if not deltas:
+        return
+    update, present = _counter_statements(len(deltas))
+    params: dict[str, Any] = {"_rollout_id": rollout_id, "_stage": stage}
+    for i, (key, delta) in enumerate(deltas.items()):
+        params[f"_k{i}"], params[f"_d{i}"] = key, delta
+    if conn.execute(update, params).rowcount == len(deltas):
+        return
+    have = set(conn.execute(present, params).scalars())
+    missing = [{"rollout_id": rollout_id, "stage": stage, "key": key, "n": delta}
+               for key, delta in deltas.items() if key not in have]
+    conn.execute(db.rollout_counters.insert(), missing)
+
+
+@functools.lru_cache(maxsize=8)
+def _counter_statements(n: int) -> tuple[sa.Update, sa.Select[Any]]:
+    """For ``n`` keys of one stage: ``n = n + CASE key WHEN k0 THEN d0 ... END`` and the select of
+    which of the keys exist (parameters ``_rollout_id``, ``_stage``, ``_k<i>``, ``_d<i>``)."""
+    keys = [sa.bindparam(f"_k{i}", type_=sa.String) for i in range(n)]
+    where = (_RC.rollout_id == sa.bindparam("_rollout_id")) & (_RC.stage == sa.bindparam("_stage")) & (
+        _RC.key.in_(keys))
+    change = sa.case(*[(_RC.key == k, sa.bindparam(f"_d{i}", type_=sa.Integer)) for i, k in enumerate(keys)],
+                     else_=0)
+    return db.rollout_counters.update().where(where).values(n=_RC.n + change), sa.select(_RC.key).where(where)
 
 
 # ---------------------------------------------------------------- reports
 
 
+_KNOWN_REPORTS = sa.select(db.reports.c.id).where(
+    db.reports.c.device_id == sa.bindparam("device_id"), db.reports.c.id.in_(sa.bindparam("ids", expanding=True)))
+
+
 def known_report_ids(conn: Connection, device_id: str, ids: Sequence[str]) -> set[str]:
     if not ids:
         return set()
-    stmt = sa.select(db.reports.c.id).where(db.reports.c.device_id == device_id, db.reports.c.id.in_(list(ids)))
-    return {str(r) for r in conn.execute(stmt).scalars()}
+    return {str(r) for r in conn.execute(_KNOWN_REPORTS, {"device_id": device_id, "ids": list(ids)}).scalars()}
 
 
 def insert_reports(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:

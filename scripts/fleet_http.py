@@ -2,8 +2,10 @@
 
 Used by the fleet simulation, the rollout benchmark and the demo's report: one
 keep-alive ``urllib3`` connection pool, JSON in and out, the server's error
-body turned into :class:`ApiError`. It speaks only the documented HTTP API;
-it imports nothing of ``ota_server`` or ``edge_agent``.
+body turned into :class:`ApiError`; a :class:`RolloutWatcher` that records when
+a rollout changes stage, and :func:`stage_metrics` that turns its timeline into
+per-stage figures. It speaks only the documented HTTP API; it imports nothing
+of ``ota_server`` or ``edge_agent``.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from __future__ import annotations
 import json
 import threading
 import time
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 import urllib3
 
@@ -27,6 +30,18 @@ class ApiError(RuntimeError):
     def __init__(self, method: str, path: str, status: int, message: str) -> None:
         self.status = status
         super().__init__(f"{method} {path} -> {status or 'no answer'}: {message}")
+
+
+class DeviceApi(Protocol):
+    """The device side of the API, as the fleet simulation uses it: :class:`FleetClient` over
+    HTTP, or a fake in tests."""
+
+    def assignment(self, device_id: str, token: str, nonce: str,
+                   etag: str | None) -> tuple[int, str | None, dict[str, Any] | None]: ...
+
+    def post_reports(self, device_id: str, token: str, reports: list[dict[str, Any]]) -> dict[str, Any]: ...
+
+    def download_target(self, path: str, sha256: str) -> bytes: ...
 
 
 class FleetClient:
@@ -138,16 +153,28 @@ def rollout_stage(rollout: dict[str, Any]) -> Any:
 
 
 class RolloutWatcher(threading.Thread):
-    """Polls one rollout and records every change of status or stage with its time."""
+    """Polls one rollout and records every change of status or stage with its time.
 
-    def __init__(self, client: FleetClient, api_token: str, rollout_id: str, *, interval_s: float = 0.5) -> None:
+    Give it a client of its own: behind a pool that the simulated devices keep busy, it would
+    see each change only after waiting for a connection. ``probe`` (the simulator's counters)
+    is sampled with every recorded change, so :func:`stage_metrics` can tell what the fleet
+    did during each stage.
+    """
+
+    def __init__(self, client: FleetClient, api_token: str, rollout_id: str, *, interval_s: float = 0.5,
+                 probe: Callable[[], Mapping[str, int]] | None = None) -> None:
         super().__init__(daemon=True, name=f"watch-{rollout_id}")
         self.client, self.token, self.rollout_id, self.interval_s = client, api_token, rollout_id, interval_s
+        self.probe = probe
         self.timeline: list[dict[str, Any]] = []
         self.final: dict[str, Any] = {"id": rollout_id, "ended": False}
         self.finished = threading.Event()
         self._halt = threading.Event()
         self._t0 = time.monotonic()
+
+    def elapsed(self) -> float:
+        """Seconds since the watcher was created (right after the rollout, by its callers)."""
+        return time.monotonic() - self._t0
 
     def run(self) -> None:
         last: tuple[str, Any] | None = None
@@ -155,14 +182,16 @@ class RolloutWatcher(threading.Thread):
             try:
                 r = self.client.rollout(self.token, self.rollout_id)
             except ApiError as e:
-                self.timeline.append({"t": round(time.monotonic() - self._t0, 2), "event": f"watch error: {e}"})
+                self.timeline.append({"t": round(self.elapsed(), 2), "event": f"watch error: {e}"})
                 self._halt.wait(self.interval_s)
                 continue
             now = (rollout_status(r), rollout_stage(r))
             if now != last:
-                self.timeline.append({"t": round(time.monotonic() - self._t0, 2),
-                                      "event": f"status={now[0]} stage={now[1]}", "status": now[0],
-                                      "stage": now[1]})
+                entry: dict[str, Any] = {"t": round(self.elapsed(), 2), "event": f"status={now[0]} stage={now[1]}",
+                                         "status": now[0], "stage": now[1]}
+                if self.probe is not None:
+                    entry["counts"] = dict(self.probe())
+                self.timeline.append(entry)
                 last = now
             self.final = {**r, "ended": now[0] in TERMINAL_STATUSES}
             if now[0] in TERMINAL_STATUSES:
@@ -173,3 +202,53 @@ class RolloutWatcher(threading.Thread):
     def close(self) -> None:
         self._halt.set()
         self.join(timeout=5)
+
+
+def stage_metrics(timeline: Sequence[Mapping[str, Any]], rollout: Mapping[str, Any],
+                  end: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per stage of ``rollout``: its devices (cumulative cohort), when it became the current stage,
+    how long the rollout stayed there (``advance_s``: until it advanced, completed or halted) and
+    the polls and reports per second the simulator made meanwhile.
+
+    ``timeline`` is a :class:`RolloutWatcher`'s, with counters; ``end`` (``t`` and ``counts``)
+    closes a stage the rollout was still in when the watch ended. A stage the rollout passed
+    between two observations has no times (``entered_s`` None).
+    """
+    marks = [e for e in timeline if "counts" in e and "stage" in e]
+    progress = {p.get("stage"): p for p in rollout.get("progress") or []}
+    rows: list[dict[str, Any]] = []
+    for k, pct in enumerate(rollout.get("stages") or []):
+        first = next((i for i, e in enumerate(marks)
+                      if e["stage"] == k and e["status"] not in TERMINAL_STATUSES), None)
+        row: dict[str, Any] = {"stage": k, "percent": pct, "devices": progress.get(k, {}).get("devices"),
+                               "succeeded": progress.get(k, {}).get("succeeded"), "entered_s": None,
+                               "advance_s": None, "left_as": None, "polls_per_s": None, "reports_per_s": None}
+        if first is not None:
+            enter = marks[first]
+            leave = next((e for e in marks[first + 1:]
+                          if e["stage"] != k or e["status"] in TERMINAL_STATUSES), None)
+            stop = leave or end
+            span = max(float(stop["t"]) - float(enter["t"]), 1e-9)
+            row.update(
+                entered_s=enter["t"], advance_s=round(span, 1),
+                left_as=("advanced" if leave["stage"] != k else leave["status"]) if leave else None,
+                polls_per_s=round((stop["counts"].get("polls", 0) - enter["counts"].get("polls", 0)) / span, 1),
+                reports_per_s=round((stop["counts"].get("reports", 0) - enter["counts"].get("reports", 0)) / span, 1),
+            )
+        rows.append(row)
+    return rows
+
+
+def format_stage_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """:func:`stage_metrics` as a text table; ``-`` where a stage was never observed."""
+    cols = (("stage", 5, "d"), ("percent", 7, "g"), ("devices", 7, "d"), ("advance_s", 17, ".1f"),
+            ("polls_per_s", 7, ".1f"), ("reports_per_s", 9, ".1f"), ("left_as", 9, ""))
+    titles = ("stage", "percent", "devices", "time to advance s", "polls/s", "reports/s", "then")
+    lines = ["  ".join(f"{t:>{w}}" for t, (_, w, _) in zip(titles, cols, strict=True))]
+    for r in rows:
+        cells = []
+        for name, width, spec in cols:
+            value = r.get(name)
+            cells.append(f"{'-' if value is None else format(value, spec):>{width}}")
+        lines.append("  ".join(cells))
+    return "\n".join(lines)

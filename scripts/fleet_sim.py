@@ -38,7 +38,15 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scripts.fleet_http import ApiError, FleetClient, RolloutWatcher, verify_assignment
+from scripts.fleet_http import (
+    ApiError,
+    DeviceApi,
+    FleetClient,
+    RolloutWatcher,
+    format_stage_table,
+    stage_metrics,
+    verify_assignment,
+)
 
 log = logging.getLogger("fleet_sim")
 
@@ -84,7 +92,7 @@ class SimConfig:
     seed: int = 0
     duration_s: float = 300.0  # hard stop
     rollout_id: str | None = None  # watch this rollout; stop when it ends
-    watch_interval_s: float = 0.5  # GET /rollouts/<id> period (the server computes progress per call)
+    watch_interval_s: float = 0.5  # GET /rollouts/<id> period, on a connection of its own
     enroll_workers: int = 8
 
 
@@ -128,6 +136,11 @@ class SimStats:
     def fail(self, reason: str) -> None:
         with self._lock:
             self.failures[reason] += 1
+
+    def snapshot(self) -> dict[str, int]:
+        """A consistent copy of the counters (the rollout watcher records one per stage change)."""
+        with self._lock:
+            return dict(self.counts)
 
 
 def _now_iso() -> str:
@@ -175,7 +188,7 @@ def enroll_all(client: FleetClient, cfg: SimConfig, devices: list[SimDevice]) ->
 class Simulator:
     """Runs the polling/reporting loop of all devices until the rollout ends or time is up."""
 
-    def __init__(self, cfg: SimConfig, client: FleetClient, devices: list[SimDevice]) -> None:
+    def __init__(self, cfg: SimConfig, client: DeviceApi, devices: list[SimDevice]) -> None:
         self.cfg = cfg
         self.client = client
         self.devices = devices
@@ -248,37 +261,56 @@ class Simulator:
             dev.nonce, dev.etag = uuid.uuid4().hex, None  # accepted: a fresh nonce for the next one
         dev.pending = None
 
-    def step(self, dev: SimDevice) -> float:
-        """One action for ``dev``; returns the delay until its next one."""
+    def step(self, dev: SimDevice) -> None:
+        """One action for ``dev``: the final report of an accepted assignment, else a poll."""
         try:
             if dev.pending is not None:
                 self.finish(dev, dev.pending)
-                return self.cfg.poll_interval_s
-            self.poll(dev)
-        except ApiError as e:
+            else:
+                self.poll(dev)
+        except ApiError as e:  # the device tries again at its next turn
             self.stats.add("errors")
             self.stats.fail(f"http:{e.status}")
             log.debug("%s: %s", dev.name, e)
-        if dev.pending is not None:
-            return self.cfg.apply_delay_s
-        return self.cfg.poll_interval_s
 
     def worker(self, mine: list[SimDevice], seed: int) -> None:
+        """Drive ``mine`` over one pooled connection: due update steps first, then due polls.
+
+        A device with an accepted assignment waits ``apply_delay_s`` before its final report; a
+        device without one polls every ``poll_interval_s``. When the server cannot keep up, every
+        poll is overdue; a single queue ordered by due time would then put a device's final
+        report behind a whole round of other devices' polls, so a stage could only advance
+        after a second sweep of the fleet. On a real fleet each device applies its update on
+        its own hardware whatever the others do, so update steps have their own queue, served
+        first, and only the polls compete for the connection.
+        """
         rng = random.Random(seed)
         start = time.monotonic()
-        heap = [(start + rng.uniform(0, self.cfg.poll_interval_s), d.index) for d in mine]
-        heapq.heapify(heap)
+        polls = [(start + rng.uniform(0, self.cfg.poll_interval_s), d.index) for d in mine]
+        heapq.heapify(polls)
+        updates: list[tuple[float, int]] = []
         by_index = {d.index: d for d in mine}
-        while heap and not self.stop.is_set():
-            due, idx = heapq.heappop(heap)
-            wait = due - time.monotonic()
-            if wait > 0 and self.stop.wait(wait):
-                break
-            delay = self.step(by_index[idx])
-            heapq.heappush(heap, (time.monotonic() + delay * rng.uniform(0.9, 1.1), idx))
+        while not self.stop.is_set():  # every device sits in exactly one of the two queues
+            now = time.monotonic()
+            if updates and updates[0][0] <= now:
+                queue = updates
+            elif polls and polls[0][0] <= now:
+                queue = polls
+            else:
+                if self.stop.wait(min(q[0][0] for q in (updates, polls) if q) - now):
+                    break
+                continue
+            _, idx = heapq.heappop(queue)
+            dev = by_index[idx]
+            self.step(dev)
+            jitter = rng.uniform(0.9, 1.1)
+            if dev.pending is not None:
+                heapq.heappush(updates, (time.monotonic() + self.cfg.apply_delay_s * jitter, idx))
+            else:
+                heapq.heappush(polls, (time.monotonic() + self.cfg.poll_interval_s * jitter, idx))
 
     def run(self, watcher: RolloutWatcher | None) -> float:
-        """Run until the watched rollout ends (plus one drain pass) or ``duration_s``; returns seconds."""
+        """Run until the watched rollout ends or ``duration_s`` passes; returns seconds."""
         threads = [
             threading.Thread(target=self.worker, args=(self.devices[w :: self.cfg.workers], w), daemon=True)
             for w in range(min(self.cfg.workers, len(self.devices)))
@@ -313,14 +345,18 @@ class Simulator:
 def summarize(sim: Simulator, elapsed_s: float, watcher: RolloutWatcher | None) -> dict[str, Any]:
     """The run's figures as one JSON-able dict."""
     s = sim.stats
-    polls = s.counts["polls"]
+    counts = s.snapshot()
+    polls = counts.get("polls", 0)
     versions = Counter(d.version or "none" for d in sim.devices)
     out: dict[str, Any] = {
         "config": {k: v for k, v in asdict(sim.cfg).items() if "token" not in k},
         "elapsed_s": round(elapsed_s, 2),
-        "counts": dict(s.counts),
+        "counts": counts,
         "failures": dict(s.failures),
         "poll_throughput_rps": round(polls / elapsed_s, 1) if elapsed_s else 0.0,
+        # what the fleet would send if every poll were answered at once; above the throughput
+        # the server (or this simulator) is the bottleneck and polls come less often
+        "offered_poll_rps": round(len(sim.devices) / sim.cfg.poll_interval_s, 1),
         "poll_ms": {"p50": round(_percentile(s.poll_ms, 0.50), 2),
                     "p95": round(_percentile(s.poll_ms, 0.95), 2),
                     "p99": round(_percentile(s.poll_ms, 0.99), 2)},
@@ -329,6 +365,8 @@ def summarize(sim: Simulator, elapsed_s: float, watcher: RolloutWatcher | None) 
     if watcher is not None:
         out["rollout"] = watcher.final
         out["timeline"] = watcher.timeline
+        out["stages"] = stage_metrics(watcher.timeline, watcher.final,
+                                      end={"t": round(watcher.elapsed(), 2), "counts": counts})
     return out
 
 
@@ -338,7 +376,8 @@ def print_summary(summary: dict[str, Any]) -> None:
         ("elapsed", f"{summary['elapsed_s']:.1f} s"),
         ("polls (200 / 304 / errors)", f"{c.get('polls', 0)} ({c.get('poll_200', 0)} / "
                                        f"{c.get('poll_304', 0)} / {c.get('errors', 0)})"),
-        ("poll throughput", f"{summary['poll_throughput_rps']:.1f} req/s"),
+        ("poll throughput", f"{summary['poll_throughput_rps']:.1f} req/s "
+                            f"(offered {summary['offered_poll_rps']:.1f} req/s)"),
         ("poll latency p50 / p95 / p99", "{p50} / {p95} / {p99} ms".format(**summary["poll_ms"])),
         ("assignments accepted", str(c.get("assignments_accepted", 0))),
         ("committed / failed", f"{c.get('committed', 0)} / {c.get('failed', 0)}"),
@@ -350,6 +389,8 @@ def print_summary(summary: dict[str, Any]) -> None:
         print(f"  {k:<{width}}  {v}")
     for event in summary.get("timeline", []):
         print(f"  t={event['t']:7.1f}s  {event['event']}")
+    if summary.get("stages"):
+        print(format_stage_table(summary["stages"]))
 
 
 def _rates(text: str) -> dict[str, float]:
@@ -432,11 +473,12 @@ def run_rollout(cfg: SimConfig, client: FleetClient, devices: list[SimDevice], *
     if start_rollout is not None and cfg.api_token:
         rollout_id = client.create_rollout(cfg.api_token, start_rollout)["id"]
         log.info("started rollout %s", rollout_id)
+    sim = Simulator(cfg, client, devices)
     watcher = None
     if rollout_id and cfg.api_token:
-        watcher = RolloutWatcher(client, cfg.api_token, rollout_id, interval_s=cfg.watch_interval_s)
+        watcher = RolloutWatcher(FleetClient(cfg.server, pool_size=1), cfg.api_token, rollout_id,
+                                 interval_s=cfg.watch_interval_s, probe=sim.stats.snapshot)
         watcher.start()
-    sim = Simulator(cfg, client, devices)
     try:
         elapsed = sim.run(watcher)
     finally:
