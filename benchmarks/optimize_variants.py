@@ -8,8 +8,15 @@ on the same held-out images (top-1) and timed single-stream, batch 1, with
 :func:`models.bench.measure`, one after the other in this process so the
 ratios are comparable even on a busy host.
 
-Prints a table, writes ``bench-out/optimize_variants.json`` and a latency
-chart ``bench-out/optimize_variants.png``.
+With ``--sweep-sizes`` the same trained weights are also exported at other
+input sizes (the classifiers pool globally, so any size runs), quantized with
+the INT8 settings chosen at the training size, and timed FP32 vs INT8: how the
+INT8 speedup of this CPU changes with the input resolution (accuracy is only
+meaningful at the training size, so the sweep reports latency alone).
+
+Prints a table, writes ``bench-out/optimize_variants.json``, a latency
+chart ``bench-out/optimize_variants.png`` and, with a sweep, the speedup by
+input size ``bench-out/optimize_variants_sizes.png``.
 
     .venv/bin/python benchmarks/optimize_variants.py --help
 """
@@ -17,6 +24,7 @@ chart ``bench-out/optimize_variants.png``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import subprocess
@@ -38,7 +46,7 @@ from optimize.checkpoint import build_torch_model, read_checkpoint  # noqa: E402
 from optimize.config import CalibMethod  # noqa: E402
 from optimize.data import load_samples, open_split  # noqa: E402
 from optimize.export import check_parity, export_onnx, torch_outputs  # noqa: E402
-from optimize.quantize import Int8Flavor, search_int8  # noqa: E402
+from optimize.quantize import Int8Flavor, QuantSettings, prepare, quantize_int8, search_int8  # noqa: E402
 
 log = logging.getLogger("bench")
 
@@ -48,13 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--archs", default="resnet18,mobilenet_v3_small", help="comma-separated zoo architectures")
     p.add_argument("--image-size", type=int, default=96, help="training and inference input size, pixels")
-    p.add_argument("--train-size", type=int, default=1200, help="synthetic training images")
-    p.add_argument("--val-size", type=int, default=300, help="synthetic held-out images (accuracy)")
-    p.add_argument("--epochs", type=int, default=2, help="edge-train epochs")
+    p.add_argument("--train-size", type=int, default=3000, help="synthetic training images")
+    p.add_argument("--val-size", type=int, default=500, help="synthetic held-out images (accuracy)")
+    p.add_argument("--epochs", type=int, default=4, help="edge-train epochs (2-process DDP, the demo's recipe)")
     p.add_argument("--calib-samples", type=int, default=64, help="INT8 calibration images")
     p.add_argument("--threads", type=int, default=1, help="threads for torch and ONNX Runtime (same for both)")
     p.add_argument("--queries", type=int, default=40, help="minimum timed queries per variant")
     p.add_argument("--seconds", type=float, default=3.0, help="minimum timed seconds per variant")
+    p.add_argument("--sweep-sizes", default="", metavar="S,S,...",
+                   help="also time FP32 vs INT8 at these input sizes (same weights), e.g. 64,128,160,224")
     p.add_argument("--out", type=Path, default=ROOT / "bench-out", help="output directory")
     return p
 
@@ -64,9 +74,12 @@ def ensure_run(arch: str, args: argparse.Namespace) -> Path:
     run = args.out / "optimize_variants" / "runs" / f"{arch}-{args.image_size}-{args.train_size}-{args.epochs}"
     if (run / "checkpoints" / "best.pt").is_file():
         return run
-    cmd = [sys.executable, "-m", "training", "--arch", arch, "--image-size", str(args.image_size),
+    # the demo's recipe (AdamW, warm-up, label smoothing, small per-process batches, 2 processes):
+    # it trains both architectures from scratch to a useful accuracy in a few minutes
+    cmd = [sys.executable, "-m", "training", "--config", str(ROOT / "training" / "configs" / "demo-signs.yaml"),
+           "--arch", arch, "--image-size", str(args.image_size),
            "--train-size", str(args.train_size), "--val-size", str(args.val_size), "--epochs", str(args.epochs),
-           "--output", str(run.parent), "--name", run.name, "--threads", str(max(args.threads, 2)),
+           "--output", str(run.parent), "--name", run.name, "--threads", "1",
            "--cache-dir", str(args.out / "optimize_variants" / "data"), "--no-progress"]
     log.info("training %s: %s", arch, " ".join(cmd))
     subprocess.run(cmd, check=True, cwd=ROOT)
@@ -77,7 +90,7 @@ def _top1(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(np.argmax(logits, axis=1) == labels))
 
 
-def bench_arch(arch: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+def bench_arch(arch: str, args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     ck = read_checkpoint(ensure_run(arch, args))
     model = build_torch_model(ck)
     work = args.out / "optimize_variants" / "models" / f"{arch}-{args.image_size}"
@@ -123,7 +136,27 @@ def bench_arch(arch: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     for r in out:
         r["speedup_vs_ort_fp32"] = round(fp32_p50 / r["p50_ms"], 2)
     out[1]["parity_max_abs"] = round(parity.max_abs["logits"], 7)
-    return out
+    sizes = [int(v) for v in args.sweep_sizes.split(",") if v.strip()]
+    sweep = [sweep_size(arch, model, ck, size, int8[Int8Flavor.CPU].best.settings, work, opts, args)
+             for size in sizes]
+    return out, sweep
+
+
+def sweep_size(arch: str, model: torch.nn.Module, ck: Any, size: int, settings: QuantSettings, work: Path,
+               opts: OrtOptions, args: argparse.Namespace) -> dict[str, Any]:
+    """FP32 vs INT8 latency of the same weights at input ``size`` (INT8 settings as chosen)."""
+    spec = dataclasses.replace(ck.input_spec, shape=(ck.input_spec.shape[0], 3, size, size))
+    d = work / f"size-{size}"
+    d.mkdir(parents=True, exist_ok=True)
+    fp32 = prepare(export_onnx(model, spec, d / "fp32.onnx", task=ck.task).path, d / "prepared.onnx")
+    calib = load_samples(open_split(ck.dataset, "train"), args.calib_samples, spec).inputs
+    int8 = quantize_int8(fp32, d / "int8.onnx", calib, settings)
+    x = calib[:1]
+    fp32_stats = _time(lambda rt=OrtRuntime(fp32, opts): rt.run(x), args, f"{arch} {size}px fp32")
+    int8_stats = _time(lambda rt=OrtRuntime(int8, opts): rt.run(x), args, f"{arch} {size}px int8")
+    return {"arch": arch, "size": size, "fp32_p50_ms": round(fp32_stats.p50_ms, 3),
+            "int8_p50_ms": round(int8_stats.p50_ms, 3),
+            "speedup": round(fp32_stats.p50_ms / int8_stats.p50_ms, 2)}
 
 
 def _time(fn: Any, args: argparse.Namespace, label: str) -> LatencyStats:
@@ -138,6 +171,34 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
         lines.append(f"{r['arch']:20s} {r['variant']:34s} {r['top1']:7.4f} {r['delta_points']:+6.2f} "
                      f"{r['p50_ms']:8.2f} {r['p99_ms']:8.2f} {r['speedup_vs_ort_fp32']:7.2f}x {r['cv']:5.2f}")
     return "\n".join(lines)
+
+
+def sweep_table(rows: Sequence[dict[str, Any]]) -> str:
+    head = f"{'arch':20s} {'size':>5s} {'fp32 p50 ms':>12s} {'int8 p50 ms':>12s} {'speedup':>8s}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['arch']:20s} {r['size']:5d} {r['fp32_p50_ms']:12.2f} {r['int8_p50_ms']:12.2f} "
+                     f"{r['speedup']:7.2f}x")
+    return "\n".join(lines)
+
+
+def plot_sweep(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for arch in dict.fromkeys(r["arch"] for r in rows):
+        pts = sorted((r["size"], r["speedup"]) for r in rows if r["arch"] == arch)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=arch)
+    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("input size, pixels")
+    ax.set_ylabel("INT8 speedup over ORT FP32 (p50)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def plot(rows: Sequence[dict[str, Any]], path: Path) -> None:
@@ -164,15 +225,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     rows: list[dict[str, Any]] = []
+    sweep: list[dict[str, Any]] = []
     for arch in (a.strip() for a in args.archs.split(",") if a.strip()):
-        rows += bench_arch(arch, args)
+        arch_rows, arch_sweep = bench_arch(arch, args)
+        rows += arch_rows
+        sweep += arch_sweep
     print(table(rows))
+    if sweep:
+        print("\nINT8 speedup by input size (same weights, INT8 settings chosen at the training size):")
+        print(sweep_table(sweep))
+        plot_sweep(sweep, args.out / "optimize_variants_sizes.png")
     meta = {"image_size": args.image_size, "threads": args.threads, "seconds": round(time.monotonic() - t0, 1),
-            "host": _host()}
-    (args.out / "optimize_variants.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+            "host": _host(), "cpu": cpu_identity()}
+    print(f"\nhost: {meta['host']}; cpu: {meta['cpu']}")
+    (args.out / "optimize_variants.json").write_text(json.dumps({"meta": meta, "rows": rows, "sizes": sweep}, indent=2) + "\n")
     plot(rows, args.out / "optimize_variants.png")
     print(f"\nwrote {args.out / 'optimize_variants.json'} and {args.out / 'optimize_variants.png'}")
     return 0
+
+
+def cpu_identity() -> dict[str, Any]:
+    """What decides INT8's gain on x86: the exact CPU (vendor family/model, clock) and its
+    integer dot-product extensions — "AMD EPYC" alone covers CPUs whose INT8 kernels differ
+    severalfold (AVX-512 VNNI / AVX-VNNI do 4 INT8 MACs per lane per instruction; plain AVX2
+    goes through vpmaddubsw, whose throughput varies by core generation)."""
+    info: dict[str, Any] = {}
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return info
+    first = text.split("\n\n", 1)[0]
+    fields = dict(line.split(":", 1) for line in first.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    for key, name in (("model name", "model_name"), ("vendor_id", "vendor"), ("cpu family", "family"),
+                      ("model", "model"), ("stepping", "stepping"), ("cpu MHz", "mhz")):
+        if key in fields:
+            info[name] = fields[key]
+    flags = set(fields.get("flags", "").split())
+    info["isa"] = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
+    return info
 
 
 def _host() -> str:
