@@ -39,7 +39,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from scripts import demo_steps  # noqa: E402
-from scripts.demo_procs import Processes, StepFailed, tail  # noqa: E402
+from scripts.demo_procs import Processes, StepFailed, cpu_seconds, process_tree, tail  # noqa: E402
 from scripts.fleet_http import FleetClient, format_stage_table  # noqa: E402
 from scripts.fleet_sim import SimConfig, build_devices, enroll_all, run_rollout  # noqa: E402
 
@@ -124,20 +124,6 @@ def route_deltas(before: dict[str, dict[str, float]], after: dict[str, dict[str,
                      "by_status": {k.split(":", 1)[1]: int(v) for k, v in sorted(delta.items())
                                    if k.startswith("status:") and v > 0}})
     return sorted(rows, key=lambda r: -r["requests"])
-
-
-def process_cpu_s(master: int) -> float:
-    """User + system CPU seconds so far of a process and its children (the gunicorn workers)."""
-    children = Path(f"/proc/{master}/task/{master}/children")
-    pids = [master] + ([int(x) for x in children.read_text().split()] if children.exists() else [])
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 def row(mode: str, summary: dict[str, Any], routes: list[dict[str, Any]], *, server_cpu_s: float,
@@ -226,9 +212,9 @@ def run(args: argparse.Namespace, modes: list[str], work: Path) -> int:
             body = {"model": "bench", "version": version, "group": "bench", "stages": stages,
                     "max_failure_rate": args.max_failure_rate, "success_quota": args.success_quota,
                     "min_devices_for_halt": args.min_devices_for_halt}
-            before, cpu0, own0 = scrape_routes(client, server.admin_token), process_cpu_s(master), time.process_time()
+            before, cpu0, own0 = scrape_routes(client, server.admin_token), cpu_seconds(process_tree(master)), time.process_time()
             summary = run_rollout(replace(cfg, etag=MODES[mode]), client, devices, start_rollout=body)
-            cpu, own = process_cpu_s(master) - cpu0, time.process_time() - own0
+            cpu, own = cpu_seconds(process_tree(master)) - cpu0, time.process_time() - own0
             routes = route_deltas(before, scrape_routes(client, server.admin_token))
             rows.append(row(mode, summary, routes, server_cpu_s=cpu, client_cpu_s=own))
             ro = summary.get("rollout", {})

@@ -31,7 +31,6 @@ import asyncio
 import hashlib
 import json
 import multiprocessing as mp
-import os
 import secrets
 import statistics
 import sys
@@ -50,6 +49,7 @@ import urllib3  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from models.bundle import read_bundle, write_bundle  # noqa: E402
+from scripts.demo_procs import cpu_seconds, process_tree  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -324,13 +324,13 @@ async def _scenarios(url: str, devices: list[tuple[str, str]], connections: int,
         barrier.wait(timeout=600)  # the load processes start each scenario together (blocks an idle loop)
         lat_all: list[list[float]] = [[] for _ in slices]
         errors: list[str] = []
-        cpu0, own0, start = server_cpu_s(pids), time.process_time(), time.perf_counter()
+        cpu0, own0, start = cpu_seconds(pids), time.process_time(), time.perf_counter()
         stop_at = start + duration
         await asyncio.gather(*(_poll(s, mode, stop_at, lat_all[k], errors) for k, s in enumerate(slices)))
         end = time.perf_counter()
         results[mode] = {"latencies": [x for lat in lat_all for x in lat], "errors": errors,
                          "elapsed": end - start if mode == "warm" else min(end, stop_at) - start,
-                         "server_cpu_s": server_cpu_s(pids) - cpu0, "client_cpu_s": time.process_time() - own0}
+                         "server_cpu_s": cpu_seconds(pids) - cpu0, "client_cpu_s": time.process_time() - own0}
         if mode == "warm":
             for s in slices:
                 s.freeze()
@@ -343,23 +343,6 @@ async def _scenarios(url: str, devices: list[tuple[str, str]], connections: int,
 def _load_proc(url: str, devices: list[tuple[str, str]], connections: int, duration: float, barrier: Any,
                queue: Any, pids: list[int]) -> None:
     queue.put(asyncio.run(_scenarios(url, devices, connections, duration, barrier, pids)))
-
-
-def server_cpu_s(pids: Sequence[int]) -> float:
-    """User + system CPU seconds used so far by the given processes (Linux /proc)."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / os.sysconf("SC_CLK_TCK")
-
-
-def worker_pids(master: int) -> list[int]:
-    children = Path(f"/proc/{master}/task/{master}/children")
-    return [master] + [int(x) for x in children.read_text().split()] if children.exists() else [master]
 
 
 # ------------------------------------------------------------------ scenarios
@@ -497,7 +480,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 bar.update()
                 srv.create_rollout(model="bench", version="1.0.0", group="bench", stages=[100])
                 bar.update()
-                polls = run_polls(srv.url, devices, args, worker_pids(srv.process.pid))
+                polls = run_polls(srv.url, devices, args, process_tree(srv.process.pid))
                 variant = next(f for f in release["files"] if f["kind"] == "variant")
                 sha = variant["hashes"]["sha256"]
                 dl = run_downloads(srv.url, f"bench/1.0.0/{sha}.model.onnx", sha, variant["length"])

@@ -100,10 +100,7 @@ class Catalog:
 def pick_release(conn: Connection, device: Mapping[str, Any], catalog: Catalog, gen: int | None) -> Target:
     """The newest assigning rollout whose current stage includes the device, else what it runs."""
     for rollout in reversed(catalog.rollouts(conn, device["group_name"], gen)):
-        if not ro.is_selected(device, tags=rollout["tags"], hardware_classes=rollout["hardware_classes"]):
-            continue
-        pct = rollout["stages"][rollout["stage"]]
-        if ro.in_stage(ro.bucket(device["id"], rollout["id"]), pct, rollout["floor_bucket"]):
+        if ro.assigns(rollout, device):
             return Target(rollout["id"], rollout["release"], rollout["gates"])
     if device["running_release"] is not None:
         return Target(None, device["running_release"], None)

@@ -25,6 +25,24 @@ from types import FrameType
 log = logging.getLogger("demo")
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its direct children (e.g. a gunicorn master and its workers), from Linux /proc."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    return [pid] + ([int(x) for x in children.read_text().split()] if children.exists() else [])
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """User + system CPU seconds used so far by ``pids`` (Linux /proc; a process gone counts 0)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 class StepFailed(RuntimeError):
     """A demo step failed; ``log_path`` names the log whose tail explains it."""
 

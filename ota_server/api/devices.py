@@ -25,9 +25,9 @@ from ota_server.api.common import (
 )
 from ota_server.auth import PrincipalKind, Role, new_token, token_digest
 from ota_server.errors import BadRequest, Forbidden
+from ota_server.fastpath import NONCE, etag_matches
 
 bp = Blueprint("devices", __name__, url_prefix="/api/v1/devices")
-_NONCE = re.compile(r"^[0-9a-f]{16,128}$")
 _GROUP = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -84,7 +84,7 @@ def enroll() -> Response:
 def assignment(device_id: str) -> Response:
     require_device(device_id)
     nonce = request.args.get("nonce", "")
-    if not _NONCE.match(nonce):
+    if not NONCE.match(nonce):
         raise BadRequest(f"nonce must be 16-128 lowercase hex digits, got {nonce[:140]!r}", field="nonce")
     s = services()
     gen = s.store.generation()  # read before building: a change after it bumps it again
@@ -93,8 +93,7 @@ def assignment(device_id: str) -> Response:
         with s.store.read() as conn:
             signed = s.director.sign(conn, st.get_device(conn, device_id), nonce, gen)
     headers = {"ETag": signed.etag, "Cache-Control": "no-cache"}
-    inm = request.headers.get("If-None-Match")
-    if inm and signed.etag in [t.strip() for t in inm.split(",")]:
+    if etag_matches(request.headers.get("If-None-Match"), signed.etag):
         return Response(status=304, headers=headers)
     return Response(signed.body, status=200, mimetype="application/json", headers=headers)
 
