@@ -307,7 +307,7 @@ class AgentController:
         if self._shadowed != update.slot:  # resumed: the perception path has not seen the candidate
             result = self.benchmark(update)
             if not result.passed:
-                raise FatalError(ReasonCode.parse(result.reason_code, default=_R.LOW_AGREEMENT), result.detail)
+                raise FatalError(ReasonCode.parse(result.reason_code) if result.reason_code else _R.LOW_AGREEMENT, result.detail)
         perception = self._perception()
         first = perception.active_version() is None
         self.slots.switch(update.slot)

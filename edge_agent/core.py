@@ -252,7 +252,7 @@ def _fail_state(state: State, reason: ReasonCode) -> State:
 
 def _gate(result: GateResult, ok: State, default: ReasonCode) -> tuple[State, Outcome]:
     outcome = Outcome(
-        reason=None if result.passed else ReasonCode.parse(result.reason_code, default=default),
+        reason=None if result.passed else (ReasonCode.parse(result.reason_code) if result.reason_code else default),
         detail=result.detail,
         metrics=dict(result.metrics),
     )

@@ -18,8 +18,9 @@ wrapped where they happen with ``raise ... from e``; callers see only these.
 
 from __future__ import annotations
 
-from enum import Enum
 from typing import Any
+
+from models.reasons import ReasonCode
 
 __all__ = [
     "ReasonCode",
@@ -33,44 +34,6 @@ __all__ = [
     "TransientError",
     "FatalError",
 ]
-
-
-class ReasonCode(str, Enum):
-    """Why an update was refused, failed or rolled back (docs/contracts.md §7)."""
-
-    SIGNATURE_INVALID = "SIGNATURE_INVALID"
-    WRONG_DEVICE = "WRONG_DEVICE"
-    NONCE_MISMATCH = "NONCE_MISMATCH"
-    ASSIGNMENT_EXPIRED = "ASSIGNMENT_EXPIRED"
-    RELEASE_COUNTER_DECREASED = "RELEASE_COUNTER_DECREASED"
-    TARGET_NOT_IN_TUF = "TARGET_NOT_IN_TUF"
-    TARGET_MISMATCH = "TARGET_MISMATCH"
-    TUF_METADATA_INVALID = "TUF_METADATA_INVALID"
-    TUF_EXPIRED = "TUF_EXPIRED"
-    TUF_ROLLBACK = "TUF_ROLLBACK"
-    LENGTH_EXCEEDED = "LENGTH_EXCEEDED"
-    HASH_MISMATCH = "HASH_MISMATCH"
-    SLOW_RETRIEVAL = "SLOW_RETRIEVAL"
-    DOWNLOAD_FAILED = "DOWNLOAD_FAILED"
-    NO_SPACE = "NO_SPACE"
-    INCOMPATIBLE_HARDWARE = "INCOMPATIBLE_HARDWARE"
-    BUNDLE_INVALID = "BUNDLE_INVALID"
-    MODEL_LOAD_FAILED = "MODEL_LOAD_FAILED"
-    RUNTIME_CRASHED = "RUNTIME_CRASHED"
-    NAN_OUTPUT = "NAN_OUTPUT"
-    LATENCY_OVER_BUDGET = "LATENCY_OVER_BUDGET"
-    LOW_AGREEMENT = "LOW_AGREEMENT"
-    HEALTH_REGRESSION = "HEALTH_REGRESSION"
-    ENGINE_BUILD_FAILED = "ENGINE_BUILD_FAILED"
-    MANUAL_ROLLBACK = "MANUAL_ROLLBACK"
-
-    @classmethod
-    def parse(cls, value: str | None, *, default: ReasonCode) -> ReasonCode:
-        """A reason code from a perception result; unknown or missing → ``default``."""
-        try:
-            return cls(value) if value else default
-        except ValueError:
-            return default
 
 
 class EdgeAgentError(Exception):

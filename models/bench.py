@@ -15,13 +15,22 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-__all__ = ["LatencyStats", "BenchConfig", "measure", "measure_with", "stats_from_samples", "NOISY_CV"]
+__all__ = [
+    "LatencyStats",
+    "BenchConfig",
+    "Interleaved",
+    "measure",
+    "measure_with",
+    "measure_interleaved",
+    "stats_from_samples",
+    "NOISY_CV",
+]
 
 log = logging.getLogger(__name__)
 
@@ -152,3 +161,69 @@ def measure_with(fn: Callable[[], object], config: BenchConfig, *, label: str = 
         max_duration_s=config.max_duration_s,
         label=label,
     )
+
+
+@dataclass(frozen=True)
+class Interleaved:
+    """Per-query wall and thread-CPU times of one function timed round-robin with others."""
+
+    label: str
+    wall_ms: tuple[float, ...]
+    cpu_ms: tuple[float, ...]  # CPU time of the calling thread during each query
+
+    @property
+    def wall(self) -> LatencyStats:
+        return stats_from_samples(self.wall_ms)
+
+    @property
+    def cpu(self) -> LatencyStats:
+        return stats_from_samples(self.cpu_ms)
+
+
+def measure_interleaved(
+    fns: Mapping[str, Callable[[], object]],
+    *,
+    warmup_queries: int = 10,
+    min_rounds: int = 100,
+    min_duration_s: float = 2.0,
+    max_duration_s: float = 60.0,
+    wall_clock: Callable[[], int] = time.perf_counter_ns,
+    cpu_clock: Callable[[], int] = time.thread_time_ns,
+) -> dict[str, Interleaved]:
+    """Time several functions round-robin: one query of each per round, the order rotated
+    every round so that no function always runs first or after the same neighbour.
+
+    Host drift (another process starting, thermal throttling) then hits every
+    function alike, and round *i* of each forms a pair for
+    :func:`models.stats.speedup_interval`. Thread CPU time counts only the time
+    this thread ran, so a neighbour that steals the core inflates wall time but
+    not CPU time; it measures single-threaded runtimes (``intra_op_threads=1``)
+    exactly. Raises ``ValueError`` for impossible settings; what a function
+    raises propagates.
+    """
+    if not fns:
+        raise ValueError("nothing to measure")
+    if min_rounds < 1 or warmup_queries < 0 or min_duration_s < 0 or max_duration_s <= 0:
+        raise ValueError("need min_rounds >= 1, warm-up >= 0, min_duration_s >= 0 and max_duration_s > 0")
+    labels = list(fns)
+    for _ in range(warmup_queries):
+        for label in labels:
+            fns[label]()
+    wall: dict[str, list[float]] = {k: [] for k in labels}
+    cpu: dict[str, list[float]] = {k: [] for k in labels}
+    start = wall_clock()
+    min_end, max_end = start + int(min_duration_s * 1e9), start + int(max_duration_s * 1e9)
+    rounds = 0
+    while True:
+        shift = rounds % len(labels)
+        for label in labels[shift:] + labels[:shift]:
+            c0, t0 = cpu_clock(), wall_clock()
+            fns[label]()
+            t1, c1 = wall_clock(), cpu_clock()
+            wall[label].append((t1 - t0) / 1e6)
+            cpu[label].append(max(c1 - c0, 1) / 1e6)  # a clock tick coarser than the query reads as 0
+        rounds += 1
+        now = wall_clock()
+        if (rounds >= min_rounds and now >= min_end) or now >= max_end:
+            break
+    return {k: Interleaved(k, tuple(wall[k]), tuple(cpu[k])) for k in labels}

@@ -47,7 +47,9 @@ __all__ = [
     "HardwareRequirements",
     "Measurement",
     "Variant",
+    "SpeedupEvidence",
     "SelectionEntry",
+    "AgreementExpectation",
     "Gates",
     "Provenance",
     "Manifest",
@@ -60,7 +62,7 @@ __all__ = [
     "verify_bundle",
 ]
 
-SCHEMA = "edgefleet.bundle/1"
+SCHEMA = "edgefleet.bundle/2"  # /2: speedup evidence, agreement expectations, sequential-gate settings
 MANIFEST_NAME = "bundle.json"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _SEMVER = re.compile(
@@ -490,28 +492,139 @@ class Variant:
 
 
 @dataclass(frozen=True)
+class SpeedupEvidence:
+    """Why a variant was (or was not) preferred over the FP32 baseline: an interval, not a point.
+
+    ``speedup`` is ``median(baseline) / median(candidate)`` of per-query times
+    measured interleaved; ``low``/``high`` its bootstrap interval at
+    ``confidence`` (see :mod:`models.stats`).
+    """
+
+    candidate: str
+    baseline: str
+    metric: str  # "cpu" (thread CPU time per query) or "wall"
+    speedup: float
+    low: float
+    high: float
+    confidence: float
+    queries: int
+    preferred: bool
+
+    @classmethod
+    def from_dict(cls, r: _Reader) -> SpeedupEvidence:
+        metric = r.str("metric")
+        if metric not in ("cpu", "wall"):
+            raise r.fail("metric", f"must be 'cpu' or 'wall', got {metric!r}")
+        speedup, low, high = (r.float(k) for k in ("speedup", "low", "high"))
+        assert speedup is not None and low is not None and high is not None
+        if not 0 < low <= speedup <= high:
+            raise r.fail("low", f"need 0 < low <= speedup <= high, got {low}, {speedup}, {high}")
+        confidence = r.float("confidence")
+        assert confidence is not None
+        if not 0.0 < confidence < 1.0:
+            raise r.fail("confidence", f"must be within (0, 1), got {confidence}")
+        return cls(candidate=r.str("candidate"), baseline=r.str("baseline"), metric=metric, speedup=speedup,
+                   low=low, high=high, confidence=confidence, queries=r.int("queries"),
+                   preferred=r.bool("preferred"))
+
+
+@dataclass(frozen=True)
 class SelectionEntry:
-    """Preferred variant order for one hardware class, and why."""
+    """Preferred variant order for one hardware class, why, and the timing evidence.
+
+    A device re-times the variants it may run with the same interval rule and
+    ``min_speedup``; this order is the preference and the fallback.
+    """
 
     order: tuple[str, ...]
     reason: str
+    min_speedup: float = 1.1
+    evidence: tuple[SpeedupEvidence, ...] = ()
 
     @classmethod
     def from_dict(cls, r: _Reader) -> SelectionEntry:
         order = r.strs("order")
         if not order:
             raise r.fail("order", "must name at least one variant")
-        return cls(order=order, reason=r.str("reason"))
+        min_speedup = r.float("min_speedup", optional=True)
+        min_speedup = 1.1 if min_speedup is None else min_speedup
+        if min_speedup < 1.0:
+            raise r.fail("min_speedup", f"must be >= 1, got {min_speedup}")
+        evidence = r.objs("evidence", SpeedupEvidence.from_dict) if r.has("evidence") else ()
+        return cls(order=order, reason=r.str("reason"), min_speedup=min_speedup, evidence=evidence)
+
+
+@dataclass(frozen=True)
+class AgreementExpectation:
+    """How often ``variant`` of this bundle is expected to agree with a baseline release.
+
+    Keyed by the baseline's identity: ``baseline`` is ``"name@version"`` and
+    ``baseline_sha256`` the file the baseline serves (its ``baseline_variant``).
+    ``heldout`` is measured on the held-out split, ``calib`` on the calibration
+    frames (the deployment domain, e.g. frames from the fleet's cameras). The
+    bundle's own FP32 is always one baseline, so a device running a release
+    the bundle knows nothing of can still judge the candidate against it.
+    """
+
+    variant: str
+    baseline: str
+    baseline_variant: str
+    baseline_sha256: str
+    heldout: float
+    heldout_frames: int
+    calib: float | None = None
+    calib_frames: int = 0
+
+    @property
+    def expected(self) -> float:
+        """The lower of the two measured agreements: the device must not expect more."""
+        return self.heldout if self.calib is None else min(self.heldout, self.calib)
+
+    @classmethod
+    def from_dict(cls, r: _Reader) -> AgreementExpectation:
+        baseline = r.str("baseline")
+        if "@" not in baseline:
+            raise r.fail("baseline", f"must be 'name@version', got {baseline!r}")
+        parse_semver(baseline.split("@", 1)[1], where=r._p("baseline"))
+        sha = r.str("baseline_sha256")
+        if not _SHA256.match(sha):
+            raise r.fail("baseline_sha256", f"must be 64 lowercase hex digits, got {sha!r}")
+        heldout = r.float("heldout")
+        calib = r.float("calib", optional=True)
+        for key, value in (("heldout", heldout), ("calib", calib)):
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise r.fail(key, f"must be within [0, 1], got {value}")
+        frames = r.int("heldout_frames")
+        if frames <= 0:
+            raise r.fail("heldout_frames", f"must be > 0, got {frames}")
+        calib_frames = r.int("calib_frames", optional=True) or 0
+        if calib is not None and calib_frames <= 0:
+            raise r.fail("calib_frames", "must be > 0 when calib is given")
+        assert heldout is not None
+        return cls(variant=r.str("variant"), baseline=baseline, baseline_variant=r.str("baseline_variant"),
+                   baseline_sha256=sha, heldout=heldout, heldout_frames=frames, calib=calib,
+                   calib_frames=calib_frames)
 
 
 @dataclass(frozen=True)
 class Gates:
-    """What a device must measure before (shadow) and after (health) a swap."""
+    """What a device must measure before (shadow) and after (health) a swap.
+
+    Agreement is judged by a sequential test (:class:`models.stats.AgreementTest`)
+    against ``p0 = max(expected - agreement_tolerance, min_agreement)``, where
+    *expected* comes from the bundle's :class:`AgreementExpectation` for the
+    release the device runs. ``min_agreement`` is a floor an operator may raise.
+    """
 
     latency_budget_ms: float  # p95 on the device
-    min_agreement: float = 0.9  # top-1 agreement / box F1@0.5 vs the active model
+    min_agreement: float = 0.0  # floor under the expectation; top-1 agreement / box F1@0.5
+    agreement_tolerance: float = 0.05  # how far below the expectation still counts as consistent
+    agreement_effect: float = 0.15  # how far below p0 counts as broken (the SPRT's alternative)
+    false_refusal_rate: float = 0.01  # SPRT alpha at p0
+    false_acceptance_rate: float = 0.01  # SPRT beta at p0 - agreement_effect
     max_nan_frames: int = 0
-    shadow_frames: int = 50  # frames the candidate must see in the shadow run
+    min_shadow_frames: int = 10  # frames seen before any agreement verdict
+    shadow_frames: int = 50  # at most this many frames; then a one-sided Wilson bound decides
     health_window_s: float = 30.0  # health watch after the swap
     max_latency_regression: float = 1.5  # health: p95 / shadow p95 above this rolls back
     max_error_rate: float = 0.01  # health: failed inferences / frames
@@ -523,24 +636,36 @@ class Gates:
         assert budget is not None
         if budget <= 0:
             raise r.fail("latency_budget_ms", f"must be > 0, got {budget}")
-        agreement = r.float("min_agreement", optional=True)
-        agreement = 0.9 if agreement is None else agreement
-        if not 0.0 <= agreement <= 1.0:
-            raise r.fail("min_agreement", f"must be within [0, 1], got {agreement}")
 
-        def opt(key: str, default: float) -> float:
+        def opt(key: str, default: float, low: float, high: float) -> float:
             value = r.float(key, optional=True)
-            return default if value is None else value
+            value = default if value is None else value
+            if not low <= value <= high:
+                raise r.fail(key, f"must be within [{low:g}, {high:g}], got {value}")
+            return value
 
-        return cls(
+        gates = cls(
             latency_budget_ms=budget,
-            min_agreement=agreement,
-            max_nan_frames=int(opt("max_nan_frames", 0)),
-            shadow_frames=int(opt("shadow_frames", 50)),
-            health_window_s=opt("health_window_s", 30.0),
-            max_latency_regression=opt("max_latency_regression", 1.5),
-            max_error_rate=opt("max_error_rate", 0.01),
+            min_agreement=opt("min_agreement", 0.0, 0.0, 1.0),
+            agreement_tolerance=opt("agreement_tolerance", 0.05, 0.0, 0.5),
+            agreement_effect=opt("agreement_effect", 0.15, 0.01, 0.9),
+            false_refusal_rate=opt("false_refusal_rate", 0.01, 1e-6, 0.49),
+            false_acceptance_rate=opt("false_acceptance_rate", 0.01, 1e-6, 0.49),
+            max_nan_frames=int(opt("max_nan_frames", 0, 0, 1e9)),
+            min_shadow_frames=int(opt("min_shadow_frames", 10, 1, 1e6)),
+            shadow_frames=int(opt("shadow_frames", 50, 1, 1e6)),
+            health_window_s=opt("health_window_s", 30.0, 0.0, 86400.0),
+            max_latency_regression=opt("max_latency_regression", 1.5, 1.0, 1e3),
+            max_error_rate=opt("max_error_rate", 0.01, 0.0, 1.0),
         )
+        if gates.min_shadow_frames > gates.shadow_frames:
+            raise r.fail("min_shadow_frames", f"must be <= shadow_frames ({gates.shadow_frames}), "
+                         f"got {gates.min_shadow_frames}")
+        return gates
+
+    def agreement_threshold(self, expected: float) -> float:
+        """``p0`` of the sequential test for a candidate expected to agree ``expected``."""
+        return min(1.0, max(expected - self.agreement_tolerance, self.min_agreement, 1e-3))
 
     def with_overrides(self, overrides: Mapping[str, Any] | None) -> Gates:
         """Rollout-level overrides (validated the same way)."""
@@ -585,7 +710,21 @@ class Manifest:
     gates: Gates
     provenance: Provenance
     arch: str = ""
+    expectations: tuple[AgreementExpectation, ...] = ()
     schema: str = SCHEMA
+
+    def expectation(self, variant_id: str, *, baseline: str, baseline_sha256: str) -> AgreementExpectation | None:
+        """The expectation of ``variant_id`` against the release ``baseline`` ("name@version")
+        serving the file ``baseline_sha256``, or None when this bundle has none for it."""
+        for e in self.expectations:
+            if (e.variant, e.baseline, e.baseline_sha256) == (variant_id, baseline, baseline_sha256):
+                return e
+        return None
+
+    @property
+    def release(self) -> str:
+        """``"name@version"``."""
+        return f"{self.name}@{self.version}"
 
     def variant(self, variant_id: str) -> Variant:
         for v in self.variants:
@@ -640,6 +779,15 @@ class Manifest:
                         field=f"selection.{hw_class}.order[{j}]",
                     )
             selection[hw_class] = entry
+        expectations = r.objs("expectations", AgreementExpectation.from_dict) if r.has("expectations") else ()
+        for i, e in enumerate(expectations):
+            if e.variant not in ids:
+                raise BundleError(f"names unknown variant {e.variant!r}; variants are {ids}",
+                                  field=f"expectations[{i}].variant")
+            key = (e.variant, e.baseline, e.baseline_sha256)
+            if key in [(x.variant, x.baseline, x.baseline_sha256) for x in expectations[:i]]:
+                raise BundleError(f"duplicate expectation for {e.variant} against {e.baseline}",
+                                  field=f"expectations[{i}]")
         return cls(
             schema=schema,
             name=name,
@@ -653,6 +801,7 @@ class Manifest:
             gates=Gates.from_dict(r.raw("gates")),
             provenance=Provenance.from_dict(r.raw("provenance")),
             arch=r.str("arch", optional=True) or "",
+            expectations=expectations,
         )
 
 

@@ -1,0 +1,268 @@
+"""Decisions from noisy measurements: speedup intervals and a sequential agreement test.
+
+Every choice edgefleet takes from a measurement goes through this module, so
+that another process keeping a core busy cannot flip it:
+
+- :func:`speedup_interval` — a bootstrap confidence interval of the ratio of
+  medians ``median(baseline) / median(candidate)`` of two latency samples. When
+  the two were timed interleaved (one query of each per round), the rounds are
+  resampled as pairs, so drift of the host during the run cancels out.
+- :func:`prefer_faster` — the interval rule: a candidate is preferred over the
+  baseline only when the *lower* bound of that interval clears ``min_speedup``.
+- :class:`AgreementTest` — Wald's sequential probability ratio test on per-frame
+  agreement in [0, 1] between a candidate model and a reference. H0: agreement
+  ``>= p0`` (the expectation minus a tolerance: consistent, pass); H1: agreement
+  ``<= p0 - effect`` (broken, refuse). It stops as soon as the log-likelihood
+  ratio crosses a boundary set by the false-refusal rate ``alpha`` and the
+  false-acceptance rate ``beta``; at the frame limit it falls back to a one-sided
+  Wilson bound and refuses only when agreement is significantly below ``p0``.
+
+numpy only (the agent imports this module): no scipy on a vehicle. No I/O, no
+clocks; tests feed recorded samples and sequences.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "Interval",
+    "SpeedupVerdict",
+    "speedup_interval",
+    "prefer_faster",
+    "wilson_bounds",
+    "Verdict",
+    "AgreementTest",
+]
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate and its two-sided confidence interval."""
+
+    point: float
+    low: float
+    high: float
+    confidence: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {"point": round(self.point, 4), "low": round(self.low, 4), "high": round(self.high, 4),
+                "confidence": self.confidence}
+
+
+def speedup_interval(
+    baseline_ms: Sequence[float],
+    candidate_ms: Sequence[float],
+    *,
+    confidence: float = 0.95,
+    resamples: int = 2000,
+    paired: bool = True,
+    seed: int = 0,
+) -> Interval:
+    """Bootstrap (percentile) interval of ``median(baseline) / median(candidate)``.
+
+    ``paired`` resamples round indices jointly (the samples must have equal
+    length: round *i* timed one query of each); otherwise each sample is
+    resampled on its own. Raises ``ValueError`` on empty or non-positive samples
+    or a confidence outside (0, 1).
+    """
+    b = np.asarray(baseline_ms, dtype=np.float64)
+    c = np.asarray(candidate_ms, dtype=np.float64)
+    if b.size == 0 or c.size == 0:
+        raise ValueError("both latency samples need at least one query")
+    if not (np.all(b > 0) and np.all(c > 0) and np.all(np.isfinite(b)) and np.all(np.isfinite(c))):
+        raise ValueError("latency samples must be finite and > 0")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be within (0, 1), got {confidence}")
+    if resamples < 100:
+        raise ValueError(f"resamples must be >= 100, got {resamples}")
+    rng = np.random.default_rng(seed)
+    point = float(np.median(b) / np.median(c))
+    if paired:
+        if b.size != c.size:
+            raise ValueError(f"paired samples need equal lengths, got {b.size} and {c.size}")
+        idx = rng.integers(0, b.size, size=(resamples, b.size))
+        ratios = np.median(b[idx], axis=1) / np.median(c[idx], axis=1)
+    else:
+        bi = rng.integers(0, b.size, size=(resamples, b.size))
+        ci = rng.integers(0, c.size, size=(resamples, c.size))
+        ratios = np.median(b[bi], axis=1) / np.median(c[ci], axis=1)
+    tail = (1.0 - confidence) / 2.0
+    low, high = (float(x) for x in np.quantile(ratios, [tail, 1.0 - tail]))
+    return Interval(point, low, high, confidence)
+
+
+@dataclass(frozen=True)
+class SpeedupVerdict:
+    """Whether ``candidate`` is preferred over ``baseline``, and the evidence."""
+
+    candidate: str
+    baseline: str
+    metric: str  # "cpu" (per-query thread CPU time) or "wall"
+    interval: Interval
+    min_speedup: float
+    queries: int
+    preferred: bool
+
+    @property
+    def reason(self) -> str:
+        i = self.interval
+        verdict = "clears" if self.preferred else "does not clear"
+        return (f"{self.candidate} vs {self.baseline}: {self.metric} speedup {i.point:.2f}x "
+                f"[{i.low:.2f}, {i.high:.2f}] at {i.confidence:.0%} over {self.queries} interleaved queries; "
+                f"the lower bound {verdict} {self.min_speedup:g}x")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"candidate": self.candidate, "baseline": self.baseline, "metric": self.metric,
+                "speedup": self.interval.to_dict(), "min_speedup": self.min_speedup, "queries": self.queries,
+                "preferred": self.preferred}
+
+
+def prefer_faster(
+    baseline: str,
+    baseline_ms: Sequence[float],
+    candidate: str,
+    candidate_ms: Sequence[float],
+    *,
+    min_speedup: float,
+    metric: str = "cpu",
+    confidence: float = 0.95,
+    paired: bool = True,
+    seed: int = 0,
+) -> SpeedupVerdict:
+    """The interval rule: prefer ``candidate`` only when the lower confidence bound of its
+    speedup over ``baseline`` is at least ``min_speedup``. Raises ``ValueError`` as
+    :func:`speedup_interval` does, and for ``min_speedup <= 0``."""
+    if min_speedup <= 0:
+        raise ValueError(f"min_speedup must be > 0, got {min_speedup}")
+    interval = speedup_interval(baseline_ms, candidate_ms, confidence=confidence, paired=paired, seed=seed)
+    return SpeedupVerdict(candidate, baseline, metric, interval, min_speedup,
+                          min(len(baseline_ms), len(candidate_ms)), interval.low >= min_speedup)
+
+
+def wilson_bounds(successes: float, n: int, *, confidence: float) -> tuple[float, float]:
+    """One-sided Wilson score bounds ``(lower, upper)`` of a binomial proportion, each at ``confidence``.
+
+    ``successes`` may be fractional (a sum of per-frame agreements in [0, 1]).
+    ``(0, 1)`` for ``n == 0``.
+    """
+    if n <= 0:
+        return 0.0, 1.0
+    z = NormalDist().inv_cdf(confidence)
+    p = min(max(successes / n, 0.0), 1.0)
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+class Verdict(str, Enum):
+    CONTINUE = "continue"  # not decisive yet
+    ACCEPT = "accept"  # consistent with the expectation
+    REFUSE = "refuse"  # significantly below the expectation
+
+
+@dataclass
+class AgreementTest:
+    """Wald's SPRT on per-frame agreement ``x`` in [0, 1] (1 = the two models agree).
+
+    ``p0``: agreement the candidate is expected to reach at least (expectation
+    minus tolerance); ``effect``: how far below ``p0`` counts as broken (H1 is
+    ``p1 = p0 - effect``); ``alpha``: the false-refusal rate at ``p0``;
+    ``beta``: the false-acceptance rate at ``p1``. ``min_frames`` frames are
+    always seen; at ``max_frames`` the test ends with the Wilson bound. A
+    fractional ``x`` (box F1 or pixel agreement of one frame) enters the
+    likelihood ratio as a Bernoulli mean, which is conservative for values in
+    [0, 1].
+    """
+
+    p0: float
+    effect: float = 0.15
+    alpha: float = 0.01
+    beta: float = 0.01
+    min_frames: int = 10
+    max_frames: int = 200
+    frames: int = 0
+    agreed: float = 0.0
+    llr: float = 0.0
+    verdict: Verdict = Verdict.CONTINUE
+    history: list[float] = field(default_factory=list, repr=False)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.p0 <= 1.0:
+            raise ValueError(f"p0 must be within (0, 1], got {self.p0}")
+        if not 0.0 < self.effect < 1.0:
+            raise ValueError(f"effect must be within (0, 1), got {self.effect}")
+        for name in ("alpha", "beta"):
+            v = getattr(self, name)
+            if not 0.0 < v < 0.5:
+                raise ValueError(f"{name} must be within (0, 0.5), got {v}")
+        if not 1 <= self.min_frames <= self.max_frames:
+            raise ValueError(f"need 1 <= min_frames <= max_frames, got {self.min_frames} and {self.max_frames}")
+        # keep both hypotheses strictly inside (0, 1) so every log term is finite
+        self._h0 = min(self.p0, 1.0 - 1e-3)
+        self._h1 = max(self.p0 - self.effect, 1e-3)
+        if self._h1 >= self._h0:
+            self._h1 = max(self._h0 - 1e-3, 1e-4)
+        self.upper = math.log((1.0 - self.beta) / self.alpha)  # cross it: refuse
+        self.lower = math.log(self.beta / (1.0 - self.alpha))  # cross it: accept
+
+    @property
+    def p1(self) -> float:
+        return self._h1
+
+    @property
+    def agreement(self) -> float:
+        return self.agreed / self.frames if self.frames else 1.0
+
+    def add(self, x: float) -> Verdict:
+        """Record one frame's agreement; returns the verdict so far (final once not CONTINUE)."""
+        if self.verdict is not Verdict.CONTINUE:
+            return self.verdict
+        if not (0.0 <= x <= 1.0) or math.isnan(x):
+            raise ValueError(f"per-frame agreement must be within [0, 1], got {x}")
+        self.frames += 1
+        self.agreed += x
+        self.history.append(x)
+        h0, h1 = self._h0, self._h1
+        # log L(H1)/L(H0): disagreement is evidence for H1
+        self.llr += x * math.log(h1 / h0) + (1.0 - x) * math.log((1.0 - h1) / (1.0 - h0))
+        if self.frames >= self.min_frames:
+            if self.llr >= self.upper:
+                self.verdict = Verdict.REFUSE
+            elif self.llr <= self.lower:
+                self.verdict = Verdict.ACCEPT
+        if self.verdict is Verdict.CONTINUE and self.frames >= self.max_frames:
+            self.verdict = self.truncated()
+        return self.verdict
+
+    def truncated(self) -> Verdict:
+        """Decision when the frames run out: refuse only if the upper bound is below ``p0``."""
+        _, upper = wilson_bounds(self.agreed, self.frames, confidence=1.0 - self.alpha)
+        return Verdict.REFUSE if self.frames and upper < self.p0 else Verdict.ACCEPT
+
+    @property
+    def confidence(self) -> float:
+        """How sure the verdict is: ``1 - alpha`` for a refusal, ``1 - beta`` for an acceptance."""
+        if self.verdict is Verdict.REFUSE:
+            return 1.0 - self.alpha
+        if self.verdict is Verdict.ACCEPT:
+            return 1.0 - self.beta
+        return 0.0
+
+    def evidence(self) -> dict[str, Any]:
+        """What a report carries: the decision, the frames used, the confidence and the bounds."""
+        lo, hi = wilson_bounds(self.agreed, self.frames, confidence=0.95)
+        return {
+            "decision": self.verdict.value, "frames": self.frames, "agreement": round(self.agreement, 4),
+            "p0": round(self.p0, 4), "p1": round(self._h1, 4), "alpha": self.alpha, "beta": self.beta,
+            "llr": round(self.llr, 4), "confidence": self.confidence,
+            "agreement_ci95": [round(lo, 4), round(hi, 4)],
+        }
