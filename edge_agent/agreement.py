@@ -20,32 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge_agent.inference import Outcome
+from models.agreement import box_f1, match_boxes
 from models.bundle import Task
 from models.runtime import Detections
-from models.runtime.decode import box_iou
 
 __all__ = ["match_boxes", "AgreementTracker"]
-
-
-def match_boxes(
-    candidate: Detections, reference: Detections, *, iou_threshold: float = 0.5
-) -> tuple[int, int, int]:
-    """``(true positives, false positives, misses)`` of candidate boxes against reference boxes."""
-    n_c, n_r = len(candidate), len(reference)
-    if n_c == 0 or n_r == 0:
-        return 0, n_c, n_r
-    iou = box_iou(candidate.boxes, reference.boxes)
-    same_class = candidate.labels[:, None] == reference.labels[None, :]
-    iou = np.where(same_class, iou, 0.0)
-    taken = np.zeros(n_r, dtype=bool)
-    tp = 0
-    for i in np.argsort(-candidate.scores, kind="stable"):
-        row = np.where(taken, -1.0, iou[i])
-        j = int(np.argmax(row))
-        if row[j] >= iou_threshold:
-            taken[j] = True
-            tp += 1
-    return tp, n_c - tp, n_r - tp
 
 
 @dataclass
@@ -86,6 +65,5 @@ class AgreementTracker:
         if self.frames == 0:
             return 1.0
         if self.task is Task.DETECTION:
-            denom = 2 * self.tp + self.fp + self.fn
-            return 1.0 if denom == 0 else 2 * self.tp / denom
+            return box_f1(self.tp, self.fp, self.fn)
         return self.agreed / self.frames
