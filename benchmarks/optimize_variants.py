@@ -4,9 +4,13 @@ For each architecture (default: ResNet18 and MobileNetV3-small) a classifier
 is trained on synthetic-signs with ``edge-train`` (cached under
 ``bench-out/optimize_variants/runs/``; delete it to retrain), exported and
 quantized exactly as ``edge-optimize`` does, then every variant is measured
-on the same held-out images (top-1) and timed single-stream, batch 1, with
-:func:`models.bench.measure`, one after the other in this process so the
-ratios are comparable even on a busy host.
+on the same held-out images (top-1) and timed single-stream, batch 1,
+*interleaved* in this process with :func:`models.bench.measure_interleaved`
+(one query of each per round, the order rotated), so the ratios are
+comparable even on a busy host. The speedup over ONNX Runtime FP32 is the
+ratio of median thread CPU times with its 95 % paired-bootstrap interval
+(:func:`models.stats.speedup_interval`; exact with the default one thread),
+p50/p99 are wall time.
 
 With ``--sweep-sizes`` the same trained weights are also exported at other
 input sizes (the classifiers pool globally, so any size runs), quantized with
@@ -40,8 +44,9 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from models.bench import LatencyStats, measure  # noqa: E402
+from models.bench import Interleaved, measure_interleaved  # noqa: E402
 from models.runtime.onnxrt import OrtOptions, OrtRuntime  # noqa: E402
+from models.stats import speedup_interval  # noqa: E402
 from optimize.checkpoint import build_torch_model, read_checkpoint  # noqa: E402
 from optimize.config import CalibMethod  # noqa: E402
 from optimize.data import load_samples, open_split  # noqa: E402
@@ -61,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=4, help="edge-train epochs (2-process DDP, the demo's recipe)")
     p.add_argument("--calib-samples", type=int, default=64, help="INT8 calibration images")
     p.add_argument("--threads", type=int, default=1, help="threads for torch and ONNX Runtime (same for both)")
-    p.add_argument("--queries", type=int, default=40, help="minimum timed queries per variant")
+    p.add_argument("--queries", type=int, default=40, help="minimum interleaved rounds (one query of each variant)")
     p.add_argument("--seconds", type=float, default=3.0, help="minimum timed seconds per variant")
     p.add_argument("--sweep-sizes", default="", metavar="S,S,...",
                    help="also time FP32 vs INT8 at these input sizes (same weights), e.g. 64,128,160,224")
@@ -120,21 +125,23 @@ def bench_arch(arch: str, args: argparse.Namespace) -> tuple[list[dict[str, Any]
     rows += [("ort fp32", base, fp32)]
     rows += [(f"ort int8 {f.value} ({r.best.settings.method.value})", r.best.accuracy, r.best.path)
              for f, r in int8.items()]
+    def eager() -> object:
+        with torch.inference_mode():
+            return model(xt)
+
+    fns = {name: eager if path is None else (lambda rt=OrtRuntime(path, opts): rt.run(x)) for name, _, path in rows}
+    timed = _time(fns, args)
+    fp32_cpu = timed["ort fp32"].cpu_ms
     out = []
     for name, acc, path in rows:
-        if path is None:
-            with torch.inference_mode():
-                stats = _time(lambda: model(xt), args, name)
-        else:
-            rt = OrtRuntime(path, opts)
-            stats = _time(lambda rt=rt: rt.run(x), args, name)
+        wall = timed[name].wall
+        speedup = speedup_interval(fp32_cpu, timed[name].cpu_ms)
         out.append({"arch": arch, "variant": name, "top1": round(acc, 4), "delta_points": round((acc - base) * 100, 2),
-                    "p50_ms": round(stats.p50_ms, 3), "p99_ms": round(stats.p99_ms, 3), "cv": round(stats.cv, 3),
-                    "noisy": stats.noisy, "n": stats.n,
+                    "p50_ms": round(wall.p50_ms, 3), "p99_ms": round(wall.p99_ms, 3), "cv": round(wall.cv, 3),
+                    "cpu_p50_ms": round(timed[name].cpu.p50_ms, 3), "noisy": wall.noisy, "n": wall.n,
+                    "speedup_vs_ort_fp32": round(speedup.point, 2), "speedup_ci95": [round(speedup.low, 2),
+                                                                                    round(speedup.high, 2)],
                     "size_mb": round(path.stat().st_size / 1e6, 2) if path else None})
-    fp32_p50 = out[1]["p50_ms"]
-    for r in out:
-        r["speedup_vs_ort_fp32"] = round(fp32_p50 / r["p50_ms"], 2)
     out[1]["parity_max_abs"] = round(parity.max_abs["logits"], 7)
     sizes = [int(v) for v in args.sweep_sizes.split(",") if v.strip()]
     sweep = [sweep_size(arch, model, ck, size, int8[Int8Flavor.CPU].best.settings, work, opts, args)
@@ -152,33 +159,40 @@ def sweep_size(arch: str, model: torch.nn.Module, ck: Any, size: int, settings: 
     calib = load_samples(open_split(ck.dataset, "train"), args.calib_samples, spec).inputs
     int8 = quantize_int8(fp32, d / "int8.onnx", calib, settings)
     x = calib[:1]
-    fp32_stats = _time(lambda rt=OrtRuntime(fp32, opts): rt.run(x), args, f"{arch} {size}px fp32")
-    int8_stats = _time(lambda rt=OrtRuntime(int8, opts): rt.run(x), args, f"{arch} {size}px int8")
-    return {"arch": arch, "size": size, "fp32_p50_ms": round(fp32_stats.p50_ms, 3),
-            "int8_p50_ms": round(int8_stats.p50_ms, 3),
-            "speedup": round(fp32_stats.p50_ms / int8_stats.p50_ms, 2)}
+    timed = _time({"fp32": lambda rt=OrtRuntime(fp32, opts): rt.run(x),
+                   "int8": lambda rt=OrtRuntime(int8, opts): rt.run(x)}, args)
+    speedup = speedup_interval(timed["fp32"].cpu_ms, timed["int8"].cpu_ms)
+    return {"arch": arch, "size": size, "fp32_p50_ms": round(timed["fp32"].wall.p50_ms, 3),
+            "int8_p50_ms": round(timed["int8"].wall.p50_ms, 3),
+            "speedup": round(speedup.point, 2), "speedup_ci95": [round(speedup.low, 2), round(speedup.high, 2)]}
 
 
-def _time(fn: Any, args: argparse.Namespace, label: str) -> LatencyStats:
-    return measure(fn, warmup_queries=5, min_queries=args.queries, min_duration_s=args.seconds,
-                   max_duration_s=max(60.0, args.seconds * 4), label=label)
+def _time(fns: dict[str, Any], args: argparse.Namespace) -> dict[str, Interleaved]:
+    """All of ``fns`` round-robin; ``--seconds`` is per function."""
+    n = len(fns)
+    return measure_interleaved(fns, warmup_queries=5, min_rounds=args.queries, min_duration_s=args.seconds * n,
+                               max_duration_s=max(60.0, args.seconds * 4) * n)
 
 
 def table(rows: Sequence[dict[str, Any]]) -> str:
-    head = f"{'arch':20s} {'variant':34s} {'top1':>7s} {'Δpts':>6s} {'p50 ms':>8s} {'p99 ms':>8s} {'speedup':>8s} {'cv':>5s}"
+    head = (f"{'arch':20s} {'variant':34s} {'top1':>7s} {'Δpts':>6s} {'p50 ms':>8s} {'p99 ms':>8s} "
+            f"{'cpu speedup [95% CI]':>22s} {'cv':>5s}")
     lines = [head, "-" * len(head)]
     for r in rows:
+        lo, hi = r["speedup_ci95"]
         lines.append(f"{r['arch']:20s} {r['variant']:34s} {r['top1']:7.4f} {r['delta_points']:+6.2f} "
-                     f"{r['p50_ms']:8.2f} {r['p99_ms']:8.2f} {r['speedup_vs_ort_fp32']:7.2f}x {r['cv']:5.2f}")
+                     f"{r['p50_ms']:8.2f} {r['p99_ms']:8.2f} {r['speedup_vs_ort_fp32']:>6.2f}x [{lo:.2f}, {hi:.2f}] "
+                     f"{r['cv']:5.2f}")
     return "\n".join(lines)
 
 
 def sweep_table(rows: Sequence[dict[str, Any]]) -> str:
-    head = f"{'arch':20s} {'size':>5s} {'fp32 p50 ms':>12s} {'int8 p50 ms':>12s} {'speedup':>8s}"
+    head = f"{'arch':20s} {'size':>5s} {'fp32 p50 ms':>12s} {'int8 p50 ms':>12s} {'cpu speedup [95% CI]':>22s}"
     lines = [head, "-" * len(head)]
     for r in rows:
+        lo, hi = r["speedup_ci95"]
         lines.append(f"{r['arch']:20s} {r['size']:5d} {r['fp32_p50_ms']:12.2f} {r['int8_p50_ms']:12.2f} "
-                     f"{r['speedup']:7.2f}x")
+                     f"{r['speedup']:>8.2f}x [{lo:.2f}, {hi:.2f}]")
     return "\n".join(lines)
 
 

@@ -72,6 +72,10 @@ def _add_run(sub: Any) -> None:
     r.add_argument("--results", type=Path, help="with --source: write per-frame results (JSON lines) here")
     r.add_argument("--max-fps", type=float, default=None,
                    help="with --source: cap the capture rate (frames/s; default: the source's rate)")
+    r.add_argument("--engine-opt-batch", type=int, default=1,
+                   help="TensorRT engines built on the device are tuned for this batch (default 1)")
+    r.add_argument("--engine-max-batch", type=int, default=8,
+                   help="the largest batch those engines accept, e.g. one frame per camera (default 8)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,6 +111,8 @@ def _config(args: argparse.Namespace) -> AgentConfig:
         bench_queries=args.bench_queries,
         bench_duration_s=args.bench_duration,
         max_attempts=args.max_attempts,
+        engine_opt_batch=args.engine_opt_batch,
+        engine_max_batch=args.engine_max_batch,
         pause=AgentConfig.pause_from_env(),
     ).validate()
 
@@ -129,14 +135,22 @@ def _enroll(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _perception(args: argparse.Namespace, stop: threading.Event) -> Any:
+def _perception(args: argparse.Namespace, config: AgentConfig, stop: threading.Event) -> Any:
     if not args.source:
         return None
     # the camera stack is imported only when a camera is asked for
+    import functools
+
+    from edge_agent.identity import load_identity, load_profile
+    from edge_agent.runtimes import EngineOptions
     from edge_agent.serving import CameraPerception
 
+    paths = config.paths
+    # the profile the controller sees too: detection plus the overrides stored at enrollment
+    profile = functools.cache(lambda: load_profile(load_identity(paths)))
     return CameraPerception.from_options(args.source, loop=not args.no_loop, results_path=args.results,
-                                         max_fps=args.max_fps, stop_requested=stop)
+                                         max_fps=args.max_fps, stop_requested=stop, engines_dir=paths.engines,
+                                         profile=profile, engine=EngineOptions.of(config))
 
 
 def _install_stop_handlers(stop: threading.Event) -> None:
@@ -156,7 +170,8 @@ def _run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     if not args.once:
         _install_stop_handlers(stop)
-    agent = build_agent(_config(args), perception=_perception(args, stop), stop=stop)
+    config = _config(args)
+    agent = build_agent(config, perception=_perception(args, config, stop), stop=stop)
     if args.once:
         agent.start()
         try:

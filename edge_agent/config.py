@@ -129,6 +129,9 @@ class AgentConfig:
     bench_queries: int = 20  # latency measurement queries in the child
     bench_duration_s: float = 1.0  # minimum measurement time in the child
     shadow_timeout_s: float = 120.0  # perception.shadow() limit
+    engine_opt_batch: int = 1  # TensorRT profile: the batch engines are tuned for (frames per inference)
+    engine_max_batch: int = 8  # ... and the largest they accept (one frame of each camera)
+    engine_workspace_mb: int = 1024  # TensorRT builder scratch memory
     health_window_s: float | None = None  # override of the gates' health window
     report_batch: int = 500  # reports per POST (server limit)
     heartbeat_every_s: float = 300.0
@@ -146,10 +149,14 @@ class AgentConfig:
             "chunk_bytes": self.chunk_bytes > 0,
             "min_rate_bps": self.min_rate_bps >= 0,
             "prepare_timeout_s": self.prepare_timeout_s > 0,
+            "engine_workspace_mb": self.engine_workspace_mb > 0,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise ConfigError(f"invalid settings: {', '.join(bad)} must be positive")
+        if not 1 <= self.engine_opt_batch <= self.engine_max_batch:
+            raise ConfigError(f"engine batch sizes must satisfy 1 <= opt <= max, got opt {self.engine_opt_batch} "
+                              f"and max {self.engine_max_batch}")
         return self
 
     @staticmethod

@@ -16,7 +16,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,10 +24,12 @@ from typing import Any
 
 import urllib3
 
+from edge_agent.agreement import choose_context
 from edge_agent.client import ServerClient
 from edge_agent.config import AgentConfig
-from edge_agent.core import Outcome, State, Update
+from edge_agent.core import Outcome, State, TargetRef, Update, VariantTarget
 from edge_agent.download import DownloadPolicy, fetch, verify_file
+from edge_agent.engines import prune_engines
 from edge_agent.errors import (
     EdgeAgentError,
     FatalError,
@@ -39,16 +41,18 @@ from edge_agent.errors import (
 )
 from edge_agent.identity import Identity
 from edge_agent.journal import AgentState, StateFile
-from edge_agent.perception import GateResult, Perception
+from edge_agent.perception import GateContext, GateResult, Perception
 from edge_agent.prepare import PrepareLimits, check_in_child
-from edge_agent.slots import Slots, engine_cache_path
+from edge_agent.runtimes import EngineOptions, open_staged
+from edge_agent.slots import SLOT_NAMES, Slots, variant_in
 from edge_agent.telemetry import Outbox, make_report, utc_now_iso
-from edge_agent.trust import DirectorKey, claimed_of, match_target, verify_assignment
+from edge_agent.trust import Assignment, DirectorKey, claimed_of, match_target, verify_assignment
 from edge_agent.tuf_client import TufClient, target_url
-from models.bundle import BundleError, Gates, Manifest, load_manifest, read_bundle
-from models.hardware import HardwareProfile, can_run
+from models.bundle import BundleError, Gates, Manifest, SelectionEntry, load_manifest
+from models.hardware import HardwareProfile, can_run, hardware_class
+from models.runtime import Model
 
-__all__ = ["AgentController", "variant_in"]
+__all__ = ["AgentController"]
 
 log = logging.getLogger(__name__)
 _R = ReasonCode
@@ -129,21 +133,31 @@ class AgentController:
             log.debug("release %s already %s; nothing to do", a.release, st.settled[key])
             self.state.save(replace(st, etag=etag))
             return None
-        found = self.tuf.lookup([a.manifest.path, a.target.path])
+        self._match_tuf(a)
+        self.state.save(replace(st, nonce=secrets.token_hex(16), etag=None, highest_release=a.release, refused=None))
+        return Update(release=a.release, name=a.name or "", version=a.version or "", rollout_id=a.rollout_id,
+                      variant=a.variant or "", manifest=a.manifest, target=a.target, gates=dict(a.gates),
+                      previous_slot=self.slots.active_slot(),
+                      alternates=tuple(VariantTarget(t.variant, t.ref) for t in a.alternates))
+
+    def _match_tuf(self, a: Assignment) -> None:
+        """Every file the assignment names — manifest, primary, each alternate — must be exactly its TUF
+        target (no mix-and-match) before a byte of any is downloaded; raises FatalError with the reason."""
+        assert a.manifest is not None  # verify_assignment requires one beside a target
+        checks: list[tuple[TargetRef, Mapping[str, str], Mapping[str, Any] | None, str | None]] = [
+            (a.manifest, a.manifest_hashes, None, None)]
+        checks += [(t.ref, t.hashes, t.custom, t.variant) for t in a.targets()]
+        found = self.tuf.lookup([ref.path for ref, *_ in checks])
         claimed = {"rollout_id": a.rollout_id, "release": a.release}
-        for ref, hashes, custom in ((a.manifest, a.manifest_hashes, None), (a.target, a.target_hashes, a.custom)):
+        for ref, hashes, custom, variant in checks:
             info = found.get(ref.path)
             if info is None:
                 raise FatalError(_R.TARGET_NOT_IN_TUF, f"{ref.path} is not a target of the image repository", claimed=claimed)
             try:
                 match_target(ref, hashes, tuf_length=info.length, tuf_hashes=info.hashes, tuf_custom=info.custom,
-                             custom=custom, release=a)
+                             custom=custom, release=a, variant=variant)
             except FatalError as e:
                 raise FatalError(e.reason, e.detail, claimed=claimed) from e
-        self.state.save(replace(st, nonce=secrets.token_hex(16), etag=None, highest_release=a.release, refused=None))
-        return Update(release=a.release, name=a.name or "", version=a.version or "", rollout_id=a.rollout_id,
-                      variant=a.variant or "", manifest=a.manifest, target=a.target, gates=dict(a.gates),
-                      previous_slot=self.slots.active_slot())
 
     # ------------------------------------------------------------------ files
     def _running_target(self, st: AgentState) -> tuple[int, str] | None:
@@ -153,7 +167,7 @@ class AgentController:
         manifest = self.slots.manifest(slot)
         if release is None or variant is None or manifest is None:
             return None
-        return int(release), manifest.variant(variant).sha256
+        return int(release), manifest.variant(variant).sha256  # the file it serves, whichever variant won
 
     def _part(self, sha256: str) -> Path:
         return self.paths.downloads / f"{sha256}.part"
@@ -162,7 +176,7 @@ class AgentController:
         policy = DownloadPolicy(chunk_bytes=self.config.chunk_bytes, min_rate_bps=self.config.min_rate_bps,
                                 rate_window_s=self.config.rate_window_s, timeout_s=self.config.http_timeout_s,
                                 free_space_margin_bytes=self.config.free_space_margin_bytes)
-        for ref in (update.manifest, update.target):
+        for ref in _files(update):
             url = target_url(self.identity.targets_url, ref.path, ref.sha256)
             bar = _progress_bar(ref.path, ref.length)
             try:
@@ -190,7 +204,7 @@ class AgentController:
         return hook
 
     def verify(self, update: Update) -> None:
-        for ref in (update.manifest, update.target):
+        for ref in _files(update):
             part = self._part(ref.sha256)
             try:
                 verify_file(part, length=ref.length, sha256=ref.sha256)
@@ -198,17 +212,29 @@ class AgentController:
                 part.unlink(missing_ok=True)
                 raise
         manifest = self._manifest(update)
-        try:
-            variant = manifest.variant(update.variant)
-        except BundleError as e:
-            raise FatalError(_R.BUNDLE_INVALID, str(e)) from e
-        if (variant.sha256, variant.size) != (update.target.sha256, update.target.length):
-            raise FatalError(_R.TARGET_MISMATCH, f"manifest variant {variant.id} is not the assigned target file")
         if (manifest.name, manifest.version) != (update.name, update.version):
             raise FatalError(_R.TARGET_MISMATCH, f"manifest is {manifest.name}@{manifest.version}, assigned {update.label}")
-        ok, why = can_run(variant, self.profile)
+        for vt in update.variant_targets():
+            try:
+                variant = manifest.variant(vt.variant)
+            except BundleError as e:
+                raise FatalError(_R.BUNDLE_INVALID, str(e)) from e
+            if (variant.sha256, variant.size) != (vt.target.sha256, vt.target.length):
+                raise FatalError(_R.TARGET_MISMATCH, f"manifest variant {variant.id} is not the assigned target file")
+        ok, why = can_run(manifest.variant(update.variant), self.profile)
         if not ok:
-            raise FatalError(_R.INCOMPATIBLE_HARDWARE, f"variant {variant.id}: {why}")
+            raise FatalError(_R.INCOMPATIBLE_HARDWARE, f"variant {update.variant}: {why}")
+
+    def _stageable(self, update: Update, manifest: Manifest) -> list[str]:
+        """The assigned variant, then each alternate this device can run (the device has the last word)."""
+        ids = [update.variant]
+        for alt in update.alternates:
+            ok, why = can_run(manifest.variant(alt.variant), self.profile)
+            if ok:
+                ids.append(alt.variant)
+            else:
+                log.info("alternate %s of %s is left out: %s", alt.variant, update.label, why)
+        return ids
 
     def _manifest(self, update: Update) -> Manifest:
         try:
@@ -219,9 +245,11 @@ class AgentController:
     def stage(self, update: Update) -> Update:
         manifest = self._manifest(update)
         slot = self.slots.inactive_slot()
-        files = {"bundle.json": self._part(update.manifest.sha256),
-                 manifest.variant(update.variant).file: self._part(update.target.sha256)}
-        self.slots.stage(slot, files, variant_id=update.variant)
+        ids = self._stageable(update, manifest)
+        targets = {vt.variant: vt.target for vt in update.variant_targets()}
+        files = {"bundle.json": self._part(update.manifest.sha256)}
+        files.update({manifest.variant(vid).file: self._part(targets[vid].sha256) for vid in ids})
+        self.slots.stage(slot, files, variant_id=update.variant, alternates=ids[1:])
         self._set_slot_release(slot, update.release)
         return replace(update, slot=slot)
 
@@ -238,42 +266,56 @@ class AgentController:
         return self.slots.path(update.slot)
 
     def prepare(self, update: Update) -> GateResult:
+        """The child-process gate over every variant staged in the slot; records the variant it chose."""
         manifest = self._manifest(update)
-        variant = manifest.variant(update.variant)
-        engine_out = None
-        if variant.requires.build_on_device:
-            if self.profile.tensorrt_version:
-                engine_out = engine_cache_path(self.paths.engines, onnx_sha256=variant.sha256,
-                                               tensorrt_version=self.profile.tensorrt_version,
-                                               gpu=self.profile.gpu_name or self.profile.compute_capability or "gpu")
-            else:
-                log.info("TensorRT is absent: skipping the on-device engine build of %s; ONNX Runtime runs it",
-                         variant.id)
-        return self.run_gate(self._slot_dir(update), self.gates(update), variant.id, engine_out=engine_out)
+        slot_dir = self._slot_dir(update)
+        staged = [vt.variant for vt in update.variant_targets() if _variant_file_in(manifest, vt.variant, slot_dir)]
+        if not self.profile.tensorrt_version and any(manifest.variant(v).requires.build_on_device for v in staged):
+            log.info("TensorRT is absent: no on-device engine build; ONNX Runtime runs the build-on-device variants")
+        entry = manifest.selection.get(hardware_class(self.profile))
+        result = self.run_gate(slot_dir, self.gates(update), staged,
+                               min_speedup=entry.min_speedup if entry is not None else SelectionEntry.min_speedup)
+        chosen = result.evidence.get("variant")
+        if result.passed and isinstance(chosen, str) and update.slot is not None:
+            self.slots.choose(update.slot, chosen)
+        return result
 
-    def run_gate(self, slot_dir: Path, gates: Gates, variant_id: str, *, engine_out: Path | None = None) -> GateResult:
+    def run_gate(self, slot_dir: Path, gates: Gates, variants: Sequence[str], *,
+                 min_speedup: float = SelectionEntry.min_speedup) -> GateResult:
+        """Run the child-process gate over ``variants`` (selection order) of a staged slot."""
         c = self.config
         limits = PrepareLimits(timeout_s=c.prepare_timeout_s, cpu_s=c.prepare_cpu_limit_s,
                                memory_mb=c.prepare_memory_limit_mb, frames=c.sample_frames,
                                queries=c.bench_queries, duration_s=c.bench_duration_s)
-        result = check_in_child(slot_dir, variant_id, gates, limits, engine_out=engine_out, stop=self.stop_requested)
-        log.info("prepare gate for %s: %s %s", slot_dir.name, "passed" if result.passed else result.reason_code,
+        trt = self.profile.tensorrt_version is not None
+        result = check_in_child(slot_dir, variants, gates, limits, min_speedup=min_speedup,
+                                engines_dir=self.paths.engines if trt else None, profile=self.profile if trt else None,
+                                engine=EngineOptions.of(c), stop=self.stop_requested)
+        log.info("prepare gate for %s: %s %s", slot_dir.name,
+                 "passed" if result.passed else (result.reason_code.value if result.reason_code else None),
                  result.detail)
         self.prepared[str(slot_dir)] = result
         return result
 
     def cached_gate(self, slot_dir: Path, gates: Gates) -> GateResult:
-        """HeadlessPerception's shadow: the child-process result (re-run after a restart)."""
+        """HeadlessPerception's shadow: the child-process result (after a restart, re-run on the
+        variant the slot records: the choice was made before the restart)."""
         cached = self.prepared.get(str(slot_dir))
         if cached is not None:
             return cached
-        variant = self.variant_of(slot_dir)
+        variant = variant_in(slot_dir)
         if variant is None:
-            return GateResult(False, "BUNDLE_INVALID", f"{slot_dir} holds no bundle")
-        return self.run_gate(slot_dir, gates, variant)
+            return GateResult(False, _R.BUNDLE_INVALID, f"{slot_dir} holds no bundle")
+        return self.run_gate(slot_dir, gates, [variant])
+
+    def open_model(self, slot_dir: Path, variant_id: str | None) -> Model:
+        """A slot's variant opened in this process as it serves here (:func:`edge_agent.runtimes.open_staged`)."""
+        return open_staged(slot_dir, variant_id, engines_dir=self.paths.engines, profile=self.profile, threads=1,
+                           engine=EngineOptions.of(self.config))
 
     @staticmethod
     def variant_of(bundle_dir: Path) -> str | None:
+        """The variant a slot serves (:func:`edge_agent.slots.variant_in`)."""
         return variant_in(bundle_dir)
 
     def _perception(self) -> Perception:
@@ -290,14 +332,39 @@ class AgentController:
             log.info("no model serving yet: %s is judged by its child-process gate only", update.label)
             result = self.cached_gate(slot_dir, gates)
         else:
+            context = self.gate_context(update, gates)
+            log.info("agreement of %s judged against %s (%s): %s", update.label, context.baseline,
+                     context.judged_against.value, context.why)
             try:
-                result = perception.shadow(slot_dir, gates, timeout_s=self.config.shadow_timeout_s)
+                result = perception.shadow(slot_dir, gates, timeout_s=self.config.shadow_timeout_s, context=context)
             except StopRequested:
                 raise  # not a verdict: the journal stays at this step and the next start repeats it
             except EdgeAgentError as e:
-                result = GateResult(False, _R.MODEL_LOAD_FAILED.value, f"shadow run failed: {e}")
+                result = GateResult(False, _R.MODEL_LOAD_FAILED, f"shadow run failed: {e}")
+            # one evidence object for the report: the child gate's variant choice and timing, then the shadow's
+            prepared = self.prepared.get(str(slot_dir))
+            if prepared is not None:
+                result = replace(result, evidence={**prepared.evidence, **result.evidence})
         self._shadowed = update.slot if result.passed else None
         return result
+
+    def gate_context(self, update: Update, gates: Gates) -> GateContext:
+        """What the shadow run compares the candidate with: the expectation for the release this
+        device runs (its active slot's release and the file it serves), else the bundle's own FP32,
+        else the floor ``min_agreement`` (:func:`edge_agent.agreement.choose_context`)."""
+        slot_dir = self._slot_dir(update)
+        candidate = self._manifest(update)
+        prepared = self.prepared.get(str(slot_dir))
+        chosen = prepared.evidence.get("variant") if prepared is not None else None
+        # after a restart the gate's choice is read back from the slot
+        candidate_variant = chosen if isinstance(chosen, str) else (variant_in(slot_dir) or update.variant)
+        active = self.slots.active_slot()
+        running = self.slots.manifest(active)
+        if active is None or running is None:
+            return GateContext.floor(gates, why="no active slot to read the running release from")
+        return choose_context(
+            candidate, candidate_variant, running=running, running_variant=self.variant_of(self.slots.path(active)),
+            in_slot=lambda v: _variant_file_in(candidate, v, slot_dir), gates=gates)
 
     def swap(self, update: Update) -> None:
         assert update.slot is not None  # staged before swapping
@@ -307,7 +374,8 @@ class AgentController:
         if self._shadowed != update.slot:  # resumed: the perception path has not seen the candidate
             result = self.benchmark(update)
             if not result.passed:
-                raise FatalError(ReasonCode.parse(result.reason_code) if result.reason_code else _R.LOW_AGREEMENT, result.detail)
+                assert result.reason_code is not None  # a failed GateResult always carries its reason
+                raise FatalError(result.reason_code, result.detail)
         perception = self._perception()
         first = perception.active_version() is None
         self.slots.switch(update.slot)
@@ -331,7 +399,7 @@ class AgentController:
         except StopRequested:
             raise  # not a verdict: the journal stays at health-watch and the next start repeats it
         except EdgeAgentError as e:
-            return GateResult(False, _R.HEALTH_REGRESSION.value, f"health watch failed: {e}")
+            return GateResult(False, _R.HEALTH_REGRESSION, f"health watch failed: {e}")
 
     # ------------------------------------------------------------------ endings
     def _settle(self, update: Update, state: State, outcome: Outcome | None = None) -> None:
@@ -340,9 +408,20 @@ class AgentController:
                             outcome=outcome)
         self.state.save(replace(st.with_settled(f"{update.release}:{update.target.sha256}", state.value),
                                 last_update=last))
-        for ref in (update.manifest, update.target):
+        for ref in _files(update):
             self._part(ref.sha256).unlink(missing_ok=True)
         self.slots.clean()
+        self._prune_engines()
+
+    def _prune_engines(self) -> None:
+        """Drop the TensorRT engines of ONNX files neither slot holds any more."""
+        keep = set()
+        for slot in SLOT_NAMES:
+            manifest = self.slots.manifest(slot)
+            if manifest is not None:
+                keep |= {v.sha256 for v in manifest.variants if (self.slots.path(slot) / v.file).is_file()}
+        for gone in prune_engines(self.paths.engines, keep):
+            log.info("removed the engine %s: no slot holds its ONNX", gone.name)
 
     def commit(self, update: Update) -> None:
         self._settle(update, State.COMMITTED)
@@ -386,19 +465,24 @@ class AgentController:
         if manifest is None or slot is None:
             return None
         release = ((self.state.load().last_update or {}).get("slots") or {}).get(slot)
-        return {"name": manifest.name, "version": manifest.version, "release": release}
+        return {"name": manifest.name, "version": manifest.version, "release": release,
+                "variant": variant_in(self.slots.path(slot))}
 
     def report(self, state: State, update: Update | None, outcome: Outcome) -> None:
         claimed: dict[str, Any] = (
             self._claimed if update is None else {"rollout_id": update.rollout_id, "release": update.release}
         )
-        types = ("gate", "transition") if outcome.metrics else ("transition",)
+        types = ("gate", "transition") if outcome.metrics or outcome.evidence else ("transition",)
         running = self.running()
+        chosen = outcome.evidence.get("variant")  # the variant the child-process gate chose to serve
+        variant = chosen if isinstance(chosen, str) else None
+        if variant is None and update is not None and update.slot is not None:
+            variant = variant_in(self.slots.path(update.slot))  # recorded in the slot once it is staged
         for type_ in types:
             self.outbox.add(make_report(
                 type_, state=state.value, rollout_id=claimed.get("rollout_id"), release=claimed.get("release"),
-                reason_code=outcome.reason.value if outcome.reason else None, detail=outcome.detail or None,
-                metrics=outcome.metrics, running=running))
+                reason_code=outcome.reason, detail=outcome.detail or None, metrics=outcome.metrics,
+                running=running, variant=variant, gate=outcome.evidence or None))
 
     def pause_point(self, state: State) -> None:
         if self.config.pause.state == state.value:
@@ -424,6 +508,11 @@ def _progress_bar(path: str, length: int) -> Any:
     return tqdm(total=length, unit="B", unit_scale=True, desc=path.rsplit("/", 1)[-1], leave=False)
 
 
+def _files(update: Update) -> tuple[TargetRef, ...]:
+    """Every file an update downloads: the manifest, the assigned variant, each alternate."""
+    return (update.manifest, *(vt.target for vt in update.variant_targets()))
+
+
 def _last_update(st: AgentState, *, release: int | None, name: str | None, version: str | None, state: State,
                  outcome: Outcome | None) -> dict[str, Any]:
     """The state file's ``last_update`` for ``status``: how the update ended, and why (reason code, detail)."""
@@ -433,13 +522,11 @@ def _last_update(st: AgentState, *, release: int | None, name: str | None, versi
             "slots": (st.last_update or {}).get("slots", {})}
 
 
-def variant_in(bundle_dir: Path) -> str | None:
-    """The variant whose file a slot holds (a slot holds one variant of its bundle)."""
+def _variant_file_in(manifest: Manifest, variant_id: str, slot_dir: Path) -> bool:
     try:
-        manifest = read_bundle(bundle_dir, verify=False)
+        return (slot_dir / manifest.variant(variant_id).file).is_file()
     except BundleError:
-        return None
-    return next((v.id for v in manifest.variants if (bundle_dir / v.file).is_file()), None)
+        return False
 
 
 def _digest(envelope: Any) -> str:

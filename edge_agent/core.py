@@ -30,6 +30,7 @@ from edge_agent.perception import GateResult
 __all__ = [
     "State",
     "TargetRef",
+    "VariantTarget",
     "Update",
     "Record",
     "Controller",
@@ -102,8 +103,28 @@ class TargetRef:
 
 
 @dataclass(frozen=True)
+class VariantTarget:
+    """An alternate variant of the assigned release and its verified TUF target."""
+
+    variant: str
+    target: TargetRef
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"variant": self.variant, "target": self.target.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> VariantTarget:
+        return cls(variant=str(data["variant"]), target=TargetRef.from_dict(data["target"]))
+
+
+@dataclass(frozen=True)
 class Update:
-    """One accepted assignment being installed (everything here was verified)."""
+    """One accepted assignment being installed (everything here was verified).
+
+    ``variant``/``target`` is the server's preferred variant; ``alternates`` the others its
+    hardware class may run, in selection order: all are downloaded and staged, and the
+    child-process gate picks the one to serve.
+    """
 
     release: int
     name: str
@@ -115,6 +136,11 @@ class Update:
     gates: Mapping[str, Any] = field(default_factory=dict)  # rollout overrides
     slot: str | None = None  # the slot being staged into
     previous_slot: str | None = None  # the slot active when the update began
+    alternates: tuple[VariantTarget, ...] = ()
+
+    def variant_targets(self) -> tuple[VariantTarget, ...]:
+        """The primary variant's target, then the alternates'."""
+        return (VariantTarget(self.variant, self.target), *self.alternates)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -128,6 +154,7 @@ class Update:
             "gates": dict(self.gates),
             "slot": self.slot,
             "previous_slot": self.previous_slot,
+            "alternates": [a.to_dict() for a in self.alternates],
         }
 
     @classmethod
@@ -143,6 +170,7 @@ class Update:
             gates=dict(data.get("gates") or {}),
             slot=data.get("slot"),
             previous_slot=data.get("previous_slot"),
+            alternates=tuple(VariantTarget.from_dict(a) for a in data.get("alternates") or ()),
         )
 
     @property
@@ -157,6 +185,7 @@ class Outcome:
     reason: ReasonCode | None = None
     detail: str = ""
     metrics: Mapping[str, float] = field(default_factory=dict)
+    evidence: Mapping[str, Any] = field(default_factory=dict)  # a gate's, JSON-ready: the report's "gate"
 
 
 @dataclass(frozen=True)
@@ -177,6 +206,7 @@ class Record:
                 "reason": self.outcome.reason.value if self.outcome.reason else None,
                 "detail": self.outcome.detail,
                 "metrics": dict(self.outcome.metrics),
+                "evidence": dict(self.outcome.evidence),
             },
         }
 
@@ -188,9 +218,10 @@ class Record:
             update=Update.from_dict(data["update"]) if data.get("update") else None,
             attempts=int(data.get("attempts", 0)),
             outcome=Outcome(
-                reason=ReasonCode(out["reason"]) if out.get("reason") else None,
+                reason=ReasonCode.parse(out["reason"]) if out.get("reason") else None,
                 detail=str(out.get("detail") or ""),
                 metrics=dict(out.get("metrics") or {}),
+                evidence=dict(out.get("evidence") or {}),
             ),
         )
 
@@ -250,15 +281,18 @@ def _fail_state(state: State, reason: ReasonCode) -> State:
     return State.REFUSED if reason in REFUSAL_REASONS else State.FAILED
 
 
-def _gate(result: GateResult, ok: State, default: ReasonCode) -> tuple[State, Outcome]:
-    outcome = Outcome(
-        reason=None if result.passed else (ReasonCode.parse(result.reason_code) if result.reason_code else default),
-        detail=result.detail,
-        metrics=dict(result.metrics),
-    )
-    if result.passed:
+def _gate(result: GateResult, state: State, ok: State) -> tuple[State, Outcome]:
+    """``ok`` when the gate passed, else the failure state of ``state``; either way the outcome
+    keeps the gate's metrics and evidence, so the report says what was measured.
+
+    A failed :class:`GateResult` always carries its :class:`ReasonCode` (it refuses to be
+    built without one), so there is no default to fall back on."""
+    reason = result.reason_code
+    outcome = Outcome(reason=reason, detail=result.detail or ("" if result.passed else "gate failed"),
+                      metrics=dict(result.metrics), evidence=dict(result.evidence))
+    if reason is None:
         return ok, outcome
-    raise FatalError(outcome.reason or default, result.detail or "gate failed")
+    return _fail_state(state, reason), outcome
 
 
 Handler = Callable[[Controller, Update], tuple[State, Update, Outcome]]
@@ -279,12 +313,12 @@ def _stage(c: Controller, u: Update) -> tuple[State, Update, Outcome]:
 
 
 def _prepare(c: Controller, u: Update) -> tuple[State, Update, Outcome]:
-    nxt, out = _gate(c.prepare(u), State.BENCHMARKING, ReasonCode.MODEL_LOAD_FAILED)
+    nxt, out = _gate(c.prepare(u), State.PREPARING, State.BENCHMARKING)
     return nxt, u, out
 
 
 def _benchmark(c: Controller, u: Update) -> tuple[State, Update, Outcome]:
-    nxt, out = _gate(c.benchmark(u), State.SWAPPING, ReasonCode.LOW_AGREEMENT)
+    nxt, out = _gate(c.benchmark(u), State.BENCHMARKING, State.SWAPPING)
     return nxt, u, out
 
 
@@ -294,7 +328,7 @@ def _swap(c: Controller, u: Update) -> tuple[State, Update, Outcome]:
 
 
 def _watch(c: Controller, u: Update) -> tuple[State, Update, Outcome]:
-    nxt, out = _gate(c.watch(u), State.COMMITTED, ReasonCode.HEALTH_REGRESSION)
+    nxt, out = _gate(c.watch(u), State.HEALTH_WATCH, State.COMMITTED)
     return nxt, u, out
 
 

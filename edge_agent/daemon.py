@@ -25,12 +25,12 @@ from edge_agent.client import ServerClient
 from edge_agent.config import AgentConfig
 from edge_agent.controller import AgentController
 from edge_agent.core import Record, State, backoff_delay, run_update
-from edge_agent.errors import ConfigError, JournalError, ServerError, StopRequested
+from edge_agent.errors import ConfigError, JournalError, ReasonCode, ServerError, StopRequested
 from edge_agent.headless import HeadlessPerception
 from edge_agent.identity import load_identity, load_profile
 from edge_agent.journal import Journal, StateFile, read_json, remove_stale_temps
 from edge_agent.perception import Perception
-from edge_agent.slots import Slots
+from edge_agent.slots import Slots, variant_in
 from edge_agent.telemetry import Outbox, make_report
 from edge_agent.trust import DirectorKey
 from edge_agent.tuf_client import TufClient
@@ -159,7 +159,7 @@ def build_agent(config: AgentConfig, *, perception: Perception | None = None,
     controller.stop_requested = stop
     if perception is None:
         perception = HeadlessPerception(gate=controller.cached_gate, active_dir=controller.slots.active_dir,
-                                        variant_of=controller.variant_of)
+                                        variant_of=controller.variant_of, open_model=controller.open_model)
     controller.perception = perception
     return Agent(config=config, controller=controller, journal=Journal(paths.journal), perception=perception)
 
@@ -182,7 +182,8 @@ def status(config: AgentConfig) -> dict[str, Any]:
     return {
         "device_id": identity.device_id,
         "server": identity.server,
-        "model": {"name": manifest.name, "version": manifest.version, "release": release} if manifest else None,
+        "model": {"name": manifest.name, "version": manifest.version, "release": release,
+                  "variant": variant_in(slots.path(slot))} if manifest and slot else None,
         "slot": slot,
         "previous_slot": Slots.other(slot) if slot and slots.manifest(Slots.other(slot)) else None,
         "update_state": record.state.value,
@@ -210,7 +211,7 @@ def manual_rollback(config: AgentConfig) -> dict[str, Any]:
     slots.switch(Slots.other(slot))
     after = c.running()
     c.outbox.add(make_report("transition", state="rolled-back", release=(before or {}).get("release"),
-                             reason_code="MANUAL_ROLLBACK", detail=f"manual rollback from {before} to {after}",
+                             reason_code=ReasonCode.MANUAL_ROLLBACK, detail=f"manual rollback from {before} to {after}",
                              running=after))
     agent.flush()
     c.outbox.close()

@@ -6,7 +6,8 @@ check itself when the agent restarted in between), :meth:`swap` is nothing
 beyond the slot switch the update path already made, and :meth:`watch`
 re-checks the now active model on sample frames in this process: it must
 load, give finite outputs and stay within its latency budget times the
-allowed regression.
+allowed regression. Agreement is not judged without live frames (the log
+says what a camera agent would have compared the candidate with).
 """
 
 from __future__ import annotations
@@ -15,10 +16,15 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from edge_agent.perception import GateResult, SwapResult
+from edge_agent.errors import ReasonCode
+from edge_agent.perception import GateContext, GateResult, SwapResult
 from edge_agent.prepare import sample_frames
 from models.bundle import BundleError, Gates, read_bundle
+
+if TYPE_CHECKING:
+    from models.runtime import Model
 
 __all__ = ["HeadlessPerception"]
 
@@ -35,10 +41,14 @@ class HeadlessPerception:
         active_dir: Callable[[], Path | None],
         variant_of: Callable[[Path], str | None],
         watch_frames: int = 8,
+        open_model: Callable[[Path, str | None], Model] | None = None,
     ) -> None:
         self._gate = gate
         self._active_dir = active_dir
         self._variant_of = variant_of
+        # how the device opens a slot's variant (edge_agent.runtimes.open_staged: a build-on-device
+        # variant as its TensorRT engine); None opens the variant file itself
+        self._open_model = open_model
         self._watch_frames = watch_frames
         self._active: str | None = None
         self._candidate: Path | None = None
@@ -58,9 +68,14 @@ class HeadlessPerception:
     def counters(self) -> dict[str, float]:
         return dict(self._counters)
 
-    def shadow(self, candidate_dir: Path, gates: Gates, *, timeout_s: float) -> GateResult:
+    def shadow(
+        self, candidate_dir: Path, gates: Gates, *, timeout_s: float, context: GateContext | None = None
+    ) -> GateResult:
         result = self._gate(candidate_dir, gates)
         self._candidate = candidate_dir if result.passed else None
+        if context is not None:
+            log.info("no camera: agreement with %s (%s) is not judged without live frames",
+                     context.baseline or "the active model", context.judged_against.value)
         return result
 
     def swap(self) -> SwapResult:
@@ -79,11 +94,13 @@ class HeadlessPerception:
 
         active = self._active_dir()
         if active is None:
-            return GateResult(False, "HEALTH_REGRESSION", "no active model after the swap")
+            return GateResult(False, ReasonCode.HEALTH_REGRESSION, "no active model after the swap")
         try:
-            model = Model(active, self._variant_of(active), threads=1)
+            variant = self._variant_of(active)
+            model = (self._open_model(active, variant) if self._open_model is not None
+                     else Model(active, variant, threads=1))
         except ModelRuntimeError as e:
-            return GateResult(False, "HEALTH_REGRESSION", f"active model does not load: {e}")
+            return GateResult(False, ReasonCode.HEALTH_REGRESSION, f"active model does not load: {e}")
         latencies: list[float] = []
         nan_frames = errors = 0
         deadline = time.monotonic() + max(window_s, 0.1)
@@ -111,11 +128,11 @@ def _judge(latencies: list[float], nan_frames: int, errors: int, gates: Gates) -
                "frames": float(len(latencies))}
     limit = gates.latency_budget_ms * gates.max_latency_regression
     if errors > gates.max_error_rate * max(1, len(latencies)):
-        return GateResult(False, "HEALTH_REGRESSION", f"{errors} of {len(latencies)} inferences failed", metrics)
+        return GateResult(False, ReasonCode.HEALTH_REGRESSION, f"{errors} of {len(latencies)} inferences failed", metrics)
     if nan_frames > gates.max_nan_frames:
-        return GateResult(False, "NAN_OUTPUT", f"{nan_frames} frames gave NaN/inf after the swap", metrics)
+        return GateResult(False, ReasonCode.NAN_OUTPUT, f"{nan_frames} frames gave NaN/inf after the swap", metrics)
     if p95 > limit:
-        return GateResult(False, "HEALTH_REGRESSION", f"p95 {p95:.1f} ms over {limit:.1f} ms after the swap", metrics)
+        return GateResult(False, ReasonCode.HEALTH_REGRESSION, f"p95 {p95:.1f} ms over {limit:.1f} ms after the swap", metrics)
     return GateResult(True, None, f"healthy on {len(latencies)} sample frames, p95 {p95:.1f} ms", metrics)
 
 

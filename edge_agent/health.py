@@ -61,7 +61,7 @@ class HealthStats:
 def judge_health(stats: HealthStats, gates: Gates, *, baseline_p95_ms: float | None) -> GateResult:
     """Pass, or ``HEALTH_REGRESSION`` naming the cause (errors, NaN, latency)."""
     metrics = stats.metrics(baseline_p95_ms)
-    code = ReasonCode.HEALTH_REGRESSION.value
+    code = ReasonCode.HEALTH_REGRESSION
     if stats.frames == 0:
         return GateResult(
             True, None, "no frames arrived during the health window; nothing to judge", metrics

@@ -24,13 +24,16 @@ from typing import Any
 import numpy as np
 
 from edge_agent.camera import Frame
-from edge_agent.errors import EdgeAgentError
+from edge_agent.errors import EdgeAgentError, ReasonCode
+from edge_agent.runtimes import EngineOptions, open_staged
 from models.bundle import DecoderKind, InputSpec
+from models.hardware import HardwareProfile
 from models.preprocess import Preprocessor, Transform
 from models.runtime import Backend, Detections, Model, ModelRuntimeError
 from models.runtime.decode import decode_boxes, decode_mask, pick_outputs, topk
+from models.runtime.errors import EngineBuildError
 
-__all__ = ["ModelLoadFailed", "Outcome", "Prepared", "LoadedModel", "load_model"]
+__all__ = ["ModelLoadFailed", "Outcome", "Prepared", "LoadedModel", "load_model", "load_staged"]
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +41,15 @@ STAGES = ("decode", "queue", "preprocess", "infer", "postprocess")
 
 
 class ModelLoadFailed(EdgeAgentError):
-    """A bundle could not be loaded or warmed up for serving; the message says why."""
+    """A bundle could not be loaded or warmed up for serving; the message says why.
+
+    ``reason`` is ``ENGINE_BUILD_FAILED`` when the TensorRT engine of a
+    build-on-device variant could not be built, else ``MODEL_LOAD_FAILED``.
+    """
+
+    def __init__(self, message: str, *, reason: ReasonCode = ReasonCode.MODEL_LOAD_FAILED) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -57,6 +68,7 @@ class Outcome:
     mask: np.ndarray | None = None
     nan: bool = False  # an output was NaN or infinite
     error: str | None = None  # the inference failed; the message says why
+    runtime: str | None = None  # the backend that ran it: "onnxruntime" or "tensorrt"
 
     @property
     def ok(self) -> bool:
@@ -79,6 +91,8 @@ class Outcome:
             "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
             "nan": self.nan,
         }
+        if self.runtime is not None:
+            out["runtime"] = self.runtime
         if self.error is not None:
             out["error"] = self.error
         if self.top_k is not None:
@@ -129,6 +143,7 @@ class LoadedModel:
         self.task = model.manifest.task
         self.labels = model.manifest.labels
         self.variant_id = model.variant.id
+        self.runtime = model.backend.value  # "tensorrt" when an engine built on this device serves
         self.spec = model.manifest.input
         self._local = threading.local()  # a Preprocessor per thread: it keeps the last transform
 
@@ -169,7 +184,8 @@ class LoadedModel:
             return outcome
         except (ModelRuntimeError, ValueError) as e:
             return Outcome(
-                frame.index, self.version, frame.captured_at, _now(), timings, error=str(e)
+                frame.index, self.version, frame.captured_at, _now(), timings, error=str(e),
+                runtime=self.runtime,
             )
 
     def _decode(
@@ -205,6 +221,7 @@ class LoadedModel:
             detections=detections,
             mask=mask,
             nan=nan,
+            runtime=self.runtime,
         )
 
     def warmup(self, frames: Sequence[np.ndarray] = (), *, n: int = 3) -> None:
@@ -222,7 +239,7 @@ class LoadedModel:
         self.model.close()
 
     def __repr__(self) -> str:
-        return f"LoadedModel({self.version}, variant={self.variant_id!r})"
+        return f"LoadedModel({self.version}, variant={self.variant_id!r}, runtime={self.runtime})"
 
 
 def _now() -> float:
@@ -244,12 +261,42 @@ def load_model(
         model = Model(path, variant_id, backend=backend, providers=providers, threads=threads)
     except ModelRuntimeError as e:
         raise ModelLoadFailed(f"cannot load bundle {path}: {e}") from e
-    loaded = LoadedModel(model, path)
+    return _ready(LoadedModel(model, path), warmup)
+
+
+def load_staged(
+    slot_dir: Path,
+    variant_id: str | None,
+    *,
+    engines_dir: Path,
+    profile: HardwareProfile,
+    threads: int | None = None,
+    engine: EngineOptions | None = None,
+    warmup: int = 3,
+) -> LoadedModel:
+    """A staged slot's variant opened as it serves on this device (:func:`edge_agent.runtimes.open_staged`:
+    the TensorRT engine built here for a build-on-device variant), warmed up.
+
+    Raises :class:`ModelLoadFailed` (``reason`` ``ENGINE_BUILD_FAILED`` when the engine cannot be built).
+    """
+    try:
+        model = open_staged(slot_dir, variant_id, engines_dir=engines_dir, profile=profile, threads=threads,
+                            engine=engine)
+    except EngineBuildError as e:
+        raise ModelLoadFailed(f"cannot build the engine of {slot_dir}: {e}",
+                              reason=ReasonCode.ENGINE_BUILD_FAILED) from e
+    except ModelRuntimeError as e:
+        raise ModelLoadFailed(f"cannot load bundle {slot_dir}: {e}") from e
+    return _ready(LoadedModel(model, slot_dir), warmup)
+
+
+def _ready(loaded: LoadedModel, warmup: int) -> LoadedModel:
+    path = loaded.bundle_dir
     if warmup:
         try:
             loaded.warmup(n=warmup)
         except ModelLoadFailed:
             loaded.close()
             raise
-    log.info("loaded %s (variant %s) from %s", loaded.version, loaded.variant_id, path)
+    log.info("loaded %s (variant %s, %s) from %s", loaded.version, loaded.variant_id, loaded.runtime, path)
     return loaded

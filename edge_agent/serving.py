@@ -27,25 +27,18 @@ from pathlib import Path
 from edge_agent.camera import FrameSource, ReconnectPolicy, SourceSpec, open_source, parse_source
 from edge_agent.errors import EdgeAgentError, ReasonCode, StopRequested
 from edge_agent.health import HealthWatch
-from edge_agent.inference import LoadedModel, ModelLoadFailed, Outcome, load_model
-from edge_agent.perception import GateResult, SwapResult
+from edge_agent.inference import LoadedModel, ModelLoadFailed, Outcome, load_model, load_staged
+from edge_agent.perception import GateContext, GateResult, JudgedAgainst, SwapResult
 from edge_agent.pipeline import Pipeline, PipelineConfig
+from edge_agent.runtimes import EngineOptions
 from edge_agent.shadow import ShadowRun
-from models.bundle import BundleError, Gates, read_bundle
+from edge_agent.slots import variant_in
+from models.bundle import Gates
+from models.hardware import HardwareProfile
 
-__all__ = ["PerceptionError", "CameraPerception", "staged_variant"]
+__all__ = ["PerceptionError", "CameraPerception"]
 
 log = logging.getLogger(__name__)
-
-
-def staged_variant(bundle_dir: Path) -> str | None:
-    """The variant a slot holds (the agent stages only its assigned variant); None = let selection pick."""
-    try:
-        manifest = read_bundle(bundle_dir, verify=False)
-    except BundleError:
-        return None
-    present = [v.id for v in manifest.variants if (Path(bundle_dir) / v.file).is_file()]
-    return present[0] if len(present) == 1 else None
 
 
 class PerceptionError(EdgeAgentError):
@@ -66,8 +59,14 @@ class CameraPerception:
         shadow_duty: float = 0.5,
         on_result: Callable[[Outcome], None] | None = None,
         stop_requested: threading.Event | None = None,
+        engines_dir: Path | None = None,
+        profile: Callable[[], HardwareProfile] | None = None,
+        engine: EngineOptions | None = None,
     ) -> None:
         self.source_spec = source
+        # with the device's engine cache and profile, models open as they serve on it (open_staged):
+        # a build-on-device variant as its TensorRT engine; without them, the variant file itself
+        self.engines_dir, self.profile, self.engine = engines_dir, profile, engine
         self.config = config or PipelineConfig()
         self.providers = tuple(providers) if providers else None
         self.threads = threads
@@ -93,6 +92,9 @@ class CameraPerception:
         max_fps: float | None = None,
         queue_size: int = 8,
         stop_requested: threading.Event | None = None,
+        engines_dir: Path | None = None,
+        profile: Callable[[], HardwareProfile] | None = None,
+        engine: EngineOptions | None = None,
     ) -> CameraPerception:
         """Build from ``edge-agent run --source SRC`` options; raises ``CameraError`` for a bad source string."""
         spec = parse_source(source, loop=loop)
@@ -102,12 +104,18 @@ class CameraPerception:
                 queue_size=queue_size, max_fps=max_fps, results_path=results_path
             ),
             stop_requested=stop_requested,
+            engines_dir=engines_dir,
+            profile=profile,
+            engine=engine,
         )
 
     # ------------------------------------------------------------------ serving
-    def _load(self, bundle_dir: Path) -> LoadedModel:
-        return load_model(bundle_dir, variant_id=staged_variant(bundle_dir), providers=self.providers,
-                          threads=self.threads)
+    def _load(self, bundle_dir: Path, variant_id: str | None = None) -> LoadedModel:
+        vid = variant_id or variant_in(bundle_dir)
+        if self.engines_dir is not None and self.profile is not None:
+            return load_staged(bundle_dir, vid, engines_dir=self.engines_dir, profile=self.profile(),
+                               threads=self.threads, engine=self.engine)
+        return load_model(bundle_dir, variant_id=vid, providers=self.providers, threads=self.threads)
 
     def start(self, active_bundle_dir: Path) -> None:
         """Load the active model, open the source, start the threads.
@@ -183,7 +191,9 @@ class CameraPerception:
         return self._pipeline
 
     # ------------------------------------------------------------------ update steps
-    def shadow(self, candidate_dir: Path, gates: Gates, *, timeout_s: float) -> GateResult:
+    def shadow(
+        self, candidate_dir: Path, gates: Gates, *, timeout_s: float, context: GateContext | None = None
+    ) -> GateResult:
         """Raises :class:`StopRequested` when ``stop_requested`` is set during the run."""
         with self._lock:
             pipeline = self._require()
@@ -191,44 +201,57 @@ class CameraPerception:
                 self._candidate.close()
                 self._candidate = None
             if not pipeline.running:
-                return GateResult(
-                    False,
-                    ReasonCode.LATENCY_OVER_BUDGET.value,
-                    f"no live frames to judge the candidate on: {pipeline.source.spec.describe()} "
-                    "has ended",
-                    {"frames": 0.0},
-                )
-            try:
-                candidate = self._load(Path(candidate_dir))
-            except ModelLoadFailed as e:
-                return GateResult(False, ReasonCode.MODEL_LOAD_FAILED.value, str(e))
+                return GateResult(False, ReasonCode.SOURCE_ENDED,
+                                  f"no live frames to judge the candidate on: {pipeline.source.spec.describe()} "
+                                  "has ended", {"frames": 0.0})
             active = pipeline.active
+            context = context or GateContext.floor(gates, baseline=active.version)
+            try:
+                candidate = self._load(Path(candidate_dir), context.candidate_variant)
+            except ModelLoadFailed as e:
+                return GateResult(False, e.reason, str(e))
             if candidate.task is not active.task:
                 candidate.close()
-                return GateResult(
-                    False,
-                    ReasonCode.LOW_AGREEMENT.value,
-                    f"candidate is a {candidate.task.value} model, the active one "
-                    f"{active.task.value}: their outputs cannot agree",
-                )
-            run = ShadowRun(candidate, gates, task=active.task, duty=self.shadow_duty)
-            pipeline.add_listener(run.offer)
-            log.info("shadow run of %s: up to %d frames within %.0f s", candidate.version, gates.shadow_frames,
-                     timeout_s)
-            run.start()
+                return GateResult(False, ReasonCode.LOW_AGREEMENT,
+                                  f"candidate is a {candidate.task.value} model, the active one "
+                                  f"{active.task.value}: their outputs cannot agree")
+            reference = None
+            if context.judged_against is JudgedAgainst.OWN_FP32:
+                try:
+                    reference = self._load(Path(candidate_dir), context.baseline_variant)
+                except ModelLoadFailed as e:
+                    candidate.close()
+                    return GateResult(False, ReasonCode.MODEL_LOAD_FAILED, f"reference {context.baseline_variant}: {e}")
             try:
-                result = run.wait(timeout_s, stop=self.stop_requested)
+                result = self._run_shadow(pipeline, candidate, gates, context, reference, timeout_s)
             except StopRequested:
                 candidate.close()
                 raise
             finally:
-                pipeline.remove_listener(run.offer)
+                if reference is not None:
+                    reference.close()
             if result.passed:
                 self._candidate = candidate
                 self._baseline_p95_ms = result.metrics.get("p95_ms")
             else:
                 candidate.close()
             return result
+
+    def _run_shadow(self, pipeline: Pipeline, candidate: LoadedModel, gates: Gates, context: GateContext,
+                    reference: LoadedModel | None, timeout_s: float) -> GateResult:
+        active = pipeline.active
+        run = ShadowRun(candidate, gates, task=active.task, context=context, reference=reference,
+                        reference_labels=active.labels, duty=self.shadow_duty)
+        pipeline.add_listener(run.offer)
+        log.info("shadow run of %s against %s (%s): %d to %d frames within %.0f s", candidate.version,
+                 context.baseline, context.judged_against.value, run.stats.test.min_frames, gates.shadow_frames,
+                 timeout_s)
+        run.start()
+        try:
+            return run.wait(timeout_s, stop=self.stop_requested,
+                            ended=lambda: None if pipeline.running else pipeline.source.spec.describe())
+        finally:
+            pipeline.remove_listener(run.offer)
 
     def swap(self) -> SwapResult:
         with self._lock:

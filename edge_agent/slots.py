@@ -1,4 +1,4 @@
-"""A/B model slots on disk and the on-device TensorRT engine cache.
+"""A/B model slots on disk.
 
 ``slots/a`` and ``slots/b`` each hold one complete, verified bundle
 directory; ``slots/current`` is a symlink to the active one, switched
@@ -7,27 +7,77 @@ filled through ``slots/.staging-<x>`` and renamed into place only when
 complete, so a crash never leaves a half-written slot; the other slot keeps
 the previous model for rollback.
 
-Engines for "build on device" variants are compiled with TensorRT and cached
-under ``engines/<onnx sha256>-trt<version>-<gpu>.engine``. This module does
-not verify signatures or hashes of downloads (see :mod:`edge_agent.download`).
+A slot holds ``bundle.json`` and every variant file the device may serve (the
+assigned variant and its alternates); ``.variant`` records the one it serves:
+the assigned variant when staged, then the child-process gate's choice.
+:func:`variant_in` is the one answer to "which variant is in this slot".
+
+This module does not verify signatures or hashes of downloads (see
+:mod:`edge_agent.download`), nor build the TensorRT engines of "build on
+device" variants (see :mod:`edge_agent.engines`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 from edge_agent.errors import FatalError, ReasonCode
 from edge_agent.journal import fsync_dir
 from models.bundle import BundleError, Manifest, read_bundle, verify_bundle
+from models.fsio import write_atomic
 
-__all__ = ["SLOT_NAMES", "Slots", "engine_cache_path", "build_engine"]
+__all__ = ["SLOT_NAMES", "VARIANT_FILE", "Slots", "variant_in", "record_variant"]
 
 log = logging.getLogger(__name__)
 SLOT_NAMES = ("a", "b")
+VARIANT_FILE = ".variant"  # {"variant": id}: the variant the slot serves
+
+
+def variant_in(bundle_dir: Path) -> str | None:
+    """The variant a slot (or any bundle directory) serves.
+
+    The one its ``.variant`` record names, when the directory holds that file; without a
+    record, its only variant file. None when it holds no valid bundle, or several variant
+    files and no record (a full bundle directory: the host's selection then decides).
+    """
+    try:
+        manifest = read_bundle(bundle_dir, verify=False)
+    except BundleError:
+        return None
+    present = [v.id for v in manifest.variants if (Path(bundle_dir) / v.file).is_file()]
+    recorded = _recorded_variant(Path(bundle_dir))
+    if recorded in present:
+        return recorded
+    if recorded is not None:
+        log.warning("%s records variant %r, which it does not hold; ignoring the record", bundle_dir, recorded)
+    return present[0] if len(present) == 1 else None
+
+
+def _recorded_variant(bundle_dir: Path) -> str | None:
+    try:
+        value = json.loads((bundle_dir / VARIANT_FILE).read_bytes())["variant"]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.warning("%s: unreadable %s (%s); ignoring it", bundle_dir, VARIANT_FILE, e)
+        return None
+    return value if isinstance(value, str) else None
+
+
+def record_variant(bundle_dir: Path, variant_id: str) -> None:
+    """Record (atomically) which variant ``bundle_dir`` serves; it must hold that variant's file.
+
+    Raises ``ValueError`` for a variant the directory's bundle does not hold.
+    """
+    manifest = read_bundle(bundle_dir, verify=False)
+    if not any(v.id == variant_id and (bundle_dir / v.file).is_file() for v in manifest.variants):
+        raise ValueError(f"{bundle_dir} holds no file of variant {variant_id!r}")
+    write_atomic(bundle_dir / VARIANT_FILE, json.dumps({"variant": variant_id}).encode())
 
 
 class Slots:
@@ -78,11 +128,13 @@ class Slots:
         for leftover in self.root.glob(".current-*"):
             leftover.unlink(missing_ok=True)
 
-    def stage(self, slot: str, files: dict[str, Path], *, variant_id: str) -> Path:
+    def stage(self, slot: str, files: dict[str, Path], *, variant_id: str, alternates: Sequence[str] = ()) -> Path:
         """Fill ``slot`` with ``files`` (name → source), verified, then rename it into place.
 
-        The active slot is never touched. Raises FatalError(BUNDLE_INVALID)
-        when the files do not form a valid bundle for ``variant_id``.
+        ``variant_id`` is the assigned variant, recorded as the one the slot serves until the
+        gate chooses; ``alternates`` the other variants staged beside it. The active slot is
+        never touched. Raises FatalError(BUNDLE_INVALID) when the files do not form a valid
+        bundle holding every one of those variants.
         """
         if slot == self.active_slot():
             raise ValueError(f"refusing to stage into the active slot {slot!r}")
@@ -92,18 +144,25 @@ class Slots:
         staging.mkdir()
         for name, src in files.items():
             _link_or_copy(src, staging / name)
-        fsync_dir(staging)
         try:
             manifest = read_bundle(staging, verify=False)
-            verify_bundle(staging, manifest, variant_ids=[variant_id])
-        except BundleError as e:
+            verify_bundle(staging, manifest, variant_ids=[variant_id, *alternates])
+            record_variant(staging, variant_id)
+        except (BundleError, ValueError) as e:
             shutil.rmtree(staging, ignore_errors=True)
             raise FatalError(ReasonCode.BUNDLE_INVALID, f"staged bundle is invalid: {e}") from e
+        fsync_dir(staging)
         final = self.path(slot)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(staging, final)
         fsync_dir(self.root)
         return final
+
+    def choose(self, slot: str, variant_id: str) -> None:
+        """Record the gate's choice of variant for a staged slot (atomic; see :func:`record_variant`)."""
+        if slot == self.active_slot():
+            raise ValueError(f"refusing to change the variant of the active slot {slot!r}")
+        record_variant(self.path(slot), variant_id)
 
     def switch(self, slot: str) -> None:
         """Point ``current`` at ``slot`` atomically (no-op when it already does)."""
@@ -126,44 +185,3 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
     with open(dst, "rb") as fh:
         os.fsync(fh.fileno())
-
-
-def engine_cache_path(cache_dir: Path, *, onnx_sha256: str, tensorrt_version: str, gpu: str) -> Path:
-    """Engines depend on the ONNX bytes, the TensorRT version and the exact GPU."""
-    gpu_tag = re.sub(r"[^A-Za-z0-9.]+", "_", gpu) or "gpu"
-    return cache_dir / f"{onnx_sha256}-trt{tensorrt_version}-{gpu_tag}.engine"
-
-
-def build_engine(onnx_path: Path, engine_path: Path, *, fp16: bool = True, workspace_mb: int = 1024) -> Path:
-    """Compile an ONNX file to a serialized TensorRT engine (cached; atomic write).
-
-    Raises FatalError(ENGINE_BUILD_FAILED) when TensorRT is absent or the
-    build fails.
-    """
-    if engine_path.is_file():
-        log.info("engine cache hit: %s", engine_path.name)
-        return engine_path
-    try:
-        import tensorrt as trt  # type: ignore[import-not-found,unused-ignore]
-    except ImportError as e:
-        raise FatalError(ReasonCode.ENGINE_BUILD_FAILED, "TensorRT is not installed on this device") from e
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse(onnx_path.read_bytes()):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise FatalError(ReasonCode.ENGINE_BUILD_FAILED, f"TensorRT cannot parse {onnx_path.name}: {errors}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
-    if fp16 and builder.platform_has_fast_fp16:
-        config.set_flag(trt.BuilderFlag.FP16)
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise FatalError(ReasonCode.ENGINE_BUILD_FAILED, f"TensorRT failed to build an engine from {onnx_path.name}")
-    engine_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = engine_path.with_suffix(".tmp")
-    tmp.write_bytes(bytes(serialized))
-    os.replace(tmp, engine_path)
-    log.info("built TensorRT engine %s", engine_path.name)
-    return engine_path

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from edge_agent.errors import JournalError
+from edge_agent.errors import JournalError, ReasonCode
 
 __all__ = ["Outbox", "make_report", "utc_now_iso"]
 
@@ -37,12 +37,23 @@ def make_report(
     state: str | None = None,
     rollout_id: str | None = None,
     release: int | None = None,
-    reason_code: str | None = None,
+    reason_code: ReasonCode | None = None,
     detail: str | None = None,
     metrics: Mapping[str, float] | None = None,
     running: Mapping[str, Any] | None = None,
+    variant: str | None = None,
+    gate: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A report in the contract §7 shape with a fresh uuid4 id."""
+    """A report in the contract §7 shape with a fresh uuid4 id.
+
+    ``variant`` (the variant the device serves or chose) and ``gate`` (a gate's
+    JSON-ready evidence) are optional and left out when None.
+    """
+    extra: dict[str, Any] = {}
+    if variant is not None:
+        extra["variant"] = variant
+    if gate:
+        extra["gate"] = dict(gate)
     return {
         "id": str(uuid.uuid4()),
         "time": utc_now_iso(),
@@ -50,10 +61,11 @@ def make_report(
         "state": state,
         "rollout_id": rollout_id,
         "release": release,
-        "reason_code": reason_code,
+        "reason_code": reason_code.value if reason_code is not None else None,
         "detail": detail,
         "metrics": dict(metrics or {}),
         "running": dict(running) if running else None,
+        **extra,
     }
 
 

@@ -4,9 +4,10 @@ An assignment is accepted only when its Ed25519 signature (over
 ``canonical_json(signed)``) verifies with the director key pinned at
 enrollment, its device id and nonce are ours, it has not expired and its
 release counter is not below the highest one accepted. :func:`match_target`
-then requires the assigned target to equal the TUF target *exactly* (length,
-every hash, custom fields) so a director cannot mix an artifact with another
-release's metadata.
+then requires each assigned target — the primary variant and every alternate
+the device may time against it — to equal the TUF target *exactly* (length,
+every hash, custom fields, variant id) so a director cannot mix an artifact
+with another release's metadata.
 
 Pure: no network, no files, the clock is a parameter. Every refusal raises
 :class:`~edge_agent.errors.FatalError` with its reason code.
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, cast
 
@@ -27,9 +28,10 @@ from edge_agent.core import TargetRef
 from edge_agent.errors import ConfigError, FatalError, ReasonCode
 from models.bundle import canonical_json
 
-__all__ = ["DirectorKey", "Assignment", "verify_assignment", "match_target", "parse_time"]
+__all__ = ["DirectorKey", "AssignedTarget", "Assignment", "verify_assignment", "match_target", "parse_time"]
 
 _R = ReasonCode
+MAX_ALTERNATES = 8  # variants one assignment may name besides the primary (docs/contracts.md §8)
 
 
 @dataclass(frozen=True)
@@ -62,8 +64,22 @@ class DirectorKey:
 
 
 @dataclass(frozen=True)
+class AssignedTarget:
+    """One variant file an assignment names, exactly as signed: matched against TUF before any download."""
+
+    variant: str
+    ref: TargetRef
+    hashes: Mapping[str, str]
+    custom: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
 class Assignment:
-    """A verified assignment. ``target`` None means "keep what you run"."""
+    """A verified assignment. ``target`` None means "keep what you run".
+
+    ``alternates`` are the other variants of the release, in the server's selection order, that the
+    device's hardware class may run; the device times them against the primary in its gate.
+    """
 
     device_id: str
     nonce: str
@@ -80,6 +96,14 @@ class Assignment:
     custom: Mapping[str, Any] = field(default_factory=dict)
     gates: Mapping[str, Any] = field(default_factory=dict)
     digest: str = ""  # sha256 of canonical_json(signed): identifies this assignment
+    alternates: tuple[AssignedTarget, ...] = ()
+
+    def targets(self) -> tuple[AssignedTarget, ...]:
+        """The primary target, then the alternates (empty for "keep what you run")."""
+        if self.target is None:
+            return ()
+        primary = AssignedTarget(self.variant or "", self.target, self.target_hashes, self.custom)
+        return (primary, *self.alternates)
 
 
 def parse_time(text: Any, *, where: str) -> datetime:
@@ -112,6 +136,44 @@ def _ref(data: Any, where: str, claimed: dict[str, Any]) -> tuple[TargetRef, dic
     if ref.length <= 0 or len(ref.sha256) != 64:
         raise FatalError(_R.TARGET_MISMATCH, f"assignment {where} has a bad length or sha256", claimed=claimed)
     return ref, hashes
+
+
+def _alternates(signed: Mapping[str, Any], primary: TargetRef | None,
+                claimed: dict[str, Any]) -> tuple[AssignedTarget, ...]:
+    """Parse ``alternates``: each a distinct variant and file, shaped like the primary target."""
+    raw = signed.get("alternates")
+    if raw is None or raw == []:
+        return ()
+    if not isinstance(raw, list):
+        raise FatalError(_R.TARGET_MISMATCH, f"assignment alternates must be a list, got {type(raw).__name__}",
+                         claimed=claimed)
+    if primary is None:
+        raise FatalError(_R.TARGET_MISMATCH, "assignment names alternates but no target", claimed=claimed)
+    if len(raw) > MAX_ALTERNATES:
+        raise FatalError(_R.TARGET_MISMATCH, f"assignment names {len(raw)} alternates, at most {MAX_ALTERNATES}",
+                         claimed=claimed)
+    primary_variant = (signed.get("target") or {}).get("variant")
+    seen_variants, seen_paths = {primary_variant}, {primary.path}
+    out: list[AssignedTarget] = []
+    for i, entry in enumerate(raw):
+        where = f"alternates[{i}]"
+        variant = entry.get("variant") if isinstance(entry, Mapping) else None
+        target = entry.get("target") if isinstance(entry, Mapping) else None
+        if not isinstance(variant, str) or not variant or not isinstance(target, Mapping):
+            raise FatalError(_R.TARGET_MISMATCH, f"assignment {where} must be {{variant, target}}", claimed=claimed)
+        parsed = _ref(target, f"{where}.target", claimed)
+        assert parsed is not None  # target is a mapping
+        ref, hashes = parsed
+        if target.get("variant", variant) != variant:
+            raise FatalError(_R.TARGET_MISMATCH, f"assignment {where} names variant {variant!r} and its target "
+                             f"{target.get('variant')!r}", claimed=claimed)
+        if variant in seen_variants or ref.path in seen_paths:
+            raise FatalError(_R.TARGET_MISMATCH, f"assignment {where} repeats variant {variant!r} or file {ref.path}",
+                             claimed=claimed)
+        seen_variants.add(variant)
+        seen_paths.add(ref.path)
+        out.append(AssignedTarget(variant, ref, hashes, dict(target.get("custom") or {})))
+    return tuple(out)
 
 
 def _check_signature(envelope: Any, key: DirectorKey, claimed: dict[str, Any]) -> Mapping[str, Any]:
@@ -167,16 +229,19 @@ def verify_assignment(
     counter = release.get("counter") if isinstance(release, Mapping) else None
     target = _ref(signed.get("target"), "target", claimed)
     manifest = _ref(signed.get("manifest"), "manifest", claimed)
+    alternates = _alternates(signed, target[0] if target else None, claimed)
     if target is not None:
         if not isinstance(counter, int) or isinstance(counter, bool) or manifest is None:
             raise FatalError(_R.TARGET_MISMATCH, "a target needs a release counter and a manifest", claimed=claimed)
-        if counter < highest_release and running != (counter, target[0].sha256):
+        # the device may serve an alternate it found faster: that too is "what it runs"
+        files = {target[0].sha256, *(a.ref.sha256 for a in alternates)}
+        if counter < highest_release and not (running is not None and running[0] == counter and running[1] in files):
             raise FatalError(
                 _R.RELEASE_COUNTER_DECREASED,
                 f"release counter {counter} is below {highest_release}, the highest accepted",
                 claimed=claimed,
             )
-    return _assignment(signed, device_id, nonce, expires, counter, target, manifest)
+    return replace(_assignment(signed, device_id, nonce, expires, counter, target, manifest), alternates=alternates)
 
 
 def _assignment(
@@ -218,8 +283,13 @@ def match_target(
     tuf_custom: Mapping[str, Any],
     custom: Mapping[str, Any] | None,
     release: Assignment,
+    variant: str | None = None,
 ) -> None:
-    """The assigned target must equal the TUF target exactly; raises TARGET_MISMATCH."""
+    """The assigned target must equal the TUF target exactly; raises TARGET_MISMATCH.
+
+    ``variant`` (for a model file) must be the variant the TUF target's custom fields name, so one
+    variant's id cannot be attached to another variant's file.
+    """
     where = assigned.path
     if tuf_length != assigned.length:
         raise FatalError(_R.TARGET_MISMATCH, f"{where}: assignment length {assigned.length}, TUF {tuf_length}")
@@ -234,3 +304,6 @@ def match_target(
     got = {k: ef.get(k) for k in expected}
     if got != expected:
         raise FatalError(_R.TARGET_MISMATCH, f"{where}: TUF target is {got}, the assignment's release is {expected}")
+    if variant is not None and ef.get("variant") != variant:
+        raise FatalError(_R.TARGET_MISMATCH,
+                         f"{where}: TUF target is variant {ef.get('variant')!r}, the assignment names {variant!r}")

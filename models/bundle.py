@@ -49,6 +49,7 @@ __all__ = [
     "Variant",
     "SpeedupEvidence",
     "SelectionEntry",
+    "ClassAgreement",
     "AgreementExpectation",
     "Gates",
     "Provenance",
@@ -555,6 +556,26 @@ class SelectionEntry:
 
 
 @dataclass(frozen=True)
+class ClassAgreement:
+    """Expected agreement on the frames the *baseline* sees as ``label`` (what a device keys a frame by)."""
+
+    label: str
+    agreement: float
+    frames: int
+
+    @classmethod
+    def from_dict(cls, r: _Reader) -> ClassAgreement:
+        agreement = r.float("agreement")
+        assert agreement is not None
+        if not 0.0 <= agreement <= 1.0:
+            raise r.fail("agreement", f"must be within [0, 1], got {agreement}")
+        frames = r.int("frames")
+        if frames <= 0:
+            raise r.fail("frames", f"must be > 0, got {frames}")
+        return cls(label=r.str("label"), agreement=agreement, frames=frames)
+
+
+@dataclass(frozen=True)
 class AgreementExpectation:
     """How often ``variant`` of this bundle is expected to agree with a baseline release.
 
@@ -564,6 +585,9 @@ class AgreementExpectation:
     frames (the deployment domain, e.g. frames from the fleet's cameras). The
     bundle's own FP32 is always one baseline, so a device running a release
     the bundle knows nothing of can still judge the candidate against it.
+    ``per_class`` breaks the agreement down by the class the baseline
+    predicted, on both sets of frames together (classification only; at most
+    one entry per label, every label one of the bundle's).
     """
 
     variant: str
@@ -574,6 +598,7 @@ class AgreementExpectation:
     heldout_frames: int
     calib: float | None = None
     calib_frames: int = 0
+    per_class: tuple[ClassAgreement, ...] = ()
 
     @property
     def expected(self) -> float:
@@ -601,9 +626,13 @@ class AgreementExpectation:
         if calib is not None and calib_frames <= 0:
             raise r.fail("calib_frames", "must be > 0 when calib is given")
         assert heldout is not None
+        per_class = r.objs("per_class", ClassAgreement.from_dict) if r.has("per_class") else ()
+        for i, c in enumerate(per_class):
+            if c.label in [x.label for x in per_class[:i]]:
+                raise BundleError(f"duplicate class {c.label!r}", field=f"{r._p('per_class')}[{i}].label")
         return cls(variant=r.str("variant"), baseline=baseline, baseline_variant=r.str("baseline_variant"),
                    baseline_sha256=sha, heldout=heldout, heldout_frames=frames, calib=calib,
-                   calib_frames=calib_frames)
+                   calib_frames=calib_frames, per_class=per_class)
 
 
 @dataclass(frozen=True)
@@ -614,17 +643,22 @@ class Gates:
     against ``p0 = max(expected - agreement_tolerance, min_agreement)``, where
     *expected* comes from the bundle's :class:`AgreementExpectation` for the
     release the device runs. ``min_agreement`` is a floor an operator may raise.
+    When that expectation breaks agreement down by class, each class is tested
+    too (:class:`models.stats.ClassAgreementTest`): against the same formula on
+    the class's expectation, with the alternative ``class_agreement_effect``
+    below it.
     """
 
     latency_budget_ms: float  # p95 on the device
     min_agreement: float = 0.0  # floor under the expectation; top-1 agreement / box F1@0.5
     agreement_tolerance: float = 0.05  # how far below the expectation still counts as consistent
     agreement_effect: float = 0.15  # how far below p0 counts as broken (the SPRT's alternative)
+    class_agreement_effect: float = 0.5  # per-class tests: how far below a class's p0 counts as that class broken
     false_refusal_rate: float = 0.01  # SPRT alpha at p0
     false_acceptance_rate: float = 0.01  # SPRT beta at p0 - agreement_effect
     max_nan_frames: int = 0
     min_shadow_frames: int = 10  # frames seen before any agreement verdict
-    shadow_frames: int = 50  # at most this many frames; then a one-sided Wilson bound decides
+    shadow_frames: int = 350  # at most this many frames; then a one-sided Wilson bound decides
     health_window_s: float = 30.0  # health watch after the swap
     max_latency_regression: float = 1.5  # health: p95 / shadow p95 above this rolls back
     max_error_rate: float = 0.01  # health: failed inferences / frames
@@ -649,11 +683,12 @@ class Gates:
             min_agreement=opt("min_agreement", 0.0, 0.0, 1.0),
             agreement_tolerance=opt("agreement_tolerance", 0.05, 0.0, 0.5),
             agreement_effect=opt("agreement_effect", 0.15, 0.01, 0.9),
+            class_agreement_effect=opt("class_agreement_effect", 0.5, 0.05, 0.95),
             false_refusal_rate=opt("false_refusal_rate", 0.01, 1e-6, 0.49),
             false_acceptance_rate=opt("false_acceptance_rate", 0.01, 1e-6, 0.49),
             max_nan_frames=int(opt("max_nan_frames", 0, 0, 1e9)),
             min_shadow_frames=int(opt("min_shadow_frames", 10, 1, 1e6)),
-            shadow_frames=int(opt("shadow_frames", 50, 1, 1e6)),
+            shadow_frames=int(opt("shadow_frames", 350, 1, 1e6)),
             health_window_s=opt("health_window_s", 30.0, 0.0, 86400.0),
             max_latency_regression=opt("max_latency_regression", 1.5, 1.0, 1e3),
             max_error_rate=opt("max_error_rate", 0.01, 0.0, 1.0),
@@ -788,6 +823,11 @@ class Manifest:
             if key in [(x.variant, x.baseline, x.baseline_sha256) for x in expectations[:i]]:
                 raise BundleError(f"duplicate expectation for {e.variant} against {e.baseline}",
                                   field=f"expectations[{i}]")
+            for j, c in enumerate(e.per_class):
+                if c.label not in labels:
+                    raise BundleError(f"names unknown label {c.label!r}; labels are {list(labels)[:10]}"
+                                      f"{' ...' if len(labels) > 10 else ''}",
+                                      field=f"expectations[{i}].per_class[{j}].label")
         return cls(
             schema=schema,
             name=name,

@@ -28,6 +28,7 @@ __all__ = [
     "detect_profile",
     "hardware_class",
     "can_run",
+    "runnable_variants",
     "select_variant",
 ]
 
@@ -130,16 +131,18 @@ def can_run(variant: Variant, profile: HardwareProfile) -> tuple[bool, str]:
     return True, "ok"
 
 
-def select_variant(manifest: Manifest, profile: HardwareProfile) -> Variant:
-    """The manifest's preferred variant for this profile's hardware class that it can run.
+def runnable_variants(manifest: Manifest, profile: HardwareProfile) -> tuple[Variant, ...]:
+    """Every variant of the manifest this profile can run, in the order of its hardware class's selection.
 
-    Falls back to any runnable variant in manifest order (FP32 ONNX first by
-    convention) when the class has no selection entry. Raises
-    :class:`NoCompatibleVariant` with every refusal reason.
+    The first is the preferred variant (:func:`select_variant`); the director assigns it and lists the
+    others as alternates, which the device times against it. Falls back to manifest order (FP32 ONNX
+    first by convention) when the class has no selection entry. Raises :class:`NoCompatibleVariant`
+    with every refusal reason when none can run.
     """
     hw = hardware_class(profile)
     entry = manifest.selection.get(hw)
     order = list(entry.order) if entry else [v.id for v in manifest.variants]
+    runnable: list[Variant] = []
     reasons = []
     for vid in order:
         try:
@@ -148,11 +151,22 @@ def select_variant(manifest: Manifest, profile: HardwareProfile) -> Variant:
             continue
         ok, why = can_run(variant, profile)
         if ok:
-            return variant
-        reasons.append(f"{vid}: {why}")
-    raise NoCompatibleVariant(
-        f"no variant of {manifest.name}@{manifest.version} runs on {hw} ({'; '.join(reasons) or 'no variants'})"
-    )
+            runnable.append(variant)
+        else:
+            reasons.append(f"{vid}: {why}")
+    if not runnable:
+        raise NoCompatibleVariant(
+            f"no variant of {manifest.name}@{manifest.version} runs on {hw} ({'; '.join(reasons) or 'no variants'})"
+        )
+    return tuple(runnable)
+
+
+def select_variant(manifest: Manifest, profile: HardwareProfile) -> Variant:
+    """The manifest's preferred variant for this profile's hardware class that it can run.
+
+    The first of :func:`runnable_variants`; raises :class:`NoCompatibleVariant` as it does.
+    """
+    return runnable_variants(manifest, profile)[0]
 
 
 # --------------------------------------------------------------------------- detection

@@ -16,6 +16,13 @@ that another process keeping a core busy cannot flip it:
   ratio crosses a boundary set by the false-refusal rate ``alpha`` and the
   false-acceptance rate ``beta``; at the frame limit it falls back to a one-sided
   Wilson bound and refuses only when agreement is significantly below ``p0``.
+- :class:`ClassAgreementTest` — that overall test plus one SPRT per class of the
+  reference model (the class the reference predicted on the frame): a candidate
+  that never predicts one class of ten loses only that class's share of the
+  frames overall, inside any sane tolerance, but agreement 0 on that class's
+  frames. H1 of a class test is a catastrophic failure of the class
+  (``p0_c - class_effect``); the false-refusal and false-acceptance rates are
+  split across the classes tested (Bonferroni).
 
 numpy only (the agent imports this module): no scipy on a vehicle. No I/O, no
 clocks; tests feed recorded samples and sequences.
@@ -40,7 +47,12 @@ __all__ = [
     "wilson_bounds",
     "Verdict",
     "AgreementTest",
+    "ClassExpectation",
+    "ClassAgreementTest",
+    "MIN_CLASS_FRAMES",
 ]
+
+MIN_CLASS_FRAMES = 10  # frames a class's expectation must be measured on before a device tests that class
 
 
 @dataclass(frozen=True)
@@ -248,6 +260,12 @@ class AgreementTest:
         _, upper = wilson_bounds(self.agreed, self.frames, confidence=1.0 - self.alpha)
         return Verdict.REFUSE if self.frames and upper < self.p0 else Verdict.ACCEPT
 
+    def end(self) -> Verdict:
+        """End an undecided test now (the frames ran out elsewhere) with :meth:`truncated`."""
+        if self.verdict is Verdict.CONTINUE:
+            self.verdict = self.truncated()
+        return self.verdict
+
     @property
     def confidence(self) -> float:
         """How sure the verdict is: ``1 - alpha`` for a refusal, ``1 - beta`` for an acceptance."""
@@ -266,3 +284,187 @@ class AgreementTest:
             "llr": round(self.llr, 4), "confidence": self.confidence,
             "agreement_ci95": [round(lo, 4), round(hi, 4)],
         }
+
+
+@dataclass(frozen=True)
+class ClassExpectation:
+    """The agreement expected on the frames the reference model sees as ``label``, measured on ``frames``."""
+
+    label: str
+    expected: float
+    frames: int
+
+
+class ClassAgreementTest:
+    """The overall :class:`AgreementTest` plus one SPRT per reference class.
+
+    Each frame is fed with the class the *reference* predicted on it
+    (``label``; None when it gave none): the overall test sees every frame,
+    the test of that class only its own. A class is tested when its
+    expectation was measured on at least ``min_expectation_frames`` frames:
+    H0 ``p >= p0_c = max(expected_c - tolerance, floor)``, H1 a catastrophic
+    failure ``p <= p1_c = max(p0_c - class_effect, 0.01)``; a class with less
+    than ``MIN_ROOM`` between the two is skipped. The overall test keeps its
+    ``alpha`` and ``beta``; the class tests share them, ``alpha / k`` and
+    ``beta / k`` each for ``k`` classes tested, so the rate at which any class
+    test refuses a consistent candidate stays within ``alpha``.
+
+    It refuses as soon as the overall test or any class test refuses (never
+    before ``overall.min_frames`` frames), and accepts when the overall test
+    has accepted and every class test that has seen a frame has accepted. A
+    class test decides as soon as its ratio crosses a boundary (Wald's bounds
+    hold from the first frame). At ``overall.max_frames`` frames every
+    undecided test ends with its Wilson rule, except a class test that saw
+    fewer than ``class_min_frames`` frames (the Wilson bound of a few frames is
+    far below the exact one: one disagreeing frame would "refuse" a class
+    expected above 90 %): it stays undecided and does not count. Then it
+    refuses if any test refuses.
+    """
+
+    MIN_ROOM = 0.05  # the least distance between p0_c and p1_c worth a test
+
+    def __init__(
+        self,
+        overall: AgreementTest,
+        classes: Sequence[ClassExpectation],
+        *,
+        tolerance: float,
+        floor: float = 0.0,
+        class_effect: float = 0.5,
+        class_min_frames: int = 5,
+        min_expectation_frames: int = MIN_CLASS_FRAMES,
+    ) -> None:
+        if overall.frames:
+            raise ValueError(f"the overall test must be fresh, it has seen {overall.frames} frames")
+        if not 0.0 < class_effect < 1.0:
+            raise ValueError(f"class_effect must be within (0, 1), got {class_effect}")
+        if not 0.0 <= tolerance < 1.0 or not 0.0 <= floor <= 1.0:
+            raise ValueError(f"tolerance must be within [0, 1) and floor within [0, 1], got {tolerance} and {floor}")
+        if class_min_frames < 1:
+            raise ValueError(f"class_min_frames must be >= 1, got {class_min_frames}")
+        labels = [c.label for c in classes]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"each class at most once, got {labels}")
+        self.overall = overall
+        self.class_effect = class_effect
+        self.class_min_frames = class_min_frames
+        self.skipped: dict[str, str] = {}
+        bounds: dict[str, tuple[float, float]] = {}
+        for c in classes:
+            if not 0.0 <= c.expected <= 1.0:
+                raise ValueError(f"expected agreement of class {c.label!r} must be within [0, 1], got {c.expected}")
+            p0 = min(1.0, max(c.expected - tolerance, floor, 1e-3))
+            p1 = max(p0 - class_effect, 0.01)
+            if c.frames < min_expectation_frames:
+                self.skipped[c.label] = f"expectation measured on {c.frames} frames (< {min_expectation_frames})"
+            elif p0 - p1 < self.MIN_ROOM:
+                self.skipped[c.label] = f"p0 {p0:.3f} leaves no room for a failure below it"
+            else:
+                bounds[c.label] = (p0, p1)
+        k = max(len(bounds), 1)
+        self.classes: dict[str, AgreementTest] = {
+            label: AgreementTest(p0=p0, effect=p0 - p1, alpha=overall.alpha / k, beta=overall.beta / k,
+                                 min_frames=1, max_frames=overall.max_frames)
+            for label, (p0, p1) in bounds.items()
+        }
+        self.frames = 0
+        self.agreed = 0.0
+        self.verdict = Verdict.CONTINUE
+        self.decided_by: str | None = None  # None: the overall test; else the label of the class test
+        self._order: list[str | None] = []  # tests in the order they reached their verdict
+
+    # the attributes of AgreementTest a gate reads
+    @property
+    def p0(self) -> float:
+        return self.overall.p0
+
+    @property
+    def min_frames(self) -> int:
+        return self.overall.min_frames
+
+    @property
+    def max_frames(self) -> int:
+        return self.overall.max_frames
+
+    @property
+    def agreement(self) -> float:
+        """Mean agreement over every frame seen (the overall test stops counting once decided)."""
+        return self.agreed / self.frames if self.frames else 1.0
+
+    def decider(self) -> AgreementTest:
+        """The test that decided (the overall test while undecided)."""
+        return self.overall if self.decided_by is None else self.classes[self.decided_by]
+
+    @property
+    def confidence(self) -> float:
+        return self.decider().confidence if self.verdict is not Verdict.CONTINUE else 0.0
+
+    def add(self, x: float, label: str | None = None) -> Verdict:
+        """Record one frame's agreement and the reference's class on it; returns the verdict so far."""
+        if self.verdict is not Verdict.CONTINUE:
+            return self.verdict
+        if not (0.0 <= x <= 1.0) or math.isnan(x):
+            raise ValueError(f"per-frame agreement must be within [0, 1], got {x}")
+        self.frames += 1
+        self.agreed += x
+        self._feed(None, self.overall, x)
+        test = self.classes.get(label) if label is not None else None
+        if test is not None:
+            self._feed(label, test, x)
+        if self.frames >= self.overall.min_frames:
+            self._decide()
+        if self.verdict is Verdict.CONTINUE and self.frames >= self.overall.max_frames:
+            self._end()
+        return self.verdict
+
+    def _feed(self, key: str | None, test: AgreementTest, x: float) -> None:
+        if test.verdict is Verdict.CONTINUE and test.add(x) is not Verdict.CONTINUE:
+            self._order.append(key)
+
+    def _tests(self) -> list[tuple[str | None, AgreementTest]]:
+        return [(None, self.overall), *self.classes.items()]
+
+    def _decide(self) -> None:
+        refused = [key for key in self._order if self._test(key).verdict is Verdict.REFUSE]
+        if refused:
+            self.verdict, self.decided_by = Verdict.REFUSE, refused[0]
+            return
+        seen = [(key, t) for key, t in self._tests() if key is None or t.frames]
+        if all(t.verdict is Verdict.ACCEPT for _, t in seen):
+            self.verdict, self.decided_by = Verdict.ACCEPT, self._order[-1] if self._order else None
+
+    def _test(self, key: str | None) -> AgreementTest:
+        return self.overall if key is None else self.classes[key]
+
+    def _end(self) -> None:
+        for key, t in self._tests():
+            if t.verdict is Verdict.CONTINUE and (key is None or t.frames >= self.class_min_frames):
+                t.end()
+                self._order.append(key)
+        refused = [key for key in self._order if self._test(key).verdict is Verdict.REFUSE]
+        if refused:
+            self.verdict, self.decided_by = Verdict.REFUSE, refused[0]
+        else:
+            self.verdict, self.decided_by = Verdict.ACCEPT, self._order[-1] if self._order else None
+
+    def class_rows(self, rows: int = 10) -> list[dict[str, Any]]:
+        """The class tests that saw frames, the deciding one first, then by agreement minus p0: ``rows`` at most."""
+        seen = [(label, t) for label, t in self.classes.items() if t.frames]
+        seen.sort(key=lambda lt: (lt[0] != self.decided_by, lt[1].verdict is not Verdict.REFUSE,
+                                  lt[1].agreement - lt[1].p0, lt[0]))
+        return [{"label": label, **t.evidence()} for label, t in seen[:rows]]
+
+    def evidence(self, rows: int = 10) -> dict[str, Any]:
+        """The overall test's evidence with the composite decision, which test decided, and the class rows."""
+        lo, hi = wilson_bounds(self.agreed, self.frames, confidence=0.95)
+        out = {**self.overall.evidence(), "decision": self.verdict.value, "frames": self.frames,
+               "agreement": round(self.agreement, 4), "agreement_ci95": [round(lo, 4), round(hi, 4)],
+               "confidence": self.confidence, "overall": self.overall.evidence(),
+               "classes_tested": len(self.classes), "classes_skipped": len(self.skipped),
+               "classes": self.class_rows(rows)}
+        if self.verdict is not Verdict.CONTINUE:
+            out["decided_by"] = "overall" if self.decided_by is None else "class"
+            if self.decided_by is not None:
+                out["decided_class"] = self.decided_by
+        return out
+

@@ -19,7 +19,7 @@ from models.bundle import BundleError, parse_semver
 from models.hardware import HARDWARE_CLASSES
 from optimize.errors import InputError
 
-__all__ = ["CalibMethod", "OptimizeConfig", "TARGET_ALIASES", "expand_targets", "DEFAULT_TARGETS"]
+__all__ = ["CalibMethod", "OptimizeConfig", "TARGET_ALIASES", "expand_targets", "DEFAULT_TARGETS", "parse_release"]
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 TARGET_ALIASES = {"cpu": ("cpu-x86_64", "cpu-aarch64"), "jetson": ("jetson-orin", "jetson-xavier", "jetson-nano")}
@@ -51,6 +51,18 @@ def expand_targets(targets: tuple[str, ...] | list[str]) -> tuple[str, ...]:
     return tuple(h for h in HARDWARE_CLASSES if h in wanted)
 
 
+def parse_release(text: str, *, option: str = "--baseline-release") -> tuple[str, str]:
+    """``"signs@1.0.0"`` → ``("signs", "1.0.0")``; raises :class:`InputError`."""
+    name, sep, version = text.partition("@")
+    if not sep or not _NAME.match(name):
+        raise InputError(f"{option} must be NAME@VERSION like signs@1.0.0, got {text!r}")
+    try:
+        parse_semver(version)
+    except BundleError as e:
+        raise InputError(f"{option} must be NAME@VERSION with a semantic version, got {text!r}") from e
+    return name, version
+
+
 @dataclass(frozen=True)
 class OptimizeConfig:
     """Everything one ``edge-optimize`` run needs; see ``edge-optimize --help``."""
@@ -72,10 +84,18 @@ class OptimizeConfig:
     fp16: bool = True
     simplify: bool = True  # onnxslim, kept only when parity holds
     opset: int = 17
-    threads: int | None = None  # ONNX Runtime intra-op threads when measuring latency
+    threads: int | None = None  # ONNX Runtime intra-op threads for accuracy runs (timing uses one)
+    # timing: warm-up queries, then round-robin rounds; min_queries = rounds, durations per variant
     bench: BenchConfig = field(default_factory=lambda: BenchConfig(5, 0.0, 30, 1.0, 15.0))
+    min_speedup: float = 1.1  # a variant beats FP32 only when its speedup's lower bound clears this
+    speedup_confidence: float = 0.95  # two-sided confidence of the bootstrap speedup interval
     latency_headroom: float = 4.0  # gates: budget = measured p95 * headroom (slower devices)
-    min_agreement: float = 0.9
+    min_agreement: float = 0.5  # gates: floor under every agreement expectation
+    baselines: tuple[Path, ...] = ()  # --baseline bundle directories (the releases this one replaces)
+    baseline_release: str | None = None  # --baseline-release NAME@VERSION, fetched through TUF
+    server: str | None = None  # --server URL of the OTA server serving --baseline-release
+    trusted_root: Path | None = None  # --trusted-root: the image repository's pinned root.json
+    calib_data: Path | None = None  # --calib-data: ImageFolder root or a flat directory of frames
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -97,6 +117,27 @@ class OptimizeConfig:
             raise InputError("at least one calibration method is required")
         if self.threads is not None and self.threads < 1:
             raise InputError(f"--threads must be >= 1, got {self.threads}")
+        if not 1.0 <= self.min_speedup <= 10.0:
+            raise InputError(f"--min-speedup must be within [1, 10], got {self.min_speedup}")
+        if not 0.5 <= self.speedup_confidence < 1.0:
+            raise InputError(f"speedup_confidence must be within [0.5, 1), got {self.speedup_confidence}")
+        if not 0.0 <= self.min_agreement <= 1.0:
+            raise InputError(f"min_agreement must be within [0, 1], got {self.min_agreement}")
+        self._check_baseline_release()
+
+    def _check_baseline_release(self) -> None:
+        given = {"--server": self.server, "--trusted-root": self.trusted_root}
+        if self.baseline_release is None:
+            extra = [k for k, v in given.items() if v is not None]
+            if extra:
+                raise InputError(f"{' and '.join(extra)} only go with --baseline-release NAME@VERSION")
+            return
+        parse_release(self.baseline_release)
+        missing = [k for k, v in given.items() if v is None]
+        if missing:
+            raise InputError(f"--baseline-release {self.baseline_release} needs {' and '.join(missing)}")
+        if not str(self.server).startswith(("http://", "https://")):
+            raise InputError(f"--server must be an http(s) URL, got {self.server!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready copy (paths and enums as strings) for the report."""
@@ -108,6 +149,6 @@ class OptimizeConfig:
             elif isinstance(value, BenchConfig):
                 value = dataclasses.asdict(value)
             elif isinstance(value, tuple):
-                value = [v.value if isinstance(v, Enum) else v for v in value]
+                value = [v.value if isinstance(v, Enum) else str(v) if isinstance(v, Path) else v for v in value]
             out[f.name] = value
         return out

@@ -5,26 +5,37 @@ dataset spec) and preprocesses them with :class:`models.preprocess.Preprocessor`
 — the same function the device runs on camera frames — so calibration ranges
 and accuracy gates reflect what the device will see.
 
-Sample choice is deterministic (evenly spaced indices), so two runs on the
-same checkpoint calibrate and evaluate on the same images.
+``--calib-data DIR`` replaces the training split for INT8 calibration with
+frames from the deployment domain (:class:`FrameFolder`): an ImageFolder root
+(class sub-directories, optionally under ``train/``) or a flat directory of
+frames, e.g. sampled from the fleet's cameras.
+
+Sample choice is deterministic (evenly spaced indices over sorted files), so
+two runs on the same checkpoint calibrate and evaluate on the same images.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from models.bundle import InputSpec
 from models.datasets import DatasetError, DatasetSpec, Sample, open_dataset
+from models.datasets.folder import IMAGE_EXTENSIONS, read_image
 from models.datasets.spec import Dataset
 from models.preprocess import Preprocessor, Transform
 from optimize.errors import InputError
 
-__all__ = ["SampleSet", "open_split", "spread_indices", "load_samples"]
+__all__ = ["SampleSet", "FrameFolder", "open_split", "spread_indices", "load_samples"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -78,3 +89,55 @@ def load_samples(ds: Dataset, n: int, spec: InputSpec, *, indices: Sequence[int]
         samples.append(s)
         sizes.append((int(s.image.shape[0]), int(s.image.shape[1])))
     return SampleSet(np.stack(inputs), tuple(samples), tuple(transforms), tuple(sizes))
+
+
+class FrameFolder(Dataset):
+    """Every image under ``root`` (under ``root/train`` when that exists), labels ignored.
+
+    One reader for both layouts ``--calib-data`` accepts: an ImageFolder root
+    (``root/<class>/*.jpg``, optionally ``root/train/<class>/*.jpg``; a
+    ``val/`` beside ``train/`` stays held out) and a flat directory of frames
+    (``root/*.png``). Files are sorted by relative path and decoded once at
+    open; unreadable ones are skipped and counted. Raises :class:`InputError`
+    for a missing or empty directory or one without a readable image.
+    """
+
+    def __init__(self, root: Path) -> None:
+        root = Path(root).expanduser()
+        if not root.is_dir():
+            raise InputError(f"--calib-data {root} does not exist or is not a directory; expected an ImageFolder "
+                             "root or a directory of frames (jpg/png)")
+        base = root / "train" if (root / "train").is_dir() else root
+        files = sorted((p for p in base.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+                        and not any(part.startswith(".") for part in p.relative_to(base).parts)),
+                       key=lambda p: p.relative_to(base).as_posix())
+        if not files:
+            raise InputError(f"--calib-data {base} holds no image files (looked for {sorted(IMAGE_EXTENSIONS)})")
+        self.root, self.base, self.labels = root, base, ()
+        # decode once now so a corrupt frame is found at open, not in the middle of calibration
+        readable = {p for p in files if read_image(p) is not None}
+        self.files = [p for p in files if p in readable]
+        self.skipped_files = [p for p in files if p not in readable]
+        self.skipped = len(self.skipped_files)
+        if not self.files:
+            raise InputError(f"--calib-data {base}: none of the {len(files)} image files could be decoded, "
+                             f"e.g. {[str(p) for p in files[:3]]}")
+        if self.skipped:
+            log.warning("--calib-data %s: skipped %d unreadable image(s), e.g. %s", base, self.skipped,
+                        [str(p) for p in self.skipped_files[:3]])
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> Sample:
+        path = self.files[self._check_index(index)]
+        img = read_image(path)
+        if img is None:
+            raise InputError(f"--calib-data: {path} became unreadable after it was opened")
+        return Sample(image=img)
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        for p in self.files:
+            digest.update(f"{p.relative_to(self.base).as_posix()}:{p.stat().st_size}\n".encode())
+        return "sha256:" + digest.hexdigest()

@@ -1,10 +1,13 @@
 """``edge-optimize`` end to end: checkpoint → staged bundle → atomic rename.
 
-Steps: read checkpoint + sidecar, rebuild the torch model, export FP32 ONNX
-(+ parity on real samples, + onnxslim kept only if parity holds), INT8 for
-CPUs, TensorRT-flavoured Q/DQ INT8 and FP16 for GPUs, TensorRT engines when
-TensorRT is installed, accuracy + latency of every variant, selection per
-hardware class, gates, manifest, report.
+Steps: read checkpoint + sidecar, open and check the baselines (``--baseline``,
+``--baseline-release``), rebuild the torch model, export FP32 ONNX (+ parity on
+real samples, + onnxslim kept only if parity holds), INT8 for CPUs calibrated
+on the training split or ``--calib-data``, TensorRT-flavoured Q/DQ INT8 and
+FP16 for GPUs, TensorRT engines when TensorRT is installed, accuracy of every
+variant, latency of all of them timed interleaved, selection per hardware
+class, agreement expectations against the baselines and the bundle's own
+FP32, gates, manifest, report.
 
 Everything is written into a staging directory beside ``--out`` and renamed
 into place at the very end: a failure at any step leaves ``--out`` untouched.
@@ -19,7 +22,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -31,6 +34,7 @@ import onnx
 from tqdm import tqdm
 
 from models.bundle import (
+    AgreementExpectation,
     DecoderKind,
     DecoderSpec,
     Format,
@@ -41,14 +45,18 @@ from models.bundle import (
     Provenance,
     Task,
     TensorSpec,
+    sha256_file,
     write_bundle,
 )
+from models.datasets.spec import Dataset
 from models.hardware import detect_profile, hardware_class
+from optimize.baseline import Baseline, check_compatible, open_baseline, references, served_variants
 from optimize.checkpoint import Checkpoint, build_torch_model, read_checkpoint
 from optimize.config import OptimizeConfig
-from optimize.data import SampleSet, load_samples, open_split
+from optimize.data import FrameFolder, SampleSet, load_samples, open_split
 from optimize.engines import build_engines
 from optimize.errors import InputError, QuantizationError
+from optimize.expect import Reference, below_floor, expectations
 from optimize.export import (
     OUTPUT_NAMES,
     check_parity,
@@ -57,6 +65,7 @@ from optimize.export import (
     simplify_onnx,
     torch_outputs,
 )
+from optimize.fetch import fetch_release
 from optimize.quantize import Int8Flavor, convert_fp16, search_int8
 from optimize.report import report_dict, report_markdown, variant_rows
 from optimize.select import choose, default_gates
@@ -65,8 +74,8 @@ from optimize.variants import REQUIREMENTS, BuiltVariant, Evaluator, host_descri
 __all__ = ["OptimizeResult", "optimize", "STEPS"]
 
 log = logging.getLogger(__name__)
-STEPS = ("checkpoint", "samples", "export", "int8 cpu", "int8 tensorrt", "fp16", "tensorrt engines",
-         "measure", "select + write")
+STEPS = ("checkpoint", "baselines", "samples", "export", "int8 cpu", "int8 tensorrt", "fp16", "tensorrt engines",
+         "measure", "expectations", "select + write")
 
 
 @dataclass(frozen=True)
@@ -176,16 +185,46 @@ def _gpu_targets(cfg: OptimizeConfig) -> bool:
     return any(not t.startswith("cpu") for t in cfg.targets)
 
 
-def _build_variants(cfg: OptimizeConfig, ckpt: Checkpoint, stage: Path, work: Path, pr: _Progress) -> tuple[
-        list[BuiltVariant], dict[str, Any], InputSpec, Evaluator]:
+def _calib_source(cfg: OptimizeConfig, ckpt: Checkpoint) -> Dataset:
+    """``--calib-data`` frames (opened and decoded now, so a bad directory fails first), else the train split."""
+    return FrameFolder(cfg.calib_data) if cfg.calib_data is not None else open_split(ckpt.dataset, "train")
+
+
+def _baselines(cfg: OptimizeConfig, ckpt: Checkpoint, work: Path) -> list[Baseline]:
+    """Open, check and verify every baseline; a release is fetched through TUF into ``work``."""
+    def check(manifest: Manifest, origin: str) -> None:
+        check_compatible(manifest, origin=origin, name=cfg.name, version=cfg.version, task=ckpt.task,
+                         labels=ckpt.labels, input_spec=ckpt.input_spec)
+
+    def opened(directory: Path, origin: str) -> Baseline:
+        return open_baseline(directory, origin=origin, targets=cfg.targets, check=lambda m: check(m, origin))
+
+    out = [opened(d, f"--baseline {d}") for d in cfg.baselines]
+    if cfg.baseline_release is not None:
+        assert cfg.server is not None and cfg.trusted_root is not None  # OptimizeConfig checked them
+        origin = f"--baseline-release {cfg.baseline_release}"
+
+        def wanted(manifest: Manifest) -> tuple[str, ...]:
+            check(manifest, origin)  # before a byte of a model is downloaded
+            return served_variants(manifest, cfg.targets)
+
+        dest = fetch_release(cfg.baseline_release, server=cfg.server, trusted_root=cfg.trusted_root,
+                             dest=work / "baseline-release", variant_ids=wanted)
+        out.append(opened(dest, origin))
+    return out
+
+
+def _build_variants(cfg: OptimizeConfig, ckpt: Checkpoint, calib_src: Dataset, stage: Path, work: Path,
+                    pr: _Progress) -> tuple[list[BuiltVariant], dict[str, Any], InputSpec, Evaluator]:
     val = open_split(ckpt.dataset, "val")
     evalset = load_samples(val, cfg.eval_samples, ckpt.input_spec)
-    calib = load_samples(open_split(ckpt.dataset, "train"), cfg.calib_samples, ckpt.input_spec).inputs
+    calibset = load_samples(calib_src, cfg.calib_samples, ckpt.input_spec)
+    calib = calibset.inputs
     pr.step("samples")
     fp32, parity, spec = _export(cfg, ckpt, stage, work, evalset.head(cfg.parity_samples), pr)
     pr.step("export")
     ev = Evaluator(ckpt.task, _output_spec(ckpt.task, fp32.path, ckpt.num_classes), evalset,
-                   num_classes=ckpt.num_classes, threads=cfg.threads, bench=cfg.bench)
+                   num_classes=ckpt.num_classes, threads=cfg.threads, bench=cfg.bench, calibset=calibset)
     ev.reference_outputs = ev.outputs(fp32.path)
     fp32.score = ev.score_of(ev.reference_outputs)
     built = [fp32]
@@ -206,6 +245,33 @@ def _build_variants(cfg: OptimizeConfig, ckpt: Checkpoint, stage: Path, work: Pa
     return built, parity, spec, ev
 
 
+def _measure(ev: Evaluator, built: list[BuiltVariant], pr: _Progress) -> None:
+    """Accuracy and decoded frames of every ONNX variant, then all of them timed interleaved
+    (engines need their GPU: the device times them)."""
+    runnable = []
+    for b in built:
+        if b.format is Format.ONNX:
+            pr.note(f"evaluating {b.id}")
+            if ev.evaluate(b):
+                runnable.append(b)
+    pr.note(f"timing {', '.join(b.id for b in runnable)} interleaved, one thread each")
+    ev.time_interleaved(runnable)
+
+
+def _expectations(cfg: OptimizeConfig, task: Task, built: list[BuiltVariant], baselines: list[Baseline],
+                  ev: Evaluator, *, labels: Sequence[str]) -> tuple[AgreementExpectation, ...]:
+    """Each variant against the bundle's own FP32 and against every variant the baselines serve."""
+    fp32 = built[0]
+    assert fp32.frames is not None and ev.calibset is not None  # FP32 always runs: parity checked it
+    for b in built:
+        if b.frames is None:
+            log.info("no agreement expectations for %s: ONNX Runtime (CPU) cannot run it here", b.id)
+    refs = [Reference(f"{cfg.name}@{cfg.version}", fp32.id, sha256_file(fp32.path), fp32.frames)]
+    for bl in baselines:
+        refs += references(bl, ev.evalset, ev.calibset, threads=cfg.threads)
+    return expectations(task, {b.id: b.frames for b in built if b.frames is not None}, refs, labels=labels)
+
+
 def _provenance(ckpt: Checkpoint, created_at: str) -> Provenance:
     side = ckpt.sidecar
     ds = dict(ckpt.dataset)
@@ -218,19 +284,18 @@ def _provenance(ckpt: Checkpoint, created_at: str) -> Provenance:
 
 
 def _finish(cfg: OptimizeConfig, ckpt: Checkpoint, built: list[BuiltVariant], parity: dict[str, Any],
-            spec: InputSpec, ev: Evaluator, stage: Path, host: str) -> tuple[Manifest, dict[str, Any]]:
+            spec: InputSpec, ev: Evaluator, host: str, expected: tuple[AgreementExpectation, ...],
+            calib_info: dict[str, Any]) -> tuple[Manifest, dict[str, Any]]:
     fp32 = built[0]
     ref = fp32.score.value if fp32.score else None
     host_class = hardware_class(detect_profile())
     decisions = choose([b.candidate(ref, host_class) for b in built], baseline_id=fp32.id, targets=cfg.targets,
-                       host_class=host_class, max_drop=cfg.max_accuracy_drop)
-    # agreement of every variant within the accuracy limit (not only the chosen ones, which depend
-    # on latency), so the gates do not change between two runs on the same inputs
-    within = {c.id for c in (b.candidate(ref, host_class) for b in built)
-              if c.accuracy_delta is not None and -c.accuracy_delta <= cfg.max_accuracy_drop}
-    agreement = min((b.agreement for b in built if b.id in within and b.agreement is not None), default=None)
+                       host_class=host_class, max_drop=cfg.max_accuracy_drop, min_speedup=cfg.min_speedup,
+                       confidence=cfg.speedup_confidence)
+    for hw, d in decisions.items():
+        log.info("selection %s: %s — %s", hw, " > ".join(d.order), d.reason)
     gates = default_gates(fp32.latency.p95_ms if fp32.latency else 50.0, headroom=cfg.latency_headroom,
-                          agreement=agreement, min_agreement=cfg.min_agreement)
+                          min_agreement=cfg.min_agreement)
     # every built variant ships (devices download only theirs), so the file list does not
     # depend on latency measurements; selection decides which one each class runs
     rows = variant_rows(built, fp32, decisions=decisions)
@@ -239,11 +304,15 @@ def _finish(cfg: OptimizeConfig, ckpt: Checkpoint, built: list[BuiltVariant], pa
         name=cfg.name, version=cfg.version, task=ckpt.task, labels=ckpt.labels, input=spec,
         output=ev.output, variants=tuple(b.variant(ref, host, now, ev.metric) for b in built),
         selection={hw: d.entry() for hw, d in decisions.items()}, gates=gates,
-        provenance=_provenance(ckpt, now), arch=ckpt.arch,
+        provenance=_provenance(ckpt, now), arch=ckpt.arch, expectations=expected,
     )
+    warnings = below_floor(expected, release=f"{cfg.name}@{cfg.version}", floor=gates.min_agreement)
+    for w in warnings:
+        log.warning("%s", w)
     report = report_dict(name=cfg.name, version=cfg.version, metric=ev.metric, host=host,
                          rows=rows, decisions=decisions, parity=parity,
-                         gates=dataclasses.asdict(gates), config=cfg.to_dict())
+                         gates=dataclasses.asdict(gates), config=cfg.to_dict(),
+                         expectations=expected, calib=calib_info, warnings=warnings)
     return manifest, report
 
 
@@ -251,6 +320,12 @@ def _write(stage: Path, manifest: Manifest, report: dict[str, Any]) -> None:
     (stage / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
     (stage / "report.md").write_text(report_markdown(report))
     write_bundle(stage, manifest).chmod(0o644)  # published as a TUF target: readable
+
+
+def _calib_info(cfg: OptimizeConfig, src: Dataset, ev: Evaluator) -> dict[str, Any]:
+    return {"source": str(cfg.calib_data) if cfg.calib_data else "train split of the sidecar's dataset",
+            "frames": len(ev.calibset) if ev.calibset is not None else 0, "available": len(src),
+            "skipped": src.skipped}
 
 
 def optimize(cfg: OptimizeConfig, *, progress: bool = True) -> OptimizeResult:
@@ -264,14 +339,17 @@ def optimize(cfg: OptimizeConfig, *, progress: bool = True) -> OptimizeResult:
             raise InputError(f"sidecar input layout {ckpt.input_spec.layout.value} is not supported; expected NCHW")
         pr.step("checkpoint")
         with _staging(cfg.out) as (stage, work):
-            built, parity, spec, ev = _build_variants(cfg, ckpt, stage, work, pr)
-            host = host_description(cfg.threads)
-            for b in built:
-                if b.format is Format.ONNX:  # engines need their GPU: measured by the device
-                    pr.note(f"measuring {b.id}")
-                    ev.measure(b)
+            calib_src = _calib_source(cfg, ckpt)
+            baselines = _baselines(cfg, ckpt, work)
+            pr.step("baselines")
+            built, parity, spec, ev = _build_variants(cfg, ckpt, calib_src, stage, work, pr)
+            host = host_description(1)  # latency is timed single-threaded
+            _measure(ev, built, pr)
             pr.step("measure")
-            manifest, report = _finish(cfg, ckpt, built, parity, spec, ev, stage, host)
+            expected = _expectations(cfg, ckpt.task, built, baselines, ev, labels=ckpt.labels)
+            pr.step("expectations")
+            manifest, report = _finish(cfg, ckpt, built, parity, spec, ev, host, expected,
+                                       _calib_info(cfg, calib_src, ev))
             _write(stage, manifest, report)
             _check_out(cfg.out)
             if cfg.out.exists():
@@ -282,4 +360,3 @@ def optimize(cfg: OptimizeConfig, *, progress: bool = True) -> OptimizeResult:
     finally:
         pr.close()
     return OptimizeResult(cfg.out, manifest, report, time.monotonic() - t0)
-

@@ -3,10 +3,18 @@
 Each :class:`BuiltVariant` is one model file in the staging directory plus
 what was measured about it on this host. The orchestration lives in
 :mod:`optimize.pipeline`; selection rules in :mod:`optimize.select`.
+
+Latency: every ONNX variant this host can run is timed *interleaved* in one
+process (:func:`models.bench.measure_interleaved`: after warm-up, one query of
+each per round, the order rotated), in single-threaded sessions, so the
+per-query thread CPU time is exact. Wall time is recorded too (the
+measurement's p50/p99); the selection decides on CPU time, which a neighbour
+process stealing the core does not inflate.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 from dataclasses import dataclass, field
@@ -15,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from models.bench import BenchConfig, LatencyStats, measure_with
+from models.bench import BenchConfig, Interleaved, LatencyStats, measure_interleaved
 from models.bundle import (
     Format,
     HardwareRequirements,
@@ -30,6 +38,7 @@ from models.runtime.errors import ModelRuntimeError
 from models.runtime.onnxrt import OrtOptions, OrtRuntime
 from optimize.data import SampleSet
 from optimize.evaluate import Score, infer_all, metric_name, score_outputs
+from optimize.expect import FrameSets, decode_outputs
 from optimize.select import Candidate
 
 __all__ = ["BuiltVariant", "Evaluator", "host_description", "REQUIREMENTS"]
@@ -48,6 +57,7 @@ def host_description(threads: int | None) -> str:
     """``"x86_64 AMD EPYC / onnxruntime 1.32.0 CPUExecutionProvider / 2 threads"``."""
     import onnxruntime as ort
 
+    n = threads or os.cpu_count() or 1
     cpu = platform.processor() or ""
     try:
         for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
@@ -57,7 +67,7 @@ def host_description(threads: int | None) -> str:
     except OSError:
         pass
     return (f"{platform.machine()} {cpu}".strip() + f" / onnxruntime {ort.__version__} CPUExecutionProvider"
-            f" / {threads or os.cpu_count()} threads")
+            f" / {n} thread{'' if n == 1 else 's'}")
 
 
 @dataclass
@@ -72,6 +82,8 @@ class BuiltVariant:
     latency: LatencyStats | None = None
     agreement: float | None = None  # top-1 agreement with FP32 (classification)
     engine_class: str | None = None
+    timing: Interleaved | None = None  # per-query wall and thread-CPU times, timed interleaved
+    frames: FrameSets | None = None  # decoded outputs on the held-out and calibration frames
 
     def variant(self, reference: float | None, host: str, measured_at: str, metric: str) -> Variant:
         acc = self.score.value if self.score else None
@@ -93,33 +105,34 @@ class BuiltVariant:
         return Candidate(
             id=self.id, precision=self.precision, format=self.format, accelerators=self.requires.accelerators,
             accuracy=acc, accuracy_delta=None if acc is None or reference is None else (acc - reference) * 100,
-            p50_ms=self.latency.p50_ms if self.latency else None,
-            p95_ms=self.latency.p95_ms if self.latency else None,
-            measured_class=host_class if self.latency else None,
+            cpu_ms=self.timing.cpu_ms if self.timing else (),
+            wall_ms=self.timing.wall_ms if self.timing else (),
+            measured_class=host_class if self.timing else None,
             build_on_device=self.requires.build_on_device, engine_class=self.engine_class,
         )
 
 
 class Evaluator:
-    """Accuracy and latency of ONNX files on this host's CPU (ONNX Runtime)."""
+    """Accuracy, decoded outputs and latency of ONNX files on this host's CPU (ONNX Runtime)."""
 
     def __init__(self, task: Task, output: OutputSpec, evalset: SampleSet, *, num_classes: int,
-                 threads: int | None, bench: BenchConfig) -> None:
-        self.task, self.output, self.evalset = task, output, evalset
+                 threads: int | None, bench: BenchConfig, calibset: SampleSet | None = None) -> None:
+        self.task, self.output, self.evalset, self.calibset = task, output, evalset, calibset
         self.num_classes, self.threads, self.bench = num_classes, threads, bench
         self.metric = metric_name(task)
         self.reference_outputs: dict[str, np.ndarray] | None = None
 
-    def _runtime(self, path: Path, *, timing: bool = False) -> OrtRuntime:
-        # accuracy runs do not spin-wait: on a shared build host that only steals CPU from others
-        return OrtRuntime(path, OrtOptions(providers=("CPUExecutionProvider",), intra_op_threads=self.threads,
-                                           allow_spinning=timing))
+    def _runtime(self, path: Path, *, threads: int | None) -> OrtRuntime:
+        # no spin-waiting: on a shared build host that only steals CPU from others
+        return OrtRuntime(path, OrtOptions(providers=("CPUExecutionProvider",), intra_op_threads=threads,
+                                           allow_spinning=False))
 
-    def outputs(self, path: Path) -> dict[str, np.ndarray]:
-        rt = self._runtime(path)
+    def outputs(self, path: Path, inputs: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Raw outputs on ``inputs`` (the held-out set by default)."""
+        rt = self._runtime(path, threads=self.threads)
         try:
             batch = 1 if isinstance(rt.input_shape[0], int) else 32
-            return infer_all(rt.run, self.evalset.inputs, batch_size=batch)
+            return infer_all(rt.run, self.evalset.inputs if inputs is None else inputs, batch_size=batch)
         finally:
             rt.close()
 
@@ -139,18 +152,39 @@ class Evaluator:
         b = np.argmax(self.reference_outputs["logits"], axis=1)
         return float(np.mean(a == b))
 
-    def measure(self, bv: BuiltVariant) -> None:
-        """Fill accuracy, agreement and latency of ``bv``; a model ORT cannot run here stays unmeasured."""
+    def evaluate(self, bv: BuiltVariant) -> bool:
+        """Fill accuracy, agreement and the decoded frames of ``bv``; False (and a note in its
+        details) when ONNX Runtime cannot run it here."""
         try:
             out = self.outputs(bv.path)
+            calib = self.outputs(bv.path, self.calibset.inputs) if self.calibset is not None else None
         except ModelRuntimeError as e:
             bv.details["not_measured"] = f"ONNX Runtime (CPU) cannot run it here: {str(e)[:200]}"
-            return
+            return False
         bv.score = self.score_of(out)
         bv.agreement = self.agreement(out)
-        rt = self._runtime(bv.path, timing=True)
+        held, c = self.evalset, self.calibset
+        bv.frames = FrameSets(decode_outputs(out, self.output, held.transforms, held.sizes),
+                              () if calib is None or c is None else
+                              decode_outputs(calib, self.output, c.transforms, c.sizes))
+        return True
+
+    def time_interleaved(self, variants: list[BuiltVariant]) -> None:
+        """Time ``variants`` round-robin in single-threaded sessions; fills ``timing`` and ``latency``
+        (wall statistics). ``bench``'s durations are per variant."""
+        if not variants:
+            return
         x = self.evalset.inputs[:1]
+        runtimes = {bv.id: self._runtime(bv.path, threads=1) for bv in variants}
+        n = len(variants)
         try:
-            bv.latency = measure_with(lambda: rt.run(x), self.bench, label=bv.id)
+            timed = measure_interleaved(
+                {vid: functools.partial(rt.run, x) for vid, rt in runtimes.items()},
+                warmup_queries=self.bench.warmup_queries, min_rounds=self.bench.min_queries,
+                min_duration_s=self.bench.min_duration_s * n, max_duration_s=self.bench.max_duration_s * n)
         finally:
-            rt.close()
+            for rt in runtimes.values():
+                rt.close()
+        for bv in variants:
+            bv.timing = timed[bv.id]
+            bv.latency = bv.timing.wall

@@ -5,7 +5,10 @@ Configuration, first found wins: ``--server``/``--token`` flags, ``EDGEFLEET_SER
 keys; another file with ``--config``). Output is a readable table, or JSON with ``--json``.
 
 Exit codes: 0 ok, 1 the server said no (4xx/5xx, its error printed), 2 usage, 3 unreachable.
-This is an HTTP client only (urllib3); it imports nothing of the server.
+This is an HTTP client only (urllib3); it imports nothing of the server (its sibling
+:mod:`ota_server.ctl_render` prints reason codes, from :mod:`models.reasons`, and gate evidence).
+Warnings the server answers with — a bundle with no agreement expectation for the release a
+group runs — go to stderr; the exit code stays 0.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from typing import IO, Any
 import urllib3
 import yaml
 from tqdm import tqdm
+
+from ota_server.ctl_render import render_device, render_failures, render_reasons
 
 log = logging.getLogger("ota_ctl")
 
@@ -165,7 +170,14 @@ def cmd_publish(c: Client, a: argparse.Namespace) -> Any:
                   disable=a.json or not sys.stderr.isatty()) as bar:
             out = c.request("POST", "/api/v1/releases", body=_Progress(fh, bar),
                             headers={"Content-Type": "application/x-tar", "Content-Length": str(size)})
+    print_warnings(out)
     return out["release"]
+
+
+def print_warnings(answer: Any) -> None:
+    """The server's ``warnings`` on stderr, one line each."""
+    for w in (answer.get("warnings") or []) if isinstance(answer, dict) else []:
+        print(f"ota-ctl: warning: {w.get('message', w)}", file=sys.stderr)
 
 
 def _model_version(text: str) -> tuple[str, str]:
@@ -199,7 +211,9 @@ def cmd_rollout_create(c: Client, a: argparse.Namespace) -> Any:
              if v is not None}
     if gates:
         body["gates"] = gates
-    return c.request("POST", "/api/v1/rollouts", json_body=body)
+    out = c.request("POST", "/api/v1/rollouts", json_body=body)
+    print_warnings(out)
+    return out
 
 
 def cmd_rollout(c: Client, a: argparse.Namespace) -> Any:
@@ -248,6 +262,8 @@ def render(command: str, sub: str | None, data: Any) -> str:
     if command == "publish":
         return f"published {data['name']}@{data['version']} as release {data['counter']}\n" + table(
             [dict(f, sha256=f["hashes"]["sha256"][:16]) for f in data["files"]], ["path", "length", "sha256"])
+    if command == "devices" and sub == "show":
+        return render_device(data)
     if command == "devices" and sub == "list":
         rows = [dict(d, running=(f"{d['running']['name']}@{d['running']['version']}" if d["running"] else None))
                 for d in data]
@@ -270,8 +286,11 @@ def render_rollout(r: dict[str, Any]) -> str:
     if r.get("halt_reason"):
         head += f"\nhalted: {r['halt_reason']}"
     out = [head, "", table(r["progress"], ["stage", "percent", "devices", "succeeded", "failed", "in_progress"])]
+    if r.get("variants"):
+        out += ["", "variants chosen: " + ", ".join(f"{k} x{v}" for k, v in r["variants"].items())]
     if r["failure_reasons"]:
-        out += ["", "failure reasons: " + ", ".join(f"{k} x{v}" for k, v in r["failure_reasons"].items())]
+        out += [""] + render_reasons(r["failure_reasons"])
+    out += render_failures(r.get("failures") or [], table)
     out += ["", table(r["events"], ["time", "kind", "detail", "actor"])]
     return "\n".join(out)
 
@@ -307,7 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--tags", help="comma-separated tags every selected device must have")
     c.add_argument("--hardware-classes", help="comma-separated hardware classes, e.g. jetson-orin,cpu-x86_64")
     c.add_argument("--latency-budget-ms", type=float, help="override the bundle's latency gate")
-    c.add_argument("--min-agreement", type=float, help="override the bundle's agreement gate")
+    c.add_argument("--min-agreement", type=float,
+                   help="a floor under the agreement the device expects: its test's threshold is "
+                        "max(expected - tolerance, this); 0..1")
     ls = rsub.add_parser("list", help="list rollouts")
     ls.add_argument("--status", help="active, paused, halted, completed, aborted, rolled-back, superseded")
     for name in ("status", "pause", "resume", "abort"):

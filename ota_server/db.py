@@ -44,6 +44,10 @@ devices = sa.Table(
     sa.Column("running_version", sa.String(64), nullable=True),
     sa.Column("running_release", sa.Integer, nullable=True),
     sa.Column("last_metrics", sa.JSON, nullable=True),
+    # the variant of the running release the device serves, when it said so (null: unknown, the
+    # director's pick for its hardware); the latest gate evidence it reported
+    sa.Column("running_variant", sa.String(64), nullable=True),
+    sa.Column("last_gate", sa.JSON, nullable=True),
 )
 
 releases = sa.Table(
@@ -121,6 +125,20 @@ device_rollouts = sa.Table(
     # the device's first stage in the rollout, fixed when its first report arrives; null when the
     # rollout does not select the device (its reports are kept but not counted)
     sa.Column("stage", sa.Integer, nullable=True),
+    # the variant the device chose for the rollout's release and its gate's evidence
+    sa.Column("variant", sa.String(64), nullable=True),
+    sa.Column("gate", sa.JSON, nullable=True),
+)
+
+# Columns added after a table was first created: ``create_schema`` adds the ones an older
+# server's database lacks (all nullable, so existing rows stay valid).
+ADDED_COLUMNS = (
+    ("device_rollouts", "stage"),  # counters are rebuilt on first use
+    ("rollouts", "seq"),
+    ("devices", "running_variant"),
+    ("devices", "last_gate"),
+    ("device_rollouts", "variant"),
+    ("device_rollouts", "gate"),
 )
 
 # Per rollout and first stage, counters updated in each report's transaction:
@@ -201,17 +219,25 @@ def make_engine(url: str, *, immediate: bool = False) -> Engine:
         raise SetupError(f"cannot use database URL {url!r}: {e}") from e
 
 
+def _add_missing_columns(engine: Engine) -> None:
+    """``ALTER TABLE ... ADD COLUMN`` for each of :data:`ADDED_COLUMNS` the database lacks, with
+    the column's type as this dialect spells it (``JSON`` on both, ``BIGINT``, ``VARCHAR(64)``)."""
+    inspector = sa.inspect(engine)
+    present = {name: {c["name"] for c in inspector.get_columns(name)} for name in {t for t, _ in ADDED_COLUMNS}}
+    for table_name, column_name in ADDED_COLUMNS:
+        if column_name in present[table_name]:
+            continue
+        column = metadata.tables[table_name].c[column_name]
+        ddl = column.type.compile(dialect=engine.dialect)
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"ALTER TABLE {table_name} ADD COLUMN {column_name} {ddl}"))
+
+
 def create_schema(engine: Engine) -> None:
     """Create every table that does not exist yet (idempotent) and the generation row."""
     try:
         metadata.create_all(engine)
-        columns = {c["name"] for c in sa.inspect(engine).get_columns("device_rollouts")}
-        if "stage" not in columns:  # schema of an older server: counters are rebuilt on first use
-            with engine.begin() as conn:
-                conn.execute(sa.text("ALTER TABLE device_rollouts ADD COLUMN stage INTEGER"))
-        if "seq" not in {c["name"] for c in sa.inspect(engine).get_columns("rollouts")}:
-            with engine.begin() as conn:
-                conn.execute(sa.text("ALTER TABLE rollouts ADD COLUMN seq BIGINT"))
+        _add_missing_columns(engine)
         with engine.begin() as conn:
             if conn.execute(sa.select(generation.c.value).where(generation.c.id == 1)).first() is None:
                 conn.execute(generation.insert().values(id=1, value=1))

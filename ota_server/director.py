@@ -28,13 +28,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.engine import Connection
 
 from models.bundle import Manifest
-from models.hardware import HardwareProfile, NoCompatibleVariant, select_variant
+from models.hardware import HardwareProfile, NoCompatibleVariant, runnable_variants
 from ota_server import rollouts as ro
 from ota_server import store as st
 from ota_server.errors import NotFound
 from ota_server.keys import sign_envelope
 
 log = logging.getLogger(__name__)
+MAX_ALTERNATES = 8  # alternates one assignment names at most; the agent refuses more (docs/contracts.md §8)
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ def build_signed(conn: Connection, device: Mapping[str, Any], nonce: str, *, ttl
     signed: dict[str, Any] = {
         "_type": "edgefleet-assignment", "spec_version": "1", "device_id": device["id"], "nonce": nonce,
         "issued": _iso(issued), "expires": _iso(issued + timedelta(seconds=ttl_s)),
-        "rollout_id": None, "release": None, "manifest": None, "target": None, "gates": None,
+        "rollout_id": None, "release": None, "manifest": None, "target": None, "alternates": [], "gates": None,
     }
     choice = pick_release(conn, device, catalog, gen)
     if choice.release is None:
@@ -126,22 +127,31 @@ def build_signed(conn: Connection, device: Mapping[str, Any], nonce: str, *, ttl
         log.warning("device %s runs release %s, which this server does not know", device["id"], choice.release)
         return signed
     try:
-        variant = select_variant(manifest, HardwareProfile.from_dict(device["hardware"]))
+        variants = runnable_variants(manifest, HardwareProfile.from_dict(device["hardware"]))
     except NoCompatibleVariant as e:
         log.warning("device %s gets no target: %s", device["id"], e)
         return signed
     mfile = next(f for f in files if f["kind"] == "manifest")
-    vfile = next(f for f in files if f["variant"] == variant.id)
+    by_variant = {f["variant"]: f for f in files if f["kind"] == "variant"}
     gates = manifest.gates.with_overrides(choice.gates)
     signed.update(
         rollout_id=choice.rollout_id,
         release={"counter": release["counter"], "name": release["name"], "version": release["version"]},
         manifest={"path": mfile["path"], "length": mfile["length"], "hashes": {"sha256": mfile["sha256"]}},
-        target={"path": vfile["path"], "length": vfile["length"], "hashes": {"sha256": vfile["sha256"]},
-                "custom": vfile["custom"], "variant": variant.id},
+        target=_target(by_variant[variants[0].id]),
+        # the device times these against the primary in its child-process gate and serves the fastest
+        # that passes; the selection order stays the preference and the fallback
+        alternates=[{"variant": v.id, "target": _target(by_variant[v.id])}
+                    for v in variants[1:] if v.id in by_variant][:MAX_ALTERNATES],
         gates=dataclasses.asdict(gates),
     )
     return signed
+
+
+def _target(file: Mapping[str, Any]) -> dict[str, Any]:
+    """A release file as the assignment names it: exactly its TUF target (path, length, hashes, custom)."""
+    return {"path": file["path"], "length": file["length"], "hashes": {"sha256": file["sha256"]},
+            "custom": file["custom"], "variant": file["variant"]}
 
 
 class Director:

@@ -1,12 +1,16 @@
 """Device reports (contract §7): validation, idempotent storage, and what they drive.
 
-A report batch updates the device (last seen, state, running version, last benchmark metrics)
-and, for transitions tied to a rollout's release, the device's outcome in that rollout — the
-latest state per device wins — after which the rollout's advance/halt rules run.
+A report batch updates the device (last seen, state, running version and variant, last
+benchmark metrics, last gate evidence) and, for transitions tied to a rollout's release, the
+device's outcome in that rollout — the latest state per device wins — after which the rollout's
+advance/halt rules run. Reason codes are :class:`models.reasons.ReasonCode`: an unknown one is a
+400 naming the field. Only validated fields are stored (see :mod:`ota_server.evidence` for the
+gate's evidence); what a device adds beyond them is dropped.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -14,34 +18,42 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
+from models.reasons import ReasonCode, UnknownReasonCode
 from ota_server import director, service
+from ota_server import evidence as ev
 from ota_server import rollouts as ro
 from ota_server import store as st
 from ota_server.errors import BadRequest, NotFound
 
 MAX_REPORTS = 500
+MAX_DETAIL = 2000  # characters kept of a report's detail
 TYPES = ("transition", "gate", "benchmark", "heartbeat")
 STATES = ("idle", "checking", "downloading", "verifying", "staging", "preparing", "benchmarking", "swapping",
           "health-watch", "committed", "failed", "rolled-back", "refused")
 _ISO = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
 _ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+_ROLLOUT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,40}$")
 METRIC_KEYS = ("p50_ms", "p95_ms", "p99_ms", "fps", "agreement", "nan_frames", "frames_captured",
                "frames_dropped", "swap_ms")
 
 
 @dataclass(frozen=True)
 class Report:
+    """One validated report; ``body`` is what is stored: only the fields checked here."""
+
     id: str
     time: str
     type: str
     state: str | None
     rollout_id: str | None
     release: int | None
-    reason_code: str | None
+    reason_code: ReasonCode | None
     detail: str | None
-    metrics: Mapping[str, Any] | None
+    metrics: Mapping[str, float] | None
     running: Mapping[str, Any] | None
-    raw: Mapping[str, Any]
+    variant: str | None  # the variant the device chose to serve for ``release``
+    gate: Mapping[str, Any] | None  # the shadow gate's evidence (ota_server.evidence)
+    body: Mapping[str, Any]
 
 
 def _opt(r: Mapping[str, Any], key: str, types: tuple[type, ...], where: str) -> Any:
@@ -51,7 +63,43 @@ def _opt(r: Mapping[str, Any], key: str, types: tuple[type, ...], where: str) ->
     return value
 
 
+def _reason(r: Mapping[str, Any], where: str) -> ReasonCode | None:
+    value = _opt(r, "reason_code", (str,), where)
+    if value is None:
+        return None
+    try:
+        return ReasonCode.parse(value)
+    except UnknownReasonCode as e:
+        raise BadRequest(str(e), field=f"{where}.reason_code") from e
+
+
+def _metrics(r: Mapping[str, Any], where: str) -> dict[str, float] | None:
+    """The known metrics that are finite numbers; other keys (counters an agent adds) are not kept."""
+    metrics = _opt(r, "metrics", (dict,), where)
+    if metrics is None:
+        return None
+    return {k: metrics[k] for k in METRIC_KEYS
+            if isinstance(metrics.get(k), (int, float)) and not isinstance(metrics[k], bool)
+            and math.isfinite(metrics[k])}
+
+
+def _running(r: Mapping[str, Any], where: str) -> dict[str, Any] | None:
+    running = _opt(r, "running", (dict,), where)
+    if running is None:
+        return None
+    out = {key: _opt(running, key, types, f"{where}.running")
+           for key, types in (("name", (str,)), ("version", (str,)), ("release", (int,)))}
+    for key in ("name", "version"):
+        if out[key] is not None and not 0 < len(out[key]) <= 64:
+            raise BadRequest(f"expected 1-64 characters, got {len(out[key])}", field=f"{where}.running.{key}")
+    variant = ev.parse_variant(running.get("variant"), f"{where}.running.variant")
+    if variant is not None:
+        out["variant"] = variant
+    return out
+
+
 def parse_report(r: Any, where: str) -> Report:
+    """Validate one report; raises :class:`BadRequest` naming the field (``reports[3].reason_code``)."""
     if not isinstance(r, Mapping):
         raise BadRequest("expected an object", field=where)
     rid, time = r.get("id"), r.get("time")
@@ -64,17 +112,23 @@ def parse_report(r: Any, where: str) -> Report:
     state = _opt(r, "state", (str,), where)
     if state is not None and state not in STATES:
         raise BadRequest(f"state must be one of {list(STATES)} or null, got {state!r}", field=f"{where}.state")
-    metrics = _opt(r, "metrics", (dict,), where)
-    running = _opt(r, "running", (dict,), where)
-    if running is not None:
-        for key, types in (("name", (str,)), ("version", (str,)), ("release", (int,))):
-            _opt(running, key, types, f"{where}.running")
+    rollout_id = _opt(r, "rollout_id", (str,), where)
+    if rollout_id is not None and not _ROLLOUT_ID.match(rollout_id):
+        raise BadRequest(f"rollout_id must be 1-40 characters of [A-Za-z0-9_.:-], got {rollout_id[:80]!r}",
+                         field=f"{where}.rollout_id")
     detail = _opt(r, "detail", (str,), where)
+    reason = _reason(r, where)
+    body: dict[str, Any] = {
+        "id": rid, "time": time, "type": r["type"], "state": state, "rollout_id": rollout_id,
+        "release": _opt(r, "release", (int,), where), "reason_code": reason.value if reason else None,
+        "detail": detail[:MAX_DETAIL] if detail else None, "metrics": _metrics(r, where),
+        "running": _running(r, where), "variant": ev.parse_variant(r.get("variant"), f"{where}.variant"),
+        "gate": ev.parse_gate(r.get("gate"), f"{where}.gate"),
+    }
     return Report(
-        id=rid, time=time, type=r["type"], state=state,
-        rollout_id=_opt(r, "rollout_id", (str,), where), release=_opt(r, "release", (int,), where),
-        reason_code=_opt(r, "reason_code", (str,), where), detail=detail[:2000] if detail else None,
-        metrics=metrics, running=running, raw=r,
+        id=rid, time=time, type=body["type"], state=state, rollout_id=rollout_id, release=body["release"],
+        reason_code=reason, detail=body["detail"], metrics=body["metrics"], running=body["running"],
+        variant=body["variant"], gate=body["gate"], body=body,
     )
 
 
@@ -121,7 +175,8 @@ def ingest(conn: Connection, device_id: str, reports: Sequence[Report]) -> dict[
         service.ensure_counters(conn, rollouts[rollout_id])
     st.insert_reports(conn, [
         {"id": r.id, "device_id": device_id, "time": r.time, "type": r.type, "state": r.state,
-         "rollout_id": r.rollout_id, "release": r.release, "reason_code": r.reason_code, "body": dict(r.raw)}
+         "rollout_id": r.rollout_id, "release": r.release, "reason_code": r.body["reason_code"],
+         "body": dict(r.body)}
         for r in fresh
     ])
     ordered = sorted(fresh, key=lambda r: r.time)
@@ -146,12 +201,19 @@ def _update_device(conn: Connection, device_id: str, ordered: Sequence[Report],
             values["state"] = r.state
         if r.running:
             values.update(running_name=r.running.get("name"), running_version=r.running.get("version"),
-                          running_release=r.running.get("release"))
+                          running_release=r.running.get("release"),
+                          running_variant=_served_variant(r, r.running, device, values))
+        elif r.state == "committed" and r.variant and r.release == values.get("running_release",
+                                                                                device["running_release"]):
+            values["running_variant"] = r.variant
         if r.metrics:
             merged = dict(values.get("last_metrics") or device["last_metrics"] or {})
-            merged.update({k: v for k, v in r.metrics.items() if k in METRIC_KEYS})
+            merged.update(r.metrics)
             merged["time"] = r.time
             values["last_metrics"] = merged
+        last_gate = values.get("last_gate") or device["last_gate"]
+        if r.gate and (not last_gate or last_gate.get("time", "") <= r.time):
+            values["last_gate"] = _gate_record(r)
     st.update_device(conn, device_id, **values)
     # the installed release only shapes the assignment of a device outside every assigning
     # rollout's current stage (it then points at what the device runs): a device installing its
@@ -168,6 +230,30 @@ def _update_device(conn: Connection, device_id: str, ordered: Sequence[Report],
     return device
 
 
+def _served_variant(r: Report, running: Mapping[str, Any], device: Mapping[str, Any],
+                    values: Mapping[str, Any]) -> str | None:
+    """The variant the device serves after ``r``: named in ``running``; else the variant of a
+    ``committed`` report for the running release; else the one known before if the release did
+    not change; else unknown (None: whoever needs it asks the director what it would pick)."""
+    release = running.get("release")
+    if running.get("variant"):
+        return str(running["variant"])
+    if r.state == "committed" and r.variant and r.release == release:
+        return r.variant
+    if release is not None and release == values.get("running_release", device["running_release"]):
+        known = values.get("running_variant", device["running_variant"])
+        return str(known) if known else None
+    return None
+
+
+def _gate_record(r: Report) -> dict[str, Any]:
+    """What a device row and its rollout row keep of a report's gate: its evidence and context."""
+    gate = dict(r.gate or {})
+    return {"time": r.time, "rollout_id": r.rollout_id, "release": r.release, "state": r.state,
+            "reason_code": r.reason_code.value if r.reason_code else None,
+            "variant": r.variant or gate.get("variant"), **{k: gate[k] for k in ("agreement", "timing") if k in gate}}
+
+
 def _record_outcome(conn: Connection, device: Mapping[str, Any], rollout: Mapping[str, Any], r: Report) -> bool:
     """Store the device's latest state in the rollout and move it between the rollout's counters
     (O(1): one row read, one counter update; the caller holds the rollout's lock)."""
@@ -178,10 +264,20 @@ def _record_outcome(conn: Connection, device: Mapping[str, Any], rollout: Mappin
         return False  # an older report never overwrites a newer one
     stage = service.stage_of(device, rollout) if existing is None else existing["stage"]
     outcome = ro.outcome_of(r.state)
-    st.write_device_outcome(conn, {
+    code = r.reason_code.value if r.reason_code else None
+    row: dict[str, Any] = {
         "rollout_id": rollout["id"], "device_id": device["id"], "state": r.state or "",
-        "outcome": outcome, "reason_code": r.reason_code, "detail": r.detail, "time": r.time, "stage": stage,
-    }, exists=existing is not None)
+        "outcome": outcome, "reason_code": code, "detail": r.detail, "time": r.time, "stage": stage,
+    }
+    # a later transition without evidence (swapping, committed) keeps the gate's evidence
+    if r.gate or r.variant or existing is None:
+        row.update(variant=r.variant or (r.gate or {}).get("variant"), gate=_gate_record(r) if r.gate else None)
+    st.write_device_outcome(conn, row, exists=existing is not None)
+    chosen = existing["variant"] if existing is not None else None
+    if r.state == "committed" and chosen and not r.variant and r.running and not r.running.get("variant") \
+            and r.running.get("release") == rollout["release"]:
+        # the commit of a release whose gate named the variant it chose: that is what it serves now
+        st.update_device(conn, device["id"], running_variant=chosen)
     if stage is not None:
         old = (existing["outcome"], existing["reason_code"]) if existing is not None else None
         service.count_outcome(conn, rollout["id"], stage, old, (outcome, r.reason_code))

@@ -21,6 +21,7 @@ from typing import Any
 
 from models.bundle import BundleError, Gates
 from models.hardware import HARDWARE_CLASSES
+from models.reasons import ReasonCode
 from ota_server.errors import BadRequest
 
 DEFAULT_STAGES = (1.0, 10.0, 50.0, 100.0)
@@ -43,6 +44,18 @@ ASSIGNING = (Status.ACTIVE.value, Status.COMPLETED.value)
 
 SUCCESS_STATES = ("committed",)
 FAILURE_STATES = ("failed", "refused", "rolled-back")
+NO_REASON = "UNKNOWN"  # the reason counter of a failure reported without a code
+
+
+def reason_key(code: ReasonCode | str | None) -> str:
+    """A failure's reason as counted: the :class:`ReasonCode`'s value, :data:`NO_REASON` for none.
+
+    Reports are validated against the enum on arrival; a plain string here is one read back
+    from the database, kept as it was stored.
+    """
+    if code is None:
+        return NO_REASON
+    return code.value if isinstance(code, ReasonCode) else code
 
 
 @dataclass(frozen=True)
@@ -232,7 +245,7 @@ def cumulative(counts: Sequence[StageCounts]) -> list[StageCounts]:
 
 def count_stages(
     stages: Sequence[float], buckets: Mapping[str, float], outcomes: Mapping[str, str], floor: float | None,
-    reasons: Mapping[str, str | None] | None = None,
+    reasons: Mapping[str, ReasonCode | str | None] | None = None,
 ) -> list[StageCounts]:
     """Per-first-stage counters from every selected device's bucket and outcome (the full scan the
     server avoids; used to build counters once and by the tests)."""
@@ -245,7 +258,7 @@ def count_stages(
         if o in ("success", "failure", "pending"):
             per[k][o] += 1
         if o == "failure":
-            why[k][(reasons or {}).get(d) or "UNKNOWN"] += 1
+            why[k][reason_key((reasons or {}).get(d))] += 1
     return [StageCounts(c["devices"], c["success"], c["failure"], c["pending"], dict(w))
             for c, w in zip(per, why, strict=True)]
 
@@ -261,7 +274,7 @@ def progress_of(stages: Sequence[float], counts: Sequence[StageCounts]) -> list[
 
 def stage_progress(
     stages: Sequence[float], buckets: Mapping[str, float], outcomes: Mapping[str, str], floor: float | None,
-    reasons: Mapping[str, str | None] | None = None,
+    reasons: Mapping[str, ReasonCode | str | None] | None = None,
 ) -> list[StageProgress]:
     return progress_of(stages, count_stages(stages, buckets, outcomes, floor, reasons))
 
@@ -328,7 +341,7 @@ def evaluate_counts(
 
 def evaluate(
     *, status: str, stage: int, stages: Sequence[float], buckets: Mapping[str, float],
-    outcomes: Mapping[str, str], reasons: Mapping[str, str | None], floor: float | None,
+    outcomes: Mapping[str, str], reasons: Mapping[str, ReasonCode | str | None], floor: float | None,
     success_quota: float, max_failure_rate: float, min_devices_for_halt: int,
 ) -> Evaluation:
     """:func:`evaluate_counts` from every selected device's bucket and outcome."""

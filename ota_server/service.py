@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from models.bundle import semver_key
+from models.reasons import ReasonCode
 from ota_server import rollouts as ro
 from ota_server import store as st
 from ota_server.errors import BadRequest, Conflict
@@ -84,18 +85,20 @@ def ensure_counters(conn: Connection, rollout: Mapping[str, Any]) -> None:
 
 
 def count_outcome(conn: Connection, rollout_id: str, stage: int, old: tuple[str, str | None] | None,
-                  new: tuple[str, str | None]) -> None:
-    """Move one device between counters: ``old`` / ``new`` are (outcome, reason code)."""
-    if old == new or (old and old[0] != "failure" and old[0] == new[0]):
+                  new: tuple[str, ReasonCode | None]) -> None:
+    """Move one device between counters: ``old`` (as stored) / ``new`` are (outcome, reason code)."""
+    old_key = (old[0], ro.reason_key(old[1])) if old is not None else None
+    new_key = (new[0], ro.reason_key(new[1]))
+    if old_key == new_key or (old_key and old_key[0] != "failure" and old_key[0] == new_key[0]):
         return
     deltas: Counter[str] = Counter()
-    if old is not None:
-        deltas[old[0]] -= 1
-        if old[0] == "failure":
-            deltas[f"reason:{old[1] or 'UNKNOWN'}"] -= 1
-    deltas[new[0]] += 1
-    if new[0] == "failure":
-        deltas[f"reason:{new[1] or 'UNKNOWN'}"] += 1
+    if old_key is not None:
+        deltas[old_key[0]] -= 1
+        if old_key[0] == "failure":
+            deltas[f"reason:{old_key[1]}"] -= 1
+    deltas[new_key[0]] += 1
+    if new_key[0] == "failure":
+        deltas[f"reason:{new_key[1]}"] += 1
     st.add_counters(conn, rollout_id, stage, {k: n for k, n in deltas.items() if n})
 
 
@@ -259,7 +262,8 @@ def decide(conn: Connection, rollout: Mapping[str, Any], *, actor: str = "system
 
 
 def rollout_view(conn: Connection, rollout: Mapping[str, Any]) -> dict[str, Any]:
-    """A rollout with per-stage progress, failure reasons and its event timeline."""
+    """A rollout with per-stage progress, failure reasons, the variants its devices chose, the
+    failed devices with their gate evidence, and its event timeline."""
     if st.has_counters(conn, rollout["id"]):
         counts = stage_counts(conn, rollout)
     else:  # a rollout made by an older server, not evaluated since: count without storing
@@ -284,9 +288,10 @@ def rollout_view(conn: Connection, rollout: Mapping[str, Any]) -> dict[str, Any]
         "progress": [p.__dict__ for p in progress],
         "totals": {"success": total.success, "failure": total.failure, "pending": total.pending},
         "failure_reasons": dict(failures.most_common()),
+        "variants": st.variant_counts(conn, rollout["id"]),
         "failures": [
             {"device_id": r["device_id"], "state": r["state"], "reason_code": r["reason_code"],
-             "detail": r["detail"], "time": r["time"]}
+             "detail": r["detail"], "time": r["time"], "variant": r["variant"], "gate": r["gate"]}
             for r in st.failed_devices(conn, rollout["id"], limit=100)
         ],
         "events": [

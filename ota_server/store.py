@@ -205,6 +205,17 @@ def devices_in_group(conn: Connection, group: str) -> list[Row]:
     return [dict(r) for r in conn.execute(stmt).mappings()]
 
 
+def devices_running(conn: Connection, name: str, *, group: str | None = None) -> list[Row]:
+    """Every device (of ``group``, or of the fleet) that runs a release of model ``name``: what it
+    runs, and what a rollout selects it by."""
+    c = db.devices.c
+    stmt = sa.select(c.id, c.group_name, c.tags, c.hardware_class, c.running_version, c.running_release,
+                     c.running_variant).where(c.running_name == name).order_by(c.id)
+    if group is not None:
+        stmt = stmt.where(c.group_name == group)
+    return [dict(r) for r in conn.execute(stmt).mappings()]
+
+
 def update_device(conn: Connection, device_id: str, **values: Any) -> None:
     conn.execute(_UPDATE_DEVICE, {"_device_id": device_id, **values})
 
@@ -350,6 +361,14 @@ def write_device_outcome(conn: Connection, row: Mapping[str, Any], *, exists: bo
         return
     values = {k: v for k, v in row.items() if k not in ("stage", "rollout_id", "device_id")}
     conn.execute(_UPDATE_DEVICE_OUTCOME, {"_rollout_id": row["rollout_id"], "_device_id": row["device_id"], **values})
+
+
+def variant_counts(conn: Connection, rollout_id: str) -> dict[str, int]:
+    """How many of the rollout's devices chose each variant (devices that named one)."""
+    c = db.device_rollouts.c
+    stmt = sa.select(c.variant, sa.func.count()).where(c.rollout_id == rollout_id, c.variant.is_not(None)) \
+        .group_by(c.variant)
+    return {str(v): int(n) for v, n in conn.execute(stmt)}
 
 
 def set_device_stage(conn: Connection, rollout_id: str, device_id: str, stage: int | None) -> None:

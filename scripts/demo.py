@@ -1,15 +1,23 @@
 """`make demo`: edgefleet end to end on one machine, with real processes.
 
-1. train a road-sign classifier with 2-process DDP on synthetic data (``edge-train``);
-2. optimize it into bundles 1.0.0 and 1.1.0, and a deliberately broken 1.2.0 whose
-   classifier rows are rotated by one class (``edge-optimize``);
-3. start the OTA server (gunicorn on 127.0.0.1, SQLite, keys in ``<out>/server``);
-4. enroll a fleet of real ``edge-agent`` processes with different hardware
-   profiles, each watching its own camera video, and install 1.0.0 on all of them;
-5. roll 1.1.0 out in stages and show the stages advance as vehicles commit;
+1. write a camera video per vehicle and take calibration frames from them;
+2. train a road-sign classifier with 2-process DDP on synthetic data (``edge-train``)
+   and optimize it into bundle 1.0.0, calibrated on the camera frames (``edge-optimize
+   --calib-data``); meanwhile 1.0.0 trains on in the background (more epochs, twice
+   the images) to become 1.1.0;
+3. start the OTA server (gunicorn on 127.0.0.1, SQLite, keys in ``<out>/server``),
+   enroll a fleet of real ``edge-agent`` processes with different hardware profiles,
+   each watching its own camera video, and install 1.0.0 on all of them;
+4. optimize 1.1.0 against the published 1.0.0 and a deliberately broken 1.2.0 (1.1.0
+   with its classifier rows rotated by one class) against the published 1.1.0
+   (``--baseline-release``): each bundle says how often it should agree with the
+   release it replaces;
+5. roll 1.1.0 out in stages: every vehicle's shadow gate tests its live agreement
+   with 1.0.0 against that expectation and accepts it;
 6. roll 1.2.0 out: the vehicles' shadow gates refuse it, the failure threshold
    halts the rollout, and no vehicle ends up running it;
-7. write ``<out>/report.md``, ``summary.json`` and PNG charts.
+7. write ``<out>/report.md``, ``summary.json`` and PNG charts: both models' top-1,
+   and each vehicle's gate decision with its evidence as the server holds it.
 
 ``--quick`` replaces training and optimizing with tiny ready-made bundles (the
 flow the end-to-end test runs). Exit codes: 0 all checks passed, 1 a step or a
@@ -32,7 +40,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scripts import demo_flow
+from scripts import demo_build, demo_flow
 from scripts.demo_procs import Processes, StepFailed, tail
 
 log = logging.getLogger("demo")
@@ -47,12 +55,15 @@ class DemoConfig:
     quick: bool = False
     keep_running: bool = False
     port: int | None = None  # None = a free port
-    train_config: Path = ROOT / "training" / "configs" / "demo-signs.yaml"
+    train_config: Path = demo_build.TRAIN_CONFIG  # 1.0.0
+    next_train_config: Path = demo_build.LONGER_CONFIG  # 1.1.0, started from 1.0.0's weights
     poll_s: float = 1.0  # agent poll interval, seconds
-    rollout_timeout_s: float = 300.0  # per rollout
+    rollout_timeout_s: float = 900.0  # per rollout: bounds a stuck rollout, a slow one just takes longer
+    settle_timeout_s: float = 300.0  # after the halt, for the vehicles' last reports
     video_s: float = 12.0  # camera video length (files loop)
     camera_fps: float = 15.0  # video frame rate; agents capture at most this fast
-    health_window_s: float | None = None  # agents' health watch after a swap; None = the bundle's gate
+    calib_every: int = 2  # every n-th camera frame becomes a calibration frame
+    health_window_s: float | None = 10.0  # agents' health watch after a swap; None = the bundle's gate
     stages: tuple[int, ...] = (25, 50, 100)
     max_failure_rate: float = 0.2
     latency_budget_ms: float = 250.0  # rollout gate: generous, this host is shared and CPU-only
@@ -85,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="reduced flow: tiny ready-made bundles instead of training and optimizing")
     p.add_argument("--port", type=int, help="server port on 127.0.0.1 (default: a free one)")
-    p.add_argument("--rollout-timeout", type=float, default=300.0, help="seconds each rollout may take")
+    p.add_argument("--rollout-timeout", type=float, default=900.0,
+                   help="seconds after which a rollout that has not ended fails the demo (default 900)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -98,7 +110,7 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
         out=args.out.resolve(), agents=agents, quick=args.quick, keep_running=args.keep_running,
         port=args.port, rollout_timeout_s=args.rollout_timeout,
         video_s=6.0 if args.quick else 12.0, stages=(50, 100) if args.quick else (25, 50, 100),
-        camera_fps=30.0 if args.quick else 15.0, health_window_s=1.0 if args.quick else None,
+        camera_fps=30.0 if args.quick else 15.0, health_window_s=1.0 if args.quick else 10.0,
     )
 
 

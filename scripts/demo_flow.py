@@ -2,29 +2,44 @@
 
 :func:`run` goes through the steps of ``scripts/demo.py`` in order, printing a
 header per step and tqdm bars for the long waits, and returns the final
-checks. The steps themselves live in :mod:`scripts.demo_steps`; the report in
-:mod:`scripts.demo_report`.
+checks. The releases are built by :mod:`scripts.demo_build`, the fleet is
+driven by :mod:`scripts.demo_steps`, the report is :mod:`scripts.demo_report`.
+
+Every wait is on an event (a process exits, the server reports a rollout's
+end, the fleet reports its state), bounded only by generous timeouts: the
+flow holds on a host whose cores other work keeps busy.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from scripts import demo_media, demo_steps
+from scripts import demo_build, demo_media, demo_steps
 from scripts.demo_procs import Child, Processes, StepFailed
-from scripts.demo_report import FleetRow, RolloutRecord, fleet_table, write_report
+from scripts.demo_report import (
+    FleetRow,
+    ModelFacts,
+    RolloutRecord,
+    fleet_table,
+    gate_table,
+    models_table,
+    write_report,
+)
 from scripts.demo_steps import Agent, Clock, Server
 
 if TYPE_CHECKING:
     from scripts.demo import DemoConfig
 
 MODEL = "signs"
-STEPS = ("prepare camera videos and hardware profiles", "train (2-process DDP)", "optimize into bundles",
-         "start the OTA server", "enroll the fleet", "install release 1.0.0 on every vehicle",
-         "staged rollout of 1.1.0", "rollout of the bad release 1.2.0", "report")
+VERSIONS = ("1.0.0", "1.1.0", "1.2.0")
+STEPS = ("prepare camera videos, calibration frames and hardware profiles", "train 1.0.0 (2-process DDP)",
+         "optimize 1.0.0", "start the OTA server", "enroll the fleet", "install release 1.0.0 on every vehicle",
+         "build 1.1.0 and 1.2.0 against the releases they replace", "staged rollout of 1.1.0",
+         "rollout of the bad release 1.2.0", "report")
 
 
 class Steps:
@@ -50,7 +65,18 @@ class Steps:
             self._current = None
 
 
-def make_inputs(cfg: DemoConfig) -> list[Agent]:
+@dataclass
+class Releases:
+    """The bundles of 1.0.0, 1.1.0 and 1.2.0, what made them, and what they say of themselves."""
+
+    bundles: dict[str, Path]
+    runs: dict[str, Path] = field(default_factory=dict)
+    training: Child | None = None  # 1.1.0's run, in the background while the fleet starts
+    facts: dict[str, ModelFacts] = field(default_factory=dict)
+
+
+def make_inputs(cfg: DemoConfig) -> tuple[list[Agent], int]:
+    """Camera videos, hardware profiles and the calibration frames; returns the agents and the frame count."""
     agents = []
     for i in range(cfg.agents):
         name = f"veh-{i + 1}"
@@ -60,38 +86,78 @@ def make_inputs(cfg: DemoConfig) -> list[Agent]:
         demo_media.write_profile(cfg.out / "profiles" / f"{profile}.json", profile)
         agents.append(Agent(name=name, profile=profile, data_dir=cfg.out / "agents" / name, source=video))
         print(f"    {name}: {profile:<6} ({demo_media.HARDWARE_PROFILES[profile][0]}), camera {video.name} "
-              f"({frames} frames)")
-    return agents
+              f"({frames} frames, one sign each)")
+    calib = demo_media.extract_frames([a.source for a in agents], cfg.out / "calib", every=cfg.calib_every)
+    print(f"    calibration frames: 1 in {cfg.calib_every} of each camera video's frames -> "
+          f"{cfg.out / 'calib'} ({calib} PNG files, decoded with OpenCV as the agents decode them)")
+    return agents, calib
 
 
-def make_bundles(cfg: DemoConfig, procs: Processes, steps: Steps) -> tuple[dict[str, Path], list[Child]]:
-    """Bundle directories for 1.0.0, 1.1.0 and the bad 1.2.0, and the background jobs still making them."""
-    bundles = {v: cfg.out / "bundles" / f"{MODEL}-{v}" for v in ("1.0.0", "1.1.0", "1.2.0")}
+def start_releases(cfg: DemoConfig, procs: Processes, steps: Steps, calib_frames: int) -> Releases:
+    """1.0.0 trained and optimized; 1.1.0's training started in the background (--quick: tiny bundles)."""
+    rel = Releases({v: cfg.out / "bundles" / f"{MODEL}-{v}" for v in VERSIONS})
     if cfg.quick:
         steps.begin(1, "skipped with --quick")
         steps.begin(2, "--quick: tiny ready-made ONNX bundles (tests/bundles.py)")
         from tests.bundles import make_bundle
 
-        for version, behaviour in (("1.0.0", "ok"), ("1.1.0", "ok"), ("1.2.0", "permuted")):
-            make_bundle(bundles[version], name=MODEL, version=version, behaviour=behaviour)
-            print(f"    {MODEL} {version}: behaviour {behaviour!r} -> {bundles[version]}")
-        return bundles, []
+        for version, behaviour in zip(VERSIONS, ("ok", "ok", "permuted"), strict=True):
+            make_bundle(rel.bundles[version], name=MODEL, version=version, behaviour=behaviour)
+            rel.facts[version] = demo_build.model_facts(rel.bundles[version], source=f"tiny {behaviour!r} model",
+                                                        baseline=None)
+            print(f"    {MODEL} {version}: behaviour {behaviour!r} -> {rel.bundles[version]}")
+        return rel
+    runs = cfg.out / "runs"
     steps.begin(1, f"edge-train --config {cfg.train_config.relative_to(demo_steps.ROOT)} --nproc-per-node 2")
-    run_dir = demo_steps.train(procs, cfg.train_config, cfg.out / "runs")
-    steps.begin(2, "edge-optimize: FP32 + INT8 variants, accuracy and latency measured")
-    out = procs.run("optimize-1.0.0", demo_steps.optimize_argv(run_dir, bundles["1.0.0"], name=MODEL,
-                                                                version="1.0.0"), timeout_s=900, live=True)
-    print(_indent(demo_steps.variant_table(out)))
-    bad_run = demo_media.write_label_shifted_run(run_dir, cfg.out / "runs" / "signs-label-shift")
-    print(f"    1.1.0: a second optimize of {run_dir.name}; 1.2.0: {bad_run.name} (classifier rows rotated "
-          "by one class) — both optimized in the background while the fleet starts")
-    jobs = [procs.spawn(f"optimize-{v}", demo_steps.optimize_argv(src, bundles[v], name=MODEL, version=v))
-            for v, src in (("1.1.0", run_dir), ("1.2.0", bad_run))]
-    return bundles, jobs
+    argv = demo_build.train_argv(cfg.train_config, runs, f"{MODEL}-1.0.0")
+    out = procs.run("train-1.0.0", argv, timeout_s=demo_build.TRAIN_TIMEOUT_S, live=True)
+    rel.runs["1.0.0"] = demo_build.trained_run(runs / f"{MODEL}-1.0.0", out, log_path=procs.log_dir / "train-1.0.0.log")
+    next_argv = demo_build.train_argv(cfg.next_train_config, runs, f"{MODEL}-1.1.0",
+                                      init_weights=rel.runs["1.0.0"] / "checkpoints" / "best.pt")
+    rel.training = procs.spawn("train-1.1.0", next_argv)
+    print(f"    1.1.0: 1.0.0 trained on ({demo_build.describe_config(cfg.next_train_config)}, "
+          f"{cfg.next_train_config.name}) in the background while 1.0.0 is optimized and installed")
+    steps.begin(2, "edge-optimize --calib-data <camera frames>: FP32 + INT8 variants, accuracy and latency")
+    demo_build.optimize(procs, _optimize_argv(cfg, rel, "1.0.0", calib_frames), version="1.0.0")
+    return rel
 
 
-def _indent(text: str, lines: int = 30) -> str:
-    return "\n".join("    " + line for line in text.strip().splitlines()[-lines:])
+def _optimize_argv(cfg: DemoConfig, rel: Releases, version: str, calib_frames: int, *,
+                   run: Path | None = None, baseline: str | None = None, server: Server | None = None) -> list[str]:
+    return demo_build.optimize_argv(
+        run or rel.runs[version], rel.bundles[version], name=MODEL, version=version, calib_dir=cfg.out / "calib",
+        calib_samples=calib_frames, baseline_release=baseline, server_url=server.url if server else None,
+        trusted_root=server.root_json if server else None)
+
+
+def finish_releases(cfg: DemoConfig, procs: Processes, server: Server, rel: Releases, calib_frames: int) -> None:
+    """1.1.0 optimized against the published 1.0.0, published; 1.2.0 made from 1.1.0 and optimized against it."""
+    if cfg.quick:
+        return
+    assert rel.training is not None
+    out = procs.join(rel.training, timeout_s=demo_build.TRAIN_TIMEOUT_S)
+    rel.runs["1.1.0"] = demo_build.trained_run(cfg.out / "runs" / f"{MODEL}-1.1.0", out,
+                                               log_path=rel.training.log_path)
+    print(f"    edge-optimize 1.1.0 --baseline-release {MODEL}@1.0.0 (fetched from {server.url} through TUF)")
+    demo_build.optimize(procs, _optimize_argv(cfg, rel, "1.1.0", calib_frames, baseline=f"{MODEL}@1.0.0",
+                                              server=server), version="1.1.0")
+    _print_warnings(demo_steps.publish(procs, server, rel.bundles["1.1.0"], "1.1.0"))
+    bad = demo_media.write_label_shifted_run(rel.runs["1.1.0"], cfg.out / "runs" / f"{MODEL}-1.2.0-label-shift")
+    print(f"    1.2.0: {bad.name} (1.1.0 with its classifier rows rotated by one class), "
+          f"edge-optimize --baseline-release {MODEL}@1.1.0")
+    demo_build.optimize(procs, _optimize_argv(cfg, rel, "1.2.0", calib_frames, run=bad, baseline=f"{MODEL}@1.1.0",
+                                              server=server), version="1.2.0")
+    sources = {"1.0.0": demo_build.describe_config(cfg.train_config),
+               "1.1.0": f"1.0.0 + {demo_build.describe_config(cfg.next_train_config)}",
+               "1.2.0": "1.1.0 with its classes rotated by one"}
+    for version, baseline in zip(VERSIONS, (None, f"{MODEL}@1.0.0", f"{MODEL}@1.1.0"), strict=True):
+        rel.facts[version] = demo_build.model_facts(rel.bundles[version], source=sources[version], baseline=baseline)
+    print("\n" + "\n".join("    " + line for line in models_table(list(rel.facts.values()))))
+
+
+def _print_warnings(warnings: list[str]) -> None:
+    for w in warnings:
+        print(f"    {w}")
 
 
 def rollout(cfg: DemoConfig, procs: Processes, server: Server, agents: list[Agent], clock: Clock, *,
@@ -106,6 +172,8 @@ def rollout(cfg: DemoConfig, procs: Processes, server: Server, agents: list[Agen
                              timeout_s=cfg.rollout_timeout_s, agents=agents)
     for e in rec.events:
         print(f"      t={e['t']:6.1f}s  {e['event']}")
+    if rec.gates:
+        print("\n".join("      " + line for line in gate_table(rec, {a.device_id: a.name for a in agents})))
     if rec.final.get("status") != expected:
         raise StepFailed(f"rollout of {version} ended {rec.final.get('status')!r}, expected {expected!r}: "
                          f"{rec.final.get('halt_reason') or ''}", log_path=procs.log_dir / "server.log")
@@ -133,10 +201,20 @@ def fleet_rows(procs: Processes, server: Server, agents: list[Agent],
     return rows
 
 
-def final_checks(rows: list[FleetRow], records: list[RolloutRecord]) -> list[tuple[str, bool, str]]:
-    bad = records[-1]
+def _decisions(rec: RolloutRecord) -> list[str]:
+    return [str((g.get("agreement") or {}).get("decision")) for g in rec.gates.values()]
+
+
+def final_checks(rows: list[FleetRow], records: list[RolloutRecord],
+                 facts: dict[str, ModelFacts]) -> list[tuple[str, bool, str]]:
+    good, bad = records[1], records[-1]
     reasons = bad.final.get("failure_reasons") or {}
-    return [
+    checks = []
+    old, new = facts.get("1.0.0"), facts.get("1.1.0")
+    if old is not None and new is not None and old.top1 is not None and new.top1 is not None:
+        checks.append(("1.1.0 is better than 1.0.0 on the held-out split", new.top1 > old.top1,
+                       f"top-1 {old.top1:.1%} -> {new.top1:.1%}"))
+    checks += [
         ("every rollout ended as expected", all(r.final.get("status") == r.expected for r in records),
          ", ".join(f"{r.version}: {r.final.get('status')}" for r in records)),
         ("bad release halted automatically", bad.final.get("status") == "halted",
@@ -147,16 +225,23 @@ def final_checks(rows: list[FleetRow], records: list[RolloutRecord]) -> list[tup
          ", ".join(f"{r.name}={r.agent_version}" for r in rows)),
         ("every vehicle runs 1.1.0", all(r.version == "1.1.0" and "1.1.0" in r.agent_version for r in rows),
          f"{sum(r.version == '1.1.0' for r in rows)}/{len(rows)}"),
+        ("every vehicle's gate accepted 1.1.0 (server's evidence)",
+         len(good.gates) == len(rows) and all(d == "accept" for d in _decisions(good)),
+         f"{_decisions(good).count('accept')}/{len(rows)} accept"),
+        ("the vehicles that tried 1.2.0 refused it with evidence",
+         bool(bad.gates) and all(d == "refuse" for d in _decisions(bad)),
+         ", ".join(f"{d}" for d in _decisions(bad)) or "no gate evidence"),
         ("gate reason reported", bool(reasons) or bool(bad.final.get("halt_reason")), str(reasons or "-")),
     ]
+    return checks
 
 
 def run(cfg: DemoConfig, procs: Processes) -> list[tuple[str, bool, str]]:
     clock = Clock()
     steps = Steps(clock)
     steps.begin(0, f"{cfg.agents} vehicles")
-    agents = make_inputs(cfg)
-    bundles, jobs = make_bundles(cfg, procs, steps)
+    agents, calib_frames = make_inputs(cfg)
+    rel = start_releases(cfg, procs, steps, calib_frames)
     steps.begin(3, f"data in {cfg.out / 'server'}")
     server = demo_steps.start_server(procs, cfg.out / "server", port=cfg.port)
     print(f"    {server.url} (gunicorn, SQLite); logs in {procs.log_dir}")
@@ -169,26 +254,32 @@ def run(cfg: DemoConfig, procs: Processes) -> list[tuple[str, bool, str]]:
         print(f"    {a.name} enrolled as {a.device_id} ({a.profile}); running on {a.source.name}")
     records = []
     steps.begin(5)
-    demo_steps.publish(procs, server, bundles["1.0.0"], "1.0.0")
+    _print_warnings(demo_steps.publish(procs, server, rel.bundles["1.0.0"], "1.0.0"))
     records.append(rollout(cfg, procs, server, agents, clock, label="initial 1.0.0", version="1.0.0",
                            stages=[100], expected="completed"))
-    steps.begin(6, f"stages {list(cfg.stages)} %")
-    for job in jobs:
-        procs.join(job, timeout_s=900)
-    demo_steps.publish(procs, server, bundles["1.1.0"], "1.1.0")
+    steps.begin(6, "skipped with --quick" if cfg.quick else "1.1.0 against signs@1.0.0, 1.2.0 against signs@1.1.0")
+    finish_releases(cfg, procs, server, rel, calib_frames)
+    steps.begin(7, f"stages {list(cfg.stages)} %")
+    if cfg.quick:
+        _print_warnings(demo_steps.publish(procs, server, rel.bundles["1.1.0"], "1.1.0"))
     records.append(rollout(cfg, procs, server, agents, clock, label="staged 1.1.0", version="1.1.0",
                            stages=list(cfg.stages), expected="completed"))
-    steps.begin(7, "classifier rows rotated by one class: a wrong label order")
-    demo_steps.publish(procs, server, bundles["1.2.0"], "1.2.0")
+    steps.begin(8, "classifier rows rotated by one class: a wrong label order")
+    _print_warnings(demo_steps.publish(procs, server, rel.bundles["1.2.0"], "1.2.0"))
     records.append(rollout(cfg, procs, server, agents, clock, label="bad 1.2.0", version="1.2.0",
                            stages=list(cfg.stages), expected="halted"))
-    time.sleep(2 * cfg.poll_s)  # let the halted cohort settle back before the final look
-    steps.begin(8, f"{cfg.out / 'report.md'}")
+    unsettled = demo_steps.wait_settled(procs, server, agents, version="1.1.0", timeout_s=cfg.settle_timeout_s)
+    if unsettled:
+        print(f"    still not settled on 1.1.0 after {cfg.settle_timeout_s:.0f} s: {', '.join(unsettled)}")
+    demo_steps.refresh(server, records[-1])  # refusals reported after the halt count too
+    steps.begin(9, f"{cfg.out / 'report.md'}")
     rows = fleet_rows(procs, server, agents, records)
-    checks = final_checks(rows, records)
+    checks = final_checks(rows, records, rel.facts)
     steps.end()
     write_report(cfg.out, rows=rows, rollouts=records, checks=checks, timings=steps.timings,
-                 extra={"server": server.url, "agents": len(agents), "quick": cfg.quick})
+                 models=[rel.facts[v] for v in VERSIONS if v in rel.facts],
+                 extra={"server": server.url, "agents": len(agents), "quick": cfg.quick,
+                        "calibration_frames": calib_frames})
     print("\n" + "\n".join(fleet_table(rows)))
     for name, ok, detail in checks:
         print(f"  [{'PASS' if ok else 'FAIL'}] {name}: {detail}")

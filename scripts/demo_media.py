@@ -1,9 +1,14 @@
 """Inputs the demo makes for itself: camera videos, hardware profiles, a bad checkpoint.
 
 - Camera videos: real MJPEG ``.avi`` files (``cv2.VideoWriter``) whose frames
-  are synthetic road signs from :mod:`models.datasets`, each sign held for a
-  few frames as if the vehicle drove past it; every vehicle gets its own
-  stretch of the validation split.
+  are synthetic road signs from :mod:`models.datasets`, one sign per frame;
+  every vehicle gets its own stretch of the validation split. One sign per
+  frame because the shadow gate's sequential test counts frames as
+  independent trials: a sign held for six frames would be counted six times,
+  and the test's error rates would be several times what the gates ask for.
+- Calibration frames: the frames of those videos, decoded with OpenCV as the
+  agents decode them, for ``edge-optimize --calib-data`` (the deployment
+  domain: INT8 calibration and the agreement the vehicles should expect).
 - Hardware profiles: the override files ``edge-agent enroll
   --hardware-profile`` takes, so four processes on one x86 host present
   themselves as different boards (docs/contracts.md §6).
@@ -54,17 +59,24 @@ def write_profile(path: Path, name: str) -> Path:
 
 
 def write_camera_video(path: Path, *, vehicle: int, seconds: float = 12.0, fps: int = 15,
-                       size: int = 160, hold: int = 6, image_size: int = 64) -> int:
-    """Write an MJPEG video of passing road signs; returns the frame count."""
+                       size: int = 160, hold: int = 1, image_size: int = 64) -> int:
+    """Write an MJPEG video of passing road signs (``hold`` frames each); returns the frame count.
+
+    Vehicle ``i`` films signs ``i * n .. (i + 1) * n - 1`` of the validation split
+    (``n`` signs per video), so the fleet's cameras see disjoint signs.
+    """
     ds = open_dataset(DatasetSpec(name="synthetic-signs", seed=0, image_size=image_size, val_size=2000),
                       split="val")
     frames = int(seconds * fps)
+    if frames <= 0 or hold < 1:
+        raise ValueError(f"need seconds * fps >= 1 and hold >= 1, got {seconds} s at {fps} fps, hold {hold}")
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (size, size))
     if not writer.isOpened():
         raise OSError(f"OpenCV cannot write MJPEG video to {path}")
     try:
-        first = (vehicle * 97) % max(1, len(ds) - frames)
+        signs = -(-frames // hold)
+        first = (vehicle * signs) % max(1, len(ds) - signs)
         for f in range(frames):
             sample = ds[(first + f // hold) % len(ds)]
             frame = cv2.resize(sample.image, (size, size), interpolation=cv2.INTER_LINEAR)
@@ -74,6 +86,41 @@ def write_camera_video(path: Path, *, vehicle: int, seconds: float = 12.0, fps: 
     if not path.is_file() or path.stat().st_size == 0:
         raise OSError(f"OpenCV wrote nothing to {path}")
     return frames
+
+
+def extract_frames(videos: list[Path], out_dir: Path, *, every: int = 1) -> int:
+    """Decode every ``every``-th frame of each video into ``out_dir/<video>-<n>.png``; returns the count.
+
+    PNG keeps the decoded pixels exactly: the optimizer calibrates on what the
+    agents' OpenCV capture hands their models. Raises :class:`OSError` for a
+    video OpenCV cannot open or one without a frame.
+    """
+    if every < 1:
+        raise ValueError(f"every must be >= 1, got {every}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = 0
+    for video in videos:
+        cap = cv2.VideoCapture(str(video))
+        if not cap.isOpened():
+            raise OSError(f"OpenCV cannot open {video}")
+        index = kept = 0
+        try:
+            while True:
+                ok, frame = cap.read()
+                if not ok:
+                    break
+                if index % every == 0:
+                    target = out_dir / f"{video.stem}-{index:05d}.png"
+                    if not cv2.imwrite(str(target), frame):
+                        raise OSError(f"OpenCV cannot write {target}")
+                    kept += 1
+                index += 1
+        finally:
+            cap.release()
+        if index == 0:
+            raise OSError(f"{video} holds no frame OpenCV can decode")
+        written += kept
+    return written
 
 
 def _classifier_keys(state: dict[str, Any], num_classes: int) -> tuple[str, str | None]:

@@ -64,6 +64,7 @@ class Server:
     admin_token: str
     enroll_token: str
     client: FleetClient
+    root_json: Path  # the image repository's root.json (provisioning): what edge-optimize trusts
 
 
 @dataclass
@@ -85,13 +86,19 @@ class Clock:
         return round(time.monotonic() - self.t0, 1)
 
 
-def start_server(procs: Processes, data_dir: Path, *, port: int | None = None, workers: int = 2) -> Server:
-    """``ota-server init`` + tokens + ``ota-server serve`` (gunicorn on 127.0.0.1)."""
+def start_server(procs: Processes, data_dir: Path, *, port: int | None = None, workers: int = 2,
+                 timeout_s: float = 180.0) -> Server:
+    """``ota-server init`` + tokens + ``ota-server serve`` (gunicorn on 127.0.0.1).
+
+    Waits for ``/healthz`` (up to ``timeout_s``: gunicorn and its workers start slowly on a
+    loaded host); a server process that exits meanwhile fails the step at once.
+    """
     server_cli = tool("ota-server")
-    out = procs.run("server-init", [server_cli, "init", "--data-dir", str(data_dir), "--json"], timeout_s=120)
+    out = procs.run("server-init", [server_cli, "init", "--data-dir", str(data_dir), "--json"], timeout_s=300)
     try:
         init = json.loads(out[out.index("{"):])
         admin, enroll = str(init["admin_token"]), str(init["enrollment_token"])
+        root_json = Path(init.get("root_json") or data_dir / "provisioning" / "root.json")
     except (ValueError, KeyError) as e:
         raise StepFailed(f"ota-server init --json printed no tokens ({e})",
                          log_path=procs.log_dir / "server-init.log") from e
@@ -100,15 +107,16 @@ def start_server(procs: Processes, data_dir: Path, *, port: int | None = None, w
     procs.start("server", [server_cli, "serve", "--data-dir", str(data_dir), "--bind", f"127.0.0.1:{port}",
                            "--workers", str(workers)])
     probe = FleetClient(url, pool_size=1, timeout_s=2.0)  # short: a port held by another program never answers
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         procs.check_alive()
         try:
             if probe.get_json("/healthz").get("status") == "ok":
-                return Server(url, data_dir, admin, enroll, FleetClient(url, pool_size=4))
+                return Server(url, data_dir, admin, enroll, FleetClient(url, pool_size=4), root_json)
         except ApiError:
             time.sleep(0.3)
-    raise StepFailed(f"the server did not answer {url}/healthz within 60 s", log_path=procs.log_dir / "server.log")
+    raise StepFailed(f"the server did not answer {url}/healthz within {timeout_s:.0f} s",
+                     log_path=procs.log_dir / "server.log")
 
 
 def enroll_agent(procs: Processes, server: Server, agent: Agent, profile_file: Path) -> None:
@@ -116,7 +124,7 @@ def enroll_agent(procs: Processes, server: Server, agent: Agent, profile_file: P
         tool("edge-agent"), "enroll", "--data-dir", str(agent.data_dir), "--server", server.url,
         "--token", server.enroll_token, "--name", agent.name, "--group", "demo",
         "--tag", agent.profile, "--hardware-profile", str(profile_file),
-    ], timeout_s=120)
+    ], timeout_s=300)
     match = re.search(r"\bdev_[A-Za-z0-9_-]+", out)
     if not match:
         raise StepFailed(f"edge-agent enroll printed no device id for {agent.name}",
@@ -139,7 +147,7 @@ def agent_statuses(procs: Processes, agents: list[Agent]) -> dict[str, dict[str,
                                                      str(a.data_dir), "--json"]) for a in agents}
     out = {}
     for name, job in jobs.items():
-        text = procs.join(job, timeout_s=60)
+        text = procs.join(job, timeout_s=300)
         start = text.find("{")
         try:
             out[name] = dict(json.loads(text[start:])) if start >= 0 else {}
@@ -172,9 +180,11 @@ def publishable(bundle: Path, staging: Path) -> Path:
     return dest
 
 
-def publish(procs: Processes, server: Server, bundle: Path, version: str) -> None:
+def publish(procs: Processes, server: Server, bundle: Path, version: str) -> list[str]:
+    """``ota-ctl publish``; returns the warnings it printed (e.g. no expectation for what the fleet runs)."""
     src = publishable(bundle, procs.log_dir.parent / "publish")
-    procs.run(f"publish-{version}", ota_ctl(server, "publish", str(src)), timeout_s=300)
+    out = procs.run(f"publish-{version}", ota_ctl(server, "publish", str(src)), timeout_s=300)
+    return [line.strip() for line in out.splitlines() if line.startswith("ota-ctl: warning:")]
 
 
 def create_rollout(procs: Processes, server: Server, *, model: str, version: str, stages: list[int],
@@ -185,7 +195,7 @@ def create_rollout(procs: Processes, server: Server, *, model: str, version: str
     for key, value in gates.items():
         if value is not None:
             argv += [f"--{key.replace('_', '-')}", str(value)]
-    out = procs.run(f"rollout-{version}", argv, timeout_s=60)
+    out = procs.run(f"rollout-{version}", argv, timeout_s=300)
     try:
         data = json.loads(out[out.index("{"):])
         return str(data.get("rollout", data)["id"])
@@ -214,9 +224,35 @@ def server_events(r: dict[str, Any], clock: Clock) -> list[dict[str, Any]]:
     return out
 
 
+def note_gates(rec: RolloutRecord, devices: list[dict[str, Any]]) -> None:
+    """Keep each device's gate evidence for ``rec``'s rollout, as the server's fleet view shows it.
+
+    A device's view holds only its latest gate record (``gate``: the child-process gate's
+    variant and timings, then the shadow run's agreement test), so the records of one rollout
+    are merged as they come: later fields win, earlier ones stay. The rollout's own view keeps
+    each failed device's record; it is merged in the same way.
+    """
+    for d in devices:
+        gate = d.get("gate")
+        if isinstance(gate, dict) and gate.get("rollout_id") == rec.rollout_id:
+            merged = rec.gates.setdefault(str(d["id"]), {})
+            merged.update({k: v for k, v in gate.items() if v is not None})
+            if d.get("state"):  # the device's latest state, while its latest gate is this rollout's
+                merged["outcome"] = d["state"]
+    for f in rec.final.get("failures") or []:
+        merged = rec.gates.setdefault(str(f["device_id"]), {})
+        if isinstance(f.get("gate"), dict):
+            merged.update({k: v for k, v in f["gate"].items() if v is not None})
+        merged.update(outcome=f.get("state"), reason_code=f.get("reason_code"))
+
+
 def watch_rollout(procs: Processes, server: Server, rec: RolloutRecord, *, clock: Clock, devices: int,
-                  timeout_s: float, agents: list[Agent]) -> None:
-    """Follow a rollout until it ends, recording stage advances and halts with their times."""
+                  timeout_s: float, agents: list[Agent], poll_s: float = 1.0) -> None:
+    """Follow a rollout until it ends, recording stage advances, halts and the vehicles' gate evidence.
+
+    Waits on the rollout's own status (what the server records), never on elapsed time:
+    ``timeout_s`` only bounds a rollout that is stuck.
+    """
     from tqdm import tqdm
 
     last_counts = (-1, -1)
@@ -229,6 +265,7 @@ def watch_rollout(procs: Processes, server: Server, rec: RolloutRecord, *, clock
             status, stage = rollout_status(r), rollout_stage(r)
             success, failure = _progress_counts(r)
             rec.events = server_events(r, clock)
+            note_gates(rec, server.client.devices(server.admin_token))
             if (success, failure) != last_counts:
                 rec.progress.append({"t": clock.now(), "success": success, "failure": failure})
                 last_counts = (success, failure)
@@ -236,6 +273,7 @@ def watch_rollout(procs: Processes, server: Server, rec: RolloutRecord, *, clock
             bar.set_postfix_str(f"{status}, stage {stage}, ok={success} failed={failure}")
             if status in TERMINAL_STATUSES:
                 rec.final = r
+                note_gates(rec, server.client.devices(server.admin_token))
                 return
             if time.monotonic() > deadline:
                 rec.final = r
@@ -243,42 +281,36 @@ def watch_rollout(procs: Processes, server: Server, rec: RolloutRecord, *, clock
                 raise StepFailed(f"rollout {rec.rollout_id} ({rec.label}) still {status} at stage {stage} "
                                  f"after {timeout_s:.0f} s (ok={success} failed={failure})\n{logs}",
                                  log_path=procs.log_dir / "server.log")
-            time.sleep(1.0)
+            time.sleep(poll_s)
 
 
-def train(procs: Processes, config: Path, runs_dir: Path) -> Path:
-    """``edge-train`` with 2 DDP processes; returns the run directory."""
-    out = procs.run("train", [tool("edge-train"), "--config", str(config), "--nproc-per-node", "2",
-                              "--output", str(runs_dir), "--name", "signs"], timeout_s=900, live=True)
-    runs = sorted(p.parent.parent for p in runs_dir.glob("*/checkpoints/best.json"))
-    if not runs:
-        raise StepFailed(f"edge-train wrote no checkpoints/best.json under {runs_dir}",
-                         log_path=procs.log_dir / "train.log")
-    lines = [x for x in out.replace("\r", "\n").splitlines() if x.strip() and "%|" not in x]
-    for line in [x for x in lines if "epoch" in x or "best" in x][-5:]:
-        print(f"    {line.split(' INFO ')[-1]}")
-    return runs[-1]
+def refresh(server: Server, rec: RolloutRecord) -> None:
+    """Read ``rec``'s rollout and the fleet's gate evidence once more (after the fleet settled)."""
+    rec.final = server.client.rollout(server.admin_token, rec.rollout_id)
+    note_gates(rec, server.client.devices(server.admin_token))
 
 
-# a lean optimize for the demo: the fleet's hardware classes only, one calibration method
-OPTIMIZE_FLAGS = ("--targets", "cpu,jetson-orin", "--calib-methods", "minmax", "--eval-samples", "200",
-                  "--bench-seconds", "0.5", "--bench-queries", "20")
+SETTLED_STATES = ("committed", "failed", "refused", "rolled-back")  # no update under way
 
 
-def optimize_argv(run_dir: Path, bundle: Path, *, name: str, version: str) -> list[str]:
-    """``edge-optimize RUN_DIR --out BUNDLE --name N --version X.Y.Z`` plus the demo's flags."""
-    return [tool("edge-optimize"), str(run_dir), "--out", str(bundle), "--name", name, "--version", version,
-            *OPTIMIZE_FLAGS]
+def wait_settled(procs: Processes, server: Server, agents: list[Agent], *, version: str, timeout_s: float,
+                 poll_s: float = 1.0) -> list[str]:
+    """Wait until the server sees every vehicle running ``version`` with no update under way.
 
-
-def variant_table(output: str) -> str:
-    """The optimizer's variant table and selection lines out of its log."""
-    lines = output.replace("\r", "\n").splitlines()
-    start = next((i for i, line in enumerate(lines) if line.startswith("| variant")), None)
-    if start is None:
-        return "(no variant table in the optimizer's output)"
-    keep = [line for line in lines[start:] if line.strip() and "%|" not in line]
-    return "\n".join(keep[:20])
+    After a halt, vehicles of the halted stage may still be finishing their shadow run of
+    the refused release: the final look waits for their reports, not for a fixed time.
+    Returns the vehicles still unsettled after ``timeout_s`` (empty when all settled).
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        procs.check_alive()
+        by_id = {d["id"]: d for d in server.client.devices(server.admin_token)}
+        pending = [a.name for a in agents
+                   if (by_id.get(a.device_id, {}).get("running") or {}).get("version") != version
+                   or by_id.get(a.device_id, {}).get("state") not in SETTLED_STATES]
+        if not pending or time.monotonic() > deadline:
+            return pending
+        time.sleep(poll_s)
 
 
 def active_version(status: dict[str, Any]) -> str:

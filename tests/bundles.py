@@ -9,7 +9,10 @@ manifest; behaviours let tests exercise the agent's gates:
 - ``slow``: adds a chain of large MatMuls so each inference takes tens of ms;
 - ``nan-on-red``: like ``ok``, but NaN logits on frames whose mean red exceeds 0.6
   (a model that breaks only on some scenes);
+- ``no-blue``: like ``ok``, but "blue" never wins (its frames go to "other"): one class broken;
 - ``not-onnx``: the "model" file is random bytes.
+
+:func:`make_multi_bundle` writes several variants (FP32, INT8 ...) of such models in one bundle.
 """
 
 from __future__ import annotations
@@ -64,6 +67,8 @@ def make_onnx(behaviour: str = "ok", *, slow_ops: int = 24, slow_dim: int = 384)
     if behaviour == "not-onnx":
         return hashlib.sha256(b"not a model").digest() * 64
     w, b = _weights(1 if behaviour == "permuted" else 0)
+    if behaviour == "no-blue":
+        b[LABELS.index("blue")] = -1e4
     inits = [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")]
     nodes = [
         helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
@@ -182,5 +187,48 @@ def make_bundle(
         ),
         arch="tiny-linear",
     )
+    write_bundle(d, manifest)
+    return manifest
+
+
+def make_multi_bundle(
+    directory: str | os.PathLike[str],
+    *,
+    name: str = "duo",
+    version: str = "1.0.0",
+    variants: tuple[tuple[str, str], ...] = (("onnx-fp32", "ok"), ("onnx-int8", "ok")),
+    order: tuple[str, ...] | None = None,
+    latency_budget_ms: float = 250.0,
+    slow_ops: int = 2,
+) -> Manifest:
+    """A bundle with several variants, ``(id, behaviour)`` each, every one runnable on every host.
+
+    ``order`` is each hardware class's selection order (default: ``variants`` order), so the
+    first is what the director assigns and the others its alternates. A precision is read from
+    the id (``-int8``, ``-fp16``, else FP32). Each file's graph is named after its variant, so
+    two variants of the same behaviour compute alike but are different files. ``slow`` here is a
+    short chain (``slow_ops``) of MatMuls: several times slower than ``ok``, far within budget.
+    """
+    import dataclasses
+
+    d = Path(directory)
+    base = make_bundle(d, name=name, version=version, latency_budget_ms=latency_budget_ms)
+    (d / "model.onnx").unlink()
+    built = []
+    for vid, behaviour in variants:
+        if behaviour == "not-onnx":
+            data = hashlib.sha256(vid.encode()).digest() * 64
+        else:
+            model = onnx.load_from_string(make_onnx(behaviour, slow_ops=slow_ops, slow_dim=256))
+            model.graph.name = f"tiny-{vid}"
+            data = model.SerializeToString()
+        file = f"model-{vid}.onnx"
+        (d / file).write_bytes(data)
+        precision = Precision.INT8 if vid.endswith("int8") else Precision.FP16 if vid.endswith("fp16") else Precision.FP32
+        built.append(dataclasses.replace(base.variants[0], id=vid, precision=precision, file=file,
+                                         sha256=hashlib.sha256(data).hexdigest(), size=len(data)))
+    wanted = order or tuple(vid for vid, _ in variants)
+    selection = {hw: SelectionEntry(order=wanted, reason="test order") for hw in base.selection}
+    manifest = dataclasses.replace(base, variants=tuple(built), selection=selection)
     write_bundle(d, manifest)
     return manifest

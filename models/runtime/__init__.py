@@ -7,7 +7,8 @@
     pred = model.predict(frame_bgr)               # Prediction(kind, top_k|boxes|mask, raw, timings_ms)
 
 Backends: ONNX Runtime (:mod:`models.runtime.onnxrt`) and TensorRT 10
-(:mod:`models.runtime.tensorrt`), each importing its library lazily, so this
+(:mod:`models.runtime.tensorrt`; engines built on the device with
+:mod:`models.runtime.trt_build`), each importing its library lazily, so this
 package imports with numpy + OpenCV only. Errors: :mod:`models.runtime.errors`.
 """
 
@@ -17,6 +18,7 @@ from models.runtime.base import Backend, Runtime
 from models.runtime.decode import Detections, decode_boxes, decode_mask, nms, softmax, topk
 from models.runtime.errors import (
     BackendUnavailable,
+    EngineBuildError,
     InferenceError,
     ModelLoadError,
     ModelRuntimeError,
@@ -39,5 +41,6 @@ __all__ = [
     "ModelRuntimeError",
     "ModelLoadError",
     "BackendUnavailable",
+    "EngineBuildError",
     "InferenceError",
 ]

@@ -4,8 +4,9 @@
 
     ModelRuntimeError (RuntimeError)    base: anything the runtime layer refuses or fails at
     ├── ModelLoadError                   the bundle/variant cannot be opened as a model
-    │   └── BackendUnavailable           the backend (ONNX Runtime, TensorRT, pycuda) is not installed
-    │                                    or cannot run the variant on this host
+    │   ├── BackendUnavailable           the backend (ONNX Runtime, TensorRT, pycuda) is not installed
+    │   │                                or cannot run the variant on this host
+    │   └── EngineBuildError             TensorRT could not build an engine from the ONNX
     └── InferenceError                   a loaded model failed on an input (bad shape, runtime fault)
 
 Third-party errors (ONNX Runtime, TensorRT, CUDA) are wrapped at the edge with
@@ -14,7 +15,7 @@ Third-party errors (ONNX Runtime, TensorRT, CUDA) are wrapped at the edge with
 
 from __future__ import annotations
 
-__all__ = ["ModelRuntimeError", "ModelLoadError", "BackendUnavailable", "InferenceError"]
+__all__ = ["ModelRuntimeError", "ModelLoadError", "BackendUnavailable", "EngineBuildError", "InferenceError"]
 
 
 class ModelRuntimeError(RuntimeError):
@@ -27,6 +28,10 @@ class ModelLoadError(ModelRuntimeError):
 
 class BackendUnavailable(ModelLoadError):
     """The requested backend is not installed or cannot run this variant here."""
+
+
+class EngineBuildError(ModelLoadError):
+    """TensorRT is missing, or parsing or building the engine from an ONNX file failed; the message says which."""
 
 
 class InferenceError(ModelRuntimeError):

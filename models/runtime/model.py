@@ -4,7 +4,9 @@
 selection for this host's hardware class unless one is named), verifies its
 length and sha256, and opens it with ONNX Runtime or TensorRT.
 :class:`Model` adds the bundle's preprocessing and decoder around it:
-``predict(frame_bgr) -> Prediction`` with per-stage timings.
+``predict(frame_bgr) -> Prediction`` with per-stage timings; given
+``engine=``, it serves the TensorRT engine a device built from the variant's
+ONNX (``build_on_device``) instead of the ONNX itself.
 
 This module does not download, verify signatures or benchmark (the agent and
 :mod:`models.bench` do).
@@ -87,11 +89,16 @@ def resolve_variant(
         raise ModelLoadError(str(e)) from e
 
 
+def _concrete(variant: Variant, backend: Backend) -> Backend:
+    if backend is Backend.AUTO:
+        return Backend.TENSORRT if variant.format is Format.TENSORRT_ENGINE else Backend.ONNXRUNTIME
+    return backend
+
+
 def _open_file(
     path: Path, variant: Variant, *, backend: Backend, providers: Sequence[str] | None, threads: int | None
 ) -> Runtime:
-    if backend is Backend.AUTO:
-        backend = Backend.TENSORRT if variant.format is Format.TENSORRT_ENGINE else Backend.ONNXRUNTIME
+    backend = _concrete(variant, backend)
     if backend is Backend.TENSORRT:
         if variant.format is not Format.TENSORRT_ENGINE:
             raise ModelLoadError(f"variant {variant.id!r} is {variant.format.value}, not a TensorRT engine")
@@ -144,15 +151,29 @@ def _open_checked(
     providers: Sequence[str] | None,
     threads: int | None,
     verify: bool,
+    engine: Path | None = None,
 ) -> Runtime:
     if verify:
         try:
             verify_bundle(bundle_dir, manifest, variant_ids=[variant.id])
         except BundleError as e:
             raise ModelLoadError(f"refusing to load {variant.file}: {e}") from e
-    rt = _open_file(bundle_dir / variant.file, variant, backend=backend, providers=providers, threads=threads)
+    if engine is not None:
+        rt = _open_engine(engine, variant)
+    else:
+        rt = _open_file(bundle_dir / variant.file, variant, backend=backend, providers=providers, threads=threads)
     log.info("opened %s@%s variant %s (%s)", manifest.name, manifest.version, variant.id, rt)
     return rt
+
+
+def _open_engine(engine: Path, variant: Variant) -> Runtime:
+    """The TensorRT engine built from ``variant``'s ONNX on this device."""
+    if variant.format is not Format.ONNX:
+        raise ModelLoadError(f"variant {variant.id!r} is a {variant.format.value}; only an ONNX variant is built "
+                             "into an engine on the device")
+    from models.runtime.tensorrt import TrtRuntime
+
+    return TrtRuntime(engine)
 
 
 class Model:
@@ -161,6 +182,12 @@ class Model:
     Cheap to construct twice side by side (each holds one session); safe for
     several threads because calls are serialised by a lock (the preprocessor
     keeps the last transform). Use as a context manager or call :meth:`close`.
+
+    ``engine`` runs a TensorRT engine built from the (ONNX) variant on this
+    device instead of the variant file; the variant is still verified, since
+    its manifest entry says what the engine was built from. ``backend`` is
+    then :attr:`Backend.TENSORRT`, and :attr:`backend` always names the
+    runtime that serves.
     """
 
     def __init__(
@@ -173,12 +200,15 @@ class Model:
         providers: Sequence[str] | None = None,
         threads: int | None = None,
         verify: bool = True,
+        engine: str | os.PathLike[str] | None = None,
     ) -> None:
         self.bundle_dir = Path(bundle_dir)
         self.manifest = _read(bundle_dir)
         self.variant = resolve_variant(self.manifest, variant_id, profile)
+        self.engine_path = Path(engine) if engine is not None else None
+        self.backend = Backend.TENSORRT if engine is not None else _concrete(self.variant, backend)
         self.runtime = _open_checked(self.bundle_dir, self.manifest, self.variant, backend=backend,
-                                     providers=providers, threads=threads, verify=verify)
+                                     providers=providers, threads=threads, verify=verify, engine=self.engine_path)
         self._pre = Preprocessor(self.manifest.input)
         self._dynamic_batch = self.manifest.input.shape[0] is None
         self._lock = threading.Lock()
@@ -198,6 +228,9 @@ class Model:
             return []
         if not self._dynamic_batch and len(frames) > 1:
             return [p for f in frames for p in self.predict_batch([f])]
+        limit = getattr(self.runtime, "max_batch", None)  # an engine's optimization profile bounds the batch
+        if limit is not None and len(frames) > limit:
+            return [p for i in range(0, len(frames), limit) for p in self.predict_batch(frames[i:i + limit])]
         with self._lock:
             t0 = time.perf_counter()
             inputs, transforms, sizes = [], [], []
@@ -264,5 +297,5 @@ class Model:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Model({self.name}, variant={self.variant.id!r})"
+        return f"Model({self.name}, variant={self.variant.id!r}, backend={self.backend.value})"
 

@@ -7,8 +7,8 @@ dynamic batch is set with ``set_input_shape``, device buffers are bound with
 stream. ``tensorrt`` and ``pycuda`` are imported lazily, inside
 :class:`TrtRuntime`, so importing this module costs nothing on a CPU host.
 
-This module does not build engines (``optimize.tensorrt`` does, and the agent
-when a variant is ``build_on_device``).
+This module does not build engines (:mod:`models.runtime.trt_build` does on a
+device, ``optimize.tensorrt`` on a build host).
 """
 
 from __future__ import annotations
@@ -120,6 +120,10 @@ class TrtRuntime:
             raise ModelLoadError(f"{self.source} has {len(inputs)} inputs; edgefleet models take one image tensor")
         self._input = inputs[0]
         self.input_name: str = self._input.name
+        # the largest batch profile 0 accepts (None: a fixed batch, see the input shape)
+        self.max_batch: int | None = None
+        if self._input.shape and self._input.shape[0] < 0:
+            self.max_batch = int(self._engine.get_tensor_profile_shape(self.input_name, 0)[2][0])
         self.output_names: tuple[str, ...] = tuple(b.name for b in self._bindings if not b.is_input)
         self._stream = cuda.Stream()
 

@@ -122,11 +122,13 @@ def hardware(device_id: str) -> Response:
 def device_view(row: Mapping[str, Any]) -> dict[str, Any]:
     running = None
     if row["running_name"]:
-        running = {"name": row["running_name"], "version": row["running_version"], "release": row["running_release"]}
+        running = {"name": row["running_name"], "version": row["running_version"], "release": row["running_release"],
+                   "variant": row["running_variant"]}
     return {
         "id": row["id"], "name": row["name"], "group": row["group_name"], "tags": row["tags"],
         "hardware_class": row["hardware_class"], "hardware": row["hardware"], "enrolled_at": row["enrolled_at"],
         "last_seen": row["last_seen"], "state": row["state"], "running": running, "metrics": row["last_metrics"],
+        "gate": row["last_gate"],
     }
 
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+
 from flask import Blueprint, Response, request
 
+from models.bundle import Manifest
+from ota_server import coverage
 from ota_server import store as st
 from ota_server.api.common import json_response, principal, require_role, services
 from ota_server.auth import Role
@@ -11,6 +15,7 @@ from ota_server.errors import BadRequest, NotFound
 from ota_server.publish import receive, release_view
 
 bp = Blueprint("releases", __name__, url_prefix="/api/v1/releases")
+log = logging.getLogger(__name__)
 
 
 @bp.post("")
@@ -24,7 +29,12 @@ def publish() -> Response:
     tar_path = receive(request.stream, content_length=request.content_length, limit=s.config.max_upload_bytes,
                        tmp_dir=s.config.tmp_dir)
     release = s.publisher.publish_tar(tar_path, actor=principal().actor)
-    return json_response({"release": release}, 201)
+    with s.store.read() as conn:
+        manifest = Manifest.from_dict(st.get_release(conn, release["counter"])["manifest"])
+        warnings = coverage.warnings(conn, manifest)
+    for w in warnings:
+        log.warning("published %s@%s: %s", release["name"], release["version"], w["message"])
+    return json_response({"release": release, "warnings": warnings}, 201)
 
 
 @bp.get("")

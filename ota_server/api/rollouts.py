@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, request
 
+from models.bundle import Manifest
+from ota_server import coverage, service
 from ota_server import rollouts as ro
-from ota_server import service
 from ota_server import store as st
 from ota_server.api.common import json_body, json_response, principal, require_role, services
 from ota_server.auth import Role
@@ -17,9 +18,16 @@ bp = Blueprint("rollouts", __name__, url_prefix="/api/v1/rollouts")
 @require_role(Role.OPERATOR)
 def create() -> Response:
     spec = ro.parse_rollout(json_body())
+    actor = principal().actor
     with services().store.tx() as conn:
-        row = service.create_rollout(conn, spec, actor=principal().actor)
+        row = service.create_rollout(conn, spec, actor=actor)
+        manifest = Manifest.from_dict(st.get_release(conn, row["release"])["manifest"])
+        warnings = coverage.warnings(conn, manifest, group=spec.group, tags=spec.tags,
+                                     hardware_classes=spec.hardware_classes)
+        for w in warnings:  # on the timeline too: why its devices judge against the bundle's FP32
+            st.add_event(conn, row["id"], "warning", w["message"], actor)
         view = service.rollout_view(conn, row)
+    view["warnings"] = warnings
     return json_response(view, 201)
 
 

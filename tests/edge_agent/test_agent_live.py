@@ -14,7 +14,8 @@ from edge_agent.core import State
 from edge_agent.daemon import build_agent
 from edge_agent.daemon import status as daemon_status
 from edge_agent.identity import enroll as enroll_in_process
-from tests.bundles import make_bundle
+from edge_agent.slots import variant_in
+from tests.bundles import make_bundle, make_multi_bundle
 from tests.edge_agent.update_harness import (
     FAST_RUN,
     MitmProxy,
@@ -94,6 +95,37 @@ def test_install_replace_and_fleet_rollback(server: LiveServer, tmp_path: Path) 
     assert out.returncode == 0 and check_slots(data) == "flow@1.0.0"
     code, dev, _ = server.api("GET", f"/api/v1/devices/{st['device_id']}", token=server.tokens["viewer"])
     assert code == 200 and dev["running"]["version"] == "1.0.0", dev
+
+
+def test_the_device_times_the_alternates_and_serves_what_it_finds_faster(server: LiveServer, tmp_path: Path) -> None:
+    """The director assigns FP32 (the bundle's CPU preference) and lists INT8 as an alternate; the
+    device stages both, times them interleaved in its child gate and serves INT8 only when the
+    interval rule says it is faster: a slower INT8 is never chosen, a faster one is."""
+    data = tmp_path / "truck-duo"
+    enroll(server, data, "duo-live")
+    make_multi_bundle(tmp_path / "v1", name="duo-live", version="1.0.0",
+                      variants=(("onnx-fp32", "ok"), ("onnx-int8", "slow")))
+    make_multi_bundle(tmp_path / "v2", name="duo-live", version="1.1.0",
+                      variants=(("onnx-fp32", "slow"), ("onnx-int8", "ok")))
+    device_id = status(data)["device_id"]
+    active = data / "slots" / "current"
+    for bundle, served in (("v1", "onnx-fp32"), ("v2", "onnx-int8")):
+        release = server.publish(tmp_path / bundle)
+        rollout = server.create_rollout(model="duo-live", version=release["version"], group="duo-live", stages=[100])
+        out = once(data, "--bench-queries", "30")
+        assert out.returncode == 0, out.stderr
+        assert check_slots(data) == f"duo-live@{release['version']}"
+        assert {p.name for p in active.resolve().glob("model-*.onnx")} == {"model-onnx-fp32.onnx",
+                                                                           "model-onnx-int8.onnx"}
+        assert variant_in(active) == served
+        assert status_cli(data)["model"]["variant"] == served
+        assert server.rollout(rollout["id"])["totals"]["success"] == 1
+        code, dev, _ = server.api("GET", f"/api/v1/devices/{device_id}", token=server.tokens["viewer"])
+        assert code == 200 and dev["running"]["variant"] == served, dev
+        assert dev["gate"]["variant"] == served
+        (verdict,) = dev["gate"]["timing"]  # the report carried the timing evidence behind the choice
+        assert (verdict["baseline"], verdict["candidate"], verdict["preferred"]) == \
+            ("onnx-fp32", "onnx-int8", served == "onnx-int8"), dev["gate"]
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,8 @@ from edge_agent.core import State
 from edge_agent.daemon import Agent, CycleResult, build_agent
 from edge_agent.identity import enroll
 from edge_agent.journal import StateFile
-from tests.bundles import make_bundle
+from edge_agent.slots import variant_in
+from tests.bundles import make_bundle, make_multi_bundle
 from tests.edge_agent.update_harness import RepoSim, SimServer, check_slots, utc
 
 Assign = Callable[[str, str], dict[str, Any] | None]
@@ -43,6 +44,15 @@ class Rig:
         bundle = self.tmp / f"sim-1.{self.minor}.0"
         make_bundle(bundle, name="sim", version=f"1.{self.minor}.0")
         return self.sim.add_bundle(bundle)
+
+    def release_duo(self) -> dict[str, Any]:
+        """Publish sim@1.<n>.0 with an FP32 and an INT8 variant (the INT8 an alternate)."""
+        self.minor += 1
+        bundle = self.tmp / f"sim-1.{self.minor}.0"
+        make_multi_bundle(bundle, name="sim", version=f"1.{self.minor}.0")
+        release = self.sim.add_bundle(bundle)
+        assert [vid for vid, _ in release["alternates"]] == ["onnx-int8"]
+        return release
 
     def assign(self, release: dict[str, Any], **over: Any) -> Assign:
         def make(device: str, nonce: str) -> dict[str, Any]:
@@ -217,3 +227,51 @@ def test_a_frozen_repository_that_heals_is_retried_and_reported_once(rig: Rig) -
     assert healed.record.state is State.COMMITTED, healed.record
     rig.active = f"sim@{release['version']}"
     assert check_slots(rig.data) == rig.active
+
+
+def _alternates(release: dict[str, Any], **target_over: Any) -> list[dict[str, Any]]:
+    body = RepoSim.assignment_body(release, device_id="x", nonce="x")
+    alternates = copy.deepcopy(body["alternates"])
+    alternates[0]["target"].update(target_over)
+    return alternates
+
+
+def test_a_signed_alternate_with_a_hash_tuf_does_not_know_is_refused_before_any_download(rig: Rig) -> None:
+    release = rig.release_duo()
+    served = len(rig.srv.served)
+    alternates = _alternates(release, hashes={"sha256": "1" * 64})
+    rig.refused(rig.attempt(rig.assign(release, alternates=alternates)), "TARGET_MISMATCH")
+    assert rig.srv.served[served:] == []  # not a byte of the manifest, the primary or the alternate
+
+
+def test_an_alternate_that_is_not_in_tuf(rig: Rig) -> None:
+    release = rig.release_duo()
+    alternates = _alternates(release, path="sim/9.9.9/model-onnx-int8.onnx")
+    rig.refused(rig.attempt(rig.assign(release, alternates=alternates)), "TARGET_NOT_IN_TUF")
+
+
+def test_an_alternate_from_another_release_is_refused(rig: Rig) -> None:
+    """Mix-and-match: this release's primary with the INT8 file of an older release."""
+    older, newer = rig.release_duo(), rig.release_duo()
+    rig.refused(rig.attempt(rig.assign(newer, alternates=_alternates(older))), "TARGET_MISMATCH")
+
+
+def test_tampered_alternate_bytes_are_refused_before_parsing(rig: Rig) -> None:
+    rig.refused(rig.attempt(rig.assign(rig.release_duo()), tamper_suffix="model-onnx-int8.onnx"), "HASH_MISMATCH")
+    assert not list((rig.data / "downloads").glob("*.part"))  # the primary's good bytes go with the bad
+
+
+def test_an_honest_update_with_an_alternate_stages_both(rig: Rig) -> None:
+    release = rig.release_duo()
+    result = rig.attempt(rig.assign(release))
+    assert result.record.state is State.COMMITTED, result.record
+    rig.active = f"sim@{release['version']}"
+    active = rig.data / "slots" / "current"
+    assert check_slots(rig.data) == rig.active
+    assert {p.name for p in active.resolve().glob("model-*.onnx")} == {"model-onnx-fp32.onnx", "model-onnx-int8.onnx"}
+    # two variants that compute alike: the device keeps the server's preference
+    assert variant_in(active) == "onnx-fp32"
+    gate = next(r for r in rig.srv.reports if r["type"] == "gate" and r["state"] == "benchmarking"
+                and r["release"] == release["counter"])
+    assert gate["variant"] == "onnx-fp32" and gate["gate"]["variant"] == "onnx-fp32"
+    assert [(t["candidate"], t["preferred"]) for t in gate["gate"]["timing"]] == [("onnx-int8", False)]

@@ -14,6 +14,7 @@ from edge_agent.core import (
     State,
     TargetRef,
     Update,
+    VariantTarget,
     backoff_delay,
     run_update,
 )
@@ -52,6 +53,7 @@ class FakeController:
     offer: Update | None = UPDATE
     calls: list[str] = field(default_factory=list)
     reports: list[tuple[str, str | None]] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)
 
     def _do(self, name: str) -> Any:
         self.calls.append(name)
@@ -99,6 +101,7 @@ class FakeController:
 
     def report(self, state: State, update: Update | None, outcome: Outcome) -> None:
         self.reports.append((state.value, outcome.reason.value if outcome.reason else None))
+        self.outcomes.append(outcome)
 
     def pause_point(self, state: State) -> None:
         pass
@@ -119,17 +122,17 @@ CASES: list[tuple[str, dict[str, Any], State, ReasonCode | None, list[str]]] = [
      ["check", "download", "abandon"]),
     ("invalid bundle refused at staging", {"stage": FatalError(R.BUNDLE_INVALID, "x")}, S.REFUSED,
      R.BUNDLE_INVALID, ["check", "download", "verify", "stage", "abandon"]),
-    ("NaN model fails at prepare", {"prepare": GateResult(False, "NAN_OUTPUT", "nan")}, S.FAILED, R.NAN_OUTPUT,
+    ("NaN model fails at prepare", {"prepare": GateResult(False, R.NAN_OUTPUT, "nan")}, S.FAILED, R.NAN_OUTPUT,
      ["check", "download", "verify", "stage", "prepare", "abandon"]),
-    ("crashing runtime fails at prepare", {"prepare": GateResult(False, "RUNTIME_CRASHED", "sig")}, S.FAILED,
+    ("crashing runtime fails at prepare", {"prepare": GateResult(False, R.RUNTIME_CRASHED, "sig")}, S.FAILED,
      R.RUNTIME_CRASHED, ["check", "download", "verify", "stage", "prepare", "abandon"]),
-    ("unknown gate reason defaults", {"prepare": GateResult(False, "WHATEVER", "?")}, S.FAILED,
-     R.MODEL_LOAD_FAILED, ["check", "download", "verify", "stage", "prepare", "abandon"]),
-    ("low agreement fails at benchmark", {"benchmark": GateResult(False, "LOW_AGREEMENT", "a")}, S.FAILED,
+    ("over-budget variant fails at prepare", {"prepare": GateResult(False, R.LATENCY_OVER_BUDGET, "p95")}, S.FAILED,
+     R.LATENCY_OVER_BUDGET, ["check", "download", "verify", "stage", "prepare", "abandon"]),
+    ("low agreement fails at benchmark", {"benchmark": GateResult(False, R.LOW_AGREEMENT, "a")}, S.FAILED,
      R.LOW_AGREEMENT, HAPPY[:6] + ["abandon"]),
     ("failed hot swap rolls back", {"swap": FatalError(R.HEALTH_REGRESSION, "x")}, S.ROLLED_BACK,
      R.HEALTH_REGRESSION, HAPPY[:7] + ["roll_back"]),
-    ("health regression rolls back", {"watch": GateResult(False, "HEALTH_REGRESSION", "slow")}, S.ROLLED_BACK,
+    ("health regression rolls back", {"watch": GateResult(False, R.HEALTH_REGRESSION, "slow")}, S.ROLLED_BACK,
      R.HEALTH_REGRESSION, HAPPY[:8] + ["roll_back"]),
 ]
 
@@ -212,8 +215,37 @@ def test_crash_while_checking_restarts_the_check() -> None:
 
 
 def test_record_round_trips_through_json() -> None:
-    rec = Record(S.PREPARING, UPDATE, 2, Outcome(R.NAN_OUTPUT, "d", {"nan_frames": 3.0}))
+    rec = Record(S.PREPARING, UPDATE, 2, Outcome(R.NAN_OUTPUT, "d", {"nan_frames": 3.0}, {"variant": "onnx-fp32"}))
     assert Record.from_dict(rec.to_dict()) == rec
+
+
+def test_alternates_are_journaled_with_the_update() -> None:
+    """A crash after the check must resume with every variant the assignment named, in its order."""
+    update = Update.from_dict({**UPDATE.to_dict(), "alternates": [
+        VariantTarget("onnx-int8", TargetRef("tiny/1.1.0/model-int8.onnx", 200, "c" * 64)).to_dict()]})
+    rec = Record(S.DOWNLOADING, update)
+    back = Record.from_dict(rec.to_dict())
+    assert back == rec and back.update is not None
+    assert [v.variant for v in back.update.variant_targets()] == ["onnx-fp32", "onnx-int8"]
+    old = UPDATE.to_dict()
+    del old["alternates"]  # a journal written before alternates existed
+    assert Update.from_dict(old).alternates == ()
+
+
+TIMING = {"variant": "onnx-int8", "timing": [{"candidate": "onnx-int8", "baseline": "onnx-fp32", "metric": "cpu",
+                                              "speedup": {"point": 1.9, "low": 1.7, "high": 2.1,
+                                                          "confidence": 0.95}, "preferred": True}]}
+
+
+@pytest.mark.parametrize("passed", [True, False])
+def test_a_gate_keeps_its_metrics_and_evidence_in_the_report(passed: bool) -> None:
+    gate = GateResult(passed, None if passed else R.LATENCY_OVER_BUDGET, "p95", {"p95_ms": 9.0}, TIMING)
+    c = FakeController(faults={"prepare": gate})
+    record, _ = run_update(c, MemoryJournal())
+    reported = next(o for (state, _), o in zip(c.reports, c.outcomes, strict=True)
+                    if state == ("benchmarking" if passed else "failed"))
+    assert dict(reported.evidence) == TIMING and reported.metrics == {"p95_ms": 9.0}
+    assert record.state is (S.COMMITTED if passed else S.FAILED)
 
 
 @pytest.mark.parametrize(("attempt", "low", "high"), [(1, 1.6, 2.4), (2, 3.2, 4.8), (3, 6.4, 9.6), (10, 80, 120)])

@@ -16,12 +16,14 @@ from pathlib import Path
 
 import pytest
 
+from edge_agent.slots import variant_in
 from tests.bundles import make_bundle
 from tests.edge_agent.update_harness import (
     FAST_RUN,
     check_slots,
     kill_at_pause,
     make_bundle_with,
+    make_duo_with,
     padded_onnx,
     run_agent,
     start_agent,
@@ -42,8 +44,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
 class Fleet:
     """One device in its own group, and a helper that publishes and rolls out the next version."""
 
-    def __init__(self, server: LiveServer, tmp: Path, group: str) -> None:
-        self.server, self.tmp, self.group = server, tmp, group
+    def __init__(self, server: LiveServer, tmp: Path, group: str, *, alternates: bool = False) -> None:
+        self.server, self.tmp, self.group, self.alternates = server, tmp, group, alternates
         self.data = tmp / f"{group}-agent"
         self.minor = 0
         self.rollout: str | None = None
@@ -54,7 +56,11 @@ class Fleet:
     def next_release(self, *, behaviour: str = "ok") -> str:
         version = f"1.{self.minor}.0"
         bundle = self.tmp / f"{self.group}-{version}"
-        if behaviour == "ok":
+        if behaviour == "ok" and self.alternates:
+            # the assigned FP32 and its INT8 alternate: killed anywhere, both resume and land in the slot
+            make_duo_with(bundle, name=self.group, version=version, fp32=padded_onnx(MODEL_BYTES, seed=self.minor),
+                          int8=padded_onnx(MODEL_BYTES // 2, seed=1000 + self.minor))
+        elif behaviour == "ok":
             make_bundle_with(bundle, name=self.group, version=version, data=padded_onnx(MODEL_BYTES, seed=self.minor))
         else:
             make_bundle(bundle, name=self.group, version=version, behaviour=behaviour)
@@ -73,7 +79,7 @@ class Fleet:
 
 
 def test_kill_at_every_state_then_resume(server: LiveServer, tmp_path: Path) -> None:
-    fleet = Fleet(server, tmp_path, "crash-states")
+    fleet = Fleet(server, tmp_path, "crash-states", alternates=True)
     fleet.next_release()
     fleet.finish()
     before = check_slots(fleet.data)
@@ -85,6 +91,10 @@ def test_kill_at_every_state_then_resume(server: LiveServer, tmp_path: Path) -> 
         assert active in (before, wanted), active
     fleet.finish()
     assert check_slots(fleet.data) == wanted
+    current = fleet.data / "slots" / "current"
+    assert {p.name for p in current.resolve().glob("model-*.onnx")} == {"model-onnx-fp32.onnx",
+                                                                        "model-onnx-int8.onnx"}
+    assert variant_in(current) in ("onnx-fp32", "onnx-int8")
     assert not list((fleet.data / "slots").glob(".staging-*"))
     assert not list((fleet.data / "downloads").glob("*.part"))
     assert fleet.rollout is not None and server.rollout(fleet.rollout)["totals"]["success"] == 1
@@ -116,7 +126,7 @@ def _ahead(data: Path, rng: random.Random) -> str | None:
 
 def test_random_kills_including_download_offsets(server: LiveServer, tmp_path: Path) -> None:
     rng = random.Random(20261127)
-    fleet = Fleet(server, tmp_path, "crash-random")
+    fleet = Fleet(server, tmp_path, "crash-random", alternates=True)
     wanted = fleet.next_release()
     kills, seen = 0, set()
     while kills < 20:

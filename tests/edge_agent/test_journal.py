@@ -42,6 +42,18 @@ def test_corrupt_journal_is_a_clear_error(tmp_path: Path) -> None:
         Journal(tmp_path / "journal.json").load()
 
 
+def test_an_unknown_reason_code_in_the_journal_is_an_error_not_a_default(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "journal.json")
+    j.save(Record(State.BENCHMARKING, UPDATE, 0, Outcome(ReasonCode.NOT_ENOUGH_FRAMES, "timeout", {"frames": 3.0},
+                                                         {"agreement": {"decision": "continue"}})))
+    assert j.load().outcome.reason is ReasonCode.NOT_ENOUGH_FRAMES
+    data = json.loads((tmp_path / "journal.json").read_text())
+    data["outcome"]["reason"] = "NOT_ENOUGH_FRMAES"
+    (tmp_path / "journal.json").write_text(json.dumps(data))
+    with pytest.raises(JournalError, match="unknown reason code 'NOT_ENOUGH_FRMAES'"):
+        j.load()
+
+
 def test_state_file_is_private_and_round_trips(tmp_path: Path) -> None:
     sf = StateFile(tmp_path / "agent-state.json")
     st = AgentState(nonce="ab" * 16, etag='"x"', highest_release=4).with_settled("4:" + "e" * 64, "committed")

@@ -140,19 +140,22 @@ def _two_variant_bundle(directory: Path) -> Path:
     return directory
 
 
-def test_a_slot_serves_the_variant_staged_in_it_not_the_profile_pick(tmp_path: Path) -> None:
-    from edge_agent.serving import staged_variant
+def test_a_slot_serves_the_variant_recorded_in_it_not_the_profile_pick(tmp_path: Path) -> None:
+    from edge_agent.slots import record_variant, variant_in
 
     slot = _two_variant_bundle(tmp_path / "slot")
-    assert staged_variant(slot) is None  # both files present: host selection decides
-    (slot / "preferred.onnx").unlink()  # a slot holds only the variant the agent staged
-    assert staged_variant(slot) == "onnx-fp32"
+    assert variant_in(slot) is None  # both files, no record: host selection decides
+    record_variant(slot, "onnx-fp32")  # the gate chose the second of the selection order
+    assert variant_in(slot) == "onnx-fp32"
     video = write_video(tmp_path / "v.avi", [("green", 10)])
     p = CameraPerception.from_options(str(video), loop=False, queue_size=2)
-    p.start(slot)  # would fail loading the absent preferred variant without staged_variant
+    p.start(slot)  # the profile would pick onnx-preferred
     try:
         assert p.pipeline is not None and p.pipeline.active.variant_id == "onnx-fp32"
         assert p.active_version() == "duo@1.0.0"
     finally:
         p.stop()
-    assert staged_variant(tmp_path / "nothing-here") is None
+    (slot / ".variant").unlink()
+    (slot / "preferred.onnx").unlink()  # a slot staged before the record existed holds one variant
+    assert variant_in(slot) == "onnx-fp32"
+    assert variant_in(tmp_path / "nothing-here") is None

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from edge_agent.errors import FatalError, ReasonCode
-from edge_agent.slots import Slots, build_engine, engine_cache_path
-from tests.bundles import make_bundle
+from edge_agent.slots import VARIANT_FILE, Slots, variant_in
+from tests.bundles import make_bundle, make_multi_bundle
 
 
 def _files(bundle: Path) -> dict[str, Path]:
@@ -68,34 +68,46 @@ def test_clean_removes_crash_leftovers(tmp_path: Path) -> None:
     assert list(slots.root.iterdir()) == []
 
 
-def test_engine_cache_key_depends_on_onnx_trt_and_gpu(tmp_path: Path) -> None:
-    a = engine_cache_path(tmp_path, onnx_sha256="f" * 64, tensorrt_version="10.3.0", gpu="Orin (nvgpu)")
-    b = engine_cache_path(tmp_path, onnx_sha256="f" * 64, tensorrt_version="10.4.0", gpu="Orin (nvgpu)")
-    c = engine_cache_path(tmp_path, onnx_sha256="e" * 64, tensorrt_version="10.3.0", gpu="Orin (nvgpu)")
-    assert len({a, b, c}) == 3 and a.name == "f" * 64 + "-trt10.3.0-Orin_nvgpu_.engine"
+def _duo_files(bundle: Path) -> dict[str, Path]:
+    return {name: bundle / name for name in ("bundle.json", "model-onnx-fp32.onnx", "model-onnx-int8.onnx")}
 
 
-def test_engine_cache_hit_skips_the_build(tmp_path: Path) -> None:
-    cached = tmp_path / "x.engine"
-    cached.write_bytes(b"engine")
-    assert build_engine(tmp_path / "missing.onnx", cached) == cached
+def test_a_slot_holds_every_staged_variant_and_records_the_one_it_serves(tmp_path: Path) -> None:
+    make_multi_bundle(tmp_path / "duo")
+    slots = Slots(tmp_path / "slots")
+    final = slots.stage("a", _duo_files(tmp_path / "duo"), variant_id="onnx-fp32", alternates=["onnx-int8"])
+    assert {p.name for p in final.iterdir()} == {"bundle.json", "model-onnx-fp32.onnx", "model-onnx-int8.onnx",
+                                                 VARIANT_FILE}
+    assert variant_in(final) == "onnx-fp32"  # until the gate has chosen, the assigned variant
+    slots.choose("a", "onnx-int8")
+    assert variant_in(final) == "onnx-int8"
+    assert not list(final.glob(f".{VARIANT_FILE}.*"))  # written atomically: no temp file left
+    with pytest.raises(ValueError, match="no file of variant"):
+        slots.choose("a", "onnx-fp16")
+    slots.switch("a")
+    with pytest.raises(ValueError, match="active slot"):
+        slots.choose("a", "onnx-fp32")  # what serves now is not re-decided under its feet
+    assert variant_in(final) == "onnx-int8"
 
 
-def test_engine_build_without_tensorrt_is_a_clear_failure(tmp_path: Path) -> None:
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        make_bundle(tmp_path / "v1")
-        with pytest.raises(FatalError) as info:
-            build_engine(tmp_path / "v1" / "model.onnx", tmp_path / "out.engine")
-        assert info.value.reason is ReasonCode.ENGINE_BUILD_FAILED and "not installed" in info.value.detail
-    else:
-        make_bundle(tmp_path / "v1")
-        assert build_engine(tmp_path / "v1" / "model.onnx", tmp_path / "out.engine").stat().st_size > 0
+def test_an_alternate_whose_file_is_missing_or_wrong_refuses_the_slot(tmp_path: Path) -> None:
+    make_multi_bundle(tmp_path / "duo")
+    files = _duo_files(tmp_path / "duo")
+    (tmp_path / "duo" / "model-onnx-int8.onnx").write_bytes(b"tampered")
+    slots = Slots(tmp_path / "slots")
+    with pytest.raises(FatalError) as info:
+        slots.stage("a", files, variant_id="onnx-fp32", alternates=["onnx-int8"])
+    assert info.value.reason is ReasonCode.BUNDLE_INVALID
+    assert list(slots.root.iterdir()) == []
+    del files["model-onnx-int8.onnx"]
+    with pytest.raises(FatalError):
+        slots.stage("a", files, variant_id="onnx-fp32", alternates=["onnx-int8"])
 
 
-@pytest.mark.tensorrt
-def test_engine_build_on_device(tmp_path: Path) -> None:
+def test_a_record_naming_a_variant_the_slot_lacks_is_ignored(tmp_path: Path) -> None:
     make_bundle(tmp_path / "v1")
-    out = build_engine(tmp_path / "v1" / "model.onnx", tmp_path / "out.engine")
-    assert out.stat().st_size > 0
+    (tmp_path / "v1" / VARIANT_FILE).write_text('{"variant": "onnx-int8"}')
+    assert variant_in(tmp_path / "v1") == "onnx-fp32"  # its only variant file
+    (tmp_path / "v1" / VARIANT_FILE).write_text("not json")
+    assert variant_in(tmp_path / "v1") == "onnx-fp32"
+    assert variant_in(tmp_path / "nothing") is None

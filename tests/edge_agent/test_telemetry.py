@@ -67,3 +67,17 @@ def test_unreachable_server_raises_a_transient_error(tmp_path: Path) -> None:
     with pytest.raises(ServerUnreachable):
         box.flush(lambda rs: ServerClient("http://127.0.0.1:9", timeout_s=1).post_reports("d", rs))
     assert box.count() == 1
+
+
+def test_a_report_carries_the_reason_code_the_chosen_variant_and_the_gate_evidence(tmp_path: Path) -> None:
+    from edge_agent.errors import ReasonCode
+
+    gate = {"agreement": {"decision": "refuse", "frames": 10, "judged_against": "active",
+                          "confusion": [{"active": "red", "candidate": "green", "count": 10}]}}
+    r = make_report("gate", state="failed", reason_code=ReasonCode.LOW_AGREEMENT, variant="onnx-int8", gate=gate)
+    assert (r["reason_code"], r["variant"], r["gate"]) == ("LOW_AGREEMENT", "onnx-int8", gate)
+    box = Outbox(tmp_path / "outbox.sqlite")
+    box.add(r)
+    assert box.pending()[0]["gate"]["agreement"]["confusion"][0]["candidate"] == "green"  # JSON-ready
+    plain = make_report("heartbeat")
+    assert "variant" not in plain and "gate" not in plain and plain["reason_code"] is None

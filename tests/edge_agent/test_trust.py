@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from edge_agent.errors import ConfigError, FatalError, ReasonCode
-from edge_agent.trust import DirectorKey, match_target, verify_assignment
+from edge_agent.trust import MAX_ALTERNATES, DirectorKey, match_target, verify_assignment
 from models.bundle import canonical_json
 
 R = ReasonCode
@@ -22,6 +22,16 @@ KEY_DICT = {"keytype": "ed25519", "scheme": "ed25519",
 KEY = DirectorKey.from_dict(KEY_DICT)
 CUSTOM = {"edgefleet": {"bundle": "tiny", "version": "1.1.0", "release": 5, "kind": "variant",
                         "variant": "onnx-fp32", "requires": None}}
+
+
+ALT_CUSTOM = {"edgefleet": {**CUSTOM["edgefleet"], "variant": "onnx-int8"}}
+
+
+def alternate(**over: Any) -> dict[str, Any]:
+    target = {"path": "tiny/1.1.0/model-int8.onnx", "length": 1500, "hashes": {"sha256": "4" * 64},
+              "custom": copy.deepcopy(ALT_CUSTOM), "variant": "onnx-int8"}
+    target.update(over)
+    return {"variant": "onnx-int8", "target": target}
 
 
 def signed_body(**over: Any) -> dict[str, Any]:
@@ -66,6 +76,12 @@ def _tampered_after_signing() -> dict[str, Any]:
     return env
 
 
+def _alternate_tampered_after_signing() -> dict[str, Any]:
+    env = envelope(signed_body(alternates=[alternate()]))
+    env["signed"]["alternates"][0]["target"]["hashes"]["sha256"] = "3" * 64
+    return env
+
+
 ATTACKS = [
     ("tampered body (wrong hash)", _tampered_after_signing(), {}, R.SIGNATURE_INVALID),
     ("signed by another key", envelope(signed_body(), Ed25519PrivateKey.generate()), {}, R.SIGNATURE_INVALID),
@@ -82,6 +98,26 @@ ATTACKS = [
     ("target without counter", envelope(signed_body(release=None)), {}, R.TARGET_MISMATCH),
     ("malformed target", envelope(signed_body(target={"path": "x"})), {}, R.TARGET_MISMATCH),
     ("bad time", envelope(signed_body(expires="tomorrow")), {}, R.SIGNATURE_INVALID),
+    ("alternate tampered after signing", _alternate_tampered_after_signing(), {}, R.SIGNATURE_INVALID),
+    ("alternates not a list", envelope(signed_body(alternates={"onnx-int8": alternate()})), {}, R.TARGET_MISMATCH),
+    ("alternate without a variant id", envelope(signed_body(alternates=[{"target": alternate()["target"]}])), {},
+     R.TARGET_MISMATCH),
+    ("malformed alternate target", envelope(signed_body(alternates=[{"variant": "onnx-int8",
+                                                                      "target": {"path": "x"}}])), {},
+     R.TARGET_MISMATCH),
+    ("alternate with a bad hash", envelope(signed_body(alternates=[alternate(hashes={"sha256": "ab"})])), {},
+     R.TARGET_MISMATCH),
+    ("alternate names another variant than its target", envelope(signed_body(alternates=[alternate(
+        variant="onnx-fp16")])), {}, R.TARGET_MISMATCH),
+    ("alternate repeats the primary variant", envelope(signed_body(alternates=[
+        {**alternate(variant="onnx-fp32"), "variant": "onnx-fp32"}])), {}, R.TARGET_MISMATCH),
+    ("alternate repeats the primary file", envelope(signed_body(alternates=[alternate(
+        path="tiny/1.1.0/model.onnx")])), {}, R.TARGET_MISMATCH),
+    ("alternates without a target", envelope(signed_body(target=None, alternates=[alternate()])), {},
+     R.TARGET_MISMATCH),
+    ("too many alternates", envelope(signed_body(alternates=[
+        {"variant": f"v{i}", "target": {**alternate()["target"], "path": f"tiny/1.1.0/m{i}.onnx", "variant": f"v{i}"}}
+        for i in range(MAX_ALTERNATES + 1)])), {}, R.TARGET_MISMATCH),
 ]
 
 
@@ -138,4 +174,46 @@ def test_lower_counter_of_the_running_model_is_keep_what_you_run() -> None:
     assert a.release == 5
     with pytest.raises(FatalError) as info:  # same counter, another artifact: still a decrease
         verify(envelope(signed_body()), highest_release=9, running=(5, "7" * 64))
+    assert info.value.reason is R.RELEASE_COUNTER_DECREASED
+
+
+def test_alternates_are_verified_with_the_assignment() -> None:
+    a = verify(envelope(signed_body(alternates=[alternate()])))
+    assert [(t.variant, t.ref.path, t.ref.sha256) for t in a.targets()] == [
+        ("onnx-fp32", "tiny/1.1.0/model.onnx", "2" * 64), ("onnx-int8", "tiny/1.1.0/model-int8.onnx", "4" * 64)]
+    assert a.alternates[0].custom == ALT_CUSTOM and a.alternates[0].hashes == {"sha256": "4" * 64}
+    assert verify(envelope(signed_body())).alternates == ()  # an assignment without alternates
+    assert verify(envelope(signed_body(alternates=None))).alternates == ()
+
+
+TUF_VIEW = {"tuf_length": 1500, "tuf_hashes": {"sha256": "4" * 64}, "tuf_custom": ALT_CUSTOM}
+
+
+@pytest.mark.parametrize(
+    ("bad", "change"),
+    [
+        ("length", {"tuf_length": 1501}),
+        ("hash", {"tuf_hashes": {"sha256": "5" * 64}}),
+        ("custom", {"tuf_custom": {"edgefleet": {**ALT_CUSTOM["edgefleet"], "release": 2}}}),
+        # the TUF file of another variant (here the primary's custom fields) under this variant's id
+        ("another variant's file", {"tuf_custom": CUSTOM, "custom": None}),
+    ],
+)
+def test_an_alternate_is_matched_against_tuf_exactly_like_the_primary(bad: str, change: dict[str, Any]) -> None:
+    a = verify(envelope(signed_body(alternates=[alternate()])))
+    alt = a.alternates[0]
+    kw: dict[str, Any] = {**TUF_VIEW, "custom": alt.custom, "release": a, "variant": alt.variant}
+    match_target(alt.ref, alt.hashes, **kw)  # the exact TUF view passes
+    kw.update(change)
+    with pytest.raises(FatalError) as info:
+        match_target(alt.ref, alt.hashes, **kw)
+    assert info.value.reason is R.TARGET_MISMATCH
+
+
+def test_serving_an_alternate_of_a_lower_counter_is_keep_what_you_run() -> None:
+    """The device chose the INT8 alternate of release 5; release 6 failed; the director reassigns 5."""
+    env = envelope(signed_body(alternates=[alternate()]))
+    assert verify(env, highest_release=9, running=(5, "4" * 64)).release == 5
+    with pytest.raises(FatalError) as info:
+        verify(env, highest_release=9, running=(5, "7" * 64))
     assert info.value.reason is R.RELEASE_COUNTER_DECREASED

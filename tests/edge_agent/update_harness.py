@@ -46,7 +46,7 @@ from tuf.api.metadata import (
 )
 
 from models.bundle import Manifest, canonical_json, read_bundle, verify_bundle, write_bundle
-from tests.bundles import make_bundle, make_onnx
+from tests.bundles import make_bundle, make_multi_bundle, make_onnx
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -101,6 +101,20 @@ def make_bundle_with(directory: Path, *, name: str, version: str, data: bytes, *
     (directory / "model.onnx").write_bytes(data)
     variant = dataclasses.replace(manifest.variants[0], sha256=hashlib.sha256(data).hexdigest(), size=len(data))
     manifest = dataclasses.replace(manifest, variants=(variant,))
+    write_bundle(directory, manifest)
+    return manifest
+
+
+def make_duo_with(directory: Path, *, name: str, version: str, fp32: bytes, int8: bytes) -> Manifest:
+    """A two-variant bundle (FP32 preferred, INT8 its alternate) whose files hold the given bytes."""
+    import dataclasses
+
+    manifest = make_multi_bundle(directory, name=name, version=version)
+    variants = []
+    for variant, data in zip(manifest.variants, (fp32, int8), strict=True):
+        (directory / variant.file).write_bytes(data)
+        variants.append(dataclasses.replace(variant, sha256=hashlib.sha256(data).hexdigest(), size=len(data)))
+    manifest = dataclasses.replace(manifest, variants=tuple(variants))
     write_bundle(directory, manifest)
     return manifest
 
@@ -165,9 +179,17 @@ class RepoSim:
             self.target_files[f"{manifest.name}/{manifest.version}/{tf.hashes['sha256']}.{name}"] = data
             files[name] = tf
         self.publish()
-        variant = manifest.variants[0]
+        # the selection order of this host's class, as the director would assign it (manifest
+        # order when this host can run none: the simulated server may assign what it cannot run)
+        from models.hardware import NoCompatibleVariant, detect_profile, runnable_variants
+
+        try:
+            variants = runnable_variants(manifest, detect_profile())
+        except NoCompatibleVariant:
+            variants = manifest.variants
         return {"counter": self.counter, "name": manifest.name, "version": manifest.version,
-                "manifest": files["bundle.json"], "target": files[variant.file], "variant": variant.id}
+                "manifest": files["bundle.json"], "target": files[variants[0].file], "variant": variants[0].id,
+                "alternates": [(v.id, files[v.file]) for v in variants[1:]]}
 
     def publish(self, *, timestamp_expires: datetime | None = None) -> None:
         self.targets.signed.version += 1
@@ -201,10 +223,15 @@ class RepoSim:
             "issued": iso(utc()), "expires": iso(utc(expires_in)), "rollout_id": f"ro_sim{release['counter']}",
             "release": {"counter": release["counter"], "name": release["name"], "version": release["version"]},
             "manifest": {"path": m.path, "length": m.length, "hashes": dict(m.hashes)},
-            "target": {"path": t.path, "length": t.length, "hashes": dict(t.hashes),
-                       "custom": copy.deepcopy(t.custom), "variant": release["variant"]},
+            "target": _target(t, release["variant"]),
+            "alternates": [{"variant": vid, "target": _target(tf, vid)} for vid, tf in release.get("alternates", [])],
             "gates": gates or {"latency_budget_ms": 250.0},
         }
+
+
+def _target(tf: TargetFile, variant: str) -> dict[str, Any]:
+    return {"path": tf.path, "length": tf.length, "hashes": dict(tf.hashes), "custom": copy.deepcopy(tf.custom),
+            "variant": variant}
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -222,6 +249,7 @@ class Knobs:
 
     assign: Callable[[str, str], dict[str, Any] | None] | None = None  # (device, nonce) → envelope
     tamper: bool = False  # flip a byte in served targets
+    tamper_suffix: str | None = None  # ... only in those whose file name ends so
     endless: bool = False  # keep sending after the target's length
     endless_metadata: bool = False  # the same for metadata files
     trickle_bps: float | None = None  # bytes per second (targets)
@@ -238,6 +266,7 @@ class SimServer:
         self.reports: list[dict[str, Any]] = []
         self.devices: dict[str, str] = {}  # token → device id
         self.polls: list[str] = []  # nonces seen
+        self.served: list[str] = []  # target URL paths answered
         handler = self._handler()
         self.httpd = _QuietServer(("127.0.0.1", 0), handler)
         self.httpd.daemon_threads = True
@@ -281,8 +310,9 @@ class SimServer:
                     data = srv.sim.target_files.get(url.path[len("/tuf/targets/"):])
                     if data is None:
                         return self._json(404, {"error": {"code": "NOT_FOUND", "message": url.path}})
-                    if srv.knobs.tamper:
+                    if srv.knobs.tamper or (srv.knobs.tamper_suffix and url.path.endswith(srv.knobs.tamper_suffix)):
                         data = data[:-1] + bytes([data[-1] ^ 0xFF])
+                    srv.served.append(url.path)
                     rng = self.headers.get("Range", "")
                     start = int(rng[6:].split("-")[0]) if rng.startswith("bytes=") else 0
                     return self._bytes(data, start, endless=srv.knobs.endless, trickle=srv.knobs.trickle_bps)
@@ -372,8 +402,10 @@ def agent_env(**extra: str) -> dict[str, str]:
 FAST_RUN = ["--health-window", "0.5", "--bench-queries", "5", "--bench-duration", "0.05"]
 
 
-def run_agent(data_dir: Path, *args: str, pause: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    env = agent_env(**({"EDGEFLEET_AGENT_PAUSE_AT": pause} if pause else {}))
+def run_agent(data_dir: Path, *args: str, pause: str | None = None, timeout: float = 120,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``edge-agent ARGS --data-dir DIR``; ``env`` adds variables (e.g. the fake TensorRT's)."""
+    env = agent_env(**({"EDGEFLEET_AGENT_PAUSE_AT": pause} if pause else {}), **(env or {}))
     return subprocess.run([PY, "-m", "edge_agent", *args, "--data-dir", str(data_dir)], capture_output=True,
                           text=True, timeout=timeout, env=env, cwd=ROOT)
 

@@ -1,26 +1,29 @@
 """The builder half of the fake ``tensorrt`` module (see :mod:`tests.models.fake_tensorrt`).
 
-Mirrors the TensorRT 10 builder API the optimizer calls — ``Builder``,
-``create_network(flags)``, ``OnnxParser.parse``, builder config with memory
-pool limits, flags, optimization profiles and timing caches,
-``build_serialized_network`` — and records every call so tests can assert
-how the engine was configured. The "engine" it serializes is the runtime
-fake's format, with weights from the parsed ONNX model's single Gemm.
+Mirrors the TensorRT 10 builder API — ``Builder``, ``create_network(flags)``,
+``OnnxParser.parse`` / ``num_errors`` / ``get_error``, the network's inputs,
+builder config with memory pool limits, flags, optimization profiles and
+timing caches, ``build_serialized_network`` — and records every call so tests
+can assert how the engine was configured. It checks what TensorRT checks: a
+dynamic input needs an optimization profile whose shapes fit the network,
+and a Q/DQ graph needs ``BuilderFlag.INT8`` unless the network is strongly
+typed. A failed build logs an error to the builder's logger and returns
+None, as TensorRT does. The plan it returns is the runtime fake's format:
+the header and the parsed ONNX, which ONNX Runtime then runs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import types
 from enum import IntEnum
 from typing import Any
 
-import numpy as np
 import onnx
-from onnx import numpy_helper
 
 
 class NetworkDefinitionCreationFlag(IntEnum):
-    EXPLICIT_BATCH = 0
+    EXPLICIT_BATCH = 0  # deprecated and ignored in TensorRT 10
     STRONGLY_TYPED = 5
 
 
@@ -33,10 +36,25 @@ class MemoryPoolType(IntEnum):
     WORKSPACE = 0
 
 
+class ITensor:
+    def __init__(self, name: str, shape: tuple[int, ...]) -> None:
+        self.name = name
+        self.shape = shape
+
+
 class INetworkDefinition:
     def __init__(self, flags: int) -> None:
         self.flags = flags
         self.model: onnx.ModelProto | None = None
+        self.onnx: bytes = b""
+        self._inputs: list[ITensor] = []
+
+    @property
+    def num_inputs(self) -> int:
+        return len(self._inputs)
+
+    def get_input(self, index: int) -> ITensor:
+        return self._inputs[index]
 
 
 class _ParserError:
@@ -60,13 +78,17 @@ class OnnxParser:
         return self.errors[i]
 
     def parse(self, data: bytes) -> bool:
+        from tests.models.fake_tensorrt import onnx_tensors
+
         try:
-            model = onnx.load_from_string(data)
+            model = onnx.load_from_string(bytes(data))
             onnx.checker.check_model(model)
         except Exception as e:  # noqa: BLE001 - mirrors TensorRT: errors are collected, parse returns False
             self.errors.append(_ParserError(f"ModelImporter.cpp: failed to parse ONNX: {e}"))
             return False
-        self.network.model = model
+        self.network.model, self.network.onnx = model, bytes(data)
+        inputs, _ = onnx_tensors(model)
+        self.network._inputs = [ITensor(t["name"], tuple(t["shape"])) for t in inputs]
         return True
 
 
@@ -74,10 +96,10 @@ class IOptimizationProfile:
     def __init__(self) -> None:
         self.shapes: dict[str, tuple[tuple[int, ...], ...]] = {}
 
-    def set_shape(self, name: str, min: tuple[int, ...], opt: tuple[int, ...], max: tuple[int, ...]) -> None:  # noqa: A002
+    def set_shape(self, input: str, min: tuple[int, ...], opt: tuple[int, ...], max: tuple[int, ...]) -> None:  # noqa: A002
         if not (all(a <= b for a, b in zip(min, opt, strict=True)) and all(a <= b for a, b in zip(opt, max, strict=True))):
             raise ValueError("min <= opt <= max violated")
-        self.shapes[name] = (tuple(min), tuple(opt), tuple(max))
+        self.shapes[input] = (tuple(min), tuple(opt), tuple(max))
 
 
 class ITimingCache:
@@ -100,6 +122,9 @@ class IBuilderConfig:
 
     def set_flag(self, flag: BuilderFlag) -> None:
         self.flags.add(flag)
+
+    def get_flag(self, flag: BuilderFlag) -> bool:
+        return flag in self.flags
 
     def add_optimization_profile(self, profile: IOptimizationProfile) -> int:
         self.profiles.append(profile)
@@ -136,19 +161,60 @@ class Builder:
     def create_optimization_profile(self) -> IOptimizationProfile:
         return IOptimizationProfile()
 
-    def build_serialized_network(self, network: INetworkDefinition, config: IBuilderConfig) -> bytes | None:
-        from tests.models.fake_tensorrt import serialize_engine
+    def _error(self, msg: str) -> None:
+        from tests.models.fake_tensorrt import ILogger
 
-        if network.model is None or not config.profiles:
+        self.logger.log(ILogger.Severity.ERROR, msg)
+
+    def _check(self, network: INetworkDefinition, config: IBuilderConfig) -> str | None:
+        """TensorRT's refusal for this network and config, or None."""
+        from tests.models.fake_tensorrt import STATE
+
+        if STATE.fail_builds:
+            return "Error Code 10: Internal Error (Could not find any implementation for node /Gemm)"
+        profile = config.profiles[0].shapes if config.profiles else {}
+        for t in network._inputs:
+            if -1 in t.shape and t.name not in profile:
+                return ("Error Code 4: Network has dynamic or shape inputs, but no optimization profile "
+                        "has been defined.")
+            for shape in profile.get(t.name, ()):
+                if len(shape) != len(t.shape) or any(d not in (-1, s) for d, s in zip(t.shape, shape, strict=True)):
+                    return f"Error Code 4: profile shape {list(shape)} does not fit input {t.name} {list(t.shape)}"
+        assert network.model is not None
+        qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in network.model.graph.node)
+        typed = bool(network.flags & (1 << int(NetworkDefinitionCreationFlag.STRONGLY_TYPED)))
+        if qdq and not typed and BuilderFlag.INT8 not in config.flags:
+            return "Error Code 4: the network has Q/DQ layers (explicit quantization) but INT8 is not enabled"
+        return None
+
+    def build_serialized_network(self, network: INetworkDefinition, config: IBuilderConfig) -> bytes | None:
+        from tests.models.fake_tensorrt import STATE, onnx_tensors, serialize_engine
+
+        if network.model is None:
+            self._error("Error Code 4: the network has no layers")
             return None
-        graph = network.model.graph
-        inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-        gemm = next((n for n in graph.node if n.op_type == "Gemm"), None)
-        if gemm is None or gemm.input[1] not in inits:
-            return None  # the fake only "compiles" the pooled-linear test models
-        name, (_, _, mx) = next(iter(config.profiles[0].shapes.items()))
-        return serialize_engine(np.asarray(inits[gemm.input[1]], np.float32), input_name=name,
-                                output_name=graph.output[0].name, hw=mx[2], max_batch=mx[0])
+        refusal = self._check(network, config)
+        if refusal is not None:
+            self._error(refusal)
+            return None
+        inputs, outputs = onnx_tensors(network.model)
+        profile = config.profiles[0].shapes if config.profiles else {}
+        fixed = {t["name"]: [tuple(t["shape"])] * 3 for t in inputs if -1 not in t["shape"]}
+        typed = bool(network.flags & (1 << int(NetworkDefinitionCreationFlag.STRONGLY_TYPED)))
+        header = {
+            "tensorrt_version": STATE.version,
+            "gpu": STATE.gpu_name,
+            "compute_capability": ".".join(map(str, STATE.compute_capability)),
+            "inputs": inputs,
+            "outputs": outputs,
+            "profile": {k: [list(s) for s in v] for k, v in {**fixed, **profile}.items()},
+            "flags": sorted(f.name for f in config.flags),
+            "strongly_typed": typed,
+            "onnx_sha256": hashlib.sha256(network.onnx).hexdigest(),
+        }
+        STATE.record("build", onnx_sha256=header["onnx_sha256"], tensorrt_version=STATE.version,
+                     flags=header["flags"], profile=header["profile"])
+        return serialize_engine(network.onnx, header)
 
 
 def attach(trt: types.ModuleType) -> None:

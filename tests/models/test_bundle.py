@@ -10,7 +10,9 @@ import pytest
 
 from models.bundle import (
     MANIFEST_NAME,
+    AgreementExpectation,
     BundleError,
+    ClassAgreement,
     Gates,
     Manifest,
     canonical_json,
@@ -138,3 +140,49 @@ def test_semver_and_gate_overrides() -> None:
     assert g.with_overrides({"latency_budget_ms": 30, "min_agreement": None}).latency_budget_ms == 30
     with pytest.raises(BundleError, match="gates.min_agreement"):
         g.with_overrides({"min_agreement": 2})
+
+
+def _with_classes(d: Path, m: Manifest) -> Manifest:
+    import dataclasses
+
+    per_class = (ClassAgreement("red", 0.98, 40), ClassAgreement("green", 0.9, 12))
+    e = AgreementExpectation(variant="onnx-fp32", baseline="tiny@0.9.0", baseline_variant="onnx-fp32",
+                             baseline_sha256="ab" * 32, heldout=0.95, heldout_frames=200, per_class=per_class)
+    m = dataclasses.replace(m, expectations=(e,))
+    write_bundle(d, m)
+    return m
+
+
+def test_per_class_expectations_round_trip_and_older_manifests_have_none(bundle: tuple[Path, Manifest]) -> None:
+    d, m = bundle
+    m = _with_classes(d, m)
+    again = read_bundle(d)
+    assert again == m and again.expectations[0].per_class[1] == ClassAgreement("green", 0.9, 12)
+    data = m.to_dict()
+    del data["expectations"][0]["per_class"]  # written before per-class figures existed
+    assert Manifest.from_dict(data).expectations[0].per_class == ()
+
+
+@pytest.mark.parametrize(("path", "value", "field", "message"), [
+    ("expectations.0.per_class.0.label", "purple", "expectations[0].per_class[0].label", "unknown label 'purple'"),
+    ("expectations.0.per_class.1.label", "red", "expectations[0].per_class[1].label", "duplicate class 'red'"),
+    ("expectations.0.per_class.0.agreement", 1.5, "expectations[0].per_class[0].agreement", r"within \[0, 1\]"),
+    ("expectations.0.per_class.0.agreement", "high", "expectations[0].per_class[0].agreement", "expected float"),
+    ("expectations.0.per_class.1.frames", 0, "expectations[0].per_class[1].frames", "must be > 0"),
+    ("expectations.0.per_class.1.frames", KeyError, "expectations[0].per_class[1].frames", "missing required"),
+    ("expectations.0.per_class", {"red": 0.9}, "expectations[0].per_class", "expected list"),
+    ("gates.class_agreement_effect", 0.0, "gates.class_agreement_effect", r"within \[0.05, 0.95\]"),
+])
+def test_per_class_and_gate_validation_names_the_field(bundle: tuple[Path, Manifest], path: str, value: Any,
+                                                       field: str, message: str) -> None:
+    d, m = bundle
+    m = _with_classes(d, m)
+    with pytest.raises(BundleError, match=message) as err:
+        Manifest.from_dict(_mutate(m, path, value))
+    assert err.value.field == field
+
+
+def test_gate_defaults_test_classes_and_run_long_enough_for_them() -> None:
+    g = Gates(latency_budget_ms=20.0)
+    assert (g.class_agreement_effect, g.shadow_frames, g.min_shadow_frames) == (0.5, 350, 10)
+    assert Gates.from_dict({"latency_budget_ms": 20.0}) == g

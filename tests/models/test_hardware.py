@@ -14,9 +14,10 @@ from models.hardware import (
     can_run,
     detect_profile,
     hardware_class,
+    runnable_variants,
     select_variant,
 )
-from tests.bundles import make_bundle
+from tests.bundles import make_bundle, make_multi_bundle
 
 ORIN = HardwareProfile(arch="aarch64", accelerator="jetson", compute_capability="8.7", tensorrt_version="10.3.0")
 
@@ -69,6 +70,20 @@ def test_select_variant_follows_selection_and_explains_refusals(tmp_path: Path) 
         select_variant(m2, cpu)
     m3 = dataclasses.replace(m, selection={"cuda": SelectionEntry(order=("onnx-fp32",), reason="r")})
     assert select_variant(m3, cpu).id == "onnx-fp32"  # no entry for the class: manifest order
+
+
+def test_runnable_variants_follow_the_selection_order_and_skip_what_cannot_run(tmp_path: Path) -> None:
+    """The director assigns the first and offers the rest as alternates; the first is select_variant's pick."""
+    variants = (("onnx-fp32", "ok"), ("onnx-int8", "ok"), ("onnx-fp16", "ok"))
+    m = make_multi_bundle(tmp_path, variants=variants, order=("onnx-int8", "onnx-fp16", "onnx-fp32"))
+    cpu = HardwareProfile(arch="x86_64")
+    assert [v.id for v in runnable_variants(m, cpu)] == ["onnx-int8", "onnx-fp16", "onnx-fp32"]
+    vnni_only = dataclasses.replace(m.variants[1], requires=HardwareRequirements(cpu_features=("avx512_vnni",)))
+    m2 = dataclasses.replace(m, variants=(m.variants[0], vnni_only, m.variants[2]))
+    assert [v.id for v in runnable_variants(m2, cpu)] == ["onnx-fp16", "onnx-fp32"]
+    assert select_variant(m2, cpu).id == "onnx-fp16"
+    vnni = HardwareProfile(arch="x86_64", cpu_features=("avx512_vnni",))
+    assert [v.id for v in runnable_variants(m2, vnni)] == ["onnx-int8", "onnx-fp16", "onnx-fp32"]
 
 
 def test_profile_round_trip_validation_and_detection() -> None:

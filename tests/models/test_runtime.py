@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import sys
 import threading
 from pathlib import Path
 
@@ -222,35 +223,70 @@ def test_detection_model_decodes_nms_and_maps_boxes_through_letterbox(tmp_path: 
 # ----------------------------------------------------------------------------- TensorRT (fake module)
 
 
-def test_tensorrt_runtime_with_fake_module(tmp_path: Path) -> None:
-    w = np.arange(12, dtype=np.float32).reshape(3, 4)
+def _fake_engine(onnx_bytes: bytes, *, max_batch: int = 4, version: str = "10.3.0") -> bytes:
+    """A plan of the fake TensorRT, built through its builder API as the device builds one."""
+    from models.runtime.trt_build import BatchProfile, EngineSpec, build_serialized_engine
+
+    with fake_tensorrt.install(version):
+        return build_serialized_engine(onnx_bytes, EngineSpec("input", (3, 32, 32), BatchProfile(1, 1, max_batch),
+                                                              Precision.FP32), source="model.onnx")
+
+
+def test_tensorrt_runtime_runs_the_engine_like_onnx_runtime(tmp_path: Path) -> None:
+    from models.runtime.onnxrt import OrtRuntime
+    from tests.bundles import make_onnx
+
+    onnx_bytes = make_onnx("ok")
     engine = tmp_path / "model.engine"
-    engine.write_bytes(fake_tensorrt.serialize_engine(w))
-    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    engine.write_bytes(_fake_engine(onnx_bytes))
+    x = np.random.default_rng(0).random((3, 3, 32, 32), dtype=np.float32)
+    expected = OrtRuntime(onnx_bytes).run(x)["logits"]
     with fake_tensorrt.install():
         rt = TrtRuntime(engine)
-        assert rt.input_name == "input" and rt.output_names == ("logits",)
-        out = rt.run(x)["logits"]
-        np.testing.assert_allclose(out, x.mean(axis=(2, 3)) @ w, rtol=1e-5)
-        out1 = rt.run(x[:1])["logits"]  # a smaller batch reuses the buffers
-        np.testing.assert_allclose(out1, x[:1].mean(axis=(2, 3)) @ w, rtol=1e-5)
+        assert rt.input_name == "input" and rt.output_names == ("logits",) and rt.max_batch == 4
+        np.testing.assert_allclose(rt.run(x)["logits"], expected, rtol=1e-6)
+        np.testing.assert_allclose(rt.run(x[:1])["logits"], expected[:1], rtol=1e-6)  # buffers reused
         with pytest.raises(InferenceError, match="optimization profile"):
-            rt.run(np.zeros((9, 3, 8, 8), np.float32))
+            rt.run(np.zeros((5, 3, 32, 32), np.float32))
         with pytest.raises(InferenceError, match="must have shape"):
-            rt.run(np.zeros((1, 3, 4, 4), np.float32))
+            rt.run(np.zeros((1, 3, 8, 8), np.float32))
         rt.close()
         assert fake_tensorrt.Device.contexts[-1].detached
         with pytest.raises(InferenceError, match="closed"):
             rt.run(x)
 
 
-def test_tensorrt_runtime_refuses_foreign_engine_and_missing_backend(tmp_path: Path) -> None:
+def test_model_serves_an_engine_and_splits_batches_over_its_profile(tmp_path: Path, ok_bundle: Path) -> None:
     engine = tmp_path / "model.engine"
-    engine.write_bytes(b"built elsewhere")
+    engine.write_bytes(_fake_engine((ok_bundle / "model.onnx").read_bytes(), max_batch=4))
+    frames = [_frame(i % 3) for i in range(10)]
+    with Model(ok_bundle, threads=1) as onnx_model:
+        expected = [p.top1 for p in onnx_model.predict_batch(frames)]
+    with fake_tensorrt.install(), Model(ok_bundle, "onnx-fp32", engine=engine) as model:
+        assert model.backend is Backend.TENSORRT and model.engine_path == engine
+        preds = model.predict_batch(frames)  # 10 frames through a profile of at most 4
+    assert [p.top1 for p in preds] == expected == [0, 1, 2, 0, 1, 2, 0, 1, 2, 0]
+    assert Model(ok_bundle, threads=1).backend is Backend.ONNXRUNTIME
+
+
+def test_tensorrt_runtime_refuses_foreign_engines_and_a_missing_backend(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.bundles import make_onnx
+
+    foreign = tmp_path / "foreign.engine"
+    foreign.write_bytes(b"built elsewhere")
+    old = tmp_path / "old.engine"
+    old.write_bytes(_fake_engine(make_onnx("ok"), version="10.3.0"))
     with fake_tensorrt.install(), pytest.raises(ModelLoadError, match="cannot deserialize"):
-        TrtRuntime(engine)
+        TrtRuntime(foreign)
+    with fake_tensorrt.install("10.4.0"), pytest.raises(ModelLoadError, match="another TensorRT version or GPU"):
+        TrtRuntime(old)  # TensorRT refuses plans of another version
+    with fake_tensorrt.install(compute_capability=(7, 2)), pytest.raises(ModelLoadError, match="cannot deserialize"):
+        TrtRuntime(old)  # ... and of another GPU
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # as on a host without TensorRT
     with pytest.raises(BackendUnavailable, match="TensorRT is not installed"):
-        TrtRuntime(engine)
+        TrtRuntime(old)
 
 
 @pytest.mark.tensorrt
@@ -270,6 +306,27 @@ def test_tensorrt_runtime_on_a_real_engine(tmp_path: Path) -> None:
     rt = TrtRuntime(engine)
     np.testing.assert_allclose(rt.run(x)["logits"], expected, atol=1e-3)
     rt.close()
+
+
+@pytest.mark.tensorrt
+def test_device_build_of_a_qdq_onnx_on_real_tensorrt(tmp_path: Path) -> None:
+    """The on-device builder (INT8 flags, batch profile) on real TensorRT, against ONNX Runtime on the Q/DQ graph."""
+    from models.runtime.onnxrt import OrtRuntime
+    from models.runtime.trt_build import BatchProfile, EngineSpec, build_serialized_engine
+    from tests.trt_bundles import make_qdq_onnx
+
+    qdq = make_qdq_onnx()
+    engine = tmp_path / "qdq.engine"
+    engine.write_bytes(build_serialized_engine(qdq, EngineSpec("input", (3, 32, 32), BatchProfile(1, 2, 8),
+                                                                Precision.INT8), source="qdq.onnx"))
+    x = np.random.default_rng(0).random((8, 3, 32, 32), dtype=np.float32)
+    rt = TrtRuntime(engine)
+    assert rt.max_batch == 8
+    got = rt.run(x)["logits"]
+    rt.close()
+    expected = OrtRuntime(qdq).run(x)["logits"]
+    np.testing.assert_allclose(got, expected, atol=0.05)  # INT8 kernels round differently from ONNX Runtime's
+    assert (got.argmax(axis=1) == expected.argmax(axis=1)).all()
 
 
 def test_session_options_threads_and_no_spinning(ok_bundle: Path) -> None:

@@ -20,6 +20,10 @@ from models.datasets import DatasetSpec, open_dataset
 from models.preprocess import Preprocessor
 from models.zoo import build_model, default_input_spec
 
+# edge-optimize flags that keep a test run short (few samples, one calibration method, one thread)
+FAST_OPTIMIZE = ["--eval-samples", "48", "--calib-samples", "16", "--calib-methods", "minmax",
+                 "--bench-queries", "5", "--bench-seconds", "0", "--threads", "1", "--quiet"]
+
 
 def dataset_spec(*, image_size: int = 64, train_size: int = 512, val_size: int = 256, cache_dir: str | None = None) -> DatasetSpec:
     return DatasetSpec(name="synthetic-signs", seed=0, image_size=image_size, train_size=train_size,

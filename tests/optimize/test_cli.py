@@ -17,9 +17,9 @@ from models.runtime import Model
 from optimize import pipeline
 from optimize.__main__ import main
 from optimize.errors import ParityError
+from tests.optimize.checkpoints import FAST_OPTIMIZE
 
-FAST = ["--eval-samples", "48", "--calib-samples", "16", "--calib-methods", "minmax",
-        "--bench-queries", "5", "--bench-seconds", "0", "--threads", "1", "--quiet"]
+FAST = FAST_OPTIMIZE
 
 
 def _args(run: Path, out: Path, *extra: str) -> list[str]:
@@ -143,5 +143,7 @@ def test_help_explains_and_the_entry_point_runs() -> None:
     out = subprocess.run([sys.executable, "-m", "optimize", "--help"], capture_output=True, text=True, timeout=120,
                          cwd=Path(__file__).resolve().parents[2])
     assert out.returncode == 0
-    for word in ("RUN_DIR_OR_CHECKPOINT", "--max-accuracy-drop", "--targets", "exit codes", "model-int8-qdq.onnx"):
+    for word in ("RUN_DIR_OR_CHECKPOINT", "--max-accuracy-drop", "--targets", "exit codes", "model-int8-qdq.onnx",
+                 "--baseline BUNDLE_DIR", "--baseline-release NAME@VERSION", "--server URL", "--trusted-root ROOT_JSON",
+                 "--calib-data DIR", "--min-speedup", "lower bound", "ImageFolder root"):
         assert word in out.stdout

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper
 
 from models.bundle import Precision
 from models.runtime.onnxrt import OrtRuntime
@@ -15,17 +15,6 @@ from optimize.errors import EngineBuildError
 from optimize.tensorrt import TrtBuildConfig, build_engine, tensorrt_available
 from tests.bundles import make_onnx
 from tests.models import fake_tensorrt, fake_tensorrt_builder
-
-
-def _identity_onnx() -> bytes:
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["input"], ["logits"])], "identity",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 32, 32])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3, 32, 32])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return bytes(model.SerializeToString())
 
 
 @pytest.fixture
@@ -69,17 +58,18 @@ def test_without_strong_typing_int8_and_fp16_flags_are_set(tmp_path: Path, onnx_
         assert fake_tensorrt_builder.Builder.last.config.flags == {fake_tensorrt_builder.BuilderFlag.FP16}  # type: ignore[union-attr]
 
 
-def test_parse_and_build_failures_are_engine_build_errors(tmp_path: Path, onnx_path: Path) -> None:
+def test_parse_and_build_failures_are_engine_build_errors(
+    tmp_path: Path, onnx_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not onnx")
-    with fake_tensorrt.install():
-        with pytest.raises(EngineBuildError, match="TensorRT cannot parse bad.onnx: ModelImporter"):
-            build_engine(bad, tmp_path / "x.engine", TrtBuildConfig((3, 32, 32)))
-        ident = tmp_path / "identity.onnx"
-        ident.write_bytes(_identity_onnx())  # valid ONNX the (fake) builder cannot turn into an engine
-        with pytest.raises(EngineBuildError, match="TensorRT failed to build identity.onnx"):
-            build_engine(ident, tmp_path / "x.engine", TrtBuildConfig((3, 32, 32)))
+    with fake_tensorrt.install(), pytest.raises(EngineBuildError, match="TensorRT cannot parse bad.onnx: ModelImporter"):
+        build_engine(bad, tmp_path / "x.engine", TrtBuildConfig((3, 32, 32)))
+    with fake_tensorrt.install(fail_builds=True):  # valid ONNX the builder cannot turn into an engine
+        with pytest.raises(EngineBuildError, match="TensorRT failed to build model.onnx"):
+            build_engine(onnx_path, tmp_path / "x.engine", TrtBuildConfig((3, 32, 32)))
         assert not (tmp_path / "x.engine").exists()
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # as on a host without TensorRT
     with pytest.raises(EngineBuildError, match="TensorRT is not installed"):
         build_engine(onnx_path, tmp_path / "y.engine", TrtBuildConfig((3, 32, 32)))
     assert not tensorrt_available()

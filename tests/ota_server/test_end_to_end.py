@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from tuf.ngclient import Updater
 
 from models.bundle import canonical_json
-from tests.bundles import make_bundle
+from tests.bundles import make_bundle, make_multi_bundle
 from tests.live_server import LiveServer, live_server
 
 
@@ -90,6 +90,47 @@ def test_publish_rollout_poll_verify_download(server: LiveServer, tmp_path: Path
     assert vinfo is not None and vinfo.custom == target["custom"] and vinfo.length == target["length"]
 
 
+def test_the_director_lists_the_alternates_a_device_can_run(server: LiveServer, tmp_path: Path) -> None:
+    """FP32 is the CPU classes' preference, INT8 an alternate the device may time against it; a
+    device without the INT8's CPU feature is not offered it."""
+    import dataclasses
+
+    from models.bundle import HardwareRequirements, write_bundle
+
+    manifest = make_multi_bundle(tmp_path / "duo", name="duo", version="1.0.0")
+    fp32, int8 = manifest.variants
+    int8 = dataclasses.replace(int8, requires=HardwareRequirements(accelerators=("cpu",), cpu_features=("avx2",)))
+    write_bundle(tmp_path / "duo", dataclasses.replace(manifest, variants=(fp32, int8)))
+    server.publish(tmp_path / "duo")
+    with_avx2 = server.enroll(name="duo-1", group="duo")
+    without = server.enroll(name="duo-2", group="duo", hardware={"arch": "x86_64", "accelerator": "cpu"})
+    server.create_rollout(model="duo", version="1.0.0", group="duo", stages=[100])
+
+    def poll(dev: dict) -> dict:
+        status, body, _ = server.api("GET", f"/api/v1/devices/{dev['device_id']}/assignment?nonce={secrets.token_hex(16)}",
+                                     token=dev["device_token"])
+        assert status == 200, body
+        _verify(body, server.director_public_key())
+        return dict(body["signed"])
+
+    signed = poll(with_avx2)
+    assert signed["target"]["variant"] == "onnx-fp32"
+    (alt,) = signed["alternates"]
+    assert alt["variant"] == "onnx-int8" and alt["target"]["variant"] == "onnx-int8"
+    assert alt["target"]["path"] == "duo/1.0.0/model-onnx-int8.onnx"
+    assert (alt["target"]["length"], alt["target"]["hashes"]) == (int8.size, {"sha256": int8.sha256})
+    # each alternate is exactly its TUF target, as the primary is
+    updater = _updater(server, tmp_path / "client", with_avx2["image_root"])
+    updater.refresh()
+    for target in (signed["target"], alt["target"]):
+        info = updater.get_targetinfo(target["path"])
+        assert info is not None and (info.length, dict(info.hashes), info.custom) == \
+            (target["length"], target["hashes"], target["custom"])
+    assert info.custom["edgefleet"]["variant"] == "onnx-int8"
+    other = poll(without)  # it cannot run the INT8: only the FP32 is assigned
+    assert (other["target"]["variant"], other["alternates"]) == ("onnx-fp32", [])
+
+
 def test_poll_for_another_device_is_forbidden(server: LiveServer) -> None:
     a = server.enroll(name="a", group="iso")
     b = server.enroll(name="b", group="iso")
@@ -100,6 +141,7 @@ def test_poll_for_another_device_is_forbidden(server: LiveServer) -> None:
     status, body, _ = server.api("GET", f"/api/v1/devices/{a['device_id']}/assignment?nonce={nonce}",
                                  token=a["device_token"])
     assert status == 200 and body["signed"]["target"] is None  # no rollout for group "iso"
+    assert body["signed"]["alternates"] == []
 
 
 def test_full_flow_on_postgresql(pg_schema_url: str, tmp_path: Path) -> None:

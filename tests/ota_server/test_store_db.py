@@ -99,24 +99,24 @@ def test_counters_are_incremental_latest_state_wins_and_idempotent(
         rp.ingest(conn, "dev_0001", [_timed("a1", "downloading", rollout, t.format(1))])
         assert _counted(conn, rollout) == ro.StageCounts(40, 0, 0, 1, {})
         rp.ingest(conn, "dev_0001", [_timed("a2", "failed", rollout, t.format(2), "NAN_OUTPUT")])
-        rp.ingest(conn, "dev_0002", [_timed("b1", "refused", rollout, t.format(2), "INCOMPATIBLE")])
-        assert _counted(conn, rollout) == ro.StageCounts(40, 0, 2, 0, {"NAN_OUTPUT": 1, "INCOMPATIBLE": 1})
+        rp.ingest(conn, "dev_0002", [_timed("b1", "refused", rollout, t.format(2), "INCOMPATIBLE_HARDWARE")])
+        assert _counted(conn, rollout) == ro.StageCounts(40, 0, 2, 0, {"NAN_OUTPUT": 1, "INCOMPATIBLE_HARDWARE": 1})
         # duplicates (same report ids) change nothing, in a batch or resent later
         out = rp.ingest(conn, "dev_0001", [_timed("a2", "failed", rollout, t.format(2), "NAN_OUTPUT")] * 2)
         assert out["accepted"] == [] and _counted(conn, rollout).failure == 2
         # failed -> committed moves the device between counters exactly once
         rp.ingest(conn, "dev_0001", [_timed("a3", "committed", rollout, t.format(3))])
-        assert _counted(conn, rollout) == ro.StageCounts(40, 1, 1, 0, {"INCOMPATIBLE": 1})
+        assert _counted(conn, rollout) == ro.StageCounts(40, 1, 1, 0, {"INCOMPATIBLE_HARDWARE": 1})
         rp.ingest(conn, "dev_0001", [_timed("a4", "committed", rollout, t.format(4))])  # same outcome again
         # an older report arriving late never overrides the newer state
         rp.ingest(conn, "dev_0001", [_timed("a0", "failed", rollout, t.format(0), "NAN_OUTPUT")])
         # a failure whose reason changes moves between reason counters
-        rp.ingest(conn, "dev_0002", [_timed("b2", "rolled-back", rollout, t.format(3), "HEALTH")])
-        assert _counted(conn, rollout) == ro.StageCounts(40, 1, 1, 0, {"HEALTH": 1})
+        rp.ingest(conn, "dev_0002", [_timed("b2", "rolled-back", rollout, t.format(3), "HEALTH_REGRESSION")])
+        assert _counted(conn, rollout) == ro.StageCounts(40, 1, 1, 0, {"HEALTH_REGRESSION": 1})
     with s.store.read() as conn:
         view = service.rollout_view(conn, rollout)
         assert view["totals"] == {"success": 1, "failure": 1, "pending": 0}
-        assert view["failure_reasons"] == {"HEALTH": 1} and view["failures"][0]["device_id"] == "dev_0002"
+        assert view["failure_reasons"] == {"HEALTH_REGRESSION": 1} and view["failures"][0]["device_id"] == "dev_0002"
         # the counters agree with a full scan of the device rows
         rows = st.device_outcomes(conn, rollout["id"])
         scan = ro.count_stages(rollout["stages"], service.selected_buckets(conn, rollout),

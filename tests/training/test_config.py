@@ -96,7 +96,7 @@ def test_print_config_and_help(capsys: pytest.CaptureFixture[str]) -> None:
 def test_shipped_configs_are_valid() -> None:
     root = Path(__file__).resolve().parents[2] / "training" / "configs"
     names = sorted(p.name for p in root.glob("*.yaml"))
-    assert names == ["demo-signs.yaml", "scenes.yaml", "signs.yaml"]
+    assert names == ["demo-signs-longer.yaml", "demo-signs.yaml", "scenes.yaml", "signs.yaml"]
     for name in names:
         cfg = _cfg("--config", str(root / name))
         assert cfg.nproc_per_node == 2

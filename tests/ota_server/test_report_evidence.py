@@ -1,0 +1,253 @@
+"""Reports: reason codes are the enum, gate evidence is validated, bounded and stored (SQLite and
+PostgreSQL), and the schema of an older server gains the new columns."""
+
+from __future__ import annotations
+
+import copy
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+import yaml
+
+from models.reasons import ReasonCode
+from models.stats import Verdict
+from ota_server import db, service
+from ota_server import evidence as ev
+from ota_server import reports as rp
+from ota_server import rollouts as ro
+from ota_server import store as st
+from ota_server.api.devices import device_view
+from ota_server.app import build_services
+from ota_server.auth import token_digest
+from ota_server.config import ServerConfig
+from ota_server.ctl_render import REASON_HINTS, reason_hint
+from ota_server.errors import BadRequest
+from tests.bundles import make_bundle
+from tests.live_server import bundle_tar
+from tests.ota_server.evidence_cases import refusal_gate
+
+
+def _report(**fields: Any) -> dict[str, Any]:
+    base = {"id": secrets.token_hex(8), "time": "2026-11-27T10:00:00Z", "type": "gate", "state": "refused",
+            "rollout_id": "ro_1", "release": 2, "reason_code": "LOW_AGREEMENT"}
+    return {**base, **fields}
+
+
+def test_gate_evidence_from_the_shared_kernel_is_kept_exactly_and_nothing_else() -> None:
+    gate = refusal_gate()
+    sent = copy.deepcopy(gate)
+    sent["extra"] = "x" * 10_000  # not a field of the contract: dropped, not stored
+    sent["agreement"]["history"] = [1.0] * 1000
+    sent["timing"][0]["samples"] = [0.5] * 1000
+    r = rp.parse_report(_report(gate=sent, variant="onnx-fp32", junk={"a": 1},
+                                metrics={"p95_ms": 9.5, "counter_x": 3, "fps": "fast"},
+                                running={"name": "m", "version": "1.0.0", "release": 1, "variant": "onnx-int8",
+                                         "more": "x"}), "reports[0]")
+    assert r.gate == gate and r.variant == "onnx-fp32" and r.reason_code is ReasonCode.LOW_AGREEMENT
+    assert r.body["gate"] == gate and "junk" not in r.body
+    assert r.body["metrics"] == {"p95_ms": 9.5}
+    assert r.body["running"] == {"name": "m", "version": "1.0.0", "release": 1, "variant": "onnx-int8"}
+
+
+def test_the_decisions_are_those_of_the_sequential_test() -> None:
+    assert set(ev.DECISIONS) == {v.value for v in Verdict} | {"not-judged"}  # no camera, no test
+
+
+@pytest.mark.parametrize("code", [c.value for c in ReasonCode])
+def test_every_reason_code_parses_to_the_enum(code: str) -> None:
+    assert rp.parse_report(_report(reason_code=code), "r").reason_code is ReasonCode(code)
+
+
+def test_the_api_description_and_ota_ctl_know_every_code() -> None:
+    spec = yaml.safe_load((Path(rp.__file__).parent / "openapi.yaml").read_text())
+    assert spec["components"]["schemas"]["Report"]["properties"]["reason_code"]["enum"] == [c.value for c in ReasonCode]
+    assert set(REASON_HINTS) == set(ReasonCode)
+    assert reason_hint("NOT_ENOUGH_FRAMES") != reason_hint("LATENCY_OVER_BUDGET")
+    assert reason_hint("UNKNOWN") == reason_hint(None) == "reported without a reason code"
+
+
+def test_an_unknown_reason_code_is_a_400_naming_the_report() -> None:
+    batch = [_report(reason_code=None), _report(), _report(reason_code="NOT_ENOUGH_FRAMES"),
+             _report(reason_code="LATENCY")]
+    with pytest.raises(BadRequest) as e:
+        rp.parse_batch({"reports": batch})
+    assert e.value.field == "reports[3].reason_code"
+    assert "'LATENCY'" in e.value.message and "SOURCE_ENDED" in e.value.message  # what came, what is known
+    with pytest.raises(BadRequest) as e:
+        rp.parse_batch({"reports": [_report(reason_code="low_agreement")]})  # no case folding either
+    assert e.value.field == "reports[0].reason_code"
+
+
+def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    """A mutation of the report: set the value at a dotted path (list indexes as numbers)."""
+
+    def apply(report: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        node: Any = report
+        for key in parents:
+            node = node[int(key)] if key.isdigit() else node[key]
+        node[int(last) if last.isdigit() else last] = value
+
+    return apply
+
+
+def _drop(path: str) -> Callable[[dict[str, Any]], None]:
+    def apply(report: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        node: Any = report
+        for key in parents:
+            node = node[key]
+        del node[last]
+
+    return apply
+
+
+ROW = {"active": "red", "candidate": "green", "count": 1}
+TIMING = refusal_gate()["timing"][0]
+BAD = [
+    (_set("gate.agreement.confusion", [ROW] * 11), "gate.agreement.confusion"),
+    (_set("gate.timing", [TIMING] * 9), "gate.timing"),
+    (_set("gate.agreement.confusion.0.active", "r" * 129), "gate.agreement.confusion[0].active"),
+    (_set("gate.agreement.confusion.1.candidate", "a\nb"), "gate.agreement.confusion[1].candidate"),
+    (_set("gate.agreement.confusion.0.count", -1), "gate.agreement.confusion[0].count"),
+    (_set("gate.agreement.confusion.0", ["red", "green", 1]), "gate.agreement.confusion[0]"),
+    (_set("gate.agreement.decision", "maybe"), "gate.agreement.decision"),
+    (_drop("gate.agreement.frames"), "gate.agreement.frames"),
+    (_set("gate.agreement.frames", 12.5), "gate.agreement.frames"),
+    (_set("gate.agreement.agreement", 1.5), "gate.agreement.agreement"),
+    (_set("gate.agreement.confidence", True), "gate.agreement.confidence"),
+    (_set("gate.agreement.llr", float("nan")), "gate.agreement.llr"),
+    (_set("gate.agreement.agreement_ci95", [0.6, 0.2]), "gate.agreement.agreement_ci95"),
+    (_set("gate.agreement.agreement_ci95", [0.1, 0.2, 0.3]), "gate.agreement.agreement_ci95"),
+    (_set("gate.agreement.judged_against", "other"), "gate.agreement.judged_against"),
+    (_set("gate.agreement.baseline", "b" * 129), "gate.agreement.baseline"),
+    (_set("gate.agreement.baseline_variant", "Not An Id"), "gate.agreement.baseline_variant"),
+    (_set("gate.agreement.why", 42), "gate.agreement.why"),
+    (_set("gate.agreement", "refused"), "gate.agreement"),
+    (_set("gate.variant", "x" * 65), "gate.variant"),
+    (_set("gate.timing.0.speedup.low", 2.0), "gate.timing[0].speedup.low"),
+    (_set("gate.timing.0.speedup", {"point": 1.0}), "gate.timing[0].speedup.low"),
+    (_set("gate.timing.0.preferred", "yes"), "gate.timing[0].preferred"),
+    (_set("gate.timing.0.metric", "gpu"), "gate.timing[0].metric"),
+    (_set("gate.timing.0.queries", -3), "gate.timing[0].queries"),
+    (_set("gate.timing", {"0": TIMING}), "gate.timing"),
+    (_set("gate", ["refuse"]), "gate"),
+    (_set("variant", "../model.onnx"), "variant"),
+    (_set("variant", 3), "variant"),
+    (_set("running", {"name": "m", "release": 1, "variant": "A B"}), "running.variant"),
+    (_set("running", {"name": "m" * 65}), "running.name"),
+    (_set("rollout_id", "ro_" + "x" * 40), "rollout_id"),
+]
+
+
+@pytest.mark.parametrize(("mutate", "field"), BAD, ids=[f for _, f in BAD])
+def test_a_bad_or_oversized_field_is_a_400_naming_it(mutate: Callable[[dict[str, Any]], None], field: str) -> None:
+    report = _report(gate=refusal_gate(), variant="onnx-fp32")
+    mutate(report)
+    with pytest.raises(BadRequest) as e:
+        rp.parse_batch({"reports": [_report(), report]})
+    assert e.value.field == f"reports[1].{field}", e.value.message
+
+
+def test_the_largest_evidence_allowed_is_accepted_and_prose_is_cut() -> None:
+    gate = refusal_gate()
+    gate["agreement"]["confusion"] = [dict(ROW, active="a" * 128)] * ev.MAX_CONFUSION
+    gate["timing"] = [TIMING] * ev.MAX_TIMING
+    assert rp.parse_report(_report(gate=gate), "r").gate == gate
+    gate["agreement"]["why"] = "w" * 5000
+    parsed = rp.parse_report(_report(gate=gate), "r").gate
+    assert parsed is not None and parsed["agreement"]["why"] == "w" * ev.MAX_WHY
+
+
+def test_a_headless_agent_reports_agreement_as_not_judged() -> None:
+    gate = {"agreement": {"expected": 0.0, "baseline": "active", "baseline_variant": None, "judged_against": "active",
+                          "why": "no camera: agreement is not judged without live frames", "decision": "not-judged",
+                          "frames": 0}, "variant": "onnx-fp32"}
+    parsed = rp.parse_report(_report(gate=gate), "r").gate
+    assert parsed is not None and parsed["agreement"]["decision"] == "not-judged"
+    assert "baseline_variant" not in parsed["agreement"]  # a null is not stored
+
+
+# ------------------------------------------------------------------ stored, on both databases
+
+
+def _device(i: int) -> dict[str, Any]:
+    return {"id": f"dev_{i}", "token_digest": token_digest(secrets.token_hex(8)), "name": f"d{i}",
+            "group_name": "g", "tags": [], "hardware": {"arch": "x86_64", "accelerator": "cpu"},
+            "hardware_class": "cpu-x86_64", "enrolled_at": st.utcnow(), "last_seen": None, "state": None,
+            "running_name": None, "running_version": None, "running_release": None, "last_metrics": None}
+
+
+def _transition(rollout: dict[str, Any], state: str, second: int, **fields: Any) -> rp.Report:
+    return rp.parse_report(_report(id=f"{state}-{second}-{secrets.token_hex(4)}", type="transition", state=state,
+                                   time=f"2026-11-27T10:00:{second:02d}Z", rollout_id=rollout["id"],
+                                   release=rollout["release"], **fields), "r")
+
+
+def test_evidence_and_reason_codes_are_stored_and_shown(initialized: tuple[ServerConfig, dict[str, str]],
+                                                        tmp_path: Path) -> None:
+    config, _ = initialized
+    s = build_services(config)
+    make_bundle(tmp_path / "b", name="m", version="1.0.0")
+    (tmp_path / "b.tar").write_bytes(bundle_tar(tmp_path / "b"))
+    s.publisher.publish_tar(tmp_path / "b.tar", actor="test")
+    gate = refusal_gate()
+    with s.store.tx() as conn:
+        st.insert_devices(conn, [_device(i) for i in range(4)])
+        spec = ro.parse_rollout({"model": "m", "version": "1.0.0", "group": "g", "stages": [100],
+                                 "max_failure_rate": 1.0})
+        rollout = service.create_rollout(conn, spec, actor="test")
+    with s.store.tx() as conn:
+        rp.ingest(conn, "dev_0", [_transition(rollout, "benchmarking", 1, reason_code=None),
+                                  _transition(rollout, "refused", 2, reason_code="LOW_AGREEMENT", gate=gate,
+                                              variant="onnx-fp32")])
+        passed = dict(gate, agreement=dict(gate["agreement"], decision="accept", confusion=[]))
+        running = {"name": "m", "version": "1.0.0", "release": rollout["release"]}
+        rp.ingest(conn, "dev_1", [_transition(rollout, "benchmarking", 1, reason_code=None, gate=passed,
+                                              variant="onnx-fp32"),
+                                  _transition(rollout, "committed", 3, reason_code=None, running=running)])
+        rp.ingest(conn, "dev_2", [_transition(rollout, "failed", 2, reason_code="NOT_ENOUGH_FRAMES")])
+        rp.ingest(conn, "dev_3", [_transition(rollout, "failed", 2, reason_code="SOURCE_ENDED")])
+    with s.store.read() as conn:
+        view = service.rollout_view(conn, rollout)
+        refused = device_view(st.get_device(conn, "dev_0"))
+        committed = device_view(st.get_device(conn, "dev_1"))
+        stored = conn.execute(sa.select(db.reports.c.body).where(db.reports.c.device_id == "dev_0",
+                                                                  db.reports.c.state == "refused")).scalar_one()
+    assert view["failure_reasons"] == {"LOW_AGREEMENT": 1, "NOT_ENOUGH_FRAMES": 1, "SOURCE_ENDED": 1}
+    assert view["variants"] == {"onnx-fp32": 2}
+    failure = next(f for f in view["failures"] if f["device_id"] == "dev_0")
+    assert failure["variant"] == "onnx-fp32" and failure["reason_code"] == "LOW_AGREEMENT"
+    assert failure["gate"]["agreement"] == gate["agreement"] and failure["gate"]["timing"] == gate["timing"]
+    assert refused["gate"]["agreement"]["confusion"][0] == {"active": "red", "candidate": "green", "count": 7}
+    assert refused["gate"]["state"] == "refused" and refused["gate"]["reason_code"] == "LOW_AGREEMENT"
+    # the committed report carried no evidence: the gate's evidence and variant stay, and the
+    # device serves the variant it chose for the release it now runs
+    assert committed["gate"]["agreement"]["decision"] == "accept"
+    assert committed["running"] == dict(running, variant="onnx-fp32")
+    assert stored["gate"] == gate and stored["reason_code"] == "LOW_AGREEMENT"
+    s.store.dispose()
+
+
+def test_the_schema_of_an_older_server_gains_the_new_columns(initialized: tuple[ServerConfig, dict[str, str]]) -> None:
+    config, _ = initialized
+    engine = db.make_engine(config.effective_db_url)
+    try:
+        with engine.begin() as conn:
+            for table, column in db.ADDED_COLUMNS:
+                conn.execute(sa.text(f"ALTER TABLE {table} DROP COLUMN {column}"))
+        assert "last_gate" not in {c["name"] for c in sa.inspect(engine).get_columns("devices")}
+        db.create_schema(engine)
+        db.create_schema(engine)  # idempotent
+        inspector = sa.inspect(engine)
+        for table, column in db.ADDED_COLUMNS:
+            assert column in {c["name"] for c in inspector.get_columns(table)}, (table, column)
+        with engine.begin() as conn:  # and the JSON column takes JSON
+            st.insert_devices(conn, [dict(_device(9), last_gate={"agreement": {"frames": 3}})])
+            assert st.get_device(conn, "dev_9")["last_gate"] == {"agreement": {"frames": 3}}
+    finally:
+        engine.dispose()
