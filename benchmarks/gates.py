@@ -13,12 +13,16 @@ runs in ONNX Runtime on the same images. The expectation is measured as the
 optimizer does (``models.agreement`` on held-out images); the agent's view
 is replayed from the per-frame agreement on 3,000 *live* images (another
 seed, i.e. frames the optimizer never saw): each replay draws frames at
-random from that recording and feeds them, one by one, to the agent's own
-sequential test (``edge_agent.shadow.agreement_test``: SPRT against
-``p0 = expected - tolerance``, Wilson bound at the frame limit). A broken
-candidate claims the expectation of the healthy model it replaces. For
-contrast, the old rule (mean agreement over 50 frames >= the same p0) is
-replayed on the same draws.
+random from that recording and feeds them, one by one, with the class the
+reference predicted on each, to the agent's own sequential test
+(``edge_agent.shadow.agreement_test``: the overall SPRT against
+``p0 = expected - tolerance`` plus, when the expectation has per-class
+figures as the optimizer writes them, one SPRT per class of the reference;
+Wilson bounds at the frame limit). A broken candidate claims the expectation
+(overall and per class) of the healthy model it replaces. Profiles: the
+defaults, the overall test alone at the same frame limit and at the old one
+(50), and a tight one. For contrast, the old rule (mean agreement over 50
+frames >= the same p0) is replayed on the same draws.
 
 Timing. Three real ONNX models beside an FP32 baseline (one as fast, one
 ~1.5x slower, one ~2x faster) are timed with ``models.bench.measure_interleaved``
@@ -31,7 +35,7 @@ Prints a table per gate profile, writes ``bench-out/gates.json``. Targets:
 false refusals <= 1 % for consistent candidates, false acceptances <= 1 % for
 broken ones and for variants that are not faster.
 
-    .venv/bin/python benchmarks/gates.py [--replays 1000] [--timing-windows 300]
+    .venv/bin/python benchmarks/gates.py [--replays 1000] [--timing-windows 300] [--no-timing]
 """
 
 from __future__ import annotations

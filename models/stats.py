@@ -397,7 +397,12 @@ class ClassAgreementTest:
 
     @property
     def confidence(self) -> float:
-        return self.decider().confidence if self.verdict is not Verdict.CONTINUE else 0.0
+        """A refusal: that of the test that refused; an acceptance: the least of the tests that accepted."""
+        if self.verdict is Verdict.REFUSE:
+            return self.decider().confidence
+        if self.verdict is Verdict.ACCEPT:
+            return min(t.confidence for _, t in self._tests() if t.verdict is Verdict.ACCEPT)
+        return 0.0
 
     def add(self, x: float, label: str | None = None) -> Verdict:
         """Record one frame's agreement and the reference's class on it; returns the verdict so far."""

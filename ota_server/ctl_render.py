@@ -71,7 +71,8 @@ def agreement_line(agreement: Mapping[str, Any] | None) -> str | None:
         return None
     text = f"{agreement.get('decision', '?')} after {agreement.get('frames', '?')} frames"
     if agreement.get("confidence"):
-        text += f" ({agreement['confidence']:.0%} confidence)"
+        c = agreement["confidence"]  # 99 %, or 99.9 % for a per-class test with its share of alpha
+        text += f" ({c:.0%} confidence)" if round(c, 2) == c else f" ({c:.1%} confidence)"
     if agreement.get("agreement") is not None:
         text += f", agreement {agreement['agreement']:.1%}"
         if agreement.get("agreement_ci95"):
@@ -85,6 +86,10 @@ def agreement_line(agreement: Mapping[str, Any] | None) -> str | None:
         text += f" against {agreement['baseline']}"
     if agreement.get("judged_against") == "own-fp32":
         text += "'s own FP32 (no expectation for the release the device runs)"
+    row = next((r for r in agreement.get("classes") or [] if r.get("label") == agreement.get("decided_class")), None)
+    if agreement.get("decided_by") == "class" and row is not None:
+        text += (f"; decided by class {row['label']!r}: {row.get('agreement', 0):.1%} of its {row.get('frames')} "
+                 f"frames (threshold {row.get('p0', 0):.1%})")
     return text
 
 

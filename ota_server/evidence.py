@@ -2,8 +2,9 @@
 
 A report may name the ``variant`` the device chose to serve and carry the ``gate`` object its
 shadow gate measured: the sequential agreement test's evidence (decision, frames, confidence,
-the expectation it was judged against and, on a refusal, the classes that flipped most), the
-variant and the interleaved timings behind that choice. Operators read it through the server,
+the expectation it was judged against and, on a refusal, the classes that flipped most; with
+per-class tests, which test decided, the overall test's own figures and the worst class rows),
+the variant and the interleaved timings behind that choice. Operators read it through the server,
 but any one device is assumed hostile: every field is checked for type and range, every string
 and list has a size limit, and only the fields named here are kept — anything else the device
 sends is dropped. A field that is wrong or too large is a
@@ -25,6 +26,8 @@ from typing import Any
 from ota_server.errors import BadRequest
 
 MAX_CONFUSION = 10  # rows of the flipped-classes table
+MAX_CLASS_ROWS = 10  # rows of the per-class tests
+MAX_CLASSES = 100_000  # classes a model may have (counts of classes tested and skipped)
 MAX_TIMING = 8  # variants timed on the device
 MAX_LABEL = 128  # characters of a class label or a release name
 MAX_WHY = 500  # characters kept of the prose saying why this comparison was chosen
@@ -33,6 +36,7 @@ MAX_QUERIES = 100_000_000
 # the values of models.stats.Verdict, and "not-judged" from an agent without a camera
 DECISIONS = ("accept", "refuse", "continue", "not-judged")
 JUDGED_AGAINST = ("active", "own-fp32")  # the running release's model, or the bundle's own FP32
+DECIDED_BY = ("overall", "class")  # which test of models.stats.ClassAgreementTest decided
 METRICS = ("cpu", "wall")
 VARIANT = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")  # a bundle variant id (models.bundle)
 
@@ -141,7 +145,7 @@ def _confusion_row(value: Any, where: str) -> dict[str, Any]:
     ))
 
 
-_AGREEMENT: tuple[Field, ...] = (
+_TEST: tuple[Field, ...] = (  # one sequential test (models.stats.AgreementTest.evidence)
     ("decision", lambda v, w: _choice(v, w, DECISIONS), True),
     ("frames", lambda v, w: _integer(v, w, MAX_FRAMES), True),
     ("agreement", _unit, False),
@@ -152,6 +156,22 @@ _AGREEMENT: tuple[Field, ...] = (
     ("llr", lambda v, w: _number(v, w, -1e9, 1e9), False),
     ("confidence", _unit, False),
     ("agreement_ci95", _interval, False),
+)
+_CLASS_ROW: tuple[Field, ...] = (("label", _text, True), *_TEST)
+
+
+def _class_rows(value: Any, where: str) -> list[dict[str, Any]]:
+    return [_fields(x, f"{where}[{i}]", _CLASS_ROW) for i, x in enumerate(_list(value, where, MAX_CLASS_ROWS))]
+
+
+_AGREEMENT: tuple[Field, ...] = (
+    *_TEST,
+    ("overall", lambda v, w: _fields(v, w, _TEST), False),
+    ("decided_by", lambda v, w: _choice(v, w, DECIDED_BY), False),
+    ("decided_class", _text, False),
+    ("classes_tested", lambda v, w: _integer(v, w, MAX_CLASSES), False),
+    ("classes_skipped", lambda v, w: _integer(v, w, MAX_CLASSES), False),
+    ("classes", _class_rows, False),
     ("expected", _unit, False),
     ("baseline", _text, False),  # "name@version" of what the candidate was judged against
     ("baseline_variant", _variant, False),

@@ -60,9 +60,9 @@ class DemoConfig:
     poll_s: float = 1.0  # agent poll interval, seconds
     rollout_timeout_s: float = 900.0  # per rollout: bounds a stuck rollout, a slow one just takes longer
     settle_timeout_s: float = 300.0  # after the halt, for the vehicles' last reports
-    video_s: float = 12.0  # camera video length (files loop)
+    video_s: float = 24.0  # camera video length (files loop); one sign per frame
     camera_fps: float = 15.0  # video frame rate; agents capture at most this fast
-    calib_every: int = 2  # every n-th camera frame becomes a calibration frame
+    calib_every: int = 4  # every n-th camera frame becomes a calibration frame
     health_window_s: float | None = 10.0  # agents' health watch after a swap; None = the bundle's gate
     stages: tuple[int, ...] = (25, 50, 100)
     max_failure_rate: float = 0.2
@@ -109,7 +109,7 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
     return DemoConfig(
         out=args.out.resolve(), agents=agents, quick=args.quick, keep_running=args.keep_running,
         port=args.port, rollout_timeout_s=args.rollout_timeout,
-        video_s=6.0 if args.quick else 12.0, stages=(50, 100) if args.quick else (25, 50, 100),
+        video_s=6.0 if args.quick else 24.0, stages=(50, 100) if args.quick else (25, 50, 100),
         camera_fps=30.0 if args.quick else 15.0, health_window_s=1.0 if args.quick else 10.0,
     )
 

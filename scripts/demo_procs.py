@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -183,7 +184,9 @@ class Processes:
         from tqdm import tqdm
 
         deadline = time.monotonic() + timeout_s
-        with tqdm(desc=f"    {label}", bar_format="{desc} [{elapsed}]{postfix}", leave=False) as bar:
+        # a timer line is for a terminal; in a log file each refresh would be one more line
+        with tqdm(desc=f"    {label}", bar_format="{desc} [{elapsed}]{postfix}", leave=False,
+                  disable=not sys.stderr.isatty()) as bar:
             while proc.poll() is None:
                 if time.monotonic() > deadline:
                     raise subprocess.TimeoutExpired(proc.args, timeout_s)

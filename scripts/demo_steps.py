@@ -257,7 +257,7 @@ def watch_rollout(procs: Processes, server: Server, rec: RolloutRecord, *, clock
 
     last_counts = (-1, -1)
     deadline = time.monotonic() + timeout_s
-    with tqdm(total=devices, desc=f"  {rec.label}", unit="dev", leave=True,
+    with tqdm(total=devices, desc=f"  {rec.label}", unit="dev", leave=True, disable=not sys.stderr.isatty(),
               bar_format="{desc}: {n}/{total} devices settled |{bar:20}| {elapsed} {postfix}") as bar:
         while True:
             procs.check_alive()

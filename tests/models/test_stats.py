@@ -195,6 +195,7 @@ def test_a_consistent_candidate_is_accepted_once_every_class_seen_has_accepted()
     assert len(verdicts) == 90 and verdicts[-1] is Verdict.ACCEPT and t.decided_by == "c9"
     assert all(c.verdict is Verdict.ACCEPT and c.frames == 9 for c in t.classes.values())
     assert t.frames == 90 and t.agreement == 1.0
+    assert t.confidence == 0.99  # the least sure of the tests that accepted: the overall one
 
 
 def test_the_overall_test_refuses_first_when_every_class_is_wrong() -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from models.bundle import AgreementExpectation, Manifest, write_bundle
-from models.stats import AgreementTest, Verdict, prefer_faster
+from models.stats import AgreementTest, ClassAgreementTest, ClassExpectation, Verdict, prefer_faster
 from tests.bundles import make_bundle, make_onnx
 
 FP32_SHA256 = hashlib.sha256(make_onnx("ok")).hexdigest()  # the file every "ok" test bundle serves
@@ -33,6 +33,22 @@ def refusal_gate(*, baseline: str = "m@1.0.0", variant: str = "onnx-fp32") -> di
     timing = prefer_faster("onnx-fp32", [1.00, 1.02, 0.98, 1.01] * 10, "onnx-int8", [0.97, 1.0, 0.96, 0.99] * 10,
                            min_speedup=1.1)
     return {"agreement": agreement, "variant": variant, "timing": [timing.to_dict()]}
+
+
+def class_refusal_gate(*, classes: int = 12) -> dict[str, Any]:
+    """The evidence of a per-class refusal: ``classes`` classes expected at 97 %, class "c3" never predicted."""
+    overall = AgreementTest(p0=0.92, effect=0.15, alpha=0.01, beta=0.01, min_frames=10, max_frames=350)
+    test = ClassAgreementTest(overall, [ClassExpectation(f"c{i}", 0.97, 100) for i in range(classes)],
+                              tolerance=0.05)
+    for i in range(10 * classes):
+        label = f"c{i % classes}"
+        if test.add(0.0 if label == "c3" else 1.0, label) is not Verdict.CONTINUE:
+            break
+    assert test.verdict is Verdict.REFUSE and test.decided_by == "c3"
+    agreement = dict(test.evidence(), expected=0.97, baseline="m@1.0.0", baseline_variant="onnx-int8",
+                     judged_against="active", why="expectation against m@1.0.0/onnx-int8: expected 97.0%",
+                     confusion=[{"active": "c3", "candidate": "c4", "count": 4}])
+    return {"agreement": agreement, "variant": "onnx-fp32", "timing": refusal_gate()["timing"]}
 
 
 def make_bundle_expecting(directory: Path, *, name: str, version: str,

@@ -24,11 +24,11 @@ from ota_server.api.devices import device_view
 from ota_server.app import build_services
 from ota_server.auth import token_digest
 from ota_server.config import ServerConfig
-from ota_server.ctl_render import REASON_HINTS, reason_hint
+from ota_server.ctl_render import REASON_HINTS, agreement_line, reason_hint
 from ota_server.errors import BadRequest
 from tests.bundles import make_bundle
 from tests.live_server import bundle_tar
-from tests.ota_server.evidence_cases import refusal_gate
+from tests.ota_server.evidence_cases import class_refusal_gate, refusal_gate
 
 
 def _report(**fields: Any) -> dict[str, Any]:
@@ -51,6 +51,24 @@ def test_gate_evidence_from_the_shared_kernel_is_kept_exactly_and_nothing_else()
     assert r.body["gate"] == gate and "junk" not in r.body
     assert r.body["metrics"] == {"p95_ms": 9.5}
     assert r.body["running"] == {"name": "m", "version": "1.0.0", "release": 1, "variant": "onnx-int8"}
+
+
+def test_per_class_evidence_is_kept_exactly_with_why_and_baseline_variant() -> None:
+    gate = class_refusal_gate()
+    sent = copy.deepcopy(gate)
+    sent["agreement"]["classes"][0]["history"] = [0.0] * 100  # not a field: dropped
+    sent["agreement"]["overall"]["junk"] = "x"
+    r = rp.parse_report(_report(gate=sent, variant="onnx-fp32"), "reports[0]")
+    assert r.gate == gate
+    agreement = r.body["gate"]["agreement"]
+    assert (agreement["decided_by"], agreement["decided_class"]) == ("class", "c3")
+    assert agreement["classes"][0]["label"] == "c3" and agreement["classes"][0]["decision"] == "refuse"
+    assert len(agreement["classes"]) == ev.MAX_CLASS_ROWS and agreement["classes_tested"] == 12
+    assert agreement["baseline_variant"] == "onnx-int8" and agreement["why"].startswith("expectation against")
+    assert agreement["overall"]["decision"] == "continue"
+    line = agreement_line(agreement)
+    assert line is not None and line.startswith("refuse after 40 frames (99.9% confidence)")
+    assert line.endswith("decided by class 'c3': 0.0% of its 4 frames (threshold 92.0%)")
 
 
 def test_the_decisions_are_those_of_the_sequential_test() -> None:
@@ -100,13 +118,14 @@ def _drop(path: str) -> Callable[[dict[str, Any]], None]:
         *parents, last = path.split(".")
         node: Any = report
         for key in parents:
-            node = node[key]
+            node = node[int(key)] if key.isdigit() else node[key]
         del node[last]
 
     return apply
 
 
 ROW = {"active": "red", "candidate": "green", "count": 1}
+CLASS_ROW = class_refusal_gate()["agreement"]["classes"][0]
 TIMING = refusal_gate()["timing"][0]
 BAD = [
     (_set("gate.agreement.confusion", [ROW] * 11), "gate.agreement.confusion"),
@@ -142,6 +161,33 @@ BAD = [
     (_set("running", {"name": "m" * 65}), "running.name"),
     (_set("rollout_id", "ro_" + "x" * 40), "rollout_id"),
 ]
+CLASS_BAD = [
+    (_set("gate.agreement.decided_by", "class 'c3'"), "gate.agreement.decided_by"),
+    (_set("gate.agreement.decided_class", "c" * 129), "gate.agreement.decided_class"),
+    (_set("gate.agreement.decided_class", 3), "gate.agreement.decided_class"),
+    (_set("gate.agreement.classes", [CLASS_ROW] * 11), "gate.agreement.classes"),
+    (_set("gate.agreement.classes", {"c3": CLASS_ROW}), "gate.agreement.classes"),
+    (_drop("gate.agreement.classes.0.label"), "gate.agreement.classes[0].label"),
+    (_set("gate.agreement.classes.1.frames", -1), "gate.agreement.classes[1].frames"),
+    (_set("gate.agreement.classes.0.p0", 2.0), "gate.agreement.classes[0].p0"),
+    (_set("gate.agreement.classes.0.decision", "veto"), "gate.agreement.classes[0].decision"),
+    (_set("gate.agreement.classes.2.agreement_ci95", [0.9, 0.1]), "gate.agreement.classes[2].agreement_ci95"),
+    (_set("gate.agreement.overall", "continue"), "gate.agreement.overall"),
+    (_drop("gate.agreement.overall.frames"), "gate.agreement.overall.frames"),
+    (_set("gate.agreement.overall.llr", float("inf")), "gate.agreement.overall.llr"),
+    (_set("gate.agreement.classes_tested", -2), "gate.agreement.classes_tested"),
+    (_set("gate.agreement.classes_skipped", 1.5), "gate.agreement.classes_skipped"),
+]
+
+
+@pytest.mark.parametrize(("mutate", "field"), CLASS_BAD, ids=[f for _, f in CLASS_BAD])
+def test_a_bad_or_oversized_per_class_field_is_a_400_naming_it(mutate: Callable[[dict[str, Any]], None],
+                                                                field: str) -> None:
+    report = _report(gate=class_refusal_gate(), variant="onnx-fp32")
+    mutate(report)
+    with pytest.raises(BadRequest) as e:
+        rp.parse_batch({"reports": [_report(), report]})
+    assert e.value.field == f"reports[1].{field}", e.value.message
 
 
 @pytest.mark.parametrize(("mutate", "field"), BAD, ids=[f for _, f in BAD])
