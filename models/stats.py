@@ -175,6 +175,12 @@ def wilson_bounds(successes: float, n: int, *, confidence: float) -> tuple[float
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def _check_frame(x: float) -> None:
+    """Raises ``ValueError`` unless ``x`` is a per-frame agreement in [0, 1]."""
+    if not (0.0 <= x <= 1.0) or math.isnan(x):
+        raise ValueError(f"per-frame agreement must be within [0, 1], got {x}")
+
+
 class Verdict(str, Enum):
     CONTINUE = "continue"  # not decisive yet
     ACCEPT = "accept"  # consistent with the expectation
@@ -238,8 +244,7 @@ class AgreementTest:
         """Record one frame's agreement; returns the verdict so far (final once not CONTINUE)."""
         if self.verdict is not Verdict.CONTINUE:
             return self.verdict
-        if not (0.0 <= x <= 1.0) or math.isnan(x):
-            raise ValueError(f"per-frame agreement must be within [0, 1], got {x}")
+        _check_frame(x)
         self.frames += 1
         self.agreed += x
         self.history.append(x)
@@ -408,8 +413,7 @@ class ClassAgreementTest:
         """Record one frame's agreement and the reference's class on it; returns the verdict so far."""
         if self.verdict is not Verdict.CONTINUE:
             return self.verdict
-        if not (0.0 <= x <= 1.0) or math.isnan(x):
-            raise ValueError(f"per-frame agreement must be within [0, 1], got {x}")
+        _check_frame(x)
         self.frames += 1
         self.agreed += x
         self._feed(None, self.overall, x)
