@@ -33,11 +33,12 @@ from models.runtime import Backend, Detections, Model, ModelRuntimeError
 from models.runtime.decode import decode_boxes, decode_mask, pick_outputs, topk
 from models.runtime.errors import EngineBuildError
 
-__all__ = ["ModelLoadFailed", "Outcome", "Prepared", "LoadedModel", "load_model", "load_staged"]
+__all__ = ["ModelLoadFailed", "Outcome", "LatencySamples", "Prepared", "LoadedModel", "load_model", "load_staged"]
 
 log = logging.getLogger(__name__)
 
 STAGES = ("decode", "queue", "preprocess", "infer", "postprocess")
+MAX_LATENCY_SAMPLES = 4096  # per window; later frames still count for errors and NaNs
 
 
 class ModelLoadFailed(EdgeAgentError):
@@ -115,6 +116,34 @@ class Outcome:
         return out
 
 
+@dataclass
+class LatencySamples:
+    """Per-frame inference times of one model in one window (a shadow run, a health window; bounded)."""
+
+    wall_ms: list[float] = field(default_factory=list)  # preprocess + infer + postprocess
+    cpu_ms: list[float] = field(default_factory=list)  # the inference call's thread CPU time
+    gpu: bool = False  # served by TensorRT: the CPU thread mostly waits, wall time is the measure
+
+    def add(self, outcome: Outcome) -> None:
+        self.gpu = self.gpu or outcome.runtime == "tensorrt"
+        if len(self.wall_ms) >= MAX_LATENCY_SAMPLES:
+            return
+        t = outcome.timings_ms
+        self.wall_ms.append(sum(t.get(k, 0.0) for k in ("preprocess", "infer", "postprocess")))
+        if "infer_cpu" in t:
+            self.cpu_ms.append(t["infer_cpu"])
+
+    @property
+    def p95_ms(self) -> float:
+        return float(np.percentile(self.wall_ms, 95)) if self.wall_ms else 0.0
+
+    def measure(self) -> tuple[str, list[float]]:
+        """The metric a regression is judged on and its samples (positive ones only)."""
+        if not self.gpu and len(self.cpu_ms) == len(self.wall_ms):
+            return "cpu", [x for x in self.cpu_ms if x > 0]
+        return "wall", [x for x in self.wall_ms if x > 0]
+
+
 @dataclass(frozen=True)
 class Prepared:
     """A frame already turned into the network input of one :class:`InputSpec`."""
@@ -174,12 +203,14 @@ class LoadedModel:
             if not isinstance(prep, Prepared) or prep.spec != self.spec:
                 prep = self.prepare(frame.image)
             timings["preprocess"] = prep.preprocess_ms
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), time.thread_time()
             outputs = self.model.runtime.run(prep.tensor[None])
-            t2 = time.perf_counter()
+            t2, c2 = time.perf_counter(), time.thread_time()
             outcome = self._decode(frame, outputs, prep, timings)
             timings.update(
-                infer=(t2 - t1) * 1000.0, postprocess=(time.perf_counter() - t2) * 1000.0
+                infer=(t2 - t1) * 1000.0,
+                infer_cpu=(c2 - c1) * 1000.0,  # this thread's CPU time: what a busy neighbour cannot inflate
+                postprocess=(time.perf_counter() - t2) * 1000.0,
             )
             return outcome
         except (ModelRuntimeError, ValueError) as e:

@@ -27,7 +27,14 @@ from pathlib import Path
 from edge_agent.camera import FrameSource, ReconnectPolicy, SourceSpec, open_source, parse_source
 from edge_agent.errors import EdgeAgentError, ReasonCode, StopRequested
 from edge_agent.health import HealthWatch
-from edge_agent.inference import LoadedModel, ModelLoadFailed, Outcome, load_model, load_staged
+from edge_agent.inference import (
+    LatencySamples,
+    LoadedModel,
+    ModelLoadFailed,
+    Outcome,
+    load_model,
+    load_staged,
+)
 from edge_agent.perception import GateContext, GateResult, JudgedAgainst, SwapResult
 from edge_agent.pipeline import Pipeline, PipelineConfig
 from edge_agent.runtimes import EngineOptions
@@ -78,7 +85,7 @@ class CameraPerception:
         self._pipeline: Pipeline | None = None
         self._candidate: LoadedModel | None = None
         self._previous: LoadedModel | None = None
-        self._baseline_p95_ms: float | None = None
+        self._baseline: LatencySamples | None = None  # the shadow run's latency of the staged candidate
         self._final: dict[str, float] = {}
         self._lock = threading.RLock()
 
@@ -223,7 +230,7 @@ class CameraPerception:
                     candidate.close()
                     return GateResult(False, ReasonCode.MODEL_LOAD_FAILED, f"reference {context.baseline_variant}: {e}")
             try:
-                result = self._run_shadow(pipeline, candidate, gates, context, reference, timeout_s)
+                result, latency = self._run_shadow(pipeline, candidate, gates, context, reference, timeout_s)
             except StopRequested:
                 candidate.close()
                 raise
@@ -232,13 +239,13 @@ class CameraPerception:
                     reference.close()
             if result.passed:
                 self._candidate = candidate
-                self._baseline_p95_ms = result.metrics.get("p95_ms")
+                self._baseline = latency
             else:
                 candidate.close()
             return result
 
     def _run_shadow(self, pipeline: Pipeline, candidate: LoadedModel, gates: Gates, context: GateContext,
-                    reference: LoadedModel | None, timeout_s: float) -> GateResult:
+                    reference: LoadedModel | None, timeout_s: float) -> tuple[GateResult, LatencySamples]:
         active = pipeline.active
         run = ShadowRun(candidate, gates, task=active.task, context=context, reference=reference,
                         reference_labels=active.labels, duty=self.shadow_duty)
@@ -248,8 +255,9 @@ class CameraPerception:
                  timeout_s)
         run.start()
         try:
-            return run.wait(timeout_s, stop=self.stop_requested,
-                            ended=lambda: None if pipeline.running else pipeline.source.spec.describe())
+            result = run.wait(timeout_s, stop=self.stop_requested,
+                              ended=lambda: None if pipeline.running else pipeline.source.spec.describe())
+            return result, run.stats.latency
         finally:
             pipeline.remove_listener(run.offer)
 
@@ -274,7 +282,7 @@ class CameraPerception:
     def watch(self, gates: Gates, *, window_s: float) -> GateResult:
         """Raises :class:`StopRequested` when ``stop_requested`` is set during the window."""
         pipeline = self._require()
-        watch = HealthWatch(pipeline.active.version, gates, baseline_p95_ms=self._baseline_p95_ms)
+        watch = HealthWatch(pipeline.active.version, gates, baseline=self._baseline)
         pipeline.add_listener(watch)
         log.info("health watch of %s: %.1f s window", watch.version, window_s)
         try:

@@ -9,6 +9,12 @@ that another process keeping a core busy cannot flip it:
   resampled as pairs, so drift of the host during the run cancels out.
 - :func:`prefer_faster` — the interval rule: a candidate is preferred over the
   baseline only when the *lower* bound of that interval clears ``min_speedup``.
+- :func:`slowed_down` — the same interval the other way round, for a model
+  already serving: it regressed only when the lower bound of
+  ``median(after) / median(before)`` exceeds the allowed ratio.
+- :func:`quantile_lower_bound` — a distribution-free (order-statistic) lower
+  confidence bound of a latency quantile: a p95 is over a budget only when that
+  bound is.
 - :class:`AgreementTest` — Wald's sequential probability ratio test on per-frame
   agreement in [0, 1] between a candidate model and a reference. H0: agreement
   ``>= p0`` (the expectation minus a tolerance: consistent, pass); H1: agreement
@@ -44,6 +50,9 @@ __all__ = [
     "SpeedupVerdict",
     "speedup_interval",
     "prefer_faster",
+    "SlowdownVerdict",
+    "slowed_down",
+    "quantile_lower_bound",
     "wilson_bounds",
     "Verdict",
     "AgreementTest",
@@ -157,6 +166,80 @@ def prefer_faster(
     interval = speedup_interval(baseline_ms, candidate_ms, confidence=confidence, paired=paired, seed=seed)
     return SpeedupVerdict(candidate, baseline, metric, interval, min_speedup,
                           min(len(baseline_ms), len(candidate_ms)), interval.low >= min_speedup)
+
+
+@dataclass(frozen=True)
+class SlowdownVerdict:
+    """Whether a model serves significantly slower ``after`` than ``before``, and the evidence."""
+
+    metric: str  # "cpu" or "wall"
+    interval: Interval  # of median(after) / median(before)
+    max_ratio: float
+    before: int  # samples on each side
+    after: int
+    regressed: bool
+
+    @property
+    def reason(self) -> str:
+        i = self.interval
+        verdict = "exceeds" if self.regressed else "does not exceed"
+        return (f"{self.metric} time {i.point:.2f}x the shadow run's [{i.low:.2f}, {i.high:.2f}] at "
+                f"{i.confidence:.0%} ({self.after} frames after vs {self.before} before); the lower bound "
+                f"{verdict} {self.max_ratio:g}x")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"metric": self.metric, "slowdown": self.interval.to_dict(), "max_ratio": self.max_ratio,
+                "before": self.before, "after": self.after, "regressed": self.regressed}
+
+
+def slowed_down(
+    before_ms: Sequence[float],
+    after_ms: Sequence[float],
+    *,
+    max_ratio: float,
+    metric: str = "cpu",
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> SlowdownVerdict:
+    """The interval rule for a regression: ``after`` is slower only when the lower bound of an
+    unpaired bootstrap interval of ``median(after) / median(before)`` exceeds ``max_ratio``.
+
+    The two samples come from different windows (a shadow run, then the health window), so
+    they are resampled independently. Raises ``ValueError`` as :func:`speedup_interval` does,
+    and for ``max_ratio <= 0``.
+    """
+    if max_ratio <= 0:
+        raise ValueError(f"max_ratio must be > 0, got {max_ratio}")
+    interval = speedup_interval(after_ms, before_ms, confidence=confidence, paired=False, seed=seed)
+    return SlowdownVerdict(metric, interval, max_ratio, len(before_ms), len(after_ms), interval.low > max_ratio)
+
+
+def quantile_lower_bound(samples: Sequence[float], q: float, *, confidence: float = 0.95) -> float | None:
+    """A one-sided, distribution-free lower confidence bound of the ``q`` quantile.
+
+    The bound is the k-th smallest sample for the largest k with
+    ``P(Binomial(n, q) >= k) >= confidence``: at least k samples fall at or below the
+    true quantile with that probability. ``None`` when ``samples`` is too small for
+    any order statistic to be a bound at ``confidence``. Raises ``ValueError`` for
+    ``q`` or ``confidence`` outside (0, 1).
+    """
+    if not 0.0 < q < 1.0:
+        raise ValueError(f"q must be within (0, 1), got {q}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be within (0, 1), got {confidence}")
+    x = np.sort(np.asarray(samples, dtype=np.float64))
+    n = int(x.size)
+    # P(Binomial(n, q) <= k - 1), accumulated in log space for large n.
+    k_best, cdf = 0, 0.0
+    log_q, log_1q = math.log(q), math.log1p(-q)
+    for k in range(1, n + 1):
+        j = k - 1
+        cdf += math.exp(math.lgamma(n + 1) - math.lgamma(j + 1) - math.lgamma(n - j + 1) + j * log_q
+                        + (n - j) * log_1q)
+        if 1.0 - cdf + 1e-12 < confidence:  # P(B >= k) is too small, and falls further with k
+            break
+        k_best = k
+    return float(x[k_best - 1]) if k_best else None
 
 
 def wilson_bounds(successes: float, n: int, *, confidence: float) -> tuple[float, float]:

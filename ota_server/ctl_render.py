@@ -114,6 +114,16 @@ def timing_lines(timing: Sequence[Mapping[str, Any]] | None) -> list[str]:
     return out
 
 
+def latency_line(latency: Mapping[str, Any] | None) -> str | None:
+    """``latency after the swap: cpu time 3.02x the shadow run's [2.91, 3.14] (limit 1.5x): regressed``."""
+    if not latency:
+        return None
+    s = latency.get("slowdown") or {}
+    verdict = "regressed" if latency.get("regressed") else "within the limit"
+    return (f"latency after the swap: {latency.get('metric')} time {s.get('point', 0):.2f}x the shadow run's "
+            f"[{s.get('low', 0):.2f}, {s.get('high', 0):.2f}] (limit {latency.get('max_ratio', 0):g}x): {verdict}")
+
+
 def gate_lines(gate: Mapping[str, Any] | None, *, indent: str = "  ") -> list[str]:
     """The evidence of one gate record (as the server keeps it), a line each."""
     if not gate:
@@ -127,6 +137,9 @@ def gate_lines(gate: Mapping[str, Any] | None, *, indent: str = "  ") -> list[st
         if line:
             out.append(line)
     out += timing_lines(gate.get("timing"))
+    latency = latency_line(gate.get("latency"))
+    if latency:
+        out.append(latency)
     return [indent + line for line in out]
 
 

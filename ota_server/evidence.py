@@ -4,7 +4,8 @@ A report may name the ``variant`` the device chose to serve and carry the ``gate
 shadow gate measured: the sequential agreement test's evidence (decision, frames, confidence,
 the expectation it was judged against and, on a refusal, the classes that flipped most; with
 per-class tests, which test decided, the overall test's own figures and the worst class rows),
-the variant and the interleaved timings behind that choice. Operators read it through the server,
+the variant and the interleaved timings behind that choice, and the health window's latency
+regression test. Operators read it through the server,
 but any one device is assumed hostile: every field is checked for type and range, every string
 and list has a size limit, and only the fields named here are kept — anything else the device
 sends is dropped. A field that is wrong or too large is a
@@ -205,6 +206,16 @@ _TIMING: tuple[Field, ...] = (
 )
 
 
+_LATENCY: tuple[Field, ...] = (  # the health window's regression test (models.stats.SlowdownVerdict)
+    ("metric", lambda v, w: _choice(v, w, METRICS), True),
+    ("slowdown", _speedup, True),
+    ("max_ratio", lambda v, w: _number(v, w, 0.0, 1e3), False),
+    ("before", lambda v, w: _integer(v, w, MAX_FRAMES), False),
+    ("after", lambda v, w: _integer(v, w, MAX_FRAMES), False),
+    ("regressed", _bool, False),
+)
+
+
 def parse_variant(value: Any, where: str) -> str | None:
     """A report's ``variant``: a bundle variant id, or None."""
     return None if value is None else _variant(value, where)
@@ -222,5 +233,6 @@ def parse_gate(value: Any, where: str) -> dict[str, Any] | None:
         ("variant", _variant, False),
         ("timing", lambda v, w: [_fields(x, f"{w}[{i}]", _TIMING) for i, x in enumerate(_list(v, w, MAX_TIMING))],
          False),
+        ("latency", lambda v, w: _fields(v, w, _LATENCY), False),
     ))
 

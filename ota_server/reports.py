@@ -213,7 +213,7 @@ def _update_device(conn: Connection, device_id: str, ordered: Sequence[Report],
             values["last_metrics"] = merged
         last_gate = values.get("last_gate") or device["last_gate"]
         if r.gate and (not last_gate or last_gate.get("time", "") <= r.time):
-            values["last_gate"] = _gate_record(r)
+            values["last_gate"] = _gate_record(r, last_gate)
     st.update_device(conn, device_id, **values)
     # the installed release only shapes the assignment of a device outside every assigning
     # rollout's current stage (it then points at what the device runs): a device installing its
@@ -246,12 +246,23 @@ def _served_variant(r: Report, running: Mapping[str, Any], device: Mapping[str, 
     return None
 
 
-def _gate_record(r: Report) -> dict[str, Any]:
-    """What a device row and its rollout row keep of a report's gate: its evidence and context."""
+EVIDENCE = ("agreement", "timing", "latency")  # the kinds of gate evidence a record keeps
+
+
+def _gate_record(r: Report, previous: Any = None) -> dict[str, Any]:
+    """What a device row and its rollout row keep of a report's gate: its evidence and context.
+
+    The gates of one update report one after another (the shadow run's agreement and timing,
+    then the health window's latency), so the evidence of ``previous`` — the record kept so
+    far — carries over when it is of the same rollout and release and the new gate lacks it."""
     gate = dict(r.gate or {})
+    same = isinstance(previous, Mapping) and (previous.get("rollout_id"), previous.get("release")) == (
+        r.rollout_id, r.release)
+    kept = previous if same else {}
     return {"time": r.time, "rollout_id": r.rollout_id, "release": r.release, "state": r.state,
             "reason_code": r.reason_code.value if r.reason_code else None,
-            "variant": r.variant or gate.get("variant"), **{k: gate[k] for k in ("agreement", "timing") if k in gate}}
+            "variant": r.variant or gate.get("variant") or kept.get("variant"),
+            **{k: gate.get(k, kept.get(k)) for k in EVIDENCE if k in gate or k in kept}}
 
 
 def _record_outcome(conn: Connection, device: Mapping[str, Any], rollout: Mapping[str, Any], r: Report) -> bool:
@@ -271,7 +282,8 @@ def _record_outcome(conn: Connection, device: Mapping[str, Any], rollout: Mappin
     }
     # a later transition without evidence (swapping, committed) keeps the gate's evidence
     if r.gate or r.variant or existing is None:
-        row.update(variant=r.variant or (r.gate or {}).get("variant"), gate=_gate_record(r) if r.gate else None)
+        record = _gate_record(r, existing["gate"] if existing is not None else None) if r.gate else None
+        row.update(variant=r.variant or (record or {}).get("variant"), gate=record)
     st.write_device_outcome(conn, row, exists=existing is not None)
     chosen = existing["variant"] if existing is not None else None
     if r.state == "committed" and chosen and not r.variant and r.running and not r.running.get("variant") \

@@ -7,10 +7,12 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edge_agent.errors import StopRequested
 from edge_agent.health import HealthStats, HealthWatch, judge_health
+from edge_agent.inference import MAX_LATENCY_SAMPLES, LatencySamples, Outcome
 from edge_agent.serving import CameraPerception
 from models.bundle import Gates
 from tests.bundles import make_bundle
@@ -67,28 +69,91 @@ def test_a_healthy_model_passes_its_window(tmp_path: Path) -> None:
     assert health.metrics["frames"] > 50 and health.metrics["nan_frames"] == 0
 
 
+def _samples(cpu: list[float], wall: list[float] | None = None, *, gpu: bool = False) -> LatencySamples:
+    return LatencySamples(list(wall if wall is not None else cpu), list(cpu), gpu)
+
+
 def test_judge_health_reports_each_kind_of_regression() -> None:
     gates = Gates(latency_budget_ms=50.0, max_error_rate=0.05, max_latency_regression=1.5)
-    ok = HealthStats(frames=100, infer_ms=[10.0] * 100)
-    assert judge_health(ok, gates, baseline_p95_ms=10.0).passed
-    errors = HealthStats(frames=100, errors=10, infer_ms=[10.0] * 100)
-    assert "errors" in judge_health(errors, gates, baseline_p95_ms=10.0).detail
-    nan = HealthStats(frames=100, nan_frames=1, infer_ms=[10.0] * 100, first_bad_frame=7)
-    r = judge_health(nan, gates, baseline_p95_ms=10.0)
+    shadow = _samples([10.0] * 100)
+    ok = HealthStats(frames=100, latency=_samples([10.0] * 100))
+    assert judge_health(ok, gates, baseline=shadow).passed
+    errors = HealthStats(frames=100, errors=10, latency=_samples([10.0] * 100))
+    assert "errors" in judge_health(errors, gates, baseline=shadow).detail
+    nan = HealthStats(frames=100, nan_frames=1, latency=_samples([10.0] * 100), first_bad_frame=7)
+    r = judge_health(nan, gates, baseline=shadow)
     assert (r.passed, r.reason_code) == (False, "HEALTH_REGRESSION") and "frame 7" in r.detail
-    slow = HealthStats(frames=100, infer_ms=[30.0] * 100)
-    r = judge_health(slow, gates, baseline_p95_ms=10.0)
+    slow = HealthStats(frames=100, latency=_samples([30.0] * 100))
+    r = judge_health(slow, gates, baseline=shadow)
     assert not r.passed and "latency" in r.detail
-    jitter = HealthStats(
-        frames=100, infer_ms=[3.0] * 100
-    )  # 10x a 0.3 ms baseline, but < 5 ms slower
-    assert judge_health(jitter, gates, baseline_p95_ms=0.3).passed
-    assert judge_health(HealthStats(), gates, baseline_p95_ms=10.0).passed
+    assert r.evidence["latency"]["regressed"] and r.evidence["latency"]["metric"] == "cpu"
+    assert judge_health(HealthStats(), gates, baseline=shadow).passed
+
+
+def test_a_busy_neighbour_inflating_wall_time_is_not_a_regression() -> None:
+    """The failure this rule replaces: p95 9.2 ms after the swap vs 2.35 ms in the shadow run, same model."""
+    gates = Gates(latency_budget_ms=250.0)  # max_latency_regression 1.5
+    rng = np.random.default_rng(10)
+    cpu_before, cpu_after = rng.lognormal(0.3, 0.15, 200), rng.lognormal(0.3, 0.15, 400)
+    wall_after = cpu_after + rng.choice([0.0, 0.0, 4.0, 8.0, 12.0], size=400)  # waits for the other core's slices
+    stats = HealthStats(frames=400, latency=_samples(list(cpu_after), list(wall_after)))
+    r = judge_health(stats, gates, baseline=_samples(list(cpu_before)))
+    assert r.metrics["p95_ms"] > 1.5 * r.metrics["baseline_p95_ms"] + 5.0  # the old point rule rolled back here
+    assert r.passed, r.detail
+    assert r.evidence["latency"]["metric"] == "cpu" and not r.evidence["latency"]["regressed"]
+    assert r.evidence["latency"]["slowdown"]["low"] < 1.5
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_same_latency_distribution_before_and_after_never_regresses(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    before, after = rng.lognormal(1.0, 0.6, 60), rng.lognormal(1.0, 0.6, 60)  # heavy spread, few frames
+    r = judge_health(HealthStats(frames=60, latency=_samples(list(after))), Gates(latency_budget_ms=250.0),
+                     baseline=_samples(list(before)))
+    assert r.passed, r.detail
+
+
+def test_a_regression_needs_a_significant_slowdown_and_enough_frames() -> None:
+    gates = Gates(latency_budget_ms=250.0, max_latency_regression=1.5)
+    rng = np.random.default_rng(4)
+    before = _samples(list(rng.lognormal(1.0, 0.2, 200)))
+    twice = HealthStats(frames=200, latency=_samples(list(2.0 * rng.lognormal(1.0, 0.2, 200))))
+    r = judge_health(twice, gates, baseline=before)
+    assert not r.passed and r.evidence["latency"]["slowdown"]["low"] > 1.5
+    barely = HealthStats(frames=200, latency=_samples(list(1.55 * rng.lognormal(1.0, 0.2, 200))))
+    r = judge_health(barely, gates, baseline=before)  # a point above 1.5, its interval straddles it
+    assert r.passed and r.evidence["latency"]["slowdown"]["low"] <= 1.5 < r.evidence["latency"]["slowdown"]["high"]
+    few = HealthStats(frames=20, latency=_samples([100.0] * 20))
+    r = judge_health(few, gates, baseline=before)
+    assert r.passed and "latency" not in r.evidence  # 20 frames: not judged
+
+
+def test_on_tensorrt_wall_time_decides_with_a_floor_for_time_slices() -> None:
+    gates = Gates(latency_budget_ms=250.0, max_latency_regression=1.5)
+    before = _samples([0.1] * 100, [0.3] * 100, gpu=True)  # the CPU thread waits for the GPU
+    jitter = HealthStats(frames=100, latency=_samples([0.1] * 100, [3.0] * 100, gpu=True))
+    r = judge_health(jitter, gates, baseline=before)  # 10x, but under 5 ms slower
+    assert r.passed and r.evidence["latency"]["metric"] == "wall" and r.evidence["latency"]["regressed"]
+    slow = HealthStats(frames=100, latency=_samples([0.1] * 100, [9.0] * 100, gpu=True))
+    r = judge_health(slow, gates, baseline=before)
+    assert not r.passed and r.evidence["latency"]["metric"] == "wall"
+
+
+def test_latency_samples_are_bounded_and_record_cpu_time() -> None:
+    s = LatencySamples()
+    o = Outcome(0, "tiny@1.0.0", 0.0, 0.01, {"preprocess": 1.0, "infer": 2.0, "infer_cpu": 1.5, "postprocess": 0.5},
+                runtime="onnxruntime")
+    for _ in range(MAX_LATENCY_SAMPLES + 10):
+        s.add(o)
+    assert len(s.wall_ms) == len(s.cpu_ms) == MAX_LATENCY_SAMPLES
+    assert s.measure() == ("cpu", [1.5] * MAX_LATENCY_SAMPLES) and s.wall_ms[0] == 3.5
+    s.add(Outcome(1, "tiny@1.0.0", 0.0, 0.01, {"infer": 1.0}, runtime="tensorrt"))
+    assert s.gpu and s.measure()[0] == "wall"
 
 
 def test_a_stop_request_ends_the_health_window_at_once_without_a_verdict() -> None:
     stop = threading.Event()
-    watch = HealthWatch("tiny@1.0.0", GATES, baseline_p95_ms=None)
+    watch = HealthWatch("tiny@1.0.0", GATES, baseline=None)
     threading.Timer(0.2, stop.set).start()
     t0 = time.monotonic()
     with pytest.raises(StopRequested):

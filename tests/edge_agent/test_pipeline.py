@@ -75,7 +75,8 @@ def test_file_pipeline_infers_every_frame_and_writes_jsonl(
     assert {x["model"] for x in lines} == {"tiny@1.0.0"}
     # the tiny model's class c fires for colour channel c (labels red, green, blue, other)
     assert [lines[i]["top_k"][0][0] for i in (5, 25, 45)] == [0, 1, 2]
-    assert set(lines[0]["timings_ms"]) == {"decode", "queue", "preprocess", "infer", "postprocess"}
+    assert set(lines[0]["timings_ms"]) == {"decode", "queue", "preprocess", "infer", "infer_cpu", "postprocess"}
+    assert 0 < lines[0]["timings_ms"]["infer_cpu"] <= lines[0]["timings_ms"]["infer"] * 1.5 + 1.0
     assert len(seen) == 60 and seen[10].model == "tiny@1.0.0"
     assert c["infer_ms"] > 0 and c["decode_ms"] > 0 and c["fps"] > 0
 

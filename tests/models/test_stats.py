@@ -15,6 +15,8 @@ from models.stats import (
     ClassExpectation,
     Verdict,
     prefer_faster,
+    quantile_lower_bound,
+    slowed_down,
     speedup_interval,
     wilson_bounds,
 )
@@ -285,3 +287,42 @@ def test_a_used_overall_test_or_a_bad_frame_raises() -> None:
     with pytest.raises(ValueError, match=r"within \[0, 1\]"):
         t.add(1.5, "c0")
     assert t.frames == 0 and t.classes["c0"].frames == 0
+
+
+# ----------------------------------------------------------------------------- regressions and quantile bounds
+
+def test_slowed_down_judges_the_lower_bound_of_after_over_before() -> None:
+    rng = np.random.default_rng(0)
+    before = rng.lognormal(1.0, 0.3, 150)
+    same = slowed_down(before, rng.lognormal(1.0, 0.3, 150), max_ratio=1.5)
+    assert not same.regressed and 0.8 < same.interval.low <= same.interval.point <= same.interval.high < 1.25
+    slow = slowed_down(before, 3.0 * rng.lognormal(1.0, 0.3, 150), max_ratio=1.5)
+    assert slow.regressed and 2.5 < slow.interval.point < 3.5 and slow.interval.low > 1.5
+    assert "the lower bound exceeds 1.5x" in slow.reason and slow.to_dict()["after"] == 150
+    with pytest.raises(ValueError, match="max_ratio"):
+        slowed_down(before, before, max_ratio=0.0)
+    with pytest.raises(ValueError, match="at least one"):
+        slowed_down([], before, max_ratio=1.5)
+
+
+def test_quantile_lower_bound_is_an_order_statistic_that_covers_the_true_quantile() -> None:
+    # exponential(1): the true p95 is ln 20; the bound must sit at or below it in >= 95 % of samples
+    rng = np.random.default_rng(1)
+    true_p95 = math.log(20.0)
+    trials = 2000
+    below = 0
+    for _ in range(trials):
+        x = rng.exponential(1.0, 200)
+        low = quantile_lower_bound(x, 0.95, confidence=0.95)
+        assert low is not None and low in x
+        below += low <= true_p95
+    assert 0.95 <= below / trials <= 0.995  # covers, and is not a trivially low bound
+
+
+def test_quantile_lower_bound_needs_enough_samples_and_valid_parameters() -> None:
+    assert quantile_lower_bound([], 0.95) is None
+    assert quantile_lower_bound([5.0, 1.0, 3.0, 2.0, 4.0], 0.95) == 4.0  # the 4th of 5: P(B(5, .95) >= 4) = .977
+    assert quantile_lower_bound([1.0], 0.99, confidence=0.995) is None  # P(B(1, .99) >= 1) = .99 < .995
+    for bad in ({"q": 0.0}, {"q": 1.0}, {"q": 0.5, "confidence": 1.0}):
+        with pytest.raises(ValueError):
+            quantile_lower_bound([1.0, 2.0], **bad)  # type: ignore[arg-type]

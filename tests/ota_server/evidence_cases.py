@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from models.bundle import AgreementExpectation, Manifest, write_bundle
-from models.stats import AgreementTest, ClassAgreementTest, ClassExpectation, Verdict, prefer_faster
+from models.stats import (
+    AgreementTest,
+    ClassAgreementTest,
+    ClassExpectation,
+    Verdict,
+    prefer_faster,
+    slowed_down,
+)
 from tests.bundles import make_bundle, make_onnx
 
 FP32_SHA256 = hashlib.sha256(make_onnx("ok")).hexdigest()  # the file every "ok" test bundle serves
@@ -33,6 +40,13 @@ def refusal_gate(*, baseline: str = "m@1.0.0", variant: str = "onnx-fp32") -> di
     timing = prefer_faster("onnx-fp32", [1.00, 1.02, 0.98, 1.01] * 10, "onnx-int8", [0.97, 1.0, 0.96, 0.99] * 10,
                            min_speedup=1.1)
     return {"agreement": agreement, "variant": variant, "timing": [timing.to_dict()]}
+
+
+def rollback_gate() -> dict[str, Any]:
+    """The evidence of a health-window rollback: CPU time 3x the shadow run's on recorded timings."""
+    verdict = slowed_down([1.0, 1.1, 0.9, 1.05] * 10, [3.0, 3.2, 2.9, 3.1] * 12, max_ratio=1.5)
+    assert verdict.regressed
+    return {"latency": verdict.to_dict()}
 
 
 def class_refusal_gate(*, classes: int = 12) -> dict[str, Any]:

@@ -24,11 +24,11 @@ from ota_server.api.devices import device_view
 from ota_server.app import build_services
 from ota_server.auth import token_digest
 from ota_server.config import ServerConfig
-from ota_server.ctl_render import REASON_HINTS, agreement_line, reason_hint
+from ota_server.ctl_render import REASON_HINTS, agreement_line, gate_lines, reason_hint
 from ota_server.errors import BadRequest
 from tests.bundles import make_bundle
 from tests.live_server import bundle_tar
-from tests.ota_server.evidence_cases import class_refusal_gate, refusal_gate
+from tests.ota_server.evidence_cases import class_refusal_gate, refusal_gate, rollback_gate
 
 
 def _report(**fields: Any) -> dict[str, Any]:
@@ -180,6 +180,33 @@ CLASS_BAD = [
 ]
 
 
+LATENCY_BAD = [
+    (_set("gate.latency.metric", "gpu"), "gate.latency.metric"),
+    (_set("gate.latency.slowdown.low", 9.0), "gate.latency.slowdown.low"),
+    (_drop("gate.latency.slowdown"), "gate.latency.slowdown"),
+    (_set("gate.latency.after", -1), "gate.latency.after"),
+    (_set("gate.latency.regressed", "yes"), "gate.latency.regressed"),
+    (_set("gate.latency", [1.0]), "gate.latency"),
+]
+
+
+def test_health_window_latency_evidence_is_kept_exactly() -> None:
+    gate = rollback_gate()
+    sent = copy.deepcopy(gate)
+    sent["latency"]["samples"] = [1.0] * 1000  # not a field of the contract: dropped
+    r = rp.parse_report(_report(gate=sent, reason_code="HEALTH_REGRESSION"), "reports[0]")
+    assert r.gate == gate and r.reason_code is ReasonCode.HEALTH_REGRESSION
+
+
+@pytest.mark.parametrize(("mutate", "field"), LATENCY_BAD, ids=[f for _, f in LATENCY_BAD])
+def test_a_bad_latency_field_is_a_400_naming_it(mutate: Callable[[dict[str, Any]], None], field: str) -> None:
+    report = _report(gate=rollback_gate(), reason_code="HEALTH_REGRESSION")
+    mutate(report)
+    with pytest.raises(BadRequest) as e:
+        rp.parse_batch({"reports": [_report(), report]})
+    assert e.value.field == f"reports[1].{field}", e.value.message
+
+
 @pytest.mark.parametrize(("mutate", "field"), CLASS_BAD, ids=[f for _, f in CLASS_BAD])
 def test_a_bad_or_oversized_per_class_field_is_a_400_naming_it(mutate: Callable[[dict[str, Any]], None],
                                                                 field: str) -> None:
@@ -243,7 +270,7 @@ def test_evidence_and_reason_codes_are_stored_and_shown(initialized: tuple[Serve
     s.publisher.publish_tar(tmp_path / "b.tar", actor="test")
     gate = refusal_gate()
     with s.store.tx() as conn:
-        st.insert_devices(conn, [_device(i) for i in range(4)])
+        st.insert_devices(conn, [_device(i) for i in range(5)])
         spec = ro.parse_rollout({"model": "m", "version": "1.0.0", "group": "g", "stages": [100],
                                  "max_failure_rate": 1.0})
         rollout = service.create_rollout(conn, spec, actor="test")
@@ -258,14 +285,24 @@ def test_evidence_and_reason_codes_are_stored_and_shown(initialized: tuple[Serve
                                   _transition(rollout, "committed", 3, reason_code=None, running=running)])
         rp.ingest(conn, "dev_2", [_transition(rollout, "failed", 2, reason_code="NOT_ENOUGH_FRAMES")])
         rp.ingest(conn, "dev_3", [_transition(rollout, "failed", 2, reason_code="SOURCE_ENDED")])
+        rp.ingest(conn, "dev_4", [_transition(rollout, "benchmarking", 1, reason_code=None, gate=passed,
+                                              variant="onnx-fp32"),
+                                  _transition(rollout, "rolled-back", 4, reason_code="HEALTH_REGRESSION",
+                                              gate=rollback_gate())])
     with s.store.read() as conn:
         view = service.rollout_view(conn, rollout)
         refused = device_view(st.get_device(conn, "dev_0"))
         committed = device_view(st.get_device(conn, "dev_1"))
         stored = conn.execute(sa.select(db.reports.c.body).where(db.reports.c.device_id == "dev_0",
                                                                   db.reports.c.state == "refused")).scalar_one()
-    assert view["failure_reasons"] == {"LOW_AGREEMENT": 1, "NOT_ENOUGH_FRAMES": 1, "SOURCE_ENDED": 1}
-    assert view["variants"] == {"onnx-fp32": 2}
+    assert view["failure_reasons"] == {"LOW_AGREEMENT": 1, "NOT_ENOUGH_FRAMES": 1, "SOURCE_ENDED": 1,
+                                       "HEALTH_REGRESSION": 1}
+    assert view["variants"] == {"onnx-fp32": 3}
+    # the health window's latency evidence joins the shadow run's for the same release
+    rolled = next(f for f in view["failures"] if f["device_id"] == "dev_4")
+    assert rolled["gate"]["latency"] == rollback_gate()["latency"] and rolled["variant"] == "onnx-fp32"
+    assert rolled["gate"]["agreement"]["decision"] == "accept" and rolled["gate"]["state"] == "rolled-back"
+    assert "regressed" in "\n".join(gate_lines(rolled["gate"]))
     failure = next(f for f in view["failures"] if f["device_id"] == "dev_0")
     assert failure["variant"] == "onnx-fp32" and failure["reason_code"] == "LOW_AGREEMENT"
     assert failure["gate"]["agreement"] == gate["agreement"] and failure["gate"]["timing"] == gate["timing"]
