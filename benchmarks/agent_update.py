@@ -7,8 +7,8 @@ Measured side by side in one run:
 2. assignment → committed for a small model against the real OTA server
    (gunicorn on 127.0.0.1), per state, against a stock ``tuf.ngclient``
    refresh + download of the same target (the bare cost of a verified fetch);
-3. resume overhead: a 64 MB download cut at 50 % and resumed with HTTP Range,
-   against one uninterrupted download.
+3. resume overhead: a 64 MB target served by the real server, cut at 50 % and
+   resumed with HTTP Range, against one uninterrupted download.
 
 Timings on a shared or busy host are noisy: compare ratios within one run.
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -27,13 +28,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import urllib3
+
+from edge_agent.trust.download import DownloadPolicy, fetch, verify_file
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import urllib3  # noqa: E402
-
-from edge_agent.download import DownloadPolicy, fetch, verify_file  # noqa: E402
-
 MB = 1024 * 1024
 
 
@@ -82,13 +81,14 @@ def bench_install(tmp: Path) -> dict[str, Any]:
     from tuf.ngclient import Updater
 
     from edge_agent.config import AgentConfig
-    from edge_agent.core import run_update
-    from edge_agent.daemon import build_agent
-    from edge_agent.identity import enroll
-    from tests.bundles import make_bundle
-    from tests.live_server import live_server
+    from edge_agent.link.identity import enroll
+    from edge_agent.update.core import run_update
+    from edge_agent.update.daemon import build_agent
+    from models.tiny import make_bundle
+    from ota_server.client import RolloutRequest
+    from ota_server.local import run_local_server
 
-    with live_server(tmp) as srv:
+    with run_local_server(tmp / "ota-data", cwd=ROOT, init_timeout_s=120.0) as srv:
         make_bundle(tmp / "b", name="bench", version="1.0.0")
         release = srv.publish(tmp / "b")
         config = AgentConfig(tmp / "agent", health_window_s=0.5, bench_queries=20, bench_duration_s=0.2)
@@ -96,7 +96,8 @@ def bench_install(tmp: Path) -> dict[str, Any]:
                root_file=srv.root_json, director_key_file=srv.director_key_file)
         agent = build_agent(config)
         agent.start()
-        srv.create_rollout(model="bench", version="1.0.0", group="bench", stages=[100])
+        srv.as_role("operator").create_rollout(RolloutRequest(model="bench", version="1.0.0", group="bench",
+                                                             stages=[100]))
         timed = _Timed(agent.controller)
         t0 = time.perf_counter()
         record, _ = run_update(timed, agent.journal)  # type: ignore[arg-type]
@@ -116,14 +117,30 @@ def bench_install(tmp: Path) -> dict[str, Any]:
             "steps_ms": timed.times, "ngclient_fetch_ms": baseline_ms}
 
 
+def big_bundle(directory: Path, data: bytes) -> None:
+    """A one-variant bundle whose model file is ``data`` (the server stores targets, it runs nothing)."""
+    from models.bundle import write_bundle
+    from models.tiny import make_bundle
+
+    manifest = make_bundle(directory, name="blob", version="1.0.0")
+    (directory / "model.onnx").write_bytes(data)
+    variant = dataclasses.replace(manifest.variants[0], size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    write_bundle(directory, dataclasses.replace(manifest, variants=(variant,)))
+
+
 def bench_resume(tmp: Path, size_mb: int, repeats: int) -> dict[str, float]:
-    sys.path.insert(0, str(ROOT))
-    from tests.edge_agent.update_harness import RepoSim, SimServer
+    from ota_server.local import run_local_server
 
     data = os.urandom(size_mb * MB)
-    srv = SimServer(RepoSim())
-    srv.sim.target_files["blob/x.bin"] = data
-    url = srv.url + "/tuf/targets/blob/x.bin"
+    sha = hashlib.sha256(data).hexdigest()
+    big_bundle(tmp / "blob", data)
+    with run_local_server(tmp / "server" / "ota-data", cwd=ROOT, init_timeout_s=120.0) as srv:
+        srv.publish(tmp / "blob")
+        # the consistent-snapshot target the agent downloads; Range answered by the real server
+        return _resume_runs(srv.url + f"/tuf/targets/blob/1.0.0/{sha}.model.onnx", tmp, data, repeats)
+
+
+def _resume_runs(url: str, tmp: Path, data: bytes, repeats: int) -> dict[str, float]:
     policy = DownloadPolicy(chunk_bytes=256 * 1024, min_rate_bps=0, free_space_margin_bytes=0)
     pool = urllib3.PoolManager()
     sha = hashlib.sha256(data).hexdigest()
@@ -136,25 +153,22 @@ def bench_resume(tmp: Path, size_mb: int, repeats: int) -> dict[str, float]:
             raise Cut
 
     fulls, resumes, kept = [], [], 0
-    try:
-        for i in range(repeats):  # best of N: the host is shared
-            t0 = time.perf_counter()
-            fetch(pool, url, tmp / f"full{i}.part", length=len(data), policy=policy)
-            verify_file(tmp / f"full{i}.part", length=len(data), sha256=sha)
-            fulls.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            with contextlib.suppress(Cut):
-                fetch(pool, url, tmp / f"cut{i}.part", length=len(data), policy=policy, on_progress=cut)
-            kept = (tmp / f"cut{i}.part").stat().st_size
-            fetch(pool, url, tmp / f"cut{i}.part", length=len(data), policy=policy)
-            verify_file(tmp / f"cut{i}.part", length=len(data), sha256=sha)
-            resumes.append(time.perf_counter() - t0)
-            (tmp / f"full{i}.part").unlink()
-            (tmp / f"cut{i}.part").unlink()
-    finally:
-        srv.close()
+    for i in range(repeats):  # best of N: the host is shared
+        t0 = time.perf_counter()
+        fetch(pool, url, tmp / f"full{i}.part", length=len(data), policy=policy)
+        verify_file(tmp / f"full{i}.part", length=len(data), sha256=sha)
+        fulls.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        with contextlib.suppress(Cut):
+            fetch(pool, url, tmp / f"cut{i}.part", length=len(data), policy=policy, on_progress=cut)
+        kept = (tmp / f"cut{i}.part").stat().st_size
+        fetch(pool, url, tmp / f"cut{i}.part", length=len(data), policy=policy)
+        verify_file(tmp / f"cut{i}.part", length=len(data), sha256=sha)
+        resumes.append(time.perf_counter() - t0)
+        (tmp / f"full{i}.part").unlink()
+        (tmp / f"cut{i}.part").unlink()
     full, resumed = min(fulls), min(resumes)
-    return {"size_mb": size_mb, "full_s": full, "cut_and_resume_s": resumed, "kept_at_cut_mb": kept / MB,
+    return {"size_mb": len(data) // MB, "full_s": full, "cut_and_resume_s": resumed, "kept_at_cut_mb": kept / MB,
             "overhead_pct": 100.0 * (resumed - full) / full}
 
 

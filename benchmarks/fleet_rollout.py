@@ -1,9 +1,10 @@
 """Benchmark: a full staged rollout to 10,000 simulated devices against the real server.
 
 Starts the OTA server as ``make demo`` does (``ota-server init``, tokens,
-``ota-server serve`` under gunicorn on 127.0.0.1, SQLite), publishes tiny real
-bundles, enrolls the simulated fleet once (``scripts/fleet_sim.py``), then runs
-staged rollouts one after the other against the same fleet, one per mode:
+``ota-server serve`` under gunicorn on 127.0.0.1, SQLite; :mod:`ota_server.local`),
+publishes tiny real bundles, enrolls the simulated fleet once
+(``ota_server.client.simulator``), then runs staged rollouts one after the other
+against the same fleet, one per mode:
 
 - **baseline** — naive polling: every poll carries a fresh nonce and no
   ``If-None-Match``, so the director signs a new assignment each time;
@@ -34,15 +35,20 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from models.procs import cpu_seconds, process_tree, tail
+from ota_server.client import ClientError, OtaClient, RolloutRequest
+from ota_server.client.simulator import (
+    SimConfig,
+    build_devices,
+    enroll_all,
+    fleet_client,
+    run_rollout,
+)
+from ota_server.client.watch import format_stage_table
+from ota_server.errors import LocalServerError
+from ota_server.local import LocalServer, run_local_server
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from scripts import demo_steps  # noqa: E402
-from scripts.demo_procs import Processes, StepFailed, cpu_seconds, process_tree, tail  # noqa: E402
-from scripts.fleet_http import FleetClient, format_stage_table  # noqa: E402
-from scripts.fleet_sim import SimConfig, build_devices, enroll_all, run_rollout  # noqa: E402
-
 log = logging.getLogger("fleet_rollout")
 
 MODES = {"baseline": False, "etag": True}  # mode -> keep the nonce and send If-None-Match
@@ -84,18 +90,18 @@ def parse_modes(text: str) -> list[str]:
     return modes
 
 
-def publish_tiny(procs: Processes, server: demo_steps.Server, work: Path, version: str) -> None:
-    from tests.bundles import make_bundle
+def publish_tiny(server: LocalServer, work: Path, version: str) -> None:
+    from models.tiny import make_bundle
 
     bundle = work / f"bench-{version}"
     make_bundle(bundle, name="bench", version=version, behaviour="ok")
-    demo_steps.publish(procs, server, bundle, version)
+    server.publish(bundle)
 
 
-def scrape_routes(client: FleetClient, token: str) -> dict[str, dict[str, float]]:
+def scrape_routes(client: OtaClient) -> dict[str, dict[str, float]]:
     """Per ``METHOD route``: requests answered, their summed server-side seconds, and the count
     per status (``status:304``), from the server's Prometheus metrics (summed over workers)."""
-    text = client.request("GET", "/metrics", token=token).data.decode()
+    text = client.metrics()
     out: dict[str, dict[str, float]] = {}
     for line in text.splitlines():
         m = _SAMPLE.match(line)
@@ -191,17 +197,17 @@ def write_json(args: argparse.Namespace, rows: list[dict[str, Any]], *, enroll_s
 
 def run(args: argparse.Namespace, modes: list[str], work: Path) -> int:
     stages = [float(s) for s in args.stages.split(",")]
-    with Processes(work / "logs", cwd=ROOT) as procs:
-        server = demo_steps.start_server(procs, work / "server", workers=args.server_workers)
-        master = procs.children[0].proc.pid
+    with run_local_server(work / "server", workers=args.server_workers, roles=(), cwd=ROOT,
+                          log_path=work / "logs" / "server.log", start_timeout_s=180.0) as server:
+        master = server.process.pid
         versions = [f"1.{i + 1}.0" for i in range(len(modes))]
         for version in versions:
-            publish_tiny(procs, server, work, version)
-        cfg = SimConfig(server=server.url, enroll_token=server.enroll_token, api_token=server.admin_token,
+            publish_tiny(server, work, version)
+        cfg = SimConfig(server=server.url, enroll_token=server.enrollment_token, api_token=server.admin_token,
                         devices=args.devices, workers=args.workers, poll_interval_s=args.poll_interval,
                         apply_delay_s=1.0, failure_rate=args.failure_rate, duration_s=args.timeout,
                         group="bench", name_prefix="bench", watch_interval_s=1.0)
-        client = FleetClient(server.url, pool_size=args.workers)
+        client = fleet_client(cfg)
         devices = build_devices(cfg)
         t0 = time.monotonic()
         enroll_all(client, cfg, devices)
@@ -209,20 +215,20 @@ def run(args: argparse.Namespace, modes: list[str], work: Path) -> int:
         rows = []
         for mode, version in zip(modes, versions, strict=True):
             print(f"rollout of bench {version} ({mode} polling) ...", file=sys.stderr)
-            body = {"model": "bench", "version": version, "group": "bench", "stages": stages,
-                    "max_failure_rate": args.max_failure_rate, "success_quota": args.success_quota,
-                    "min_devices_for_halt": args.min_devices_for_halt}
-            before, cpu0, own0 = scrape_routes(client, server.admin_token), cpu_seconds(process_tree(master)), time.process_time()
+            body = RolloutRequest(model="bench", version=version, group="bench", stages=stages,
+                                  max_failure_rate=args.max_failure_rate, success_quota=args.success_quota,
+                                  min_devices_for_halt=args.min_devices_for_halt)
+            before, cpu0, own0 = scrape_routes(client), cpu_seconds(process_tree(master)), time.process_time()
             summary = run_rollout(replace(cfg, etag=MODES[mode]), client, devices, start_rollout=body)
             cpu, own = cpu_seconds(process_tree(master)) - cpu0, time.process_time() - own0
-            routes = route_deltas(before, scrape_routes(client, server.admin_token))
+            routes = route_deltas(before, scrape_routes(client))
             rows.append(row(mode, summary, routes, server_cpu_s=cpu, client_cpu_s=own))
             ro = summary.get("rollout", {})
             if ro.get("status") not in ("completed", None):  # a halted rollout blocks the next one
-                client.post_json(f"/api/v1/rollouts/{ro['id']}/abort", {}, server.admin_token)
+                client.abort_rollout(ro["id"])
             write_json(args, rows, enroll_s=enroll_s, stages=stages)  # kept even if a later mode is cut short
-        if procs.children and not procs.children[0].alive:
-            print(tail(procs.children[0].log_path), file=sys.stderr)
+        if server.process.poll() is not None:
+            print(tail(server.log_path), file=sys.stderr)
     print_tables(rows, devices=args.devices, enroll_s=enroll_s)
     print(f"\nwrote {args.out}")
     return 0 if all(r["rollout_status"] == "completed" for r in rows) else 1
@@ -239,8 +245,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="edgefleet-bench-") as tmp:
         try:
             return run(args, modes, Path(tmp))
-        except StepFailed as e:
+        except LocalServerError as e:
             print(f"FAILED: {e}\n{tail(e.log_path)}", file=sys.stderr)
+            return 1
+        except ClientError as e:  # a publish the server refused, or a server that stopped answering
+            print(f"FAILED: {e}", file=sys.stderr)
             return 1
 
 

@@ -15,7 +15,7 @@ is replayed from the per-frame agreement on 3,000 *live* images (another
 seed, i.e. frames the optimizer never saw): each replay draws frames at
 random from that recording and feeds them, one by one, with the class the
 reference predicted on each, to the agent's own sequential test
-(``edge_agent.shadow.agreement_test``: the overall SPRT against
+(``edge_agent.perception.shadow.agreement_test``: the overall SPRT against
 ``p0 = expected - tolerance`` plus, when the expectation has per-class
 figures as the optimizer writes them, one SPRT per class of the reference;
 Wilson bounds at the frame limit). A broken candidate claims the expectation
@@ -52,24 +52,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+from edge_agent.perception import GateContext
+from edge_agent.perception.shadow import agreement_test
+from models.agreement import class_agreement
+from models.bench import measure_interleaved
+from models.bundle import ClassAgreement, Gates
+from models.datasets import DatasetSpec, Split, SyntheticSigns
+from models.datasets.synthetic import SIGN_CLASSES
+from models.stats import MIN_CLASS_FRAMES, ClassAgreementTest, Verdict, prefer_faster
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-import onnx  # noqa: E402
-import onnxruntime as ort  # noqa: E402
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
-from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static  # noqa: E402
-
-from edge_agent.perception import GateContext  # noqa: E402
-from edge_agent.shadow import agreement_test  # noqa: E402
-from models.agreement import class_agreement  # noqa: E402
-from models.bench import measure_interleaved  # noqa: E402
-from models.bundle import ClassAgreement, Gates  # noqa: E402
-from models.datasets import DatasetSpec, Split, SyntheticSigns  # noqa: E402
-from models.datasets.synthetic import SIGN_CLASSES  # noqa: E402
-from models.stats import MIN_CLASS_FRAMES, ClassAgreementTest, Verdict, prefer_faster  # noqa: E402
-
 log = logging.getLogger("benchmarks.gates")
 SIZE, POOL, CLASSES = 48, 4, len(SIGN_CLASSES)
 

@@ -38,21 +38,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
+from models.bench import Interleaved, cpu_identity, measure_interleaved
+from models.runtime.onnxrt import OrtOptions, OrtRuntime
+from models.stats import speedup_interval
+from optimize.checkpoint import build_torch_model, read_checkpoint
+from optimize.config import CalibMethod
+from optimize.data import load_samples, open_split
+from optimize.export import check_parity, export_onnx, torch_outputs
+from optimize.quantize import Int8Flavor, QuantSettings, prepare, quantize_int8, search_int8
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from models.bench import Interleaved, measure_interleaved  # noqa: E402
-from models.runtime.onnxrt import OrtOptions, OrtRuntime  # noqa: E402
-from models.stats import speedup_interval  # noqa: E402
-from optimize.checkpoint import build_torch_model, read_checkpoint  # noqa: E402
-from optimize.config import CalibMethod  # noqa: E402
-from optimize.data import load_samples, open_split  # noqa: E402
-from optimize.export import check_parity, export_onnx, torch_outputs  # noqa: E402
-from optimize.quantize import Int8Flavor, QuantSettings, prepare, quantize_int8, search_int8  # noqa: E402
-
 log = logging.getLogger("bench")
 
 
@@ -256,28 +254,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     plot(rows, args.out / "optimize_variants.png")
     print(f"\nwrote {args.out / 'optimize_variants.json'} and {args.out / 'optimize_variants.png'}")
     return 0
-
-
-def cpu_identity() -> dict[str, Any]:
-    """What decides INT8's gain on x86: the exact CPU (vendor family/model, clock) and its
-    integer dot-product extensions — "AMD EPYC" alone covers CPUs whose INT8 kernels differ
-    severalfold (AVX-512 VNNI / AVX-VNNI do 4 INT8 MACs per lane per instruction; plain AVX2
-    goes through vpmaddubsw, whose throughput varies by core generation)."""
-    info: dict[str, Any] = {}
-    try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return info
-    first = text.split("\n\n", 1)[0]
-    fields = dict(line.split(":", 1) for line in first.splitlines() if ":" in line)
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
-    for key, name in (("model name", "model_name"), ("vendor_id", "vendor"), ("cpu family", "family"),
-                      ("model", "model"), ("stepping", "stepping"), ("cpu MHz", "mhz")):
-        if key in fields:
-            info[name] = fields[key]
-    flags = set(fields.get("flags", "").split())
-    info["isa"] = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
-    return info
 
 
 def _host() -> str:

@@ -37,14 +37,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from edge_agent.camera import open_source, parse_source  # noqa: E402
-from edge_agent.inference import load_model  # noqa: E402
-from edge_agent.pipeline import DropPolicy, Pipeline, PipelineConfig  # noqa: E402
-from models.bench import measure  # noqa: E402
-from models.bundle import (  # noqa: E402
+from edge_agent.perception.camera import open_source, parse_source
+from edge_agent.perception.inference import load_model
+from edge_agent.perception.pipeline import DropPolicy, Pipeline, PipelineConfig
+from models.bench import measure
+from models.bundle import (
     DecoderKind,
     DecoderSpec,
     Format,
@@ -60,10 +57,11 @@ from models.bundle import (  # noqa: E402
     Variant,
     write_bundle,
 )
-from models.hardware import HARDWARE_CLASSES  # noqa: E402
-from models.preprocess import Preprocessor  # noqa: E402
-from models.runtime import Model  # noqa: E402
+from models.hardware import HARDWARE_CLASSES
+from models.preprocess import Preprocessor
+from models.runtime import Model
 
+ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("benchmarks.pipeline")
 
 

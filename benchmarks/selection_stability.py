@@ -32,11 +32,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from models.bench import cpu_identity
+from models.procs import cpu_seconds, stop_process
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from scripts.demo_procs import cpu_seconds, stop_process  # noqa: E402
-
 log = logging.getLogger("bench")
 BUSY = "while True: pass"
 # the demo's optimize flags (scripts/demo_steps.py), with modest sample counts
@@ -150,8 +149,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     same = len(selections) == 1
     print(table(rows))
     print(f"\ncheckpoint: {run}\nsame selection in all {len(rows)} runs: {'yes' if same else 'NO'}")
-    from benchmarks.optimize_variants import cpu_identity
-
     result = {"meta": {"run": str(run), "flags": list(DEMO_FLAGS), "eval_samples": args.eval_samples,
                        "calib_samples": args.calib_samples, "cpu": cpu_identity(), "same_selection": same},
               "rows": rows}

@@ -41,15 +41,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple, cast
 
+import urllib3
+from tqdm import tqdm
+
+from models.bundle import read_bundle, write_bundle
+from models.procs import cpu_seconds, process_tree
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import urllib3  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from models.bundle import read_bundle, write_bundle  # noqa: E402
-from scripts.demo_procs import cpu_seconds, process_tree  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def make_big_bundle(directory: Path, size_mb: int) -> None:
-    from tests.bundles import make_bundle
+    from models.tiny import make_bundle
 
     manifest = make_bundle(directory, name="bench", version="1.0.0")
     data = secrets.token_bytes(size_mb * 1024 * 1024)
@@ -82,11 +80,11 @@ def make_big_bundle(directory: Path, size_mb: int) -> None:
 
 def register_devices(data_dir: Path, n: int) -> list[tuple[str, str]]:
     """Bulk insert through the store API; returns (device id, token) pairs."""
-    from ota_server import store as st
-    from ota_server.auth import new_token, token_digest
     from ota_server.config import ServerConfig
+    from ota_server.serving.auth import new_token, token_digest
     from ota_server.settings import load_settings
-    from ota_server.store import Store
+    from ota_server.storage import store as st
+    from ota_server.storage.store import Store
 
     config = load_settings(ServerConfig(data_dir=data_dir))
     store = Store(config.effective_db_url)
@@ -464,7 +462,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.clients < args.load_procs or args.devices < args.clients:
         print("need devices >= clients >= load-procs", file=sys.stderr)
         return 2
-    from tests.live_server import live_server
+    from ota_server.client import RolloutRequest
+    from ota_server.local import run_local_server
 
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="ota-bench-") as tmp_name:
@@ -472,13 +471,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         with tqdm(total=4, desc="setup", disable=not sys.stderr.isatty()) as bar:
             make_big_bundle(tmp / "bundle", args.artifact_mb)
             bar.update()
-            with live_server(tmp, workers=args.workers, threads=args.threads,
-                             init_args=["--max-upload-mb", str(args.artifact_mb + 16)]) as srv:
+            with run_local_server(tmp / "ota-data", workers=args.workers, threads=args.threads, cwd=ROOT,
+                                  init_args=["--max-upload-mb", str(args.artifact_mb + 16)],
+                                  init_timeout_s=120.0) as srv:
                 release = srv.publish(tmp / "bundle")
                 bar.update()
                 devices = register_devices(srv.data_dir, args.devices)
                 bar.update()
-                srv.create_rollout(model="bench", version="1.0.0", group="bench", stages=[100])
+                srv.as_role("operator").create_rollout(RolloutRequest(model="bench", version="1.0.0", group="bench",
+                                                                     stages=[100]))
                 bar.update()
                 polls = run_polls(srv.url, devices, args, process_tree(srv.process.pid))
                 variant = next(f for f in release["files"] if f["kind"] == "variant")

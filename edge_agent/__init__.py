@@ -1,12 +1,22 @@
-"""edgefleet's on-device agent.
+"""edgefleet's on-device agent (``edge-agent``, ``edge-bench``).
 
-Update path: :mod:`edge_agent.core` (the pure state machine), :mod:`~edge_agent.trust`
-and :mod:`~edge_agent.tuf_client` (director assignment + TUF verification),
-:mod:`~edge_agent.download`, :mod:`~edge_agent.slots`, :mod:`~edge_agent.prepare`
-(child-process model gate), :mod:`~edge_agent.runtimes` (the one way a staged variant
-is opened) with :mod:`~edge_agent.engines` (on-device TensorRT builds and their cache),
-:mod:`~edge_agent.telemetry`, wired by
-:mod:`~edge_agent.controller` and :mod:`~edge_agent.daemon`; CLI ``edge-agent``.
-Perception path: :mod:`edge_agent.perception` (the interface), the camera
-pipeline and ``edge-bench``. Importing this package pulls in no heavy framework.
+::
+
+    trust/        what may be installed: director assignment, TUF client, verified downloads
+    update/       the update path: pure state machine, controller and its steps, journal, slots, gate, daemon
+    link/         the server link: HTTP client, enrollment identity, telemetry outbox
+    perception/   the perception path: interface, camera pipeline, inference, shadow, swap, health, runtimes
+    bench/        ``edge-bench``: model-only and pipeline benchmarks, host info, tegrastats, plots
+    config.py     AgentConfig and the data-directory layout (AgentPaths)
+    errors.py     the error tree (every error the agent raises on purpose) and the reason codes
+    stopping.py   waits that a stop request cuts short
+    __main__.py   the ``edge-agent`` CLI: enroll, run, status, rollback
+    systemd/      an example unit file
+
+Layers: trust ← update → perception ← bench; update also uses link, link uses
+trust for the pinned director key. The shared modules above import no
+sub-package. Importing this package (or a sub-package) pulls in no heavy
+framework.
 """
+
+__all__: list[str] = []

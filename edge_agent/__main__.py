@@ -20,8 +20,8 @@ from types import FrameType
 from typing import Any
 
 from edge_agent.config import AgentConfig, AgentPaths
-from edge_agent.core import State
 from edge_agent.errors import ConfigError, EdgeAgentError, ServerError
+from edge_agent.update.core import State
 
 __all__ = ["main", "build_parser"]
 
@@ -118,7 +118,7 @@ def _config(args: argparse.Namespace) -> AgentConfig:
 
 
 def _enroll(args: argparse.Namespace) -> int:
-    from edge_agent.identity import enroll
+    from edge_agent.link.identity import enroll
 
     overrides: dict[str, Any] = {}
     if args.hardware_profile:
@@ -141,9 +141,9 @@ def _perception(args: argparse.Namespace, config: AgentConfig, stop: threading.E
     # the camera stack is imported only when a camera is asked for
     import functools
 
-    from edge_agent.identity import load_identity, load_profile
-    from edge_agent.runtimes import EngineOptions
-    from edge_agent.serving import CameraPerception
+    from edge_agent.link.identity import load_identity, load_profile
+    from edge_agent.perception.runtimes import EngineOptions
+    from edge_agent.perception.serving import CameraPerception
 
     paths = config.paths
     # the profile the controller sees too: detection plus the overrides stored at enrollment
@@ -165,7 +165,7 @@ def _install_stop_handlers(stop: threading.Event) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from edge_agent.daemon import build_agent
+    from edge_agent.update.daemon import build_agent
 
     stop = threading.Event()
     if not args.once:
@@ -190,7 +190,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from edge_agent.daemon import status
+    from edge_agent.update.daemon import status
 
     info = status(AgentConfig(data_dir=args.data_dir))
     if args.json:
@@ -214,7 +214,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    from edge_agent.daemon import manual_rollback
+    from edge_agent.update.daemon import manual_rollback
 
     done = manual_rollback(AgentConfig(data_dir=args.data_dir))
     print(f"rolled back to slot {done['slot']}: {done['to']}")

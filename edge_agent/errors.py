@@ -1,6 +1,7 @@
 """Errors of the edge agent, and the reason codes it reports.
 
-::
+Every error the agent raises on purpose; those defined beside the code that
+raises them name their module (under ``edge_agent/``), the rest are defined here::
 
     EdgeAgentError (Exception)        base of everything the agent raises on purpose
     ├── ConfigError                   bad flags, a missing or unreadable data dir / identity
@@ -8,9 +9,14 @@
     ├── ServerError                   the OTA server answered with an error; ``status`` holds the HTTP status
     │   └── ServerUnreachable         connection refused, timeout, 5xx: try again later
     ├── StopRequested                 SIGTERM/SIGINT cut a waiting step short; the journal resumes it
-    └── UpdateError                   one update step failed; ``reason`` is a :class:`ReasonCode`
-        ├── TransientError            worth retrying later (network, stalled transfer): back off with jitter
-        └── FatalError                abandon this update, keep or restore the previous model, report
+    ├── UpdateError                   one update step failed; ``reason`` is a :class:`ReasonCode`
+    │   ├── TransientError            worth retrying later (network, stalled transfer): back off with jitter
+    │   └── FatalError                abandon this update, keep or restore the previous model, report
+    ├── CameraError                   perception/camera.py: a camera source cannot be opened or reopened
+    ├── ModelLoadFailed               perception/inference.py: a bundle cannot be loaded or warmed up to serve;
+    │                                 ``reason`` is MODEL_LOAD_FAILED or ENGINE_BUILD_FAILED
+    ├── PerceptionError               perception/serving.py: the camera perception used out of order
+    └── BenchError                    bench/benchrun.py: a benchmark input (path, bundle, source) is unusable
 
 Third-party errors (urllib3, python-tuf, cryptography, ONNX Runtime) are
 wrapped where they happen with ``raise ... from e``; callers see only these.

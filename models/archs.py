@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from models.bundle import ColorOrder, InputSpec, Layout, ResizeMode
+from models.errors import ModelsError
 
 __all__ = ["ARCHS", "ArchInfo", "ZooError", "arch_info", "default_input_spec"]
 
@@ -17,7 +18,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class ZooError(ValueError):
+class ZooError(ModelsError, ValueError):
     """An unknown architecture/task, bad arguments, or weights that do not fit."""
 
 

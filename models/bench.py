@@ -7,8 +7,9 @@ warm-up queries are run and discarded; the run lasts at least
 variation above 0.25 marks the run ``noisy`` (logged as a warning): the
 machine was busy and the numbers deserve a rerun.
 
-Standard library + numpy. This module does not load models; pass it any
-zero-argument callable (``lambda: rt.run(batch)``).
+:func:`cpu_identity` records which CPU measured. Standard library + numpy.
+This module does not load models; pass it any zero-argument callable
+(``lambda: rt.run(batch)``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,6 +32,7 @@ __all__ = [
     "measure_interleaved",
     "stats_from_samples",
     "NOISY_CV",
+    "cpu_identity",
 ]
 
 log = logging.getLogger(__name__)
@@ -227,3 +230,27 @@ def measure_interleaved(
         if (rounds >= min_rounds and now >= min_end) or now >= max_end:
             break
     return {k: Interleaved(k, tuple(wall[k]), tuple(cpu[k])) for k in labels}
+
+
+def cpu_identity() -> dict[str, Any]:
+    """The CPU that measured, from Linux ``/proc/cpuinfo`` (empty where there is none).
+
+    What decides INT8's gain on x86: the exact CPU (vendor family/model, clock) and its
+    integer dot-product extensions — "AMD EPYC" alone covers CPUs whose INT8 kernels differ
+    severalfold (AVX-512 VNNI / AVX-VNNI do 4 INT8 MACs per lane per instruction; plain AVX2
+    goes through vpmaddubsw, whose throughput varies by core generation). Raises nothing."""
+    info: dict[str, Any] = {}
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return info
+    first = text.split("\n\n", 1)[0]
+    fields = dict(line.split(":", 1) for line in first.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    for key, name in (("model name", "model_name"), ("vendor_id", "vendor"), ("cpu family", "family"),
+                      ("model", "model"), ("stepping", "stepping"), ("cpu MHz", "mhz")):
+        if key in fields:
+            info[name] = fields[key]
+    flags = set(fields.get("flags", "").split())
+    info["isa"] = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
+    return info

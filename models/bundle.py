@@ -27,6 +27,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, TypeVar
 
+from models.errors import ModelsError
 from models.fsio import write_atomic
 
 __all__ = [
@@ -74,7 +75,7 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
-class BundleError(ValueError):
+class BundleError(ModelsError, ValueError):
     """A manifest or bundle directory is invalid; ``field`` names the culprit."""
 
     def __init__(self, message: str, *, field: str | None = None) -> None:

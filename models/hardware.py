@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from models.bundle import BundleError, Manifest, Variant, _clean, _Reader
+from models.errors import ModelsError
 
 __all__ = [
     "HARDWARE_CLASSES",
@@ -35,7 +36,7 @@ __all__ = [
 HARDWARE_CLASSES = ("cpu-x86_64", "cpu-aarch64", "cuda", "jetson-orin", "jetson-xavier", "jetson-nano")
 
 
-class NoCompatibleVariant(LookupError):
+class NoCompatibleVariant(ModelsError, LookupError):
     """No variant of the bundle can run on the given hardware profile."""
 
 

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from enum import Enum
 
+from models.errors import ModelsError
+
 __all__ = ["ReasonCode", "UnknownReasonCode"]
 
 
-class UnknownReasonCode(ValueError):
+class UnknownReasonCode(ModelsError, ValueError):
     """A string that is not one of :class:`ReasonCode`'s values."""
 
 

@@ -1,4 +1,4 @@
-"""Errors raised by the optimizer.
+"""Errors raised by the optimizer, and what else a run can end with.
 
 ::
 
@@ -10,9 +10,19 @@
     ├── QuantizationError             calibration or INT8 quantization failed, or no INT8 variant
     │                                 stayed within the accuracy limit
     └── EngineBuildError              TensorRT could not build (or is not installed for) an engine
+                                      on this host (not :class:`models.runtime.errors.EngineBuildError`,
+                                      the device-side build's)
 
-Each message says what was expected and what came. The CLI maps
-``InputError`` to exit code 2 and every other ``OptimizeError`` to 1.
+    from models (models.errors.ModelsError), raised through unwrapped:
+    └── BundleError (ValueError)      models.bundle: a manifest breaks the contract (the bundle this run writes)
+
+Every other error of ``models`` is wrapped where it surfaces: ``DatasetError``,
+``ZooError`` and a ``BundleError`` read from a sidecar, a ``--baseline`` or a
+version become ``InputError``; a ``ModelRuntimeError`` becomes
+``QuantizationError``, or marks a variant as not measured. No other module of
+this package defines an error. Each message says what was expected and what
+came. The CLI maps ``InputError`` to exit code 2 and every other
+``OptimizeError`` (and ``BundleError``) to 1.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
-"""The Flask application factory (``create_app``) and the per-worker services it wires.
+"""The Flask application factory (``create_app``): blueprints, error answers, request metrics.
 
-There is no module-level app: gunicorn calls ``create_app`` in each worker (see
-:mod:`ota_server.cli`), tests call it with a mapping. Workers are stateless — everything lives in
+There is no module-level app: gunicorn calls ``create_app`` (see
+:mod:`ota_server.serving.gunicorn_app`), tests call it with a mapping. The services it puts in
+``app.extensions["edgefleet"]`` are built by :mod:`ota_server.services`. Workers are stateless — everything lives in
 the database and the data directory — so any number of them can serve side by side; the
 caches they keep (token lookups, signed assignments) are invalidated through the database.
 """
@@ -12,80 +13,30 @@ import json
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
-from ota_server import store as st
-from ota_server.artifacts import ArtifactStore
-from ota_server.auth import Authenticator, Principal, PrincipalKind, Role
 from ota_server.config import ServerConfig
-from ota_server.director import Director
-from ota_server.errors import ApiError, SetupError
-from ota_server.fastpath import FastPoll
-from ota_server.keys import director_public_json, load_private
-from ota_server.metrics import Metrics
-from ota_server.publish import Publisher
-from ota_server.repository import Repository
+from ota_server.errors import ApiError, NotFound, RecordNotFound, SetupError
+from ota_server.services import Services, build_services
+from ota_server.serving.fastpath import FastPoll
 from ota_server.settings import load_settings
-from ota_server.store import Store
+
+__all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Services:
-    config: ServerConfig
-    store: Store
-    repo: Repository
-    artifacts: ArtifactStore
-    publisher: Publisher
-    director: Director
-    director_public: dict[str, Any]
-    auth: Authenticator
-    metrics: Metrics
-
-
-def build_services(config: ServerConfig) -> Services:
-    """Open the database and key material of an initialized data directory."""
-    if not config.metadata_dir.joinpath("1.root.json").is_file():
-        raise SetupError(f"{config.data_dir} is not an initialized data directory; run `ota-server init` first")
-    store = Store(config.effective_db_url)
-    repo = Repository(config)
-    artifacts = ArtifactStore(config.artifacts_dir)
-    director_key = load_private(config.keys_dir / "director.pem")
-
-    def lookup(digest: str) -> Principal | None:
-        with store.read() as conn:
-            token = st.find_token(conn, digest)
-            if token is not None:
-                if token["kind"] == "enroll":
-                    return Principal(PrincipalKind.ENROLL, token["name"])
-                return Principal(PrincipalKind.API, token["name"], role=Role(token["role"]))
-            device = st.device_by_token(conn, digest)
-            if device is not None:
-                return Principal(PrincipalKind.DEVICE, device["id"], device_id=device["id"])
-        return None
-
-    return Services(
-        config=config,
-        store=store,
-        repo=repo,
-        artifacts=artifacts,
-        publisher=Publisher(store, repo, artifacts, config.tmp_dir),
-        director=Director(director_key, ttl_s=config.assignment_ttl_s,
-                          spool_dir=config.data_dir / "run" / "assignments"),
-        director_public=director_public_json(director_key.public_key()),
-        auth=Authenticator(lookup, api_cache_s=config.token_cache_s, bad_per_minute=config.bad_auth_per_minute),
-        metrics=Metrics(),
-    )
-
-
 def create_app(test_config: Mapping[str, Any] | ServerConfig | None = None) -> Flask:
     """Build the app from a :class:`ServerConfig`, a mapping of its fields, or the
-    ``EDGEFLEET_DATA_DIR`` environment variable (how gunicorn workers get it)."""
+    ``EDGEFLEET_DATA_DIR`` environment variable (how gunicorn workers get it).
+
+    Raises:
+        SetupError: no configuration, an unknown config key, or a data directory that is not
+            initialized or whose database cannot be used (see :func:`build_services`).
+    """
     import os
 
     if isinstance(test_config, ServerConfig):
@@ -121,6 +72,11 @@ def _register_handlers(app: Flask) -> None:
         if e.status == 413:
             _drain_body()
         return _error_response(e.status, e.to_dict())
+
+    @app.errorhandler(RecordNotFound)
+    def record_not_found(e: RecordNotFound) -> Response:
+        # the store knows no HTTP: a missing row is the API's 404, with the store's message and field
+        return api_error(NotFound(e.message, field=e.field))
 
     @app.errorhandler(HTTPException)
     def http_error(e: HTTPException) -> Response:

@@ -23,6 +23,8 @@ from typing import Any
 from ota_server.config import ServerConfig
 from ota_server.errors import OtaServerError, SetupError
 
+__all__ = ["build_parser", "main"]
+
 log = logging.getLogger("ota_server")
 
 
@@ -74,7 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from ota_server.setup import init_data_dir
+    """``ota-server init``.
+
+    Raises:
+        SetupError: a bad flag, or a data directory that cannot be initialized (see
+            :func:`ota_server.provision.init_data_dir`).
+    """
+    from ota_server.provision import init_data_dir
 
     if args.max_upload_mb <= 0:
         raise SetupError(f"--max-upload-mb must be > 0, got {args.max_upload_mb}")
@@ -101,7 +109,12 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    from ota_server.setup import create_token
+    """``ota-server token create``.
+
+    Raises:
+        SetupError: the data directory is not initialized, or the token cannot be stored.
+    """
+    from ota_server.provision import create_token
 
     config = _load(args.data_dir)
     token = create_token(config, role=args.role, name=args.name)
@@ -119,6 +132,11 @@ def _load(data_dir: Path) -> ServerConfig:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """``ota-server serve``: gunicorn, or with ``--debug`` Flask's development server.
+
+    Raises:
+        SetupError: a bad flag, or a data directory or database that cannot be served.
+    """
     config = _load(args.data_dir)
     if args.workers < 1 or args.threads < 1:
         raise SetupError(f"--workers and --threads must be >= 1, got {args.workers} and {args.threads}")
@@ -133,14 +151,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     shutil.rmtree(prom_dir, ignore_errors=True)
     prom_dir.mkdir(parents=True, mode=0o700)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(prom_dir)
-    from ota_server.gunicorn_app import run_gunicorn
+    from ota_server.serving.gunicorn_app import run_gunicorn
 
     return run_gunicorn(config, bind=args.bind, workers=args.workers, threads=args.threads,
                         access_log=args.access_log)
 
 
 def cmd_root(args: argparse.Namespace) -> int:
-    from ota_server.repository import resign_root
+    """``ota-server root resign``.
+
+    Raises:
+        SetupError: the data directory is not initialized. RepositoryError: the key is not this
+            repository's root key, or root cannot be signed.
+    """
+    from ota_server.trust.repository import resign_root
 
     config = _load(args.data_dir)
     path = resign_root(config, root_key_path=args.root_key, expires_days=args.expires_days)

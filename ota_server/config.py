@@ -12,6 +12,8 @@ from typing import Any
 
 from ota_server.errors import SetupError
 
+__all__ = ["ServerConfig"]
+
 
 @dataclass(frozen=True)
 class ServerConfig:
@@ -75,7 +77,11 @@ class ServerConfig:
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> ServerConfig:
-        """Build from a mapping with the field names (``data_dir`` required)."""
+        """Build from a mapping with the field names (``data_dir`` required).
+
+        Raises:
+            SetupError: an unknown key, or no ``data_dir``.
+        """
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

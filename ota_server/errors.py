@@ -4,7 +4,10 @@
 
     OtaServerError                 base of everything raised on purpose here
     ├── SetupError                 init/serve/key files: a data dir that is missing, exists, or is unsafe
+    │   └── LocalServerError       a local server (ota_server.local) did not start; its log_path explains
     ├── RepositoryError            the TUF repository or artifact store could not be read or written
+    ├── StoreError                 the SQL store (ota_server.storage) could not do what was asked
+    │   └── RecordNotFound         no row with that key; the app answers it as a 404 NotFound
     └── ApiError                   answered to an HTTP client as {"error": {"code", "message", "field"}}
         ├── BadRequest             400  malformed JSON, a bad field, an invalid bundle
         ├── Unauthorized           401  missing or unknown credentials
@@ -15,10 +18,35 @@
         └── TooManyRequests        429  too many failed authentication attempts
 
 Third-party errors (SQLAlchemy, tarfile, python-tuf) are wrapped at the adapter edge with
-``raise X(...) from e``.
+``raise X(...) from e``. The storage layer knows nothing of HTTP: it raises :class:`StoreError`s,
+and the app's error handler (:mod:`ota_server.app`) answers a :class:`RecordNotFound` as the
+:class:`NotFound` with the same message and field. The ``ota-ctl`` client's errors are its own
+(:mod:`ota_server.client`).
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+__all__ = [
+    "ApiError",
+    "BadRequest",
+    "Conflict",
+    "Forbidden",
+    "LocalServerError",
+    "NotFound",
+    "OtaServerError",
+    "PayloadTooLarge",
+    "RecordNotFound",
+    "RepositoryError",
+    "SetupError",
+    "StoreError",
+    "TooManyRequests",
+    "Unauthorized",
+]
 
 
 class OtaServerError(Exception):
@@ -29,8 +57,30 @@ class SetupError(OtaServerError):
     """The data directory, key files or configuration are missing or unusable."""
 
 
+class LocalServerError(SetupError):
+    """A local server (:mod:`ota_server.local`) did not start or did not answer; ``log_path``
+    names the log whose tail explains it."""
+
+    def __init__(self, message: str, *, log_path: Path | None = None) -> None:
+        super().__init__(message)
+        self.log_path = log_path
+
+
 class RepositoryError(OtaServerError):
     """The TUF repository or the artifact store could not be read or written."""
+
+
+class StoreError(OtaServerError):
+    """The SQL store could not do what was asked (raised by :mod:`ota_server.storage`)."""
+
+
+class RecordNotFound(StoreError):
+    """No row has the key asked for; ``field`` names the key as the API names it."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
 
 
 class ApiError(OtaServerError):

@@ -10,6 +10,8 @@ from typing import Any
 from ota_server.config import ServerConfig
 from ota_server.errors import SetupError
 
+__all__ = ["PERSISTED", "load_settings", "save_settings"]
+
 PERSISTED = ("db_url", "public_url", "max_upload_bytes", "assignment_ttl_s", "timestamp_ttl_s",
              "snapshot_ttl_s", "targets_ttl_s", "root_ttl_s")
 
@@ -22,7 +24,11 @@ def save_settings(config: ServerConfig) -> None:
 
 
 def load_settings(config: ServerConfig, **overrides: Any) -> ServerConfig:
-    """``config`` updated from ``server.json``, then from non-None ``overrides``."""
+    """``config`` updated from ``server.json``, then from non-None ``overrides``.
+
+    Raises:
+        SetupError: the data directory has no ``server.json``, or it cannot be read.
+    """
     path = config.settings_file
     try:
         data = json.loads(path.read_text())

@@ -5,7 +5,7 @@
   <1.0.0's best.pt>``: 1.0.0 trained on, for more epochs on twice the images — a
   genuinely better model, which must disagree with 1.0.0 wherever 1.0.0 was wrong;
 - 1.2.0: 1.1.0's checkpoint with its classifier rows rotated by one class
-  (:func:`scripts.demo_media.write_label_shifted_run`): a wrong label order.
+  (:func:`demo_media.write_label_shifted_run`): a wrong label order.
 
 Every release is optimized by ``edge-optimize`` calibrating on frames of the
 fleet's own camera videos (``--calib-data``); 1.1.0 and 1.2.0 against the
@@ -22,10 +22,10 @@ from pathlib import Path
 
 import yaml
 
+from demo_report import ModelFacts
+from demo_steps import ROOT, tool
 from models.bundle import AgreementExpectation, Manifest, Precision, read_bundle
-from scripts.demo_procs import Processes, StepFailed
-from scripts.demo_report import ModelFacts
-from scripts.demo_steps import ROOT, tool
+from models.procs import Processes, StepFailed
 
 TRAIN_CONFIG = ROOT / "training" / "configs" / "demo-signs.yaml"  # 1.0.0
 LONGER_CONFIG = ROOT / "training" / "configs" / "demo-signs-longer.yaml"  # 1.1.0, from 1.0.0's weights

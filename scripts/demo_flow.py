@@ -2,8 +2,9 @@
 
 :func:`run` goes through the steps of ``scripts/demo.py`` in order, printing a
 header per step and tqdm bars for the long waits, and returns the final
-checks. The releases are built by :mod:`scripts.demo_build`, the fleet is
-driven by :mod:`scripts.demo_steps`, the report is :mod:`scripts.demo_report`.
+checks. The run's settings are :mod:`demo_config`, the releases are built by
+:mod:`demo_build`, the fleet is driven by :mod:`demo_steps`, the report is
+:mod:`demo_report`; the child processes are :mod:`models.procs`'s.
 
 Every wait is on an event (a process exits, the server reports a rollout's
 end, the fleet reports its state), bounded only by generous timeouts: the
@@ -16,11 +17,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from scripts import demo_build, demo_media, demo_steps
-from scripts.demo_procs import Child, Processes, StepFailed
-from scripts.demo_report import (
+import demo_build
+import demo_media
+import demo_steps
+from demo_config import DemoConfig
+from demo_report import (
     FleetRow,
     ModelFacts,
     RolloutRecord,
@@ -29,10 +31,8 @@ from scripts.demo_report import (
     models_table,
     write_report,
 )
-from scripts.demo_steps import Agent, Clock, Server
-
-if TYPE_CHECKING:
-    from scripts.demo import DemoConfig
+from demo_steps import Agent, Clock, Server
+from models.procs import Child, Processes, StepFailed
 
 MODEL = "signs"
 VERSIONS = ("1.0.0", "1.1.0", "1.2.0")
@@ -98,8 +98,8 @@ def start_releases(cfg: DemoConfig, procs: Processes, steps: Steps, calib_frames
     rel = Releases({v: cfg.out / "bundles" / f"{MODEL}-{v}" for v in VERSIONS})
     if cfg.quick:
         steps.begin(1, "skipped with --quick")
-        steps.begin(2, "--quick: tiny ready-made ONNX bundles (tests/bundles.py)")
-        from tests.bundles import make_bundle
+        steps.begin(2, "--quick: tiny ready-made ONNX bundles (models/tiny.py)")
+        from models.tiny import make_bundle  # the demo process itself imports onnx for --quick only
 
         for version, behaviour in zip(VERSIONS, ("ok", "ok", "permuted"), strict=True):
             make_bundle(rel.bundles[version], name=MODEL, version=version, behaviour=behaviour)
@@ -182,7 +182,7 @@ def rollout(cfg: DemoConfig, procs: Processes, server: Server, agents: list[Agen
 
 def fleet_rows(procs: Processes, server: Server, agents: list[Agent],
                records: list[RolloutRecord]) -> list[FleetRow]:
-    by_id = {d["id"]: d for d in server.client.devices(server.admin_token)}
+    by_id = {d["id"]: d for d in server.client.devices()}
     refused = {f["device_id"]: f"{f['state']} {r.version}: {f.get('reason_code') or '?'}"
                for r in records for f in r.final.get("failures") or []}
     statuses = demo_steps.agent_statuses(procs, agents)

@@ -31,10 +31,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from scripts.demo_procs import stop_process
+from models.procs import stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 BUSY_LOOP = "while True: pass"

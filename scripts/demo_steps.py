@@ -2,8 +2,11 @@
 
 Training, optimizing, the server, the agents and the rollouts are the
 project's own commands run as subprocesses (``edge-train``, ``edge-optimize``,
-``ota-server``, ``ota-ctl``, ``edge-agent``); the demo watches rollouts and the
-fleet through the server's HTTP API. Nothing here imports a stage package.
+``ota-server``, ``ota-ctl``, ``edge-agent``); the server's two commands (``init``,
+``serve``) are run by :mod:`ota_server.local`, as for the tests and the benchmarks.
+The demo watches rollouts and the fleet through the server's HTTP API, with the
+project's API client (:class:`ota_server.client.OtaClient`, which imports nothing of
+the server). Nothing else here imports a stage package.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ import logging
 import os
 import re
 import shutil
-import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -21,19 +23,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+from demo_report import RolloutRecord
 from models.bundle import MANIFEST_NAME, read_bundle
-from scripts.demo_procs import Processes, StepFailed, tail
-from scripts.demo_report import RolloutRecord
-from scripts.fleet_http import (
-    TERMINAL_STATUSES,
-    ApiError,
-    FleetClient,
-    rollout_stage,
-    rollout_status,
-)
+from models.procs import Child, Processes, StepFailed, tail
+from ota_server.client import TERMINAL_STATUSES, OtaClient
+from ota_server.errors import LocalServerError
+from ota_server.local import LocalServer
 
 log = logging.getLogger("demo")
 
@@ -51,19 +46,13 @@ def tool(name: str) -> str:
     return found
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class Server:
     url: str
     data_dir: Path
     admin_token: str
     enroll_token: str
-    client: FleetClient
+    client: OtaClient  # with the admin token
     root_json: Path  # the image repository's root.json (provisioning): what edge-optimize trusts
 
 
@@ -88,35 +77,22 @@ class Clock:
 
 def start_server(procs: Processes, data_dir: Path, *, port: int | None = None, workers: int = 2,
                  timeout_s: float = 180.0) -> Server:
-    """``ota-server init`` + tokens + ``ota-server serve`` (gunicorn on 127.0.0.1).
+    """``ota-server init`` + ``ota-server serve`` (gunicorn on 127.0.0.1), by :mod:`ota_server.local`.
 
     Waits for ``/healthz`` (up to ``timeout_s``: gunicorn and its workers start slowly on a
-    loaded host); a server process that exits meanwhile fails the step at once.
+    loaded host); a server process that exits meanwhile fails the step at once. The server
+    then is one of ``procs``' long-running children: watched by ``check_alive``, stopped with
+    the others. Its log is ``<log_dir>/server.log``.
     """
-    server_cli = tool("ota-server")
-    out = procs.run("server-init", [server_cli, "init", "--data-dir", str(data_dir), "--json"], timeout_s=300)
     try:
-        init = json.loads(out[out.index("{"):])
-        admin, enroll = str(init["admin_token"]), str(init["enrollment_token"])
-        root_json = Path(init.get("root_json") or data_dir / "provisioning" / "root.json")
-    except (ValueError, KeyError) as e:
-        raise StepFailed(f"ota-server init --json printed no tokens ({e})",
-                         log_path=procs.log_dir / "server-init.log") from e
-    port = port or free_port()
-    url = f"http://127.0.0.1:{port}"
-    procs.start("server", [server_cli, "serve", "--data-dir", str(data_dir), "--bind", f"127.0.0.1:{port}",
-                           "--workers", str(workers)])
-    probe = FleetClient(url, pool_size=1, timeout_s=2.0)  # short: a port held by another program never answers
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        procs.check_alive()
-        try:
-            if probe.get_json("/healthz").get("status") == "ok":
-                return Server(url, data_dir, admin, enroll, FleetClient(url, pool_size=4), root_json)
-        except ApiError:
-            time.sleep(0.3)
-    raise StepFailed(f"the server did not answer {url}/healthz within {timeout_s:.0f} s",
-                     log_path=procs.log_dir / "server.log")
+        local = LocalServer.start(data_dir, port=port or 0, workers=workers, roles=(), env=procs.env,
+                                  cwd=procs.cwd, log_path=procs.log_dir / "server.log", start_timeout_s=timeout_s)
+    except LocalServerError as e:
+        raise StepFailed(f"server: {e}", log_path=e.log_path) from e
+    procs.children.append(Child("server", local.argv, local.log_path, local.process))
+    client = OtaClient(local.url, local.admin_token, pool_size=4, pool_block=True, timeout_s=30.0,
+                       connect_timeout_s=5.0)
+    return Server(local.url, data_dir, local.admin_token, local.enrollment_token, client, local.root_json)
 
 
 def enroll_agent(procs: Processes, server: Server, agent: Agent, profile_file: Path) -> None:
@@ -198,7 +174,7 @@ def create_rollout(procs: Processes, server: Server, *, model: str, version: str
     out = procs.run(f"rollout-{version}", argv, timeout_s=300)
     try:
         data = json.loads(out[out.index("{"):])
-        return str(data.get("rollout", data)["id"])
+        return str(data["id"])  # ota-ctl --json prints the created rollout (docs/contracts.md §7)
     except (ValueError, KeyError) as e:
         raise StepFailed(f"ota-ctl rollout create printed no rollout id ({e}): {out[-300:]!r}",
                          log_path=procs.log_dir / f"rollout-{version}.log") from e
@@ -261,11 +237,11 @@ def watch_rollout(procs: Processes, server: Server, rec: RolloutRecord, *, clock
               bar_format="{desc}: {n}/{total} devices settled |{bar:20}| {elapsed} {postfix}") as bar:
         while True:
             procs.check_alive()
-            r = server.client.rollout(server.admin_token, rec.rollout_id)
-            status, stage = rollout_status(r), rollout_stage(r)
+            r = dict(server.client.rollout(rec.rollout_id))
+            status, stage = r["status"], r["stage"]
             success, failure = _progress_counts(r)
             rec.events = server_events(r, clock)
-            note_gates(rec, server.client.devices(server.admin_token))
+            note_gates(rec, server.client.devices())
             if (success, failure) != last_counts:
                 rec.progress.append({"t": clock.now(), "success": success, "failure": failure})
                 last_counts = (success, failure)
@@ -273,7 +249,7 @@ def watch_rollout(procs: Processes, server: Server, rec: RolloutRecord, *, clock
             bar.set_postfix_str(f"{status}, stage {stage}, ok={success} failed={failure}")
             if status in TERMINAL_STATUSES:
                 rec.final = r
-                note_gates(rec, server.client.devices(server.admin_token))
+                note_gates(rec, server.client.devices())
                 return
             if time.monotonic() > deadline:
                 rec.final = r
@@ -286,8 +262,8 @@ def watch_rollout(procs: Processes, server: Server, rec: RolloutRecord, *, clock
 
 def refresh(server: Server, rec: RolloutRecord) -> None:
     """Read ``rec``'s rollout and the fleet's gate evidence once more (after the fleet settled)."""
-    rec.final = server.client.rollout(server.admin_token, rec.rollout_id)
-    note_gates(rec, server.client.devices(server.admin_token))
+    rec.final = dict(server.client.rollout(rec.rollout_id))
+    note_gates(rec, server.client.devices())
 
 
 SETTLED_STATES = ("committed", "failed", "refused", "rolled-back")  # no update under way
@@ -304,7 +280,7 @@ def wait_settled(procs: Processes, server: Server, agents: list[Agent], *, versi
     deadline = time.monotonic() + timeout_s
     while True:
         procs.check_alive()
-        by_id = {d["id"]: d for d in server.client.devices(server.admin_token)}
+        by_id = {d["id"]: d for d in server.client.devices()}
         pending = [a.name for a in agents
                    if (by_id.get(a.device_id, {}).get("running") or {}).get("version") != version
                    or by_id.get(a.device_id, {}).get("state") not in SETTLED_STATES]
@@ -314,11 +290,7 @@ def wait_settled(procs: Processes, server: Server, agents: list[Agent], *, versi
 
 
 def active_version(status: dict[str, Any]) -> str:
-    """``name@version`` active on a vehicle according to ``edge-agent status --json``."""
-    for key in ("model", "active", "running"):
-        value = status.get(key)
-        if isinstance(value, dict) and value.get("version"):
-            return f"{value.get('name', '?')}@{value['version']}"
-        if isinstance(value, str) and value:
-            return value
-    return "-"
+    """``name@version`` active on a vehicle according to ``edge-agent status --json`` (its
+    ``model``: the active slot's manifest, or null before a first install)."""
+    model = status.get("model")
+    return f"{model['name']}@{model['version']}" if model else "-"

@@ -1,5 +1,6 @@
-"""The one dependency rule (ARCHITECTURE.md): stages import only models/, and the
-agent/server never pull in the heavy frameworks."""
+"""The one dependency rule (ARCHITECTURE.md): stages import only models/, the
+agent/server never pull in the heavy frameworks, and the API client
+(``ota_server.client``) loads nothing of the server at all."""
 
 from __future__ import annotations
 
@@ -17,6 +18,38 @@ FORBIDDEN = {
     "edge_agent": ("torch", "torchvision", "flask", "sqlalchemy", "training", "optimize", "ota_server"),
     "ota_server": ("torch", "torchvision", "training", "optimize", "edge_agent"),
 }
+
+
+# what a laptop with only `pip install '.[ctl]'` does not have
+CLIENT_FORBIDDEN = ("flask", "sqlalchemy", "psycopg", "gunicorn", "prometheus_client", "torch", "torchvision",
+                    "onnxruntime", "numpy", "tuf", "edge_agent", "training", "optimize")
+CLIENT_RUNS = {
+    "import": "import ota_server.client\n",
+    "every-module": (
+        "import importlib, pkgutil\n"
+        "import ota_server.client as pkg\n"
+        "for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + '.'):\n"
+        "    importlib.import_module(m.name)\n"
+    ),
+    "ota-ctl --help": "from ota_server.client.ctl import main\nassert main(['--help']) == 0\n",
+    "edge-fleet-sim --help": (
+        "from ota_server.client.simulate import main\n"
+        "try:\n"
+        "    main(['--help'])\n"
+        "except SystemExit as e:\n"
+        "    assert e.code == 0, e.code\n"
+    ),
+}
+
+
+def _modules_after(code: str) -> set[str]:
+    """``sys.modules`` after running ``code`` in a fresh interpreter (the worktree first on the path)."""
+    out = subprocess.run(
+        [sys.executable, "-c", code + "import json, sys\nprint(json.dumps(sorted(sys.modules)))\n"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    return set(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
 def _modules_after_import(package: str) -> set[str]:
@@ -79,3 +112,13 @@ def test_bundle_module_is_stdlib_only() -> None:
     allowed = set(sys.stdlib_module_names) | {"models", "__future__"}
     extra = _imported_top_levels(ROOT / "models" / "bundle.py") - allowed
     assert not extra, f"models/bundle.py must be stdlib only, imports {sorted(extra)}"
+
+
+@pytest.mark.parametrize("run", sorted(CLIENT_RUNS))
+def test_client_loads_nothing_of_the_server(run: str) -> None:
+    loaded = _modules_after(CLIENT_RUNS[run])
+    heavy = sorted(m for m in loaded if m.split(".")[0] in CLIENT_FORBIDDEN)
+    server = sorted(m for m in loaded if m.startswith("ota_server.")
+                    and m != "ota_server.client" and not m.startswith("ota_server.client."))
+    assert not heavy, f"{run} pulled in {heavy[:10]}"
+    assert not server, f"{run} loaded modules of the server: {server[:10]}"

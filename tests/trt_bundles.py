@@ -25,7 +25,7 @@ from models.bundle import (
     Variant,
     write_bundle,
 )
-from tests.bundles import LABELS, SIZE, _weights, make_bundle
+from models.tiny import LABELS, SIZE, linear_weights, make_bundle
 
 QDQ_ID = "onnx-int8-qdq"
 QDQ_FILE = "model.int8.qdq.onnx"
@@ -40,7 +40,7 @@ def make_qdq_onnx(*, shift: int = 0, seed_tag: str = "") -> bytes:
     ``seed_tag`` names the graph, so two calls with different tags give different bytes (a new ONNX
     hash, hence a new engine) for the same function.
     """
-    w, b = _weights(shift)
+    w, b = linear_weights(shift)
     w_scale = np.float32(np.abs(w).max() / 127.0)
     w_q = np.clip(np.round(w / w_scale), -127, 127).astype(np.int8)
     inits = [

@@ -1,15 +1,23 @@
-"""Errors of the training stage.
+"""Errors of the training stage, and what else a run can end with.
 
 ::
 
-    TrainingError (Exception)
-    ├── ConfigError        a bad YAML file, an unknown key, a value of the wrong type/range
-    ├── CheckpointError    a checkpoint that cannot be read, written or resumed from
-    └── LaunchError        the distributed workers failed (the message names the rank)
+    TrainingError (Exception)     base: the run cannot start, continue or finish
+    ├── ConfigError               a bad YAML file, an unknown key, a value of the wrong type/range
+    ├── CheckpointError           a checkpoint that cannot be read, written or resumed from
+    └── LaunchError               the distributed workers failed (the message names the rank)
 
-Dataset problems surface as :class:`models.datasets.DatasetError` and model
-problems as :class:`models.zoo.ZooError`; the CLI reports all of them as bad
-input (exit code 2).
+    from models (models.errors.ModelsError), raised through unwrapped:
+    ├── DatasetError (ValueError) models.datasets: the dataset cannot be opened or read
+    └── ZooError (ValueError)     models.zoo: an unknown architecture, bad arguments, weights
+                                  that do not fit
+
+No other module of this package defines an error. The CLI reports
+``ConfigError``, ``CheckpointError``, ``DatasetError`` and ``ZooError`` as bad
+input (exit code 2), ``LaunchError`` and any other ``TrainingError`` as a
+failed run (exit code 1). A ``TypeError`` from :mod:`training.data` (a sample
+without the label or boxes its task needs) is a mismatch between the dataset
+and the task, not an input the CLI reports.
 """
 
 from __future__ import annotations

@@ -2,20 +2,23 @@
 
 ::
 
-    DatasetError (ValueError)        bad spec, missing directory, nothing readable
-    ├── EmptyDatasetError            a class folder / split holds no usable image
-    └── AnnotationError              a malformed COCO annotation (names its id)
+    DatasetError (ModelsError, ValueError)   bad spec, missing directory, nothing readable
+    ├── EmptyDatasetError                    a class folder / split holds no usable image
+    └── AnnotationError                      a malformed COCO annotation (names its id)
 
 Unreadable single images are *not* errors: readers skip them and count them in
-``Dataset.skipped``; only a dataset where every image is bad raises.
+``Dataset.skipped``; only a dataset where every image is bad raises. The
+root of the whole ``models`` tree is :class:`models.errors.ModelsError`.
 """
 
 from __future__ import annotations
 
+from models.errors import ModelsError
+
 __all__ = ["DatasetError", "EmptyDatasetError", "AnnotationError"]
 
 
-class DatasetError(ValueError):
+class DatasetError(ModelsError, ValueError):
     """A dataset cannot be opened or read; the message names the path or field."""
 
 

@@ -17,7 +17,7 @@ graph, no calibrator) plus ``FP16`` for the layers left unquantized, an FP16
 ONNX gets ``FP16``. :func:`gpu_identity` names the GPU the engine is for.
 
 ``tensorrt`` and ``pycuda`` are imported lazily. This module does not cache
-engines (the agent does, :mod:`edge_agent.engines`) nor run them
+engines (the agent does, :mod:`edge_agent.perception.engines`) nor run them
 (:mod:`models.runtime.tensorrt`).
 """
 

@@ -8,9 +8,11 @@ from typing import Any, TypeVar, cast
 
 from flask import Response, current_app, g, request
 
-from ota_server.app import Services
-from ota_server.auth import Principal, PrincipalKind, Role
 from ota_server.errors import BadRequest, Forbidden
+from ota_server.services import Services
+from ota_server.serving.auth import Principal, PrincipalKind, Role
+
+__all__ = ["json_body", "json_response", "principal", "require_device", "require_role", "services"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -29,7 +31,11 @@ def principal() -> Principal:
 
 
 def require_role(role: Role) -> Callable[[F], F]:
-    """Decorator: an API token whose role is at least ``role``."""
+    """Decorator: an API token whose role is at least ``role``.
+
+    Raises (from the wrapped view):
+        Forbidden: the caller holds no API token, or one of a lower role.
+    """
 
     def deco(fn: F) -> F:
         @wraps(fn)
@@ -47,7 +53,11 @@ def require_role(role: Role) -> Callable[[F], F]:
 
 
 def require_device(device_id: str) -> Principal:
-    """The caller must be the device ``device_id`` itself."""
+    """The caller must be the device ``device_id`` itself.
+
+    Raises:
+        Forbidden: the caller is not a device, or another device.
+    """
     p = principal()
     if p.kind is not PrincipalKind.DEVICE:
         raise Forbidden("this endpoint needs a device token")
@@ -57,6 +67,11 @@ def require_device(device_id: str) -> Principal:
 
 
 def json_body() -> Any:
+    """The request's body parsed as JSON, whatever its Content-Type.
+
+    Raises:
+        BadRequest: the body is not JSON (``field="body"``).
+    """
     body = request.get_json(force=True, silent=True)
     if body is None:
         raise BadRequest("request body must be JSON", field="body")

@@ -4,17 +4,24 @@ from __future__ import annotations
 
 from flask import Blueprint, render_template, request
 
-from ota_server import service
-from ota_server import store as st
 from ota_server.api.common import services
-from ota_server.auth import PrincipalKind, Role
 from ota_server.errors import Forbidden
+from ota_server.fleet import service
+from ota_server.serving.auth import PrincipalKind, Role
+from ota_server.storage import store as st
+
+__all__ = ["bp"]
 
 bp = Blueprint("dashboard", __name__, template_folder="../templates")
 
 
 @bp.get("/dashboard")
 def dashboard() -> str:
+    """The dashboard page.
+
+    Raises:
+        Unauthorized: no token, or an unknown one. Forbidden: a token that is not a viewer's or higher.
+    """
     s = services()
     header = request.headers.get("Authorization")
     if header is None and request.args.get("token"):

@@ -12,9 +12,6 @@ from flask import Blueprint, Response, request
 
 from models.bundle import BundleError
 from models.hardware import HardwareProfile, hardware_class
-from ota_server import reports as rp
-from ota_server import service
-from ota_server import store as st
 from ota_server.api.common import (
     json_body,
     json_response,
@@ -23,9 +20,15 @@ from ota_server.api.common import (
     require_role,
     services,
 )
-from ota_server.auth import PrincipalKind, Role, new_token, token_digest
 from ota_server.errors import BadRequest, Forbidden
-from ota_server.fastpath import NONCE, etag_matches
+from ota_server.fleet import service
+from ota_server.fleet.ingest import ingest
+from ota_server.rules import reports as rp
+from ota_server.serving.auth import PrincipalKind, Role, new_token, token_digest
+from ota_server.serving.fastpath import NONCE, etag_matches
+from ota_server.storage import store as st
+
+__all__ = ["bp", "device_view"]
 
 bp = Blueprint("devices", __name__, url_prefix="/api/v1/devices")
 _GROUP = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -57,6 +60,11 @@ def _enrollment(body: Any) -> dict[str, Any]:
 
 @bp.post("/enroll")
 def enroll() -> Response:
+    """Enroll a device; answers its id, its token (shown once) and what it must pin.
+
+    Raises:
+        Forbidden: the caller does not hold the enrollment token. BadRequest: a bad field.
+    """
     p = principal()
     if p.kind is not PrincipalKind.ENROLL:
         raise Forbidden("enrollment needs the fleet enrollment token")
@@ -82,6 +90,12 @@ def enroll() -> Response:
 
 @bp.get("/<device_id>/assignment")
 def assignment(device_id: str) -> Response:
+    """The device's signed assignment for ``?nonce=``; 304 when ``If-None-Match`` names it.
+
+    Raises:
+        Forbidden: the caller is not this device. BadRequest: the nonce is not 16-128 hex digits.
+        RecordNotFound: no such device (answered as 404).
+    """
     require_device(device_id)
     nonce = request.args.get("nonce", "")
     if not NONCE.match(nonce):
@@ -100,15 +114,25 @@ def assignment(device_id: str) -> Response:
 
 @bp.post("/<device_id>/reports")
 def reports(device_id: str) -> Response:
+    """Ingest a batch of the device's reports.
+
+    Raises:
+        Forbidden: the caller is not this device. BadRequest: a report's field, named.
+    """
     require_device(device_id)
     batch = rp.parse_batch(json_body())
     with services().store.tx() as conn:
-        result = rp.ingest(conn, device_id, batch)
+        result = ingest(conn, device_id, batch)
     return json_response(result)
 
 
 @bp.put("/<device_id>/hardware")
 def hardware(device_id: str) -> Response:
+    """Replace the device's hardware profile.
+
+    Raises:
+        Forbidden: the caller is not this device. BadRequest: an invalid profile.
+    """
     require_device(device_id)
     profile = _profile(json_body(), "body")
     with services().store.tx() as conn:
@@ -153,6 +177,12 @@ def list_devices() -> Response:
 
 @bp.get("/<device_id>")
 def get_device(device_id: str) -> Response:
+    """One device, for an API token or for the device itself.
+
+    Raises:
+        Forbidden: the caller is another device, or holds an enrollment token.
+        RecordNotFound: no such device (answered as 404).
+    """
     p = principal()
     if p.kind is PrincipalKind.DEVICE:
         require_device(device_id)

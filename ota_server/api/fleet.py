@@ -7,11 +7,13 @@ from collections.abc import Mapping
 
 from flask import Blueprint, Response, request
 
-from ota_server import rollouts as ro
-from ota_server import store as st
 from ota_server.api.common import json_body, json_response, principal, require_role, services
-from ota_server.auth import Role, new_token, token_digest
 from ota_server.errors import BadRequest
+from ota_server.rules import rollouts as ro
+from ota_server.serving.auth import Role, new_token, token_digest
+from ota_server.storage import store as st
+
+__all__ = ["bp"]
 
 bp = Blueprint("fleet", __name__, url_prefix="/api/v1")
 
@@ -34,6 +36,11 @@ def summary() -> Response:
 @bp.get("/audit")
 @require_role(Role.ADMIN)
 def audit() -> Response:
+    """The newest ``?limit=`` audit entries (admin).
+
+    Raises:
+        BadRequest: ``limit`` is not an integer in [1, 10000].
+    """
     raw = request.args.get("limit", "500")
     if not raw.isdigit() or not 0 < int(raw) <= 10000:
         raise BadRequest(f"limit must be an integer in [1, 10000], got {raw!r}", field="limit")
@@ -44,6 +51,11 @@ def audit() -> Response:
 @bp.post("/tokens")
 @require_role(Role.ADMIN)
 def create_token() -> Response:
+    """Create an API token (admin); shown once.
+
+    Raises:
+        BadRequest: the body is not ``{"role", "name"}`` with a known role and a 1-128 character name.
+    """
     body = json_body()
     if not isinstance(body, Mapping):
         raise BadRequest("expected a JSON object", field="body")

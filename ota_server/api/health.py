@@ -5,9 +5,11 @@ from __future__ import annotations
 import sqlalchemy as sa
 from flask import Blueprint, Response
 
-from ota_server import store as st
 from ota_server.api.common import json_response, require_role, services
-from ota_server.auth import Role
+from ota_server.serving.auth import Role
+from ota_server.storage import store as st
+
+__all__ = ["bp"]
 
 bp = Blueprint("health", __name__)
 

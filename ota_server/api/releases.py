@@ -7,12 +7,14 @@ import logging
 from flask import Blueprint, Response, request
 
 from models.bundle import Manifest
-from ota_server import coverage
-from ota_server import store as st
 from ota_server.api.common import json_response, principal, require_role, services
-from ota_server.auth import Role
 from ota_server.errors import BadRequest, NotFound
-from ota_server.publish import receive, release_view
+from ota_server.fleet import coverage
+from ota_server.fleet.publish import receive, release_view
+from ota_server.serving.auth import Role
+from ota_server.storage import store as st
+
+__all__ = ["bp"]
 
 bp = Blueprint("releases", __name__, url_prefix="/api/v1/releases")
 log = logging.getLogger(__name__)
@@ -21,6 +23,12 @@ log = logging.getLogger(__name__)
 @bp.post("")
 @require_role(Role.PUBLISHER)
 def publish() -> Response:
+    """Publish a bundle tar (publisher); answers the release and coverage warnings.
+
+    Raises:
+        BadRequest: not a tar, or an invalid bundle. PayloadTooLarge: over the upload limit.
+        Conflict: the release exists, or its version is not above the model's latest.
+    """
     s = services()
     ctype = (request.content_type or "").split(";")[0].strip()
     if ctype not in ("application/x-tar", "application/octet-stream"):
@@ -49,6 +57,11 @@ def list_releases() -> Response:
 @bp.get("/<name>/<version>")
 @require_role(Role.VIEWER)
 def get_release(name: str, version: str) -> Response:
+    """One release of ``name`` with its manifest (viewer).
+
+    Raises:
+        NotFound: no release ``name@version``.
+    """
     with services().store.read() as conn:
         row = st.release_by_version(conn, name, version)
         if row is None:

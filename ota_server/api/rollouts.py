@@ -5,11 +5,13 @@ from __future__ import annotations
 from flask import Blueprint, Response, request
 
 from models.bundle import Manifest
-from ota_server import coverage, service
-from ota_server import rollouts as ro
-from ota_server import store as st
 from ota_server.api.common import json_body, json_response, principal, require_role, services
-from ota_server.auth import Role
+from ota_server.fleet import coverage, service
+from ota_server.rules import rollouts as ro
+from ota_server.serving.auth import Role
+from ota_server.storage import store as st
+
+__all__ = ["bp"]
 
 bp = Blueprint("rollouts", __name__, url_prefix="/api/v1/rollouts")
 

@@ -14,6 +14,8 @@ from werkzeug.security import safe_join
 from ota_server.api.common import services
 from ota_server.errors import NotFound
 
+__all__ = ["bp"]
+
 bp = Blueprint("tuf", __name__, url_prefix="/tuf")
 _METADATA = re.compile(r"^(\d{1,9}\.(root|snapshot|targets)|timestamp)\.json$")
 _TARGET = re.compile(r"^(?:.+/)?([0-9a-f]{64})\.[^/]+$")
@@ -21,6 +23,11 @@ _TARGET = re.compile(r"^(?:.+/)?([0-9a-f]{64})\.[^/]+$")
 
 @bp.get("/metadata/<name>")
 def metadata(name: str) -> Response:
+    """A TUF metadata file; the timestamp is re-signed first when it nears expiry.
+
+    Raises:
+        NotFound: not a metadata file name, or no such file.
+    """
     if not _METADATA.match(name):
         raise NotFound(f"no TUF metadata file {name!r}", field="name")
     s = services()
@@ -36,6 +43,11 @@ def metadata(name: str) -> Response:
 
 @bp.get("/targets/<path:target>")
 def targets(target: str) -> Response:
+    """A target file by its consistent-snapshot path (``<dir>/<sha256>.<name>``).
+
+    Raises:
+        NotFound: not such a path, or no such file.
+    """
     m = _TARGET.match(target)
     s = services()
     joined = safe_join(str(s.config.targets_dir), target)

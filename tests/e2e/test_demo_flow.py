@@ -2,7 +2,7 @@
 
 ``scripts/demo.py --quick --agents 2``: a real OTA server under gunicorn, two
 real ``edge-agent`` processes on real video files, tiny real ONNX bundles
-(``tests/bundles.py``) instead of training. 1.0.0 installs everywhere, 1.1.0
+(``models/tiny.py``) instead of training. 1.0.0 installs everywhere, 1.1.0
 rolls out in stages, 1.2.0 (classes permuted) must be refused by the vehicles'
 shadow gates and halted, and never become active anywhere. The agents' own
 on-disk state is checked afterwards with ``edge-agent status --json``, the
@@ -28,9 +28,11 @@ import cv2
 import numpy as np
 import pytest
 
-from scripts import demo_build, demo_media, demo_repeat
-from scripts.demo_flow import final_checks
-from scripts.demo_report import FleetRow, ModelFacts, RolloutRecord, gate_table
+import demo_build
+import demo_media
+import demo_repeat
+from demo_flow import final_checks
+from demo_report import FleetRow, ModelFacts, RolloutRecord, gate_table
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from scripts import fleet_sim
-from scripts.fleet_http import FleetClient, verify_assignment
+from ota_server.client import simulate
+from ota_server.client.simulator import verify_assignment
 from tests.bundles import make_bundle, make_onnx
 from tests.live_server import LiveServer, live_server
 
@@ -38,7 +38,7 @@ def _argv(srv: LiveServer, group: str, *extra: str) -> list[str]:
 def test_staged_rollout_completes_across_the_fleet(server: LiveServer, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "sim.json"
-    code = fleet_sim.main(_argv(server, "fleet-a", "--devices", "40", "--start-rollout", "tiny@1.0.0",
+    code = simulate.main(_argv(server, "fleet-a", "--devices", "40", "--start-rollout", "tiny@1.0.0",
                                 "--stages", "10,50,100", "--hardware-mix", "cpu-x86_64=3,jetson-orin=1",
                                 "--json-out", str(out)))
     assert code == 0, capsys.readouterr()
@@ -57,7 +57,7 @@ def test_staged_rollout_completes_across_the_fleet(server: LiveServer, tmp_path:
 
 def test_failing_release_halts_and_reaches_no_device(server: LiveServer, tmp_path: Path) -> None:
     out = tmp_path / "sim.json"
-    code = fleet_sim.main(_argv(server, "fleet-b", "--devices", "30", "--start-rollout", "tiny@1.1.0",
+    code = simulate.main(_argv(server, "fleet-b", "--devices", "30", "--start-rollout", "tiny@1.1.0",
                                 "--stages", "10,50,100", "--max-failure-rate", "0.2",
                                 "--version-failure-rates", "1.1.0=1.0", "--failure-reason", "LOW_AGREEMENT",
                                 "--json-out", str(out)))
@@ -69,7 +69,7 @@ def test_failing_release_halts_and_reaches_no_device(server: LiveServer, tmp_pat
     assert rollout["failure_reasons"].get("LOW_AGREEMENT", 0) >= 1
     assert rollout["stage"] == 0, "a halted first stage must not advance"
     assert summary["versions"] == {"none": 30}
-    devices = FleetClient(server.url).devices(server.tokens["viewer"])
+    devices = server.as_role("viewer").devices()
     fleet_b = [d for d in devices if d["group"] == "fleet-b"]
     assert len(fleet_b) == 30
     assert not [d for d in fleet_b if (d.get("running") or {}).get("version") == "1.1.0"]
@@ -77,9 +77,8 @@ def test_failing_release_halts_and_reaches_no_device(server: LiveServer, tmp_pat
 
 def test_tampered_assignment_is_rejected(server: LiveServer) -> None:
     dev = server.enroll(name="probe", group="probe")
-    client = FleetClient(server.url)
     nonce = "ab" * 16
-    status, _, body = client.assignment(dev["device_id"], dev["device_token"], nonce, None)
+    status, _, body = server.client.assignment(dev["device_id"], token=dev["device_token"], nonce=nonce)
     assert status == 200 and body is not None
     key = dev["director_public_key"]["keyval"]["public"]
     assert verify_assignment(body, key, device_id=dev["device_id"], nonce=nonce) is None
@@ -90,9 +89,9 @@ def test_tampered_assignment_is_rejected(server: LiveServer) -> None:
 
 def test_bad_arguments_are_named(server: LiveServer, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
-        fleet_sim.main(_argv(server, "x", "--hardware-mix", "quantum=1"))
+        simulate.main(_argv(server, "x", "--hardware-mix", "quantum=1"))
     assert exc.value.code == 2
     assert "--hardware-mix class must be one of" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        fleet_sim.main(["--server", server.url, "--enroll-token", "t", "--start-rollout", "tiny@1.0.0"])
+        simulate.main(["--server", server.url, "--enroll-token", "t", "--start-rollout", "tiny@1.0.0"])
     assert "need --api-token" in capsys.readouterr().err

@@ -2,7 +2,7 @@
 subcommand and ``--flag`` a documented command uses is one that CLI accepts.
 
 Commands are read from the README's ``bash`` code blocks; ``make`` targets are
-checked against the Makefile, the demo/simulation/benchmark scripts against
+checked against the Makefile, the demo and benchmark scripts against
 their own ``--help``.
 """
 
@@ -27,8 +27,8 @@ import tomllib
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 BIN = Path(sys.executable).parent
-CLIS = ("edge-train", "edge-optimize", "ota-server", "ota-ctl", "edge-agent", "edge-bench")
-SCRIPTS = ("scripts/demo.py", "scripts/fleet_sim.py", "benchmarks/fleet_rollout.py")
+CLIS = ("edge-train", "edge-optimize", "ota-server", "ota-ctl", "edge-fleet-sim", "edge-agent", "edge-bench")
+SCRIPTS = ("scripts/demo.py", "benchmarks/fleet_rollout.py")
 FENCE = re.compile(r"```(?:bash|sh|shell)\n(.*?)```", re.S)
 SUBCOMMANDS = re.compile(r"\{([a-z0-9_,-]+)\}")
 

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 
 from edge_agent.config import AgentConfig
-from edge_agent.core import State
-from edge_agent.daemon import build_agent
-from edge_agent.daemon import status as daemon_status
-from edge_agent.identity import enroll as enroll_in_process
-from edge_agent.slots import variant_in
+from edge_agent.link.identity import enroll as enroll_in_process
+from edge_agent.perception.runtimes import variant_in
+from edge_agent.update.core import State
+from edge_agent.update.daemon import build_agent
+from edge_agent.update.daemon import status as daemon_status
 from tests.bundles import make_bundle, make_multi_bundle
 from tests.edge_agent.update_harness import (
     FAST_RUN,
@@ -269,7 +269,7 @@ def test_daemon_loop_stops_cleanly_on_sigterm(server: LiveServer, device: Path) 
 
 def test_enroll_help_names_the_token_format_the_server_issues(capsys: pytest.CaptureFixture[str]) -> None:
     from edge_agent.__main__ import main
-    from ota_server.auth import TOKEN_RE, new_token
+    from ota_server.serving.auth import TOKEN_RE, new_token
 
     issued = new_token("enroll")
     assert TOKEN_RE.match(issued) and issued.startswith("ef_enroll_")

@@ -1,7 +1,7 @@
 """A simulated Jetson: the engine built on the device is what the gate times, the shadow runs and the camera serves.
 
 The agent runs as real processes (``edge-agent`` and its ``python -m
-edge_agent.prepare`` child) against the real server, with the fake TensorRT 10
+edge_agent.update.prepare`` child) against the real server, with the fake TensorRT 10
 (tests/models/fake_tensorrt.py, ONNX Runtime underneath) on their
 ``PYTHONPATH``. The fake appends every engine build and load to a log, so the
 tests see which process built what, for which TensorRT version.
@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from edge_agent.prepare import PrepareLimits, check_in_child
-from edge_agent.runtimes import EngineOptions
+from edge_agent.perception.runtimes import EngineOptions
+from edge_agent.update.prepare import PrepareLimits, check_in_child
 from models.bundle import Gates, read_bundle
 from models.hardware import HardwareProfile
 from models.reasons import ReasonCode

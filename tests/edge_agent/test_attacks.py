@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 
 from edge_agent.config import AgentConfig
-from edge_agent.core import State
-from edge_agent.daemon import Agent, CycleResult, build_agent
-from edge_agent.identity import enroll
-from edge_agent.journal import StateFile
-from edge_agent.slots import variant_in
+from edge_agent.link.identity import enroll
+from edge_agent.perception.runtimes import variant_in
+from edge_agent.update.core import State
+from edge_agent.update.daemon import Agent, CycleResult, build_agent
+from edge_agent.update.journal import StateFile
 from tests.bundles import make_bundle, make_multi_bundle
 from tests.edge_agent.update_harness import RepoSim, SimServer, check_slots, utc
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.slots import variant_in
+from edge_agent.perception.runtimes import variant_in
 from tests.bundles import make_bundle
 from tests.edge_agent.update_harness import (
     FAST_RUN,

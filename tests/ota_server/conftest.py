@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from ota_server.config import ServerConfig
-from ota_server.setup import init_data_dir
+from ota_server.provision import init_data_dir
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ import yaml
 from ota_server.app import create_app
 from ota_server.cli import main as server_main
 from ota_server.config import ServerConfig
-from ota_server.repository import Repository
-from ota_server.setup import create_token
+from ota_server.provision import create_token
+from ota_server.trust.repository import Repository
 
 OPENAPI = Path(__file__).resolve().parents[2] / "ota_server" / "openapi.yaml"
 
@@ -60,6 +60,21 @@ def test_metrics_dashboard_and_fleet_gauges(data_dir: Path) -> None:
     assert page.status_code == 200 and b"edgefleet fleet" in page.data
 
 
+def test_a_missing_row_in_the_store_is_a_404_naming_its_key(data_dir: Path) -> None:
+    config = ServerConfig(data_dir=data_dir)
+    operator = create_token(config, role="operator", name="o")
+    client = create_app({"data_dir": str(data_dir), "testing": True}).test_client()
+    headers = {"Authorization": f"Bearer {operator}"}
+    for method, path, message, field in (
+        ("GET", "/api/v1/rollouts/ro_nope", "no rollout 'ro_nope'", "rollout_id"),
+        ("POST", "/api/v1/rollouts/ro_nope/pause", "no rollout 'ro_nope'", "rollout_id"),
+        ("GET", "/api/v1/devices/dev_nope", "no device 'dev_nope'", "device_id"),
+    ):
+        answer = client.open(path, method=method, headers=headers)
+        assert answer.status_code == 404, (method, path)
+        assert answer.get_json() == {"error": {"code": "NOT_FOUND", "message": message, "field": field}}
+
+
 def test_timestamp_is_resigned_before_expiry(data_dir: Path) -> None:
     config = ServerConfig(data_dir=data_dir, timestamp_ttl_s=3600)
     repo = Repository(config)
@@ -98,7 +113,7 @@ def test_init_refuses_existing_dir_and_writes_private_files_0600(data_dir: Path,
     assert server_main(["root", "resign", "--data-dir", str(data_dir), "--root-key", str(offline)]) == 0
     assert (data_dir / "tuf" / "metadata" / "2.root.json").is_file()
     wrong = tmp_path / "wrong.pem"
-    from ota_server.keys import generate_key
+    from ota_server.trust.keys import generate_key
 
     generate_key(wrong)
     assert server_main(["root", "resign", "--data-dir", str(data_dir), "--root-key", str(wrong)]) == 1

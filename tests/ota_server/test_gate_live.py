@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from ota_server.ctl import main
+from ota_server.client.ctl import main
 from tests.live_server import LiveServer, bundle_tar, live_server
 from tests.ota_server.evidence_cases import FP32_SHA256, make_bundle_expecting, refusal_gate
 

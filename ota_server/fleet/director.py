@@ -1,0 +1,263 @@
+"""The director: which release each device must run, as a signed assignment (contract §8).
+
+Unchanged polls must be cheap: the signed assignment is cached per (device, nonce) in this
+worker together with the fleet *generation* it was computed at; the generation is one row that
+every change able to alter an assignment bumps (publish, rollout change, a device's installed
+release). A poll whose generation still matches is answered from the cache — no signing, no
+write — and with ``If-None-Match`` as 304. Issue times sit on a grid of half the lifetime, so
+all workers produce byte-identical assignments (and ETags) within a window; an assignment is
+re-signed when its window ends.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy.engine import Connection
+
+from models.bundle import Manifest
+from models.hardware import HardwareProfile, NoCompatibleVariant, runnable_variants
+from ota_server.errors import RecordNotFound
+from ota_server.rules import rollouts as ro
+from ota_server.storage import store as st
+from ota_server.trust.keys import sign_envelope
+
+__all__ = [
+    "MAX_ALTERNATES",
+    "Catalog",
+    "Director",
+    "Signed",
+    "Target",
+    "build_signed",
+    "pick_release",
+    "validity_start",
+]
+
+log = logging.getLogger(__name__)
+MAX_ALTERNATES = 8  # alternates one assignment names at most; the agent refuses more (docs/contracts.md §8)
+
+
+@dataclass(frozen=True)
+class Signed:
+    etag: str  # quoted, as sent in the ETag header
+    body: bytes
+    renew_at: float  # time.time() after which the assignment is re-signed
+
+
+@dataclass(frozen=True)
+class Target:
+    rollout_id: str | None
+    release: int | None  # release counter
+    gates: Mapping[str, Any] | None
+
+
+def validity_start(now: float, ttl_s: int) -> int:
+    """Assignments are issued on a grid of ``ttl_s / 2``: every worker that signs the same content
+    in the same window produces the same bytes (Ed25519 is deterministic), hence the same ETag,
+    and every assignment handed out is valid for at least half its lifetime."""
+    window = max(1, ttl_s // 2)
+    return int(now) - int(now) % window
+
+
+def _iso(t: datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Catalog:
+    """Per-worker read cache: releases are immutable (cached for good), the assigning rollouts of
+    a group are cached for one fleet generation."""
+
+    def __init__(self) -> None:
+        self._releases: dict[int, tuple[dict[str, Any], Manifest, list[dict[str, Any]]]] = {}
+        self._rollouts: dict[str, list[dict[str, Any]]] = {}
+        self._gen: int | None = None
+        self._lock = threading.Lock()
+
+    def release(self, conn: Connection, counter: int) -> tuple[dict[str, Any], Manifest, list[dict[str, Any]]]:
+        """The release row, its manifest and its files.
+
+        Raises:
+            RecordNotFound: no release has that counter.
+        """
+        hit = self._releases.get(counter)
+        if hit is None:
+            row = st.get_release(conn, counter)
+            hit = (row, Manifest.from_dict(row["manifest"]), st.release_files(conn, counter))
+            with self._lock:
+                self._releases[counter] = hit
+        return hit
+
+    def rollouts(self, conn: Connection, group: str, gen: int | None) -> list[dict[str, Any]]:
+        with self._lock:
+            if gen is None or gen != self._gen:
+                self._rollouts = {}
+                self._gen = gen
+            hit = self._rollouts.get(group)
+        if hit is None:
+            hit = st.list_rollouts(conn, statuses=ro.ASSIGNING, group=group)
+            if gen is not None:
+                with self._lock:
+                    if gen == self._gen:
+                        self._rollouts[group] = hit
+        return hit
+
+
+def pick_release(conn: Connection, device: Mapping[str, Any], catalog: Catalog, gen: int | None) -> Target:
+    """The newest assigning rollout whose current stage includes the device, else what it runs."""
+    for rollout in reversed(catalog.rollouts(conn, device["group_name"], gen)):
+        if ro.assigns(rollout, device):
+            return Target(rollout["id"], rollout["release"], rollout["gates"])
+    if device["running_release"] is not None:
+        return Target(None, device["running_release"], None)
+    return Target(None, None, None)
+
+
+def build_signed(conn: Connection, device: Mapping[str, Any], nonce: str, *, ttl_s: int,
+                 catalog: Catalog | None = None, gen: int | None = None) -> dict[str, Any]:
+    """The ``signed`` part of a device's assignment."""
+    catalog = catalog or Catalog()
+    issued = datetime.fromtimestamp(validity_start(time.time(), ttl_s), timezone.utc)
+    signed: dict[str, Any] = {
+        "_type": "edgefleet-assignment", "spec_version": "1", "device_id": device["id"], "nonce": nonce,
+        "issued": _iso(issued), "expires": _iso(issued + timedelta(seconds=ttl_s)),
+        "rollout_id": None, "release": None, "manifest": None, "target": None, "alternates": [], "gates": None,
+    }
+    choice = pick_release(conn, device, catalog, gen)
+    if choice.release is None:
+        return signed
+    try:
+        release, manifest, files = catalog.release(conn, choice.release)
+    except RecordNotFound:
+        log.warning("device %s runs release %s, which this server does not know", device["id"], choice.release)
+        return signed
+    try:
+        variants = runnable_variants(manifest, HardwareProfile.from_dict(device["hardware"]))
+    except NoCompatibleVariant as e:
+        log.warning("device %s gets no target: %s", device["id"], e)
+        return signed
+    mfile = next(f for f in files if f["kind"] == "manifest")
+    by_variant = {f["variant"]: f for f in files if f["kind"] == "variant"}
+    gates = manifest.gates.with_overrides(choice.gates)
+    signed.update(
+        rollout_id=choice.rollout_id,
+        release={"counter": release["counter"], "name": release["name"], "version": release["version"]},
+        manifest={"path": mfile["path"], "length": mfile["length"], "hashes": {"sha256": mfile["sha256"]}},
+        target=_target(by_variant[variants[0].id]),
+        # the device times these against the primary in its child-process gate and serves the fastest
+        # that passes; the selection order stays the preference and the fallback
+        alternates=[{"variant": v.id, "target": _target(by_variant[v.id])}
+                    for v in variants[1:] if v.id in by_variant][:MAX_ALTERNATES],
+        gates=dataclasses.asdict(gates),
+    )
+    return signed
+
+
+def _target(file: Mapping[str, Any]) -> dict[str, Any]:
+    """A release file as the assignment names it: exactly its TUF target (path, length, hashes, custom)."""
+    return {"path": file["path"], "length": file["length"], "hashes": {"sha256": file["sha256"]},
+            "custom": file["custom"], "variant": file["variant"]}
+
+
+class Director:
+    """Signs assignments and caches them (see the module docstring).
+
+    Two cache levels: a dict in this worker, then a spool directory shared by all workers of the
+    data directory (``run/assignments/<device id>``, written temp-then-rename), so a device whose
+    keep-alive connection lands on another worker still gets its 304 without a database query or
+    a signature. Both levels are only trusted at the current fleet generation.
+    """
+
+    def __init__(self, key: Ed25519PrivateKey, *, ttl_s: int, spool_dir: Path | None = None,
+                 max_cache: int = 200_000) -> None:
+        self._key = key
+        self._ttl_s = ttl_s
+        self._spool = spool_dir
+        self._max_cache = max_cache
+        self._cache: dict[str, tuple[str, int, Signed]] = {}  # device id -> (nonce, gen, signed)
+        self._lock = threading.Lock()
+        self.signatures = 0
+        self.catalog = Catalog()
+        if spool_dir is not None:
+            spool_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def cached(self, device_id: str, nonce: str, gen: int) -> Signed | None:
+        hit = self._cache.get(device_id)
+        if hit is None or hit[0] != nonce or hit[1] != gen:
+            hit = self._from_spool(device_id)
+            if hit is None or hit[0] != nonce or hit[1] != gen:
+                return None
+            self._remember(device_id, hit)
+        if hit[2].renew_at < time.time():
+            return None
+        return hit[2]
+
+    def sign(self, conn: Connection, device: Mapping[str, Any], nonce: str, gen: int) -> Signed:
+        signed = build_signed(conn, device, nonce, ttl_s=self._ttl_s, catalog=self.catalog, gen=gen)
+        envelope = sign_envelope(self._key, signed)
+        body = json.dumps(envelope, sort_keys=True, separators=(",", ":")).encode()
+        result = Signed(
+            etag=_etag(body),
+            body=body,
+            renew_at=validity_start(time.time(), self._ttl_s) + max(1, self._ttl_s // 2),
+        )
+        self._remember(device["id"], (nonce, gen, result))
+        self._to_spool(device["id"], (nonce, gen, result))
+        with self._lock:
+            self.signatures += 1
+        return result
+
+    def _remember(self, device_id: str, entry: tuple[str, int, Signed]) -> None:
+        with self._lock:
+            if len(self._cache) >= self._max_cache:
+                self._cache.clear()
+            self._cache[device_id] = entry  # one live nonce per device
+
+    def _to_spool(self, device_id: str, entry: tuple[str, int, Signed]) -> None:
+        """Replace the device's spool file: unlink, then create exclusively. Not a rename — ext4
+        flushes data on rename-over and truncate (auto_da_alloc), costing milliseconds per poll;
+        a reader that catches a half-written file fails the ETag check and treats it as a miss."""
+        if self._spool is None:
+            return
+        nonce, gen, s = entry
+        header = json.dumps({"nonce": nonce, "gen": gen, "etag": s.etag, "renew_at": s.renew_at}).encode()
+        path = self._spool / device_id
+        try:
+            path.unlink(missing_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return  # another worker wrote it in between: equally valid
+        except OSError as e:  # the spool is an optimisation; the poll is still answered
+            log.warning("cannot write the assignment spool %s: %s", path, e)
+            return
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(header + b"\n" + s.body)
+
+    def _from_spool(self, device_id: str) -> tuple[str, int, Signed] | None:
+        if self._spool is None:
+            return None
+        try:
+            raw = (self._spool / device_id).read_bytes()
+            header_raw, _, body = raw.partition(b"\n")
+            header = json.loads(header_raw)
+            etag = str(header["etag"])
+            if etag != _etag(body):
+                return None  # torn read while another worker rewrites it
+            return str(header["nonce"]), int(header["gen"]), Signed(etag, body, float(header["renew_at"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+
+def _etag(body: bytes) -> str:
+    return '"' + hashlib.sha256(body).hexdigest()[:40] + '"'

@@ -1,0 +1,266 @@
+"""Publishing a release: receive a bundle tar, extract it safely, validate, commit atomically.
+
+The upload is streamed to ``tmp/`` with a byte limit (413 past it), extracted member by member
+(regular files with plain names only: no paths, no links, no devices), and the manifest is
+validated with :mod:`models.bundle`, which checks every variant's length and sha256. Then, under
+the repository lock and in one database transaction, the artifacts are moved into the content
+store, the release row is written and the TUF targets/snapshot/timestamp are re-signed. Any
+failure undoes the file moves and the metadata writes, so a failed publish leaves no trace.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tarfile
+import tempfile
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import sqlalchemy as sa
+
+from models.bundle import MANIFEST_NAME, BundleError, Manifest, read_bundle, semver_key, sha256_file
+from ota_server.errors import BadRequest, Conflict, PayloadTooLarge
+from ota_server.storage import store as st
+from ota_server.storage.store import Store
+from ota_server.trust.artifacts import ArtifactStore
+from ota_server.trust.repository import NewTarget, Repository
+
+__all__ = [
+    "FileSpec",
+    "Publisher",
+    "custom_fields",
+    "extract",
+    "file_specs",
+    "receive",
+    "release_view",
+    "validate",
+]
+
+log = logging.getLogger(__name__)
+CHUNK = 1 << 20  # bytes read per step of the upload
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    path: str  # TUF target path
+    kind: str  # manifest | variant
+    variant: str | None
+    length: int
+    sha256: str
+    local: Path
+
+
+def receive(stream: IO[bytes], *, content_length: int | None, limit: int, tmp_dir: Path) -> Path:
+    """Stream the request body to a temp file.
+
+    Raises:
+        PayloadTooLarge: the body is longer than ``limit`` bytes. BadRequest: it ended before
+            ``content_length`` bytes.
+    """
+    if content_length is not None and content_length > limit:
+        raise PayloadTooLarge(f"upload is {content_length} bytes, the limit is {limit}", field="body")
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix="upload.", suffix=".tar", dir=tmp_dir)
+    path = Path(name)
+    total = 0
+    try:
+        with open(fd, "wb") as fh:
+            while chunk := stream.read(CHUNK):
+                total += len(chunk)
+                if total > limit:
+                    raise PayloadTooLarge(f"upload exceeds the limit of {limit} bytes", field="body")
+                fh.write(chunk)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    if content_length is not None and total != content_length:
+        path.unlink(missing_ok=True)
+        raise BadRequest(f"upload ended after {total} of {content_length} bytes", field="body")
+    return path
+
+
+def _member_name(member: tarfile.TarInfo) -> str | None:
+    """The plain file name of a member, None for the root directory entry; BadRequest otherwise."""
+    name = member.name
+    while name.startswith("./"):
+        name = name[2:]
+    if name in ("", ".") and member.isdir():
+        return None
+    if member.issym() or member.islnk():
+        raise BadRequest(f"tar member {member.name!r} is a link; bundles hold regular files only", field="body")
+    if not member.isfile():
+        raise BadRequest(f"tar member {member.name!r} is not a regular file", field="body")
+    if not name or "/" in name or "\\" in name or name in ("..", ".") or name.startswith("."):
+        raise BadRequest(
+            f"tar member {member.name!r} must be a plain file name at the top of the archive", field="body"
+        )
+    return name
+
+
+def extract(tar_path: Path, dest: Path) -> None:
+    """Extract a bundle tar into ``dest`` (which must be empty) refusing anything unsafe.
+
+    Raises:
+        BadRequest: not an uncompressed tar, or a member that is a link, not a regular file,
+            not a plain file name at the top of the archive, or there twice.
+    """
+    try:
+        with tarfile.open(tar_path, mode="r:") as tar:
+            seen: set[str] = set()
+            for member in tar:
+                name = _member_name(member)
+                if name is None:
+                    continue
+                if name in seen:
+                    raise BadRequest(f"tar holds {name!r} twice", field="body")
+                seen.add(name)
+                src = tar.extractfile(member)
+                if src is None:
+                    raise BadRequest(f"cannot read tar member {member.name!r}", field="body")
+                with src, open(dest / name, "xb") as out:
+                    shutil.copyfileobj(src, out, CHUNK)
+    except tarfile.TarError as e:
+        raise BadRequest(f"body is not a valid uncompressed tar archive: {e}", field="body") from e
+
+
+def validate(dest: Path) -> Manifest:
+    """Validate the extracted bundle; every file must be the manifest or a variant.
+
+    Raises:
+        BadRequest: an invalid manifest (naming its field) or a file the manifest does not name.
+    """
+    try:
+        manifest = read_bundle(dest, verify=True)
+    except BundleError as e:
+        raise BadRequest(f"invalid bundle: {e}", field=e.field or MANIFEST_NAME) from e
+    expected = {MANIFEST_NAME} | {v.file for v in manifest.variants}
+    extra = sorted(p.name for p in dest.iterdir() if p.name not in expected)
+    if extra:
+        raise BadRequest(f"bundle holds files its manifest does not name: {extra}", field="body")
+    return manifest
+
+
+def custom_fields(manifest: Manifest, counter: int, variant_id: str | None) -> dict[str, Any]:
+    requires = manifest.variant(variant_id).requires.to_dict() if variant_id else None
+    return {
+        "edgefleet": {
+            "bundle": manifest.name,
+            "version": manifest.version,
+            "release": counter,
+            "kind": "variant" if variant_id else "manifest",
+            "variant": variant_id,
+            "requires": requires,
+        }
+    }
+
+
+def file_specs(manifest: Manifest, dest: Path) -> list[FileSpec]:
+    base = f"{manifest.name}/{manifest.version}"
+    mpath = dest / MANIFEST_NAME
+    specs = [FileSpec(f"{base}/{MANIFEST_NAME}", "manifest", None, mpath.stat().st_size, sha256_file(mpath), mpath)]
+    for v in manifest.variants:
+        specs.append(FileSpec(f"{base}/{v.file}", "variant", v.id, v.size, v.sha256, dest / v.file))
+    return specs
+
+
+class Publisher:
+    """Turns an uploaded tar into a release; see the module docstring for the guarantees."""
+
+    def __init__(self, store: Store, repo: Repository, artifacts: ArtifactStore, tmp_dir: Path) -> None:
+        self.store = store
+        self.repo = repo
+        self.artifacts = artifacts
+        self.tmp_dir = tmp_dir
+
+    def publish_tar(self, tar_path: Path, *, actor: str) -> dict[str, Any]:
+        """Publish the bundle in ``tar_path`` (removed afterwards) as the next release.
+
+        Raises:
+            BadRequest: not a tar, or an invalid bundle. Conflict: the release exists, or its
+                version is not above the model's latest. RepositoryError: the artifact store or
+                the TUF repository could not be written; nothing of the release is left.
+        """
+        staging = self.tmp_dir / f"bundle.{uuid.uuid4().hex}"
+        staging.mkdir(parents=True)
+        try:
+            extract(tar_path, staging)
+            manifest = validate(staging)
+            return self._commit(manifest, staging, actor=actor)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+            tar_path.unlink(missing_ok=True)
+
+    def _check_version(self, conn: sa.Connection, manifest: Manifest) -> None:
+        if st.release_by_version(conn, manifest.name, manifest.version) is not None:
+            raise Conflict(f"{manifest.name}@{manifest.version} is already published", field="version")
+        latest = st.latest_release(conn, manifest.name)
+        if latest is not None and semver_key(manifest.version) <= semver_key(latest["version"]):
+            raise Conflict(
+                f"{manifest.name}@{manifest.version} is not newer than the latest release "
+                f"{latest['version']}; publish a higher version", field="version",
+            )
+
+    def _commit(self, manifest: Manifest, staging: Path, *, actor: str) -> dict[str, Any]:
+        specs = file_specs(manifest, staging)
+        moved: list[Path] = []
+        tuf_files: list[Path] = []
+        with self.repo.locked():
+            try:
+                with self.store.tx() as conn:
+                    st.lock(conn, "releases")  # the counter is global: one publish at a time
+                    self._check_version(conn, manifest)
+                    counter = st.next_counter(conn)
+                    targets = []
+                    for spec in specs:
+                        path, created = self.artifacts.put(spec.local, spec.sha256)
+                        if created:
+                            moved.append(path)
+                        custom = custom_fields(manifest, counter, spec.variant)
+                        targets.append(NewTarget(spec.path, path, spec.length, spec.sha256, custom))
+                    release = {
+                        "counter": counter, "name": manifest.name, "version": manifest.version,
+                        "rollback_of": None, "manifest": manifest.to_dict(), "created_at": st.utcnow(),
+                        "created_by": actor,
+                    }
+                    st.insert_release(conn, release, _file_rows(specs, targets))
+                    st.audit(conn, actor, "release.publish", f"{manifest.name}@{manifest.version}",
+                             {"release": counter})
+                    st.bump_generation(conn)
+                    tuf_files = self.repo.add_targets(targets)
+            except BaseException:
+                if tuf_files:
+                    self.repo.discard(tuf_files)
+                for path in moved:
+                    path.unlink(missing_ok=True)
+                raise
+        log.info("published %s@%s as release %d by %s", manifest.name, manifest.version, counter, actor)
+        return release_view(release, _file_rows(specs, targets))
+
+
+def _file_rows(specs: Iterable[FileSpec], targets: Iterable[NewTarget]) -> list[dict[str, Any]]:
+    return [
+        {"path": s.path, "kind": s.kind, "variant": s.variant, "length": s.length, "sha256": s.sha256,
+         "custom": t.custom}
+        for s, t in zip(specs, targets, strict=True)
+    ]
+
+
+def release_view(release: dict[str, Any], files: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """A release as the API shows it."""
+    return {
+        "counter": release["counter"],
+        "name": release["name"],
+        "version": release["version"],
+        "rollback_of": release["rollback_of"],
+        "created_at": release["created_at"],
+        "created_by": release["created_by"],
+        "files": [
+            {"path": f["path"], "kind": f["kind"], "variant": f["variant"], "length": f["length"],
+             "hashes": {"sha256": f["sha256"]}, "custom": f["custom"]}
+            for f in files
+        ],
+    }

@@ -1,0 +1,13 @@
+"""Serving requests: the process model and what every request passes through.
+
+::
+
+    gunicorn_app.py  ``ota-server serve``: gunicorn with a gthread worker that answers unchanged polls itself
+    fastpath.py      unchanged assignment polls answered from the caches, before Flask
+    auth.py          tokens (format, digests), roles, the caching, throttling authenticator
+    metrics.py       Prometheus request metrics and fleet gauges
+
+The HTTP routes themselves are :mod:`ota_server.api`.
+"""
+
+__all__: list[str] = []
