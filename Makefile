@@ -22,6 +22,7 @@ test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check models training optimize edge_agent ota_server tests benchmarks scripts
 	$(VENV)/bin/mypy models edge_agent ota_server
 

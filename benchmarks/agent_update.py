@@ -92,12 +92,20 @@ def bench_install(tmp: Path) -> dict[str, Any]:
         make_bundle(tmp / "b", name="bench", version="1.0.0")
         release = srv.publish(tmp / "b")
         config = AgentConfig(tmp / "agent", health_window_s=0.5, bench_queries=20, bench_duration_s=0.2)
-        enroll(config.paths, server=srv.url, token=srv.enrollment_token, name="bench", group="bench",
-               root_file=srv.root_json, director_key_file=srv.director_key_file)
+        enroll(
+            config.paths,
+            server=srv.url,
+            token=srv.enrollment_token,
+            name="bench",
+            group="bench",
+            root_file=srv.root_json,
+            director_key_file=srv.director_key_file,
+        )
         agent = build_agent(config)
         agent.start()
-        srv.as_role("operator").create_rollout(RolloutRequest(model="bench", version="1.0.0", group="bench",
-                                                             stages=[100]))
+        srv.as_role("operator").create_rollout(
+            RolloutRequest(model="bench", version="1.0.0", group="bench", stages=[100])
+        )
         timed = _Timed(agent.controller)
         t0 = time.perf_counter()
         record, _ = run_update(timed, agent.journal)  # type: ignore[arg-type]
@@ -107,14 +115,24 @@ def bench_install(tmp: Path) -> dict[str, Any]:
         meta = tmp / "ngclient"
         meta.mkdir()
         t0 = time.perf_counter()
-        updater = Updater(str(meta), srv.url + "/tuf/metadata/", str(meta), srv.url + "/tuf/targets/",
-                          bootstrap=srv.root_json.read_bytes())
+        updater = Updater(
+            str(meta),
+            srv.url + "/tuf/metadata/",
+            str(meta),
+            srv.url + "/tuf/targets/",
+            bootstrap=srv.root_json.read_bytes(),
+        )
         info = updater.get_targetinfo("bench/1.0.0/model.onnx")
         assert info is not None
         updater.download_target(info)
         baseline_ms = (time.perf_counter() - t0) * 1e3
-    return {"state": record.state.value, "release": release["counter"], "total_ms": total_ms,
-            "steps_ms": timed.times, "ngclient_fetch_ms": baseline_ms}
+    return {
+        "state": record.state.value,
+        "release": release["counter"],
+        "total_ms": total_ms,
+        "steps_ms": timed.times,
+        "ngclient_fetch_ms": baseline_ms,
+    }
 
 
 def big_bundle(directory: Path, data: bytes) -> None:
@@ -168,8 +186,13 @@ def _resume_runs(url: str, tmp: Path, data: bytes, repeats: int) -> dict[str, fl
         (tmp / f"full{i}.part").unlink()
         (tmp / f"cut{i}.part").unlink()
     full, resumed = min(fulls), min(resumes)
-    return {"size_mb": len(data) // MB, "full_s": full, "cut_and_resume_s": resumed, "kept_at_cut_mb": kept / MB,
-            "overhead_pct": 100.0 * (resumed - full) / full}
+    return {
+        "size_mb": len(data) // MB,
+        "full_s": full,
+        "cut_and_resume_s": resumed,
+        "kept_at_cut_mb": kept / MB,
+        "overhead_pct": 100.0 * (resumed - full) / full,
+    }
 
 
 def _plot(steps: dict[str, float], out: Path) -> Path | None:
@@ -192,7 +215,9 @@ def _plot(steps: dict[str, float], out: Path) -> Path | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--verify-mb", type=int, default=100, help="target size for the hashing benchmark (MB)")
     p.add_argument("--resume-mb", type=int, default=64, help="download size for the resume benchmark (MB)")
     p.add_argument("--repeats", type=int, default=5, help="repeats of the hashing and resume runs (best is kept)")
@@ -215,16 +240,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows += [(f"  step {k}", f"{v:.0f} ms", "") for k, v in install["steps_ms"].items()]
     rows += [
         (f"download {resume['size_mb']} MB uninterrupted", f"{resume['full_s']:.2f} s", "baseline"),
-        ("cut at 50 % + Range resume", f"{resume['cut_and_resume_s']:.2f} s",
-         f"{resume['kept_at_cut_mb']:.1f} MB kept at the cut"),
+        (
+            "cut at 50 % + Range resume",
+            f"{resume['cut_and_resume_s']:.2f} s",
+            f"{resume['kept_at_cut_mb']:.1f} MB kept at the cut",
+        ),
         ("resume overhead", f"{resume['overhead_pct']:+.1f} %", "vs uninterrupted"),
     ]
     width = max(len(r[0]) for r in rows)
     print(f"{'measurement':<{width}}  {'value':>12}  note")
     for name, value, note in rows:
         print(f"{name:<{width}}  {value:>12}  {note}")
-    result = {"verify": verify, "install": install, "resume": resume,
-              "host": {"cpu_count": os.cpu_count(), "load_avg": os.getloadavg()}}
+    result = {
+        "verify": verify,
+        "install": install,
+        "resume": resume,
+        "host": {"cpu_count": os.cpu_count(), "load_avg": os.getloadavg()},
+    }
     (args.out / "agent_update.json").write_text(json.dumps(result, indent=2))
     png = _plot(install["steps_ms"], args.out / "agent_update_steps.png")
     print(f"wrote {args.out / 'agent_update.json'}" + (f" and {png}" if png else ""))

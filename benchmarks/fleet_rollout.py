@@ -52,7 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("fleet_rollout")
 
 MODES = {"baseline": False, "etag": True}  # mode -> keep the nonce and send If-None-Match
-_SAMPLE = re.compile(r'^edgefleet_http_(request_seconds_sum|request_seconds_count|requests_total)\{(.*)\} (\S+)$')
+_SAMPLE = re.compile(r"^edgefleet_http_(request_seconds_sum|request_seconds_count|requests_total)\{(.*)\} (\S+)$")
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 
@@ -64,19 +64,30 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 every rollout completed; 1 a rollout did not complete or the server failed.",
     )
     p.add_argument("--devices", type=int, default=10_000, help="simulated devices (default 10000)")
-    p.add_argument("--modes", default="baseline,etag",
-                   help=f"polling modes to run, in order, comma-separated; of {', '.join(MODES)}")
+    p.add_argument(
+        "--modes",
+        default="baseline,etag",
+        help=f"polling modes to run, in order, comma-separated; of {', '.join(MODES)}",
+    )
     p.add_argument("--workers", type=int, default=48, help="client threads = pooled connections")
     p.add_argument("--server-workers", type=int, default=2, help="gunicorn workers")
     p.add_argument("--stages", default="1,10,50,100", help="rollout stages in percent")
     p.add_argument("--poll-interval", type=float, default=5.0, help="seconds between a device's polls")
     p.add_argument("--failure-rate", type=float, default=0.01, help="simulated failures per release")
     p.add_argument("--max-failure-rate", type=float, default=0.05, help="rollout halt threshold")
-    p.add_argument("--success-quota", type=float, default=0.9,
-                   help="share of a stage that must commit before the next stage (failures are expected)")
-    p.add_argument("--min-devices-for-halt", type=int, default=100,
-                   help="finished devices before the failure rate may halt: with 1%% failures and a 5%% "
-                   "threshold, 50 halts a healthy rollout about once in 40 runs, 100 once in 1,700")
+    p.add_argument(
+        "--success-quota",
+        type=float,
+        default=0.9,
+        help="share of a stage that must commit before the next stage (failures are expected)",
+    )
+    p.add_argument(
+        "--min-devices-for-halt",
+        type=int,
+        default=100,
+        help="finished devices before the failure rate may halt: with 1%% failures and a 5%% "
+        "threshold, 50 halts a healthy rollout about once in 40 runs, 100 once in 1,700",
+    )
     p.add_argument("--timeout", type=float, default=1200.0, help="seconds each rollout may take")
     p.add_argument("--out", type=Path, default=ROOT / "bench-out" / "fleet_rollout.json", help="JSON output")
     return p
@@ -125,15 +136,22 @@ def route_deltas(before: dict[str, dict[str, float]], after: dict[str, dict[str,
         n = delta.get("requests", 0.0)
         if n <= 0:
             continue
-        rows.append({"route": key, "requests": int(n),
-                     "mean_ms": round(delta.get("seconds", 0.0) / n * 1e3, 2),
-                     "by_status": {k.split(":", 1)[1]: int(v) for k, v in sorted(delta.items())
-                                   if k.startswith("status:") and v > 0}})
+        rows.append(
+            {
+                "route": key,
+                "requests": int(n),
+                "mean_ms": round(delta.get("seconds", 0.0) / n * 1e3, 2),
+                "by_status": {
+                    k.split(":", 1)[1]: int(v) for k, v in sorted(delta.items()) if k.startswith("status:") and v > 0
+                },
+            }
+        )
     return sorted(rows, key=lambda r: -r["requests"])
 
 
-def row(mode: str, summary: dict[str, Any], routes: list[dict[str, Any]], *, server_cpu_s: float,
-        client_cpu_s: float) -> dict[str, Any]:
+def row(
+    mode: str, summary: dict[str, Any], routes: list[dict[str, Any]], *, server_cpu_s: float, client_cpu_s: float
+) -> dict[str, Any]:
     c = summary["counts"]
     ro = summary.get("rollout", {})
     timeline = summary.get("timeline", [])
@@ -166,47 +184,87 @@ def row(mode: str, summary: dict[str, Any], routes: list[dict[str, Any]], *, ser
 
 
 def print_tables(rows: Sequence[dict[str, Any]], *, devices: int, enroll_s: float) -> None:
-    print(f"\nstaged rollout to {devices} simulated devices (enrollment took {enroll_s:.1f} s, "
-          f"{devices / enroll_s:.0f}/s); numbers depend on this host's load\n")
-    cols = [("mode", 9, ""), ("rollout_status", 10, ""), ("rollout_s", 10, ".1f"), ("poll_rps", 9, ".1f"),
-            ("poll_p50_ms", 11, ".1f"), ("poll_p95_ms", 11, ".1f"), ("polls", 8, "d"), ("poll_304", 8, "d"),
-            ("errors", 6, "d"), ("committed", 9, "d"), ("failed", 6, "d"), ("server_cpu_s", 12, ".1f"),
-            ("client_cpu_s", 12, ".1f")]
+    print(
+        f"\nstaged rollout to {devices} simulated devices (enrollment took {enroll_s:.1f} s, "
+        f"{devices / enroll_s:.0f}/s); numbers depend on this host's load\n"
+    )
+    cols = [
+        ("mode", 9, ""),
+        ("rollout_status", 10, ""),
+        ("rollout_s", 10, ".1f"),
+        ("poll_rps", 9, ".1f"),
+        ("poll_p50_ms", 11, ".1f"),
+        ("poll_p95_ms", 11, ".1f"),
+        ("polls", 8, "d"),
+        ("poll_304", 8, "d"),
+        ("errors", 6, "d"),
+        ("committed", 9, "d"),
+        ("failed", 6, "d"),
+        ("server_cpu_s", 12, ".1f"),
+        ("client_cpu_s", 12, ".1f"),
+    ]
     print("  ".join(f"{name:>{width}}" for name, width, _ in cols))
     for r in rows:
-        print("  ".join(f"{format(r[name], spec) if r[name] is not None else '-':>{width}}"
-                        for name, width, spec in cols))
+        print(
+            "  ".join(f"{format(r[name], spec) if r[name] is not None else '-':>{width}}" for name, width, spec in cols)
+        )
     for r in rows:
         print(f"\n{r['mode']}: per stage (polls/s and reports/s are the simulated fleet's while in the stage)")
         print(format_stage_table(r["stages"]))
-        print(f"{r['mode']}: server side, per route (mean ms = time in the server, queueing for a "
-              "thread excluded)")
+        print(f"{r['mode']}: server side, per route (mean ms = time in the server, queueing for a thread excluded)")
         for route in r["routes"][:6]:
             statuses = ", ".join(f"{k}: {v}" for k, v in route["by_status"].items())
             print(f"  {route['route']:<48} {route['requests']:>8}  {route['mean_ms']:>8.2f} ms  ({statuses})")
 
 
-def write_json(args: argparse.Namespace, rows: list[dict[str, Any]], *, enroll_s: float,
-               stages: list[float]) -> None:
+def write_json(args: argparse.Namespace, rows: list[dict[str, Any]], *, enroll_s: float, stages: list[float]) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"devices": args.devices, "enroll_s": round(enroll_s, 2),
-                                    "server_workers": args.server_workers, "client_workers": args.workers,
-                                    "poll_interval_s": args.poll_interval, "stages": stages,
-                                    "load_average": list(os.getloadavg()), "rows": rows}, indent=2) + "\n")
+    args.out.write_text(
+        json.dumps(
+            {
+                "devices": args.devices,
+                "enroll_s": round(enroll_s, 2),
+                "server_workers": args.server_workers,
+                "client_workers": args.workers,
+                "poll_interval_s": args.poll_interval,
+                "stages": stages,
+                "load_average": list(os.getloadavg()),
+                "rows": rows,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 def run(args: argparse.Namespace, modes: list[str], work: Path) -> int:
     stages = [float(s) for s in args.stages.split(",")]
-    with run_local_server(work / "server", workers=args.server_workers, roles=(), cwd=ROOT,
-                          log_path=work / "logs" / "server.log", start_timeout_s=180.0) as server:
+    with run_local_server(
+        work / "server",
+        workers=args.server_workers,
+        roles=(),
+        cwd=ROOT,
+        log_path=work / "logs" / "server.log",
+        start_timeout_s=180.0,
+    ) as server:
         master = server.process.pid
         versions = [f"1.{i + 1}.0" for i in range(len(modes))]
         for version in versions:
             publish_tiny(server, work, version)
-        cfg = SimConfig(server=server.url, enroll_token=server.enrollment_token, api_token=server.admin_token,
-                        devices=args.devices, workers=args.workers, poll_interval_s=args.poll_interval,
-                        apply_delay_s=1.0, failure_rate=args.failure_rate, duration_s=args.timeout,
-                        group="bench", name_prefix="bench", watch_interval_s=1.0)
+        cfg = SimConfig(
+            server=server.url,
+            enroll_token=server.enrollment_token,
+            api_token=server.admin_token,
+            devices=args.devices,
+            workers=args.workers,
+            poll_interval_s=args.poll_interval,
+            apply_delay_s=1.0,
+            failure_rate=args.failure_rate,
+            duration_s=args.timeout,
+            group="bench",
+            name_prefix="bench",
+            watch_interval_s=1.0,
+        )
         client = fleet_client(cfg)
         devices = build_devices(cfg)
         t0 = time.monotonic()
@@ -215,9 +273,15 @@ def run(args: argparse.Namespace, modes: list[str], work: Path) -> int:
         rows = []
         for mode, version in zip(modes, versions, strict=True):
             print(f"rollout of bench {version} ({mode} polling) ...", file=sys.stderr)
-            body = RolloutRequest(model="bench", version=version, group="bench", stages=stages,
-                                  max_failure_rate=args.max_failure_rate, success_quota=args.success_quota,
-                                  min_devices_for_halt=args.min_devices_for_halt)
+            body = RolloutRequest(
+                model="bench",
+                version=version,
+                group="bench",
+                stages=stages,
+                max_failure_rate=args.max_failure_rate,
+                success_quota=args.success_quota,
+                min_devices_for_halt=args.min_devices_for_halt,
+            )
             before, cpu0, own0 = scrape_routes(client), cpu_seconds(process_tree(master)), time.process_time()
             summary = run_rollout(replace(cfg, etag=MODES[mode]), client, devices, start_rollout=body)
             cpu, own = cpu_seconds(process_tree(master)) - cpu0, time.process_time() - own0

@@ -55,8 +55,9 @@ log = logging.getLogger("bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--archs", default="resnet18,mobilenet_v3_small", help="comma-separated zoo architectures")
     p.add_argument("--image-size", type=int, default=96, help="training and inference input size, pixels")
     p.add_argument("--train-size", type=int, default=3000, help="synthetic training images")
@@ -66,8 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="threads for torch and ONNX Runtime (same for both)")
     p.add_argument("--queries", type=int, default=40, help="minimum interleaved rounds (one query of each variant)")
     p.add_argument("--seconds", type=float, default=3.0, help="minimum timed seconds per variant")
-    p.add_argument("--sweep-sizes", default="", metavar="S,S,...",
-                   help="also time FP32 vs INT8 at these input sizes (same weights), e.g. 64,128,160,224")
+    p.add_argument(
+        "--sweep-sizes",
+        default="",
+        metavar="S,S,...",
+        help="also time FP32 vs INT8 at these input sizes (same weights), e.g. 64,128,160,224",
+    )
     p.add_argument("--out", type=Path, default=ROOT / "bench-out", help="output directory")
     return p
 
@@ -79,11 +84,32 @@ def ensure_run(arch: str, args: argparse.Namespace) -> Path:
         return run
     # the demo's recipe (AdamW, warm-up, label smoothing, small per-process batches, 2 processes):
     # it trains both architectures from scratch to a useful accuracy in a few minutes
-    cmd = [sys.executable, "-m", "training", "--config", str(ROOT / "training" / "configs" / "demo-signs.yaml"),
-           "--arch", arch, "--image-size", str(args.image_size),
-           "--train-size", str(args.train_size), "--val-size", str(args.val_size), "--epochs", str(args.epochs),
-           "--output", str(run.parent), "--name", run.name, "--threads", "1",
-           "--cache-dir", str(args.out / "optimize_variants" / "data"), "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "training",
+        "--config",
+        str(ROOT / "training" / "configs" / "demo-signs.yaml"),
+        "--arch",
+        arch,
+        "--image-size",
+        str(args.image_size),
+        "--train-size",
+        str(args.train_size),
+        "--val-size",
+        str(args.val_size),
+        "--epochs",
+        str(args.epochs),
+        "--output",
+        str(run.parent),
+        "--name",
+        run.name,
+        "--threads",
+        "1",
+        "--cache-dir",
+        str(args.out / "optimize_variants" / "data"),
+        "--no-progress",
+    ]
     log.info("training %s: %s", arch, " ".join(cmd))
     subprocess.run(cmd, check=True, cwd=ROOT)
     return run
@@ -114,15 +140,26 @@ def bench_arch(arch: str, args: argparse.Namespace) -> tuple[list[dict[str, Any]
     base = ort_top1(fp32)
     int8 = {}
     for flavor in (Int8Flavor.CPU, Int8Flavor.TENSORRT):
-        res = search_int8(fp32, work, calib, ort_top1, reference=base, max_drop_points=1.0,
-                          methods=list(CalibMethod), flavor=flavor, max_rounds=2)
+        res = search_int8(
+            fp32,
+            work,
+            calib,
+            ort_top1,
+            reference=base,
+            max_drop_points=1.0,
+            methods=list(CalibMethod),
+            flavor=flavor,
+            max_rounds=2,
+        )
         int8[flavor] = res
     x = val.inputs[:1]
     xt = torch.from_numpy(x)
     rows: list[tuple[str, float, Any]] = [("torch eager fp32", _top1(ref["logits"], labels), None)]
     rows += [("ort fp32", base, fp32)]
-    rows += [(f"ort int8 {f.value} ({r.best.settings.method.value})", r.best.accuracy, r.best.path)
-             for f, r in int8.items()]
+    rows += [
+        (f"ort int8 {f.value} ({r.best.settings.method.value})", r.best.accuracy, r.best.path) for f, r in int8.items()
+    ]
+
     def eager() -> object:
         with torch.inference_mode():
             return model(xt)
@@ -134,21 +171,39 @@ def bench_arch(arch: str, args: argparse.Namespace) -> tuple[list[dict[str, Any]
     for name, acc, path in rows:
         wall = timed[name].wall
         speedup = speedup_interval(fp32_cpu, timed[name].cpu_ms)
-        out.append({"arch": arch, "variant": name, "top1": round(acc, 4), "delta_points": round((acc - base) * 100, 2),
-                    "p50_ms": round(wall.p50_ms, 3), "p99_ms": round(wall.p99_ms, 3), "cv": round(wall.cv, 3),
-                    "cpu_p50_ms": round(timed[name].cpu.p50_ms, 3), "noisy": wall.noisy, "n": wall.n,
-                    "speedup_vs_ort_fp32": round(speedup.point, 2), "speedup_ci95": [round(speedup.low, 2),
-                                                                                    round(speedup.high, 2)],
-                    "size_mb": round(path.stat().st_size / 1e6, 2) if path else None})
+        out.append(
+            {
+                "arch": arch,
+                "variant": name,
+                "top1": round(acc, 4),
+                "delta_points": round((acc - base) * 100, 2),
+                "p50_ms": round(wall.p50_ms, 3),
+                "p99_ms": round(wall.p99_ms, 3),
+                "cv": round(wall.cv, 3),
+                "cpu_p50_ms": round(timed[name].cpu.p50_ms, 3),
+                "noisy": wall.noisy,
+                "n": wall.n,
+                "speedup_vs_ort_fp32": round(speedup.point, 2),
+                "speedup_ci95": [round(speedup.low, 2), round(speedup.high, 2)],
+                "size_mb": round(path.stat().st_size / 1e6, 2) if path else None,
+            }
+        )
     out[1]["parity_max_abs"] = round(parity.max_abs["logits"], 7)
     sizes = [int(v) for v in args.sweep_sizes.split(",") if v.strip()]
-    sweep = [sweep_size(arch, model, ck, size, int8[Int8Flavor.CPU].best.settings, work, opts, args)
-             for size in sizes]
+    sweep = [sweep_size(arch, model, ck, size, int8[Int8Flavor.CPU].best.settings, work, opts, args) for size in sizes]
     return out, sweep
 
 
-def sweep_size(arch: str, model: torch.nn.Module, ck: Any, size: int, settings: QuantSettings, work: Path,
-               opts: OrtOptions, args: argparse.Namespace) -> dict[str, Any]:
+def sweep_size(
+    arch: str,
+    model: torch.nn.Module,
+    ck: Any,
+    size: int,
+    settings: QuantSettings,
+    work: Path,
+    opts: OrtOptions,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
     """FP32 vs INT8 latency of the same weights at input ``size`` (INT8 settings as chosen)."""
     spec = dataclasses.replace(ck.input_spec, shape=(ck.input_spec.shape[0], 3, size, size))
     d = work / f"size-{size}"
@@ -157,30 +212,45 @@ def sweep_size(arch: str, model: torch.nn.Module, ck: Any, size: int, settings: 
     calib = load_samples(open_split(ck.dataset, "train"), args.calib_samples, spec).inputs
     int8 = quantize_int8(fp32, d / "int8.onnx", calib, settings)
     x = calib[:1]
-    timed = _time({"fp32": lambda rt=OrtRuntime(fp32, opts): rt.run(x),
-                   "int8": lambda rt=OrtRuntime(int8, opts): rt.run(x)}, args)
+    timed = _time(
+        {"fp32": lambda rt=OrtRuntime(fp32, opts): rt.run(x), "int8": lambda rt=OrtRuntime(int8, opts): rt.run(x)}, args
+    )
     speedup = speedup_interval(timed["fp32"].cpu_ms, timed["int8"].cpu_ms)
-    return {"arch": arch, "size": size, "fp32_p50_ms": round(timed["fp32"].wall.p50_ms, 3),
-            "int8_p50_ms": round(timed["int8"].wall.p50_ms, 3),
-            "speedup": round(speedup.point, 2), "speedup_ci95": [round(speedup.low, 2), round(speedup.high, 2)]}
+    return {
+        "arch": arch,
+        "size": size,
+        "fp32_p50_ms": round(timed["fp32"].wall.p50_ms, 3),
+        "int8_p50_ms": round(timed["int8"].wall.p50_ms, 3),
+        "speedup": round(speedup.point, 2),
+        "speedup_ci95": [round(speedup.low, 2), round(speedup.high, 2)],
+    }
 
 
 def _time(fns: dict[str, Any], args: argparse.Namespace) -> dict[str, Interleaved]:
     """All of ``fns`` round-robin; ``--seconds`` is per function."""
     n = len(fns)
-    return measure_interleaved(fns, warmup_queries=5, min_rounds=args.queries, min_duration_s=args.seconds * n,
-                               max_duration_s=max(60.0, args.seconds * 4) * n)
+    return measure_interleaved(
+        fns,
+        warmup_queries=5,
+        min_rounds=args.queries,
+        min_duration_s=args.seconds * n,
+        max_duration_s=max(60.0, args.seconds * 4) * n,
+    )
 
 
 def table(rows: Sequence[dict[str, Any]]) -> str:
-    head = (f"{'arch':20s} {'variant':34s} {'top1':>7s} {'Δpts':>6s} {'p50 ms':>8s} {'p99 ms':>8s} "
-            f"{'cpu speedup [95% CI]':>22s} {'cv':>5s}")
+    head = (
+        f"{'arch':20s} {'variant':34s} {'top1':>7s} {'Δpts':>6s} {'p50 ms':>8s} {'p99 ms':>8s} "
+        f"{'cpu speedup [95% CI]':>22s} {'cv':>5s}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         lo, hi = r["speedup_ci95"]
-        lines.append(f"{r['arch']:20s} {r['variant']:34s} {r['top1']:7.4f} {r['delta_points']:+6.2f} "
-                     f"{r['p50_ms']:8.2f} {r['p99_ms']:8.2f} {r['speedup_vs_ort_fp32']:>6.2f}x [{lo:.2f}, {hi:.2f}] "
-                     f"{r['cv']:5.2f}")
+        lines.append(
+            f"{r['arch']:20s} {r['variant']:34s} {r['top1']:7.4f} {r['delta_points']:+6.2f} "
+            f"{r['p50_ms']:8.2f} {r['p99_ms']:8.2f} {r['speedup_vs_ort_fp32']:>6.2f}x [{lo:.2f}, {hi:.2f}] "
+            f"{r['cv']:5.2f}"
+        )
     return "\n".join(lines)
 
 
@@ -189,8 +259,10 @@ def sweep_table(rows: Sequence[dict[str, Any]]) -> str:
     lines = [head, "-" * len(head)]
     for r in rows:
         lo, hi = r["speedup_ci95"]
-        lines.append(f"{r['arch']:20s} {r['size']:5d} {r['fp32_p50_ms']:12.2f} {r['int8_p50_ms']:12.2f} "
-                     f"{r['speedup']:>8.2f}x [{lo:.2f}, {hi:.2f}]")
+        lines.append(
+            f"{r['arch']:20s} {r['size']:5d} {r['fp32_p50_ms']:12.2f} {r['int8_p50_ms']:12.2f} "
+            f"{r['speedup']:>8.2f}x [{lo:.2f}, {hi:.2f}]"
+        )
     return "\n".join(lines)
 
 
@@ -247,10 +319,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\nINT8 speedup by input size (same weights, INT8 settings chosen at the training size):")
         print(sweep_table(sweep))
         plot_sweep(sweep, args.out / "optimize_variants_sizes.png")
-    meta = {"image_size": args.image_size, "threads": args.threads, "seconds": round(time.monotonic() - t0, 1),
-            "host": _host(), "cpu": cpu_identity()}
+    meta = {
+        "image_size": args.image_size,
+        "threads": args.threads,
+        "seconds": round(time.monotonic() - t0, 1),
+        "host": _host(),
+        "cpu": cpu_identity(),
+    }
     print(f"\nhost: {meta['host']}; cpu: {meta['cpu']}")
-    (args.out / "optimize_variants.json").write_text(json.dumps({"meta": meta, "rows": rows, "sizes": sweep}, indent=2) + "\n")
+    (args.out / "optimize_variants.json").write_text(
+        json.dumps({"meta": meta, "rows": rows, "sizes": sweep}, indent=2) + "\n"
+    )
     plot(rows, args.out / "optimize_variants.png")
     print(f"\nwrote {args.out / 'optimize_variants.json'} and {args.out / 'optimize_variants.png'}")
     return 0

@@ -103,9 +103,7 @@ def export_bundle(arch: str, directory: Path, *, version: str = "1.0.0") -> Path
         task=Task.CLASSIFICATION,
         labels=tuple(f"class-{i}" for i in range(1000)),
         input=spec,
-        output=OutputSpec(
-            (TensorSpec("logits", (None, 1000), "logits"),), DecoderSpec(DecoderKind.TOPK, top_k=5)
-        ),
+        output=OutputSpec((TensorSpec("logits", (None, 1000), "logits"),), DecoderSpec(DecoderKind.TOPK, top_k=5)),
         variants=(variant,),
         selection={hw: SelectionEntry(("onnx-fp32",), "only variant") for hw in HARDWARE_CLASSES},
         gates=Gates(latency_budget_ms=1000.0),
@@ -122,9 +120,7 @@ def write_video(path: Path, *, frames: int = 240, size: tuple[int, int] = (640, 
     w, h = size
     xx, yy = np.meshgrid(np.arange(w), np.arange(h))
     for i in range(frames):
-        img = np.stack(
-            [(xx + 3 * i) % 256, (yy + 2 * i) % 256, (xx + yy + i) % 256], axis=-1
-        ).astype(np.uint8)
+        img = np.stack([(xx + 3 * i) % 256, (yy + 2 * i) % 256, (xx + yy + i) % 256], axis=-1).astype(np.uint8)
         cv2.circle(img, ((i * 7) % w, h // 2), 40, (255, 255, 255), -1)
         writer.write(img)
     writer.release()
@@ -217,9 +213,7 @@ def plot(rows: list[dict[str, object]], path: Path) -> Path:
     ax.bar(x - 0.2, qps, 0.4, label="model-only (queries/s)")
     ax.bar(x + 0.2, fps, 0.4, label="pipeline on video (frames/s)")
     for i, r in enumerate(rows):
-        ax.text(
-            x[i] + 0.2, fps[i], f"{float(r['pipeline_vs_model']):.0%}", ha="center", va="bottom"
-        )  # type: ignore[arg-type]
+        ax.text(x[i] + 0.2, fps[i], f"{float(r['pipeline_vs_model']):.0%}", ha="center", va="bottom")  # type: ignore[arg-type]
     ax.set_xticks(x, names)
     ax.set(ylabel="per second", title="Model-only throughput vs end-to-end pipeline FPS")
     ax.legend()
@@ -245,9 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--models", nargs="+", default=["resnet18", "mobilenet_v3_small"])
     p.add_argument("--swaps", type=int, default=10)
-    p.add_argument(
-        "--rounds", type=int, default=3, help="alternating model-only/pipeline rounds (median kept)"
-    )
+    p.add_argument("--rounds", type=int, default=3, help="alternating model-only/pipeline rounds (median kept)")
     p.add_argument("--out", type=Path, default=ROOT / "bench-out" / "pipeline.json")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)

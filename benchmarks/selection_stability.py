@@ -39,15 +39,30 @@ ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("bench")
 BUSY = "while True: pass"
 # the demo's optimize flags (scripts/demo_steps.py), with modest sample counts
-DEMO_FLAGS = ("--targets", "cpu,jetson-orin", "--calib-methods", "minmax", "--bench-seconds", "0.5",
-              "--bench-queries", "20", "--quiet")
+DEMO_FLAGS = (
+    "--targets",
+    "cpu,jetson-orin",
+    "--calib-methods",
+    "minmax",
+    "--bench-seconds",
+    "0.5",
+    "--bench-queries",
+    "20",
+    "--quiet",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--run", type=Path, default=None, metavar="RUN_DIR",
-                   help="trained run directory (default: train the demo's classifier once, cached)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument(
+        "--run",
+        type=Path,
+        default=None,
+        metavar="RUN_DIR",
+        help="trained run directory (default: train the demo's classifier once, cached)",
+    )
     p.add_argument("--runs", type=int, default=5, help="optimizations per condition (idle, loaded)")
     p.add_argument("--eval-samples", type=int, default=200, help="held-out images per optimization")
     p.add_argument("--calib-samples", type=int, default=64, help="calibration images per optimization")
@@ -64,9 +79,24 @@ def ensure_run(args: argparse.Namespace) -> Path:
     run = base / "runs" / f"mobilenet_v3_small-64-3000-{args.epochs}"
     if (run / "checkpoints" / "best.pt").is_file():
         return run
-    cmd = [sys.executable, "-m", "training", "--config", str(ROOT / "training" / "configs" / "demo-signs.yaml"),
-           "--epochs", str(args.epochs), "--output", str(run.parent), "--name", run.name, "--threads", "1",
-           "--cache-dir", str(base / "data"), "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "training",
+        "--config",
+        str(ROOT / "training" / "configs" / "demo-signs.yaml"),
+        "--epochs",
+        str(args.epochs),
+        "--output",
+        str(run.parent),
+        "--name",
+        run.name,
+        "--threads",
+        "1",
+        "--cache-dir",
+        str(base / "data"),
+        "--no-progress",
+    ]
     log.info("training: %s", " ".join(cmd))
     subprocess.run(cmd, check=True, cwd=ROOT)
     return run
@@ -86,9 +116,21 @@ def _spawn_busy() -> subprocess.Popen[bytes]:
 
 def optimize_once(run: Path, out: Path, *, version: str, args: argparse.Namespace) -> dict[str, Any]:
     """One ``edge-optimize`` subprocess; its selection and INT8 verdicts, and how long it took."""
-    cmd = [str(Path(sys.executable).parent / "edge-optimize"), str(run), "--out", str(out), "--name", "signs",
-           "--version", version, "--eval-samples", str(args.eval_samples), "--calib-samples",
-           str(args.calib_samples), *DEMO_FLAGS]
+    cmd = [
+        str(Path(sys.executable).parent / "edge-optimize"),
+        str(run),
+        "--out",
+        str(out),
+        "--name",
+        "signs",
+        "--version",
+        version,
+        "--eval-samples",
+        str(args.eval_samples),
+        "--calib-samples",
+        str(args.calib_samples),
+        *DEMO_FLAGS,
+    ]
     t0 = time.monotonic()
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     seconds = time.monotonic() - t0
@@ -99,8 +141,12 @@ def optimize_once(run: Path, out: Path, *, version: str, args: argparse.Namespac
     sel = report["selection"].get("cpu-x86_64", {})
     cpu = next((v for v in sel.get("evidence", []) if v["candidate"] == "onnx-int8"), None)
     wall = next((v for v in sel.get("wall", []) if v["candidate"] == "onnx-int8"), None)
-    return {"selection": {hw: e["order"] for hw, e in manifest["selection"].items()},
-            "int8_cpu": cpu, "int8_wall": wall, "seconds": round(seconds, 1)}
+    return {
+        "selection": {hw: e["order"] for hw, e in manifest["selection"].items()},
+        "int8_cpu": cpu,
+        "int8_wall": wall,
+        "seconds": round(seconds, 1),
+    }
 
 
 def _interval(v: dict[str, Any] | None) -> str:
@@ -113,13 +159,18 @@ def _interval(v: dict[str, Any] | None) -> str:
 def table(rows: Sequence[dict[str, Any]]) -> str:
     classes = sorted({hw for r in rows for hw in r["selection"]})
     width = {hw: max([len(hw)] + [len(" > ".join(r["selection"].get(hw, []))) for r in rows]) for hw in classes}
-    head = (f"{'run':>3s}  {'load':6s}  " + "  ".join(f"{hw:{width[hw]}s}" for hw in classes)
-            + f"  {'INT8 cpu speedup [95% CI]':26s}  {'INT8 wall speedup':22s}  {'busy cpu s':>10s}  {'wall s':>6s}")
+    head = (
+        f"{'run':>3s}  {'load':6s}  "
+        + "  ".join(f"{hw:{width[hw]}s}" for hw in classes)
+        + f"  {'INT8 cpu speedup [95% CI]':26s}  {'INT8 wall speedup':22s}  {'busy cpu s':>10s}  {'wall s':>6s}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         sel = "  ".join(f"{' > '.join(r['selection'].get(hw, [])):{width[hw]}s}" for hw in classes)
-        lines.append(f"{r['run']:3d}  {r['load']:6s}  {sel}  {_interval(r['int8_cpu']):26s}  "
-                     f"{_interval(r['int8_wall']):22s}  {r['busy_cpu_s']:10.1f}  {r['seconds']:6.1f}")
+        lines.append(
+            f"{r['run']:3d}  {r['load']:6s}  {sel}  {_interval(r['int8_cpu']):26s}  "
+            f"{_interval(r['int8_wall']):22s}  {r['busy_cpu_s']:10.1f}  {r['seconds']:6.1f}"
+        )
     return "\n".join(lines)
 
 
@@ -149,9 +200,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     same = len(selections) == 1
     print(table(rows))
     print(f"\ncheckpoint: {run}\nsame selection in all {len(rows)} runs: {'yes' if same else 'NO'}")
-    result = {"meta": {"run": str(run), "flags": list(DEMO_FLAGS), "eval_samples": args.eval_samples,
-                       "calib_samples": args.calib_samples, "cpu": cpu_identity(), "same_selection": same},
-              "rows": rows}
+    result = {
+        "meta": {
+            "run": str(run),
+            "flags": list(DEMO_FLAGS),
+            "eval_samples": args.eval_samples,
+            "calib_samples": args.calib_samples,
+            "cpu": cpu_identity(),
+            "same_selection": same,
+        },
+        "rows": rows,
+    }
     path = args.out / "selection_stability.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}")

@@ -51,8 +51,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     p.add_argument("--devices", type=int, default=10_000, help="devices to register (default 10000)")
     p.add_argument("--clients", type=int, default=16, help="concurrent keep-alive connections in total (default 16)")
     p.add_argument("--load-procs", type=int, default=2, help="load generator processes (default 2)")
@@ -89,15 +90,34 @@ def register_devices(data_dir: Path, n: int) -> list[tuple[str, str]]:
     config = load_settings(ServerConfig(data_dir=data_dir))
     store = Store(config.effective_db_url)
     devices = [(f"dev_{i:08x}", new_token("dev")) for i in range(n)]
-    hw = {"arch": "x86_64", "accelerator": "cpu", "cpu_features": ["avx2"], "execution_providers":
-          ["CPUExecutionProvider"]}
-    rows: list[dict[str, Any]] = [{"id": d, "token_digest": token_digest(t), "name": d, "group_name": "bench", "tags": [], "hardware": hw,
-             "hardware_class": "cpu-x86_64", "enrolled_at": st.utcnow(), "last_seen": None, "state": None,
-             "running_name": None, "running_version": None, "running_release": None, "last_metrics": None}
-            for d, t in devices]
+    hw = {
+        "arch": "x86_64",
+        "accelerator": "cpu",
+        "cpu_features": ["avx2"],
+        "execution_providers": ["CPUExecutionProvider"],
+    }
+    rows: list[dict[str, Any]] = [
+        {
+            "id": d,
+            "token_digest": token_digest(t),
+            "name": d,
+            "group_name": "bench",
+            "tags": [],
+            "hardware": hw,
+            "hardware_class": "cpu-x86_64",
+            "enrolled_at": st.utcnow(),
+            "last_seen": None,
+            "state": None,
+            "running_name": None,
+            "running_version": None,
+            "running_release": None,
+            "last_metrics": None,
+        }
+        for d, t in devices
+    ]
     with store.tx() as conn:
         for i in range(0, len(rows), 2000):
-            st.insert_devices(conn, rows[i:i + 2000])
+            st.insert_devices(conn, rows[i : i + 2000])
         st.bump_generation(conn)
     store.dispose()
     return devices
@@ -265,8 +285,10 @@ class Slice:
         base = [h + n.encode() + t for h, n, t in zip(self.heads, self.nonces, self.tails, strict=True)]
         self.cached["warm"] = [b + b"\r\n" for b in base]
         self.cached["poll-200"] = self.cached["warm"]
-        self.cached["poll-304"] = [b + (f"If-None-Match: {e}\r\n".encode() if e else b"") + b"\r\n"
-                                   for b, e in zip(base, self.etags, strict=True)]
+        self.cached["poll-304"] = [
+            b + (f"If-None-Match: {e}\r\n".encode() if e else b"") + b"\r\n"
+            for b, e in zip(base, self.etags, strict=True)
+        ]
 
 
 def make_slices(url: str, devices: Sequence[tuple[str, str]], connections: int) -> list[Slice]:
@@ -276,8 +298,14 @@ def make_slices(url: str, devices: Sequence[tuple[str, str]], connections: int) 
         part = devices[k::connections]
         heads = [f"GET /api/v1/devices/{d}/assignment?nonce=".encode() for d, _ in part]
         tails = [f" HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {t}\r\n".encode() for _, t in part]
-        s = Slice(HttpClient(host, int(port)), [d for d, _ in part], heads, tails,
-                  nonces=[secrets.token_hex(16) for _ in part], etags=[None] * len(part))
+        s = Slice(
+            HttpClient(host, int(port)),
+            [d for d, _ in part],
+            heads,
+            tails,
+            nonces=[secrets.token_hex(16) for _ in part],
+            etags=[None] * len(part),
+        )
         s.freeze()
         slices.append(s)
     return slices
@@ -314,8 +342,9 @@ async def _poll(s: Slice, mode: str, stop_at: float, lat: list[float], errors: l
             errors.append(f"{s.ids[k]}: {reply.status} {reply.body[:200]!r}")
 
 
-async def _scenarios(url: str, devices: list[tuple[str, str]], connections: int, duration: float,
-                     barrier: Any, pids: list[int]) -> dict[str, Any]:
+async def _scenarios(
+    url: str, devices: list[tuple[str, str]], connections: int, duration: float, barrier: Any, pids: list[int]
+) -> dict[str, Any]:
     slices = make_slices(url, devices, connections)
     results: dict[str, Any] = {}
     for mode in ("warm", *MODES):
@@ -326,9 +355,13 @@ async def _scenarios(url: str, devices: list[tuple[str, str]], connections: int,
         stop_at = start + duration
         await asyncio.gather(*(_poll(s, mode, stop_at, lat_all[k], errors) for k, s in enumerate(slices)))
         end = time.perf_counter()
-        results[mode] = {"latencies": [x for lat in lat_all for x in lat], "errors": errors,
-                         "elapsed": end - start if mode == "warm" else min(end, stop_at) - start,
-                         "server_cpu_s": cpu_seconds(pids) - cpu0, "client_cpu_s": time.process_time() - own0}
+        results[mode] = {
+            "latencies": [x for lat in lat_all for x in lat],
+            "errors": errors,
+            "elapsed": end - start if mode == "warm" else min(end, stop_at) - start,
+            "server_cpu_s": cpu_seconds(pids) - cpu0,
+            "client_cpu_s": time.process_time() - own0,
+        }
         if mode == "warm":
             for s in slices:
                 s.freeze()
@@ -338,8 +371,15 @@ async def _scenarios(url: str, devices: list[tuple[str, str]], connections: int,
     return results
 
 
-def _load_proc(url: str, devices: list[tuple[str, str]], connections: int, duration: float, barrier: Any,
-               queue: Any, pids: list[int]) -> None:
+def _load_proc(
+    url: str,
+    devices: list[tuple[str, str]],
+    connections: int,
+    duration: float,
+    barrier: Any,
+    queue: Any,
+    pids: list[int],
+) -> None:
     queue.put(asyncio.run(_scenarios(url, devices, connections, duration, barrier, pids)))
 
 
@@ -351,9 +391,10 @@ def run_polls(url: str, devices: list[tuple[str, str]], args: argparse.Namespace
     queue = ctx.Queue()
     barrier = ctx.Barrier(args.load_procs)
     per = args.clients // args.load_procs
-    parts = [devices[k::args.load_procs] for k in range(args.load_procs)]
-    procs = [ctx.Process(target=_load_proc, args=(url, part, per, args.duration, barrier, queue, pids))
-             for part in parts]
+    parts = [devices[k :: args.load_procs] for k in range(args.load_procs)]
+    procs = [
+        ctx.Process(target=_load_proc, args=(url, part, per, args.duration, barrier, queue, pids)) for part in parts
+    ]
     for p in procs:
         p.start()
     outs = [queue.get(timeout=args.duration * 6 + 600) for _ in procs]
@@ -368,9 +409,13 @@ def run_polls(url: str, devices: list[tuple[str, str]], args: argparse.Namespace
         merged[mode] = {
             "server_cpu_ms_per_request": cpu / len(lat) * 1e3 if lat else 0.0,
             "client_cpu_ms_per_request": client_cpu / len(lat) * 1e3 if lat else 0.0,
-            "requests": len(lat), "per_s": len(lat) / elapsed if elapsed else 0.0,
-            "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99), "mean_ms": statistics.fmean(lat) * 1e3 if lat else 0,
-            "errors": [e for o in outs for e in o[mode]["errors"]][:10], "latencies_ms": [x * 1e3 for x in lat],
+            "requests": len(lat),
+            "per_s": len(lat) / elapsed if elapsed else 0.0,
+            "p50_ms": _pct(lat, 50),
+            "p99_ms": _pct(lat, 99),
+            "mean_ms": statistics.fmean(lat) * 1e3 if lat else 0,
+            "errors": [e for o in outs for e in o[mode]["errors"]][:10],
+            "latencies_ms": [x * 1e3 for x in lat],
         }
     merged["warm_s"] = max(o["warm"]["elapsed"] for o in outs)
     merged["warm_errors"] = [e for o in outs for e in o["warm"]["errors"]][:10]
@@ -399,35 +444,53 @@ def run_downloads(url: str, target_path: str, sha256: str, length: int) -> dict[
     half = length // 2
     t0 = time.perf_counter()
     first = http.request("GET", f"{url}/tuf/targets/{target_path}", headers={"Range": f"bytes=0-{half - 1}"})
-    rest = http.request("GET", f"{url}/tuf/targets/{target_path}",
-                        headers={"Range": f"bytes={half}-", "If-Range": f'"{sha256}"'})
+    rest = http.request(
+        "GET", f"{url}/tuf/targets/{target_path}", headers={"Range": f"bytes={half}-", "If-Range": f'"{sha256}"'}
+    )
     resumed_s = time.perf_counter() - t0
     data = first.data + rest.data
     ok_resumed = first.status == 206 and rest.status == 206 and hashlib.sha256(data).hexdigest() == sha256
-    return {"length": length, "full_s": full_s, "full_mb_s": length / 2**20 / full_s, "full_ok": ok_full,
-            "resumed_s": resumed_s, "resumed_mb_s": length / 2**20 / resumed_s, "resumed_ok": ok_resumed}
+    return {
+        "length": length,
+        "full_s": full_s,
+        "full_mb_s": length / 2**20 / full_s,
+        "full_ok": ok_full,
+        "resumed_s": resumed_s,
+        "resumed_mb_s": length / 2**20 / resumed_s,
+        "resumed_ok": ok_resumed,
+    }
 
 
 # ------------------------------------------------------------------ output
 
 
 def print_table(polls: dict[str, Any], dl: dict[str, Any], args: argparse.Namespace) -> None:
-    print(f"\nOTA server load: {args.devices} devices, {args.clients} connections in {args.load_procs} "
-          f"process(es), gunicorn {args.workers} workers x {args.threads} threads, {args.duration:g} s each")
-    print(f"{'scenario':<12} {'requests':>9} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
-          f"{'server CPU ms/req':>18} {'req/s per free core':>20} {'client CPU ms/req':>18}")
+    print(
+        f"\nOTA server load: {args.devices} devices, {args.clients} connections in {args.load_procs} "
+        f"process(es), gunicorn {args.workers} workers x {args.threads} threads, {args.duration:g} s each"
+    )
+    print(
+        f"{'scenario':<12} {'requests':>9} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
+        f"{'server CPU ms/req':>18} {'req/s per free core':>20} {'client CPU ms/req':>18}"
+    )
     for mode in MODES:
         m = polls[mode]
         cpu = m["server_cpu_ms_per_request"]
-        print(f"{mode:<12} {m['requests']:>9} {m['per_s']:>9.0f} {m['p50_ms']:>8.2f} {m['p99_ms']:>8.2f} "
-              f"{len(m['errors']):>7} {cpu:>18.3f} {(1000 / cpu if cpu else 0):>20.0f} "
-              f"{m['client_cpu_ms_per_request']:>18.3f}")
+        print(
+            f"{mode:<12} {m['requests']:>9} {m['per_s']:>9.0f} {m['p50_ms']:>8.2f} {m['p99_ms']:>8.2f} "
+            f"{len(m['errors']):>7} {cpu:>18.3f} {(1000 / cpu if cpu else 0):>20.0f} "
+            f"{m['client_cpu_ms_per_request']:>18.3f}"
+        )
     base = polls["poll-sign"]["per_s"] or 1
     print(f"poll-304 vs poll-sign: x{polls['poll-304']['per_s'] / base:.2f} throughput")
-    print(f"first poll of every device (signing): {polls['warm_s']:.1f} s; "
-          f"connections opened: {polls['connects']} for {args.clients} clients")
-    print(f"download {dl['length'] / 2**20:.0f} MiB: {dl['full_mb_s']:.0f} MB/s (ok={dl['full_ok']}); "
-          f"resumed in two Range requests: {dl['resumed_mb_s']:.0f} MB/s (ok={dl['resumed_ok']})")
+    print(
+        f"first poll of every device (signing): {polls['warm_s']:.1f} s; "
+        f"connections opened: {polls['connects']} for {args.clients} clients"
+    )
+    print(
+        f"download {dl['length'] / 2**20:.0f} MiB: {dl['full_mb_s']:.0f} MB/s (ok={dl['full_ok']}); "
+        f"resumed in two Range requests: {dl['resumed_mb_s']:.0f} MB/s (ok={dl['resumed_ok']})"
+    )
     print("(server CPU ms/req: CPU time of the gunicorn processes per answered poll — less distorted by other")
     print(" load on the host than wall-clock rates, though not immune; req/s per free core = 1000 / that;")
     print(" client CPU ms/req: the load generator's own CPU time, taken from the same cores)")
@@ -471,15 +534,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         with tqdm(total=4, desc="setup", disable=not sys.stderr.isatty()) as bar:
             make_big_bundle(tmp / "bundle", args.artifact_mb)
             bar.update()
-            with run_local_server(tmp / "ota-data", workers=args.workers, threads=args.threads, cwd=ROOT,
-                                  init_args=["--max-upload-mb", str(args.artifact_mb + 16)],
-                                  init_timeout_s=120.0) as srv:
+            with run_local_server(
+                tmp / "ota-data",
+                workers=args.workers,
+                threads=args.threads,
+                cwd=ROOT,
+                init_args=["--max-upload-mb", str(args.artifact_mb + 16)],
+                init_timeout_s=120.0,
+            ) as srv:
                 release = srv.publish(tmp / "bundle")
                 bar.update()
                 devices = register_devices(srv.data_dir, args.devices)
                 bar.update()
-                srv.as_role("operator").create_rollout(RolloutRequest(model="bench", version="1.0.0", group="bench",
-                                                                     stages=[100]))
+                srv.as_role("operator").create_rollout(
+                    RolloutRequest(model="bench", version="1.0.0", group="bench", stages=[100])
+                )
                 bar.update()
                 polls = run_polls(srv.url, devices, args, process_tree(srv.process.pid))
                 variant = next(f for f in release["files"] if f["kind"] == "variant")
@@ -489,8 +558,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "setup": "devices bulk-inserted through the store API",
-        "polls": {k: ({kk: vv for kk, vv in v.items() if kk != "latencies_ms"} if isinstance(v, dict) else v)
-                  for k, v in polls.items()},
+        "polls": {
+            k: ({kk: vv for kk, vv in v.items() if kk != "latencies_ms"} if isinstance(v, dict) else v)
+            for k, v in polls.items()
+        },
         "download": dl,
     }
     (args.out / "server_load.json").write_text(json.dumps(result, indent=2))

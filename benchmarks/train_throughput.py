@@ -57,9 +57,7 @@ def _run(nproc: int, args: argparse.Namespace, out: Path, cache: Path) -> dict[s
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "--nprocs",
         type=int,
@@ -88,13 +86,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for r in results:
         r["speedup"] = r["images_per_s"] / results[0]["images_per_s"]
         r["efficiency"] = r["images_per_s"] / (r["nproc"] * base)
-    print(
-        f"\ntraining throughput: {args.arch} @ {args.image_size}px, batch {args.batch_size}/process"
-    )
+    print(f"\ntraining throughput: {args.arch} @ {args.image_size}px, batch {args.batch_size}/process")
     print(f"{'procs':>5} {'images/s':>10} {'speedup':>8} {'efficiency':>10} {'wall s':>8}")
     for r in results:
         print(
-            f"{r['nproc']:>5} {r['images_per_s']:>10.1f} {r['speedup']:>8.2f} {r['efficiency']:>10.0%} {r['wall_s']:>8.1f}"
+            f"{r['nproc']:>5} {r['images_per_s']:>10.1f} {r['speedup']:>8.2f} "
+            f"{r['efficiency']:>10.0%} {r['wall_s']:>8.1f}"
         )
     report = {
         "benchmark": "train_throughput",

@@ -31,8 +31,12 @@ EXIT_OK, EXIT_SERVER, EXIT_USAGE, EXIT_UPDATE_FAILED, EXIT_RETRY = 0, 1, 2, 3, 4
 
 
 def _data_dir(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
-                    help=f"agent state: identity, pinned keys, slots, journal (default {DEFAULT_DATA_DIR})")
+    sp.add_argument(
+        "--data-dir",
+        type=Path,
+        default=DEFAULT_DATA_DIR,
+        help=f"agent state: identity, pinned keys, slots, journal (default {DEFAULT_DATA_DIR})",
+    )
 
 
 def _add_enroll(sub: Any) -> None:
@@ -45,8 +49,11 @@ def _add_enroll(sub: Any) -> None:
     e.add_argument("--name", help="device name (default: the data dir's name)")
     e.add_argument("--group", default="default", help="fleet group (default: default)")
     e.add_argument("--tag", action="append", default=[], help="device tag; repeatable")
-    e.add_argument("--hardware-profile", type=Path,
-                   help="JSON object of hardware-profile fields overriding detection (simulated devices)")
+    e.add_argument(
+        "--hardware-profile",
+        type=Path,
+        help="JSON object of hardware-profile fields overriding detection (simulated devices)",
+    )
 
 
 def _add_run(sub: Any) -> None:
@@ -55,27 +62,54 @@ def _add_run(sub: Any) -> None:
     r.add_argument("--once", action="store_true", help="one cycle (flush, poll, update), then exit")
     r.add_argument("--poll-interval", type=float, default=30.0, help="seconds between polls (default 30)")
     r.add_argument("--health-window", type=float, help="seconds of health watch after a swap (default: gates)")
-    r.add_argument("--min-rate", type=float, default=1024.0,
-                   help="download watchdog: abort below this many bytes/s (default 1024)")
+    r.add_argument(
+        "--min-rate", type=float, default=1024.0, help="download watchdog: abort below this many bytes/s (default 1024)"
+    )
     r.add_argument("--rate-window", type=float, default=5.0, help="download watchdog window, seconds (default 5)")
-    r.add_argument("--prepare-cpu-limit", type=int, default=60,
-                   help="CPU seconds the child-process model check may use (default 60)")
+    r.add_argument(
+        "--prepare-cpu-limit",
+        type=int,
+        default=60,
+        help="CPU seconds the child-process model check may use (default 60)",
+    )
     r.add_argument("--prepare-timeout", type=float, default=120.0, help="wall seconds of the model check")
     r.add_argument("--bench-queries", type=int, default=20, help="latency queries in the model check (default 20)")
-    r.add_argument("--bench-duration", type=float, default=1.0,
-                   help="minimum seconds of latency measurement in the model check (default 1)")
-    r.add_argument("--max-attempts", type=int, default=5,
-                   help="transient failures of one update before it is abandoned (default 5)")
-    r.add_argument("--source", help="camera source (V4L2 /dev/videoN, file, rtsp://, GStreamer pipeline); "
-                   "without it the agent runs headless")
+    r.add_argument(
+        "--bench-duration",
+        type=float,
+        default=1.0,
+        help="minimum seconds of latency measurement in the model check (default 1)",
+    )
+    r.add_argument(
+        "--max-attempts",
+        type=int,
+        default=5,
+        help="transient failures of one update before it is abandoned (default 5)",
+    )
+    r.add_argument(
+        "--source",
+        help="camera source (V4L2 /dev/videoN, file, rtsp://, GStreamer pipeline); without it the agent runs headless",
+    )
     r.add_argument("--no-loop", action="store_true", help="with a file --source: stop at its end")
     r.add_argument("--results", type=Path, help="with --source: write per-frame results (JSON lines) here")
-    r.add_argument("--max-fps", type=float, default=None,
-                   help="with --source: cap the capture rate (frames/s; default: the source's rate)")
-    r.add_argument("--engine-opt-batch", type=int, default=1,
-                   help="TensorRT engines built on the device are tuned for this batch (default 1)")
-    r.add_argument("--engine-max-batch", type=int, default=8,
-                   help="the largest batch those engines accept, e.g. one frame per camera (default 8)")
+    r.add_argument(
+        "--max-fps",
+        type=float,
+        default=None,
+        help="with --source: cap the capture rate (frames/s; default: the source's rate)",
+    )
+    r.add_argument(
+        "--engine-opt-batch",
+        type=int,
+        default=1,
+        help="TensorRT engines built on the device are tuned for this batch (default 1)",
+    )
+    r.add_argument(
+        "--engine-max-batch",
+        type=int,
+        default=8,
+        help="the largest batch those engines accept, e.g. one frame per camera (default 8)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,9 +162,17 @@ def _enroll(args: argparse.Namespace) -> int:
             raise ConfigError(f"--hardware-profile {args.hardware_profile}: {e}") from e
         if not isinstance(overrides, dict):
             raise ConfigError(f"--hardware-profile must hold a JSON object, got {type(overrides).__name__}")
-    identity = enroll(AgentPaths(args.data_dir), server=args.server, token=args.token,
-                      name=args.name or args.data_dir.resolve().name, group=args.group, tags=args.tag,
-                      hardware_overrides=overrides, root_file=args.root, director_key_file=args.director_key)
+    identity = enroll(
+        AgentPaths(args.data_dir),
+        server=args.server,
+        token=args.token,
+        name=args.name or args.data_dir.resolve().name,
+        group=args.group,
+        tags=args.tag,
+        hardware_overrides=overrides,
+        root_file=args.root,
+        director_key_file=args.director_key,
+    )
     print(f"enrolled {identity.device_id} ({identity.name}) with {identity.server}; data in {args.data_dir}")
     return EXIT_OK
 
@@ -148,9 +190,16 @@ def _perception(args: argparse.Namespace, config: AgentConfig, stop: threading.E
     paths = config.paths
     # the profile the controller sees too: detection plus the overrides stored at enrollment
     profile = functools.cache(lambda: load_profile(load_identity(paths)))
-    return CameraPerception.from_options(args.source, loop=not args.no_loop, results_path=args.results,
-                                         max_fps=args.max_fps, stop_requested=stop, engines_dir=paths.engines,
-                                         profile=profile, engine=EngineOptions.of(config))
+    return CameraPerception.from_options(
+        args.source,
+        loop=not args.no_loop,
+        results_path=args.results,
+        max_fps=args.max_fps,
+        stop_requested=stop,
+        engines_dir=paths.engines,
+        profile=profile,
+        engine=EngineOptions.of(config),
+    )
 
 
 def _install_stop_handlers(stop: threading.Event) -> None:
@@ -180,8 +229,9 @@ def _run(args: argparse.Namespace) -> int:
             agent.perception.stop()
             agent.controller.outbox.close()
         state = result.record.state
-        log.info("cycle done: %s, %d reports sent, %d pending", state.value, result.reports_sent,
-                 result.reports_pending)
+        log.info(
+            "cycle done: %s, %d reports sent, %d pending", state.value, result.reports_sent, result.reports_pending
+        )
         if result.retry:
             return EXIT_RETRY
         return EXIT_UPDATE_FAILED if state in (State.FAILED, State.REFUSED, State.ROLLED_BACK) else EXIT_OK
@@ -199,14 +249,19 @@ def _status(args: argparse.Namespace) -> int:
     model = info["model"]
     last = info["last_update"] or {}
     print(f"device:          {info['device_id']} ({info['server']})")
-    print(f"model:           {model['name']}@{model['version']} release {model['release']}" if model else
-          "model:           none")
+    print(
+        f"model:           {model['name']}@{model['version']} release {model['release']}"
+        if model
+        else "model:           none"
+    )
     print(f"slot:            {info['slot'] or '-'} (previous: {info['previous_slot'] or '-'})")
     print(f"update state:    {info['update_state']}")
     if last.get("state"):
         why = f" ({last['reason']})" if last.get("reason") else ""
-        print(f"last update:     release {last.get('release')} {last.get('version') or ''} → {last.get('state')}{why} "
-              f"at {last.get('time')}")
+        print(
+            f"last update:     release {last.get('release')} {last.get('version') or ''} → {last.get('state')}{why} "
+            f"at {last.get('time')}"
+        )
         if last.get("detail"):
             print(f"  why:           {last['detail']}")
     print(f"pending reports: {info['pending_reports']}")

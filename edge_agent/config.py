@@ -155,8 +155,10 @@ class AgentConfig:
         if bad:
             raise ConfigError(f"invalid settings: {', '.join(bad)} must be positive")
         if not 1 <= self.engine_opt_batch <= self.engine_max_batch:
-            raise ConfigError(f"engine batch sizes must satisfy 1 <= opt <= max, got opt {self.engine_opt_batch} "
-                              f"and max {self.engine_max_batch}")
+            raise ConfigError(
+                f"engine batch sizes must satisfy 1 <= opt <= max, got opt {self.engine_opt_batch} "
+                f"and max {self.engine_max_batch}"
+            )
         return self
 
     @staticmethod

@@ -79,9 +79,7 @@ class UpdateError(EdgeAgentError):
 
     transient = False
 
-    def __init__(
-        self, reason: ReasonCode, detail: str, *, claimed: dict[str, Any] | None = None
-    ) -> None:
+    def __init__(self, reason: ReasonCode, detail: str, *, claimed: dict[str, Any] | None = None) -> None:
         self.reason = reason
         self.detail = detail
         # rollout/release the (possibly untrusted) assignment claimed, for the refusal report

@@ -22,9 +22,7 @@ from models.runtime.decode import Detections, box_iou
 __all__ = ["match_boxes", "box_f1", "detection_agreement", "mask_agreement", "class_agreement"]
 
 
-def match_boxes(
-    candidate: Detections, reference: Detections, *, iou_threshold: float = 0.5
-) -> tuple[int, int, int]:
+def match_boxes(candidate: Detections, reference: Detections, *, iou_threshold: float = 0.5) -> tuple[int, int, int]:
     """``(true positives, false positives, misses)`` of candidate boxes against reference boxes."""
     n_c, n_r = len(candidate), len(reference)
     if n_c == 0 or n_r == 0:

@@ -148,7 +148,10 @@ def measure(
     if stats.noisy:
         log.warning(
             "%s latency is noisy (cv %.2f > %.2f over %d queries): the host is busy, rerun for stable numbers",
-            label or "benchmark", stats.cv, NOISY_CV, stats.n,
+            label or "benchmark",
+            stats.cv,
+            NOISY_CV,
+            stats.n,
         )
     return stats
 
@@ -247,8 +250,14 @@ def cpu_identity() -> dict[str, Any]:
     first = text.split("\n\n", 1)[0]
     fields = dict(line.split(":", 1) for line in first.splitlines() if ":" in line)
     fields = {k.strip(): v.strip() for k, v in fields.items()}
-    for key, name in (("model name", "model_name"), ("vendor_id", "vendor"), ("cpu family", "family"),
-                      ("model", "model"), ("stepping", "stepping"), ("cpu MHz", "mhz")):
+    for key, name in (
+        ("model name", "model_name"),
+        ("vendor_id", "vendor"),
+        ("cpu family", "family"),
+        ("model", "model"),
+        ("stepping", "stepping"),
+        ("cpu MHz", "mhz"),
+    ):
         if key in fields:
             info[name] = fields[key]
     flags = set(fields.get("flags", "").split())

@@ -187,9 +187,7 @@ class _Reader:
         if isinstance(value, bool) and bool not in types:
             raise BundleError(f"expected {types[0].__name__}, got bool", field=self._p(key))
         if not isinstance(value, types):
-            raise BundleError(
-                f"expected {types[0].__name__}, got {type(value).__name__}", field=self._p(key)
-            )
+            raise BundleError(f"expected {types[0].__name__}, got {type(value).__name__}", field=self._p(key))
         return value
 
     def str(self, key: builtins.str, *, optional: builtins.bool = False) -> Any:
@@ -226,9 +224,7 @@ class _Reader:
         return None if value is None else _Reader(value, self._p(key))
 
     def objs(self, key: builtins.str, build: Callable[[_Reader], T]) -> tuple[T, ...]:
-        return tuple(
-            build(_Reader(item, f"{self._p(key)}[{i}]")) for i, item in enumerate(self.list(key))
-        )
+        return tuple(build(_Reader(item, f"{self._p(key)}[{i}]")) for i, item in enumerate(self.list(key)))
 
     def strs(self, key: builtins.str, *, optional: builtins.bool = False) -> tuple[builtins.str, ...]:
         items = self.list(key, optional=optional)
@@ -525,9 +521,17 @@ class SpeedupEvidence:
         assert confidence is not None
         if not 0.0 < confidence < 1.0:
             raise r.fail("confidence", f"must be within (0, 1), got {confidence}")
-        return cls(candidate=r.str("candidate"), baseline=r.str("baseline"), metric=metric, speedup=speedup,
-                   low=low, high=high, confidence=confidence, queries=r.int("queries"),
-                   preferred=r.bool("preferred"))
+        return cls(
+            candidate=r.str("candidate"),
+            baseline=r.str("baseline"),
+            metric=metric,
+            speedup=speedup,
+            low=low,
+            high=high,
+            confidence=confidence,
+            queries=r.int("queries"),
+            preferred=r.bool("preferred"),
+        )
 
 
 @dataclass(frozen=True)
@@ -631,9 +635,17 @@ class AgreementExpectation:
         for i, c in enumerate(per_class):
             if c.label in [x.label for x in per_class[:i]]:
                 raise BundleError(f"duplicate class {c.label!r}", field=f"{r._p('per_class')}[{i}].label")
-        return cls(variant=r.str("variant"), baseline=baseline, baseline_variant=r.str("baseline_variant"),
-                   baseline_sha256=sha, heldout=heldout, heldout_frames=frames, calib=calib,
-                   calib_frames=calib_frames, per_class=per_class)
+        return cls(
+            variant=r.str("variant"),
+            baseline=baseline,
+            baseline_variant=r.str("baseline_variant"),
+            baseline_sha256=sha,
+            heldout=heldout,
+            heldout_frames=frames,
+            calib=calib,
+            calib_frames=calib_frames,
+            per_class=per_class,
+        )
 
 
 @dataclass(frozen=True)
@@ -695,8 +707,9 @@ class Gates:
             max_error_rate=opt("max_error_rate", 0.01, 0.0, 1.0),
         )
         if gates.min_shadow_frames > gates.shadow_frames:
-            raise r.fail("min_shadow_frames", f"must be <= shadow_frames ({gates.shadow_frames}), "
-                         f"got {gates.min_shadow_frames}")
+            raise r.fail(
+                "min_shadow_frames", f"must be <= shadow_frames ({gates.shadow_frames}), got {gates.min_shadow_frames}"
+            )
         return gates
 
     def agreement_threshold(self, expected: float) -> float:
@@ -818,17 +831,21 @@ class Manifest:
         expectations = r.objs("expectations", AgreementExpectation.from_dict) if r.has("expectations") else ()
         for i, e in enumerate(expectations):
             if e.variant not in ids:
-                raise BundleError(f"names unknown variant {e.variant!r}; variants are {ids}",
-                                  field=f"expectations[{i}].variant")
+                raise BundleError(
+                    f"names unknown variant {e.variant!r}; variants are {ids}", field=f"expectations[{i}].variant"
+                )
             key = (e.variant, e.baseline, e.baseline_sha256)
             if key in [(x.variant, x.baseline, x.baseline_sha256) for x in expectations[:i]]:
-                raise BundleError(f"duplicate expectation for {e.variant} against {e.baseline}",
-                                  field=f"expectations[{i}]")
+                raise BundleError(
+                    f"duplicate expectation for {e.variant} against {e.baseline}", field=f"expectations[{i}]"
+                )
             for j, c in enumerate(e.per_class):
                 if c.label not in labels:
-                    raise BundleError(f"names unknown label {c.label!r}; labels are {list(labels)[:10]}"
-                                      f"{' ...' if len(labels) > 10 else ''}",
-                                      field=f"expectations[{i}].per_class[{j}].label")
+                    raise BundleError(
+                        f"names unknown label {c.label!r}; labels are {list(labels)[:10]}"
+                        f"{' ...' if len(labels) > 10 else ''}",
+                        field=f"expectations[{i}].per_class[{j}].label",
+                    )
         return cls(
             schema=schema,
             name=name,
@@ -887,9 +904,7 @@ def verify_bundle(
             raise BundleError(f"{v.file} is {size} bytes, manifest says {v.size}", field=f"variants[{i}].size")
         digest = sha256_file(f)
         if digest != v.sha256:
-            raise BundleError(
-                f"{v.file} has sha256 {digest}, manifest says {v.sha256}", field=f"variants[{i}].sha256"
-            )
+            raise BundleError(f"{v.file} has sha256 {digest}, manifest says {v.sha256}", field=f"variants[{i}].sha256")
 
 
 def write_bundle(directory: str | os.PathLike[str], manifest: Manifest) -> Path:

@@ -122,10 +122,19 @@ def can_run(variant: Variant, profile: HardwareProfile) -> tuple[bool, str]:
     if req.min_compute_capability and _version_tuple(profile.compute_capability) < _version_tuple(
         req.min_compute_capability
     ):
-        return False, f"needs compute capability >= {req.min_compute_capability}, device has {profile.compute_capability}"
+        return (
+            False,
+            f"needs compute capability >= {req.min_compute_capability}, device has {profile.compute_capability}",
+        )
     if req.compute_capability and profile.compute_capability != req.compute_capability:
-        return False, f"engine built for compute capability {req.compute_capability}, device has {profile.compute_capability}"
-    if req.tensorrt_version and _version_tuple(profile.tensorrt_version)[:2] != _version_tuple(req.tensorrt_version)[:2]:
+        return (
+            False,
+            f"engine built for compute capability {req.compute_capability}, device has {profile.compute_capability}",
+        )
+    if (
+        req.tensorrt_version
+        and _version_tuple(profile.tensorrt_version)[:2] != _version_tuple(req.tensorrt_version)[:2]
+    ):
         return False, f"engine built with TensorRT {req.tensorrt_version}, device has {profile.tensorrt_version}"
     if req.build_on_device and not profile.tensorrt_version:
         return False, "variant is built into a TensorRT engine on the device, which has no TensorRT"
@@ -174,7 +183,19 @@ def select_variant(manifest: Manifest, profile: HardwareProfile) -> Variant:
 
 
 def _cpu_features() -> tuple[str, ...]:
-    wanted = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "neon", "asimd", "asimddp")
+    wanted = (
+        "sse4_2",
+        "avx",
+        "avx2",
+        "fma",
+        "avx512f",
+        "avx512_vnni",
+        "avx_vnni",
+        "amx_int8",
+        "neon",
+        "asimd",
+        "asimddp",
+    )
     try:
         text = Path("/proc/cpuinfo").read_text(errors="replace")
     except OSError:

@@ -149,8 +149,13 @@ class Processes:
             fh.write(f"$ {' '.join(argv)}\n".encode())
             fh.flush()
             return subprocess.Popen(
-                list(argv), stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=self.env, cwd=self.cwd, start_new_session=True,
+                list(argv),
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+                cwd=self.cwd,
+                start_new_session=True,
             )
 
     def start(self, name: str, argv: Sequence[str]) -> Child:
@@ -192,8 +197,9 @@ class Processes:
 
         deadline = time.monotonic() + timeout_s
         # a timer line is for a terminal; in a log file each refresh would be one more line
-        with tqdm(desc=f"    {label}", bar_format="{desc} [{elapsed}]{postfix}", leave=False,
-                  disable=not sys.stderr.isatty()) as bar:
+        with tqdm(
+            desc=f"    {label}", bar_format="{desc} [{elapsed}]{postfix}", leave=False, disable=not sys.stderr.isatty()
+        ) as bar:
             while proc.poll() is None:
                 if time.monotonic() > deadline:
                     raise subprocess.TimeoutExpired(proc.args, timeout_s)
@@ -247,4 +253,3 @@ class Processes:
             log.debug("stopped %s (exit %s)", child.name, code)
         self.children.clear()
         self.jobs.clear()
-

@@ -74,8 +74,12 @@ class Interval:
     confidence: float
 
     def to_dict(self) -> dict[str, float]:
-        return {"point": round(self.point, 4), "low": round(self.low, 4), "high": round(self.high, 4),
-                "confidence": self.confidence}
+        return {
+            "point": round(self.point, 4),
+            "low": round(self.low, 4),
+            "high": round(self.high, 4),
+            "confidence": self.confidence,
+        }
 
 
 def speedup_interval(
@@ -136,14 +140,22 @@ class SpeedupVerdict:
     def reason(self) -> str:
         i = self.interval
         verdict = "clears" if self.preferred else "does not clear"
-        return (f"{self.candidate} vs {self.baseline}: {self.metric} speedup {i.point:.2f}x "
-                f"[{i.low:.2f}, {i.high:.2f}] at {i.confidence:.0%} over {self.queries} interleaved queries; "
-                f"the lower bound {verdict} {self.min_speedup:g}x")
+        return (
+            f"{self.candidate} vs {self.baseline}: {self.metric} speedup {i.point:.2f}x "
+            f"[{i.low:.2f}, {i.high:.2f}] at {i.confidence:.0%} over {self.queries} interleaved queries; "
+            f"the lower bound {verdict} {self.min_speedup:g}x"
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"candidate": self.candidate, "baseline": self.baseline, "metric": self.metric,
-                "speedup": self.interval.to_dict(), "min_speedup": self.min_speedup, "queries": self.queries,
-                "preferred": self.preferred}
+        return {
+            "candidate": self.candidate,
+            "baseline": self.baseline,
+            "metric": self.metric,
+            "speedup": self.interval.to_dict(),
+            "min_speedup": self.min_speedup,
+            "queries": self.queries,
+            "preferred": self.preferred,
+        }
 
 
 def prefer_faster(
@@ -164,8 +176,15 @@ def prefer_faster(
     if min_speedup <= 0:
         raise ValueError(f"min_speedup must be > 0, got {min_speedup}")
     interval = speedup_interval(baseline_ms, candidate_ms, confidence=confidence, paired=paired, seed=seed)
-    return SpeedupVerdict(candidate, baseline, metric, interval, min_speedup,
-                          min(len(baseline_ms), len(candidate_ms)), interval.low >= min_speedup)
+    return SpeedupVerdict(
+        candidate,
+        baseline,
+        metric,
+        interval,
+        min_speedup,
+        min(len(baseline_ms), len(candidate_ms)),
+        interval.low >= min_speedup,
+    )
 
 
 @dataclass(frozen=True)
@@ -183,13 +202,21 @@ class SlowdownVerdict:
     def reason(self) -> str:
         i = self.interval
         verdict = "exceeds" if self.regressed else "does not exceed"
-        return (f"{self.metric} time {i.point:.2f}x the shadow run's [{i.low:.2f}, {i.high:.2f}] at "
-                f"{i.confidence:.0%} ({self.after} frames after vs {self.before} before); the lower bound "
-                f"{verdict} {self.max_ratio:g}x")
+        return (
+            f"{self.metric} time {i.point:.2f}x the shadow run's [{i.low:.2f}, {i.high:.2f}] at "
+            f"{i.confidence:.0%} ({self.after} frames after vs {self.before} before); the lower bound "
+            f"{verdict} {self.max_ratio:g}x"
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"metric": self.metric, "slowdown": self.interval.to_dict(), "max_ratio": self.max_ratio,
-                "before": self.before, "after": self.after, "regressed": self.regressed}
+        return {
+            "metric": self.metric,
+            "slowdown": self.interval.to_dict(),
+            "max_ratio": self.max_ratio,
+            "before": self.before,
+            "after": self.after,
+            "regressed": self.regressed,
+        }
 
 
 def slowed_down(
@@ -234,8 +261,7 @@ def quantile_lower_bound(samples: Sequence[float], q: float, *, confidence: floa
     log_q, log_1q = math.log(q), math.log1p(-q)
     for k in range(1, n + 1):
         j = k - 1
-        cdf += math.exp(math.lgamma(n + 1) - math.lgamma(j + 1) - math.lgamma(n - j + 1) + j * log_q
-                        + (n - j) * log_1q)
+        cdf += math.exp(math.lgamma(n + 1) - math.lgamma(j + 1) - math.lgamma(n - j + 1) + j * log_q + (n - j) * log_1q)
         if 1.0 - cdf + 1e-12 < confidence:  # P(B >= k) is too small, and falls further with k
             break
         k_best = k
@@ -367,9 +393,15 @@ class AgreementTest:
         """What a report carries: the decision, the frames used, the confidence and the bounds."""
         lo, hi = wilson_bounds(self.agreed, self.frames, confidence=0.95)
         return {
-            "decision": self.verdict.value, "frames": self.frames, "agreement": round(self.agreement, 4),
-            "p0": round(self.p0, 4), "p1": round(self._h1, 4), "alpha": self.alpha, "beta": self.beta,
-            "llr": round(self.llr, 4), "confidence": self.confidence,
+            "decision": self.verdict.value,
+            "frames": self.frames,
+            "agreement": round(self.agreement, 4),
+            "p0": round(self.p0, 4),
+            "p1": round(self._h1, 4),
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "llr": round(self.llr, 4),
+            "confidence": self.confidence,
             "agreement_ci95": [round(lo, 4), round(hi, 4)],
         }
 
@@ -451,8 +483,14 @@ class ClassAgreementTest:
                 bounds[c.label] = (p0, p1)
         k = max(len(bounds), 1)
         self.classes: dict[str, AgreementTest] = {
-            label: AgreementTest(p0=p0, effect=p0 - p1, alpha=overall.alpha / k, beta=overall.beta / k,
-                                 min_frames=1, max_frames=overall.max_frames)
+            label: AgreementTest(
+                p0=p0,
+                effect=p0 - p1,
+                alpha=overall.alpha / k,
+                beta=overall.beta / k,
+                min_frames=1,
+                max_frames=overall.max_frames,
+            )
             for label, (p0, p1) in bounds.items()
         }
         self.frames = 0
@@ -542,21 +580,33 @@ class ClassAgreementTest:
     def class_rows(self, rows: int = 10) -> list[dict[str, Any]]:
         """The class tests that saw frames, the deciding one first, then by agreement minus p0: ``rows`` at most."""
         seen = [(label, t) for label, t in self.classes.items() if t.frames]
-        seen.sort(key=lambda lt: (lt[0] != self.decided_by, lt[1].verdict is not Verdict.REFUSE,
-                                  lt[1].agreement - lt[1].p0, lt[0]))
+        seen.sort(
+            key=lambda lt: (
+                lt[0] != self.decided_by,
+                lt[1].verdict is not Verdict.REFUSE,
+                lt[1].agreement - lt[1].p0,
+                lt[0],
+            )
+        )
         return [{"label": label, **t.evidence()} for label, t in seen[:rows]]
 
     def evidence(self, rows: int = 10) -> dict[str, Any]:
         """The overall test's evidence with the composite decision, which test decided, and the class rows."""
         lo, hi = wilson_bounds(self.agreed, self.frames, confidence=0.95)
-        out = {**self.overall.evidence(), "decision": self.verdict.value, "frames": self.frames,
-               "agreement": round(self.agreement, 4), "agreement_ci95": [round(lo, 4), round(hi, 4)],
-               "confidence": self.confidence, "overall": self.overall.evidence(),
-               "classes_tested": len(self.classes), "classes_skipped": len(self.skipped),
-               "classes": self.class_rows(rows)}
+        out = {
+            **self.overall.evidence(),
+            "decision": self.verdict.value,
+            "frames": self.frames,
+            "agreement": round(self.agreement, 4),
+            "agreement_ci95": [round(lo, 4), round(hi, 4)],
+            "confidence": self.confidence,
+            "overall": self.overall.evidence(),
+            "classes_tested": len(self.classes),
+            "classes_skipped": len(self.skipped),
+            "classes": self.class_rows(rows),
+        }
         if self.verdict is not Verdict.CONTINUE:
             out["decided_by"] = "overall" if self.decided_by is None else "class"
             if self.decided_by is not None:
                 out["decided_class"] = self.decided_by
         return out
-

@@ -194,8 +194,9 @@ def make_bundle(
             hw: SelectionEntry(order=("onnx-fp32",), reason="only variant")
             for hw in ("cpu-x86_64", "cpu-aarch64", "cuda", "jetson-orin", "jetson-xavier", "jetson-nano")
         },
-        gates=Gates(latency_budget_ms=latency_budget_ms, min_agreement=min_agreement, shadow_frames=20,
-                    health_window_s=3.0),
+        gates=Gates(
+            latency_budget_ms=latency_budget_ms, min_agreement=min_agreement, shadow_frames=20, health_window_s=3.0
+        ),
         provenance=Provenance(
             training_run="tests/tiny",
             dataset_fingerprint="sha256:" + "0" * 64,
@@ -240,9 +241,19 @@ def make_multi_bundle(
             data = model.SerializeToString()
         file = f"model-{vid}.onnx"
         (d / file).write_bytes(data)
-        precision = Precision.INT8 if vid.endswith("int8") else Precision.FP16 if vid.endswith("fp16") else Precision.FP32
-        built.append(dataclasses.replace(base.variants[0], id=vid, precision=precision, file=file,
-                                         sha256=hashlib.sha256(data).hexdigest(), size=len(data)))
+        precision = (
+            Precision.INT8 if vid.endswith("int8") else Precision.FP16 if vid.endswith("fp16") else Precision.FP32
+        )
+        built.append(
+            dataclasses.replace(
+                base.variants[0],
+                id=vid,
+                precision=precision,
+                file=file,
+                sha256=hashlib.sha256(data).hexdigest(),
+                size=len(data),
+            )
+        )
     wanted = order or tuple(vid for vid, _ in variants)
     selection = {hw: SelectionEntry(order=wanted, reason="test order") for hw in base.selection}
     manifest = dataclasses.replace(base, variants=tuple(built), selection=selection)

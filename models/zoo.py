@@ -47,6 +47,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+
 def build_model(
     arch: str,
     task: str,
@@ -99,9 +101,7 @@ def load_init_weights(
         raise ZooError(f"init weights {path} do not exist") from e
     except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ZooError(
-            f"init weights {path} are not a loadable weights-only state_dict: {first}"
-        ) from e
+        raise ZooError(f"init weights {path} are not a loadable weights-only state_dict: {first}") from e
     if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
         obj = obj["model"]
     if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
@@ -130,14 +130,10 @@ def load_init_weights(
         if missing:
             parts.append(f"missing keys {missing[:10]}{' ...' if len(missing) > 10 else ''}")
         if unexpected:
-            parts.append(
-                f"unexpected keys {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}"
-            )
+            parts.append(f"unexpected keys {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}")
         if shapes:
             parts.append(f"shape mismatches {shapes[:10]}")
-        raise ZooError(
-            f"init weights {path} do not fit {type(model).__name__}: " + "; ".join(parts)
-        )
+        raise ZooError(f"init weights {path} do not fit {type(model).__name__}: " + "; ".join(parts))
     for k in head_mismatch:
         state[k] = own[k]
     model.load_state_dict(state)
@@ -209,9 +205,7 @@ class FcosMnv3(nn.Module):
     ) -> None:
         super().__init__()
         if backbone not in ("mobilenet_v3_small", "mobilenet_v3_large"):
-            raise ZooError(
-                f"backbone must be mobilenet_v3_small or mobilenet_v3_large, got {backbone!r}"
-            )
+            raise ZooError(f"backbone must be mobilenet_v3_small or mobilenet_v3_large, got {backbone!r}")
         if image_size % 32:
             raise ZooError(f"fcos_mnv3 image_size must be a multiple of 32, got {image_size}")
         self.num_classes = num_classes
@@ -272,9 +266,7 @@ class FcosMnv3(nn.Module):
         cls, dist, ctr, loc = self._raw(images)
         if self.training:
             if targets is None:
-                raise ZooError(
-                    "fcos_mnv3 in train mode needs targets (list of {'boxes', 'labels'})"
-                )
+                raise ZooError("fcos_mnv3 in train mode needs targets (list of {'boxes', 'labels'})")
             return self._loss(cls, dist, ctr, loc, targets)
         boxes = torch.cat([loc - dist[..., :2], loc + dist[..., 2:]], dim=-1)
         scores = torch.sqrt(torch.sigmoid(cls) * torch.sigmoid(ctr).unsqueeze(-1))
@@ -283,13 +275,9 @@ class FcosMnv3(nn.Module):
     def _assign(self, loc: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
         """Index of the gt box each location regresses (-1: background), and ltrb targets."""
         if boxes.numel() == 0:
-            return torch.full(
-                (loc.shape[0],), -1, dtype=torch.long, device=loc.device
-            ), loc.new_zeros(loc.shape[0], 4)
+            return torch.full((loc.shape[0],), -1, dtype=torch.long, device=loc.device), loc.new_zeros(loc.shape[0], 4)
         x, y = loc[:, 0:1], loc[:, 1:2]
-        ltrb = torch.stack(
-            [x - boxes[:, 0], y - boxes[:, 1], boxes[:, 2] - x, boxes[:, 3] - y], -1
-        )  # [A,K,4]
+        ltrb = torch.stack([x - boxes[:, 0], y - boxes[:, 1], boxes[:, 2] - x, boxes[:, 3] - y], -1)  # [A,K,4]
         inside = ltrb.min(-1).values > 0
         cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
         r = self.center_radius * self.stride
@@ -320,9 +308,7 @@ class FcosMnv3(nn.Module):
             zero = dist.sum() * 0.0 + ctr.sum() * 0.0
             return {"loss_cls": loss_cls, "loss_box": zero, "loss_ctr": zero}
         lr, tb = ltrb_t[:, [0, 2]], ltrb_t[:, [1, 3]]
-        ctr_t = torch.sqrt(
-            (lr.min(1).values / lr.max(1).values) * (tb.min(1).values / tb.max(1).values)
-        )
+        ctr_t = torch.sqrt((lr.min(1).values / lr.max(1).values) * (tb.min(1).values / tb.max(1).values))
         p = dist[pos]
         lp = loc.unsqueeze(0).expand(pos.shape[0], -1, -1)[pos]
         pred_boxes = torch.cat([lp - p[:, :2], lp + p[:, 2:]], 1)

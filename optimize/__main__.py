@@ -74,45 +74,123 @@ def build_parser() -> argparse.ArgumentParser:
         prog="edge-optimize",
         description="Export a training checkpoint to ONNX, make INT8/FP16 (and TensorRT) variants, "
         "measure accuracy and latency, pick a variant per hardware class and write a bundle.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("source", metavar="RUN_DIR_OR_CHECKPOINT",
-                   help="a training run directory (uses checkpoints/best.pt, else last.pt), a .pt or its .json sidecar")
-    p.add_argument("--out", required=True, type=Path, metavar="BUNDLE_DIR", help="bundle directory to create (must not exist or be empty)")
+    p.add_argument(
+        "source",
+        metavar="RUN_DIR_OR_CHECKPOINT",
+        help="a training run directory (uses checkpoints/best.pt, else last.pt), a .pt or its .json sidecar",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        metavar="BUNDLE_DIR",
+        help="bundle directory to create (must not exist or be empty)",
+    )
     p.add_argument("--name", required=True, help="bundle name: lowercase letters, digits, . _ -")
     p.add_argument("--version", required=True, help="semantic version, e.g. 1.2.0")
-    p.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
-                   help=f"comma-separated hardware classes or aliases {sorted(TARGET_ALIASES)} (default: %(default)s)")
-    p.add_argument("--calib-samples", type=int, default=128, metavar="N",
-                   help="images for INT8 calibration and the calibration-frame agreement (default: %(default)s)")
-    p.add_argument("--calib-data", type=Path, default=None, metavar="DIR",
-                   help="calibrate on these frames instead of the train split: an ImageFolder root or a flat "
-                        "directory of jpg/png frames")
-    p.add_argument("--baseline", type=Path, action="append", default=[], metavar="BUNDLE_DIR",
-                   help="bundle of the release this one replaces: record the expected agreement with the "
-                        "variants it serves (repeatable)")
-    p.add_argument("--baseline-release", default=None, metavar="NAME@VERSION",
-                   help="a published release as baseline, fetched through the TUF repository of --server")
+    p.add_argument(
+        "--targets",
+        default=",".join(DEFAULT_TARGETS),
+        help=f"comma-separated hardware classes or aliases {sorted(TARGET_ALIASES)} (default: %(default)s)",
+    )
+    p.add_argument(
+        "--calib-samples",
+        type=int,
+        default=128,
+        metavar="N",
+        help="images for INT8 calibration and the calibration-frame agreement (default: %(default)s)",
+    )
+    p.add_argument(
+        "--calib-data",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="calibrate on these frames instead of the train split: an ImageFolder root or a flat "
+        "directory of jpg/png frames",
+    )
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="BUNDLE_DIR",
+        help="bundle of the release this one replaces: record the expected agreement with the "
+        "variants it serves (repeatable)",
+    )
+    p.add_argument(
+        "--baseline-release",
+        default=None,
+        metavar="NAME@VERSION",
+        help="a published release as baseline, fetched through the TUF repository of --server",
+    )
     p.add_argument("--server", default=None, metavar="URL", help="OTA server for --baseline-release")
-    p.add_argument("--trusted-root", type=Path, default=None, metavar="ROOT_JSON",
-                   help="the image repository's pinned root.json, for --baseline-release")
-    p.add_argument("--min-speedup", type=float, default=1.1, metavar="X",
-                   help="a variant beats FP32 only when its speedup's lower 95%% bound is >= X (default: %(default)s)")
-    p.add_argument("--eval-samples", type=int, default=300, metavar="N", help="held-out images for the accuracy gates (default: %(default)s)")
-    p.add_argument("--parity-samples", type=int, default=16, metavar="N", help="held-out images for the ONNX vs torch check (default: %(default)s)")
-    p.add_argument("--max-accuracy-drop", type=float, default=1.0, metavar="P",
-                   help="largest accepted accuracy drop vs FP32, in points (default: %(default)s)")
-    p.add_argument("--calib-methods", default="minmax,entropy,percentile",
-                   help="INT8 calibration methods to try, most accurate kept (default: %(default)s)")
+    p.add_argument(
+        "--trusted-root",
+        type=Path,
+        default=None,
+        metavar="ROOT_JSON",
+        help="the image repository's pinned root.json, for --baseline-release",
+    )
+    p.add_argument(
+        "--min-speedup",
+        type=float,
+        default=1.1,
+        metavar="X",
+        help="a variant beats FP32 only when its speedup's lower 95%% bound is >= X (default: %(default)s)",
+    )
+    p.add_argument(
+        "--eval-samples",
+        type=int,
+        default=300,
+        metavar="N",
+        help="held-out images for the accuracy gates (default: %(default)s)",
+    )
+    p.add_argument(
+        "--parity-samples",
+        type=int,
+        default=16,
+        metavar="N",
+        help="held-out images for the ONNX vs torch check (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-accuracy-drop",
+        type=float,
+        default=1.0,
+        metavar="P",
+        help="largest accepted accuracy drop vs FP32, in points (default: %(default)s)",
+    )
+    p.add_argument(
+        "--calib-methods",
+        default="minmax,entropy,percentile",
+        help="INT8 calibration methods to try, most accurate kept (default: %(default)s)",
+    )
     p.add_argument("--no-int8", action="store_true", help="skip the INT8 variants")
     p.add_argument("--no-fp16", action="store_true", help="skip the FP16 variant")
     p.add_argument("--no-simplify", action="store_true", help="skip onnxslim simplification")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="ONNX Runtime threads for the accuracy runs (default: all cores); timing uses one")
-    p.add_argument("--bench-queries", type=int, default=30, metavar="N",
-                   help="minimum interleaved timing rounds, one query of each variant per round (default: %(default)s)")
-    p.add_argument("--bench-seconds", type=float, default=1.0, metavar="S",
-                   help="minimum timed seconds per variant (default: %(default)s)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="ONNX Runtime threads for the accuracy runs (default: all cores); timing uses one",
+    )
+    p.add_argument(
+        "--bench-queries",
+        type=int,
+        default=30,
+        metavar="N",
+        help="minimum interleaved timing rounds, one query of each variant per round (default: %(default)s)",
+    )
+    p.add_argument(
+        "--bench-seconds",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="minimum timed seconds per variant (default: %(default)s)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary table")
     p.add_argument("-v", "--verbose", action="store_true", help="log every step")
     return p
@@ -124,7 +202,9 @@ def _methods(text: str) -> tuple[CalibMethod, ...]:
         try:
             out.append(CalibMethod(m))
         except ValueError:
-            raise InputError(f"--calib-methods: unknown method {m!r}; expected some of {[c.value for c in CalibMethod]}") from None
+            raise InputError(
+                f"--calib-methods: unknown method {m!r}; expected some of {[c.value for c in CalibMethod]}"
+            ) from None
     return tuple(out)
 
 
@@ -133,15 +213,32 @@ def config_from_args(args: argparse.Namespace) -> OptimizeConfig:
     if args.bench_queries < 1 or args.bench_seconds < 0:
         raise InputError("--bench-queries must be >= 1 and --bench-seconds >= 0")
     return OptimizeConfig(
-        source=Path(args.source), out=args.out, name=args.name, version=args.version,
+        source=Path(args.source),
+        out=args.out,
+        name=args.name,
+        version=args.version,
         targets=tuple(t for t in args.targets.split(",") if t.strip()),
-        calib_samples=args.calib_samples, eval_samples=args.eval_samples, parity_samples=args.parity_samples,
-        max_accuracy_drop=args.max_accuracy_drop, calib_methods=_methods(args.calib_methods),
-        int8=not args.no_int8, fp16=not args.no_fp16, simplify=not args.no_simplify, threads=args.threads,
-        bench=BenchConfig(warmup_queries=5, min_queries=args.bench_queries, min_duration_s=args.bench_seconds,
-                          max_duration_s=max(15.0, args.bench_seconds * 3)),
-        min_speedup=args.min_speedup, baselines=tuple(args.baseline), baseline_release=args.baseline_release,
-        server=args.server, trusted_root=args.trusted_root, calib_data=args.calib_data,
+        calib_samples=args.calib_samples,
+        eval_samples=args.eval_samples,
+        parity_samples=args.parity_samples,
+        max_accuracy_drop=args.max_accuracy_drop,
+        calib_methods=_methods(args.calib_methods),
+        int8=not args.no_int8,
+        fp16=not args.no_fp16,
+        simplify=not args.no_simplify,
+        threads=args.threads,
+        bench=BenchConfig(
+            warmup_queries=5,
+            min_queries=args.bench_queries,
+            min_duration_s=args.bench_seconds,
+            max_duration_s=max(15.0, args.bench_seconds * 3),
+        ),
+        min_speedup=args.min_speedup,
+        baselines=tuple(args.baseline),
+        baseline_release=args.baseline_release,
+        server=args.server,
+        trusted_root=args.trusted_root,
+        calib_data=args.calib_data,
     )
 
 
@@ -158,8 +255,10 @@ def _summary(result_report: dict[str, object], out: Path, seconds: float) -> str
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     from optimize.pipeline import optimize
 
     try:

@@ -59,39 +59,60 @@ def served_variants(manifest: Manifest, targets: Sequence[str]) -> tuple[str, ..
 
 
 def _spec_key(spec: InputSpec) -> dict[str, object]:
-    return {"size (C, H, W)": tuple(spec.shape[1:]), "layout": spec.layout.value,
-            "colour order": spec.color_order.value, "scale": round(spec.scale, 9),
-            "mean": tuple(round(m, 6) for m in spec.mean), "std": tuple(round(s, 6) for s in spec.std)}
+    return {
+        "size (C, H, W)": tuple(spec.shape[1:]),
+        "layout": spec.layout.value,
+        "colour order": spec.color_order.value,
+        "scale": round(spec.scale, 9),
+        "mean": tuple(round(m, 6) for m in spec.mean),
+        "std": tuple(round(s, 6) for s in spec.std),
+    }
 
 
-def check_compatible(manifest: Manifest, *, origin: str, name: str, version: str, task: Task,
-                     labels: Sequence[str], input_spec: InputSpec) -> None:
+def check_compatible(
+    manifest: Manifest,
+    *,
+    origin: str,
+    name: str,
+    version: str,
+    task: Task,
+    labels: Sequence[str],
+    input_spec: InputSpec,
+) -> None:
     """Raise :class:`InputError` unless ``manifest`` is an earlier release of the same model."""
     if manifest.name != name:
         raise InputError(f"{origin} is a bundle of {manifest.name!r}; expected a release of {name!r}")
     if manifest.version == version:
-        raise InputError(f"{origin} is {manifest.release}, the very release being built; "
-                         "a baseline is the release this one replaces")
+        raise InputError(
+            f"{origin} is {manifest.release}, the very release being built; a baseline is the release this one replaces"
+        )
     if manifest.task is not task:
         raise InputError(f"{origin} is a {manifest.task.value} model; expected {task.value}")
     ours, theirs = _spec_key(input_spec), _spec_key(manifest.input)
     diff = {k: (theirs[k], ours[k]) for k in ours if ours[k] != theirs[k]}
     if diff:
         shown = "; ".join(f"{k}: baseline {a}, new {b}" for k, (a, b) in diff.items())
-        raise InputError(f"{origin} has an incompatible input spec ({shown}): the same camera frame "
-                         "would not reach both models alike")
+        raise InputError(
+            f"{origin} has an incompatible input spec ({shown}): the same camera frame "
+            "would not reach both models alike"
+        )
     if tuple(manifest.labels) != tuple(labels):
         if sorted(manifest.labels) == sorted(labels):
             i = next(i for i, (a, b) in enumerate(zip(manifest.labels, labels, strict=True)) if a != b)
-            raise InputError(f"{origin} has the same labels in another order (index {i}: baseline "
-                             f"{manifest.labels[i]!r}, new {labels[i]!r}); agreement would compare other classes")
+            raise InputError(
+                f"{origin} has the same labels in another order (index {i}: baseline "
+                f"{manifest.labels[i]!r}, new {labels[i]!r}); agreement would compare other classes"
+            )
         missing, extra = sorted(set(labels) - set(manifest.labels)), sorted(set(manifest.labels) - set(labels))
-        raise InputError(f"{origin} has another label set ({len(manifest.labels)} labels; missing {missing[:5]}, "
-                         f"extra {extra[:5]}); expected the {len(labels)} labels of the checkpoint")
+        raise InputError(
+            f"{origin} has another label set ({len(manifest.labels)} labels; missing {missing[:5]}, "
+            f"extra {extra[:5]}); expected the {len(labels)} labels of the checkpoint"
+        )
 
 
-def open_baseline(directory: Path, *, origin: str, targets: Sequence[str],
-                  check: Callable[[Manifest], None]) -> Baseline:
+def open_baseline(
+    directory: Path, *, origin: str, targets: Sequence[str], check: Callable[[Manifest], None]
+) -> Baseline:
     """Read the bundle in ``directory``, ``check`` its manifest (e.g. :func:`check_compatible`,
     raising :class:`InputError`) and verify the files of the variants it serves."""
     if not Path(directory).is_dir():
@@ -120,29 +141,45 @@ def _decoded(rt: OrtRuntime, frames: SampleSet, manifest: Manifest) -> tuple[Dec
     return decode_outputs(out, manifest.output, transforms, frames.sizes)
 
 
-def references(baseline: Baseline, heldout: SampleSet, calib: SampleSet, *,
-               threads: int | None) -> list[Reference]:
+def references(baseline: Baseline, heldout: SampleSet, calib: SampleSet, *, threads: int | None) -> list[Reference]:
     """What each served variant ONNX Runtime (CPU) can run decodes on both frame sets."""
     out = []
     m = baseline.manifest
     for vid in baseline.served:
         v = m.variant(vid)
         if v.format is not Format.ONNX:
-            log.warning("%s: skipping expectations against %s of %s: ONNX Runtime (CPU) cannot run a %s",
-                        baseline.origin, vid, m.release, v.format.value)
+            log.warning(
+                "%s: skipping expectations against %s of %s: ONNX Runtime (CPU) cannot run a %s",
+                baseline.origin,
+                vid,
+                m.release,
+                v.format.value,
+            )
             continue
         try:
-            rt = OrtRuntime(baseline.directory / v.file, OrtOptions(providers=("CPUExecutionProvider",),
-                                                                     intra_op_threads=threads, allow_spinning=False))
+            rt = OrtRuntime(
+                baseline.directory / v.file,
+                OrtOptions(providers=("CPUExecutionProvider",), intra_op_threads=threads, allow_spinning=False),
+            )
         except ModelRuntimeError as e:
-            log.warning("%s: skipping expectations against %s of %s: ONNX Runtime (CPU) cannot run it: %s",
-                        baseline.origin, vid, m.release, str(e)[:200])
+            log.warning(
+                "%s: skipping expectations against %s of %s: ONNX Runtime (CPU) cannot run it: %s",
+                baseline.origin,
+                vid,
+                m.release,
+                str(e)[:200],
+            )
             continue
         try:
             frames = FrameSets(_decoded(rt, heldout, m), _decoded(rt, calib, m))
         except ModelRuntimeError as e:
-            log.warning("%s: skipping expectations against %s of %s: inference failed: %s",
-                        baseline.origin, vid, m.release, str(e)[:200])
+            log.warning(
+                "%s: skipping expectations against %s of %s: inference failed: %s",
+                baseline.origin,
+                vid,
+                m.release,
+                str(e)[:200],
+            )
             continue
         finally:
             rt.close()

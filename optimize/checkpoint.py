@@ -124,7 +124,10 @@ def _state_dict(pt: Path) -> dict[str, torch.Tensor]:
         raise InputError(f"{pt} is not a readable checkpoint (torch.load weights_only): {e}") from e
     state = blob.get("model") if isinstance(blob, dict) else None
     if not isinstance(state, dict) or not state:
-        raise InputError(f"{pt} has no 'model' state_dict (keys: {sorted(blob)[:8] if isinstance(blob, dict) else type(blob).__name__})")
+        raise InputError(
+            f"{pt} has no 'model' state_dict "
+            f"(keys: {sorted(blob)[:8] if isinstance(blob, dict) else type(blob).__name__})"
+        )
     # DDP checkpoints may carry the "module." prefix
     return {k.removeprefix("module."): v for k, v in state.items()}
 

@@ -105,12 +105,21 @@ class FrameFolder(Dataset):
     def __init__(self, root: Path) -> None:
         root = Path(root).expanduser()
         if not root.is_dir():
-            raise InputError(f"--calib-data {root} does not exist or is not a directory; expected an ImageFolder "
-                             "root or a directory of frames (jpg/png)")
+            raise InputError(
+                f"--calib-data {root} does not exist or is not a directory; expected an ImageFolder "
+                "root or a directory of frames (jpg/png)"
+            )
         base = root / "train" if (root / "train").is_dir() else root
-        files = sorted((p for p in base.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-                        and not any(part.startswith(".") for part in p.relative_to(base).parts)),
-                       key=lambda p: p.relative_to(base).as_posix())
+        files = sorted(
+            (
+                p
+                for p in base.rglob("*")
+                if p.suffix.lower() in IMAGE_EXTENSIONS
+                and p.is_file()
+                and not any(part.startswith(".") for part in p.relative_to(base).parts)
+            ),
+            key=lambda p: p.relative_to(base).as_posix(),
+        )
         if not files:
             raise InputError(f"--calib-data {base} holds no image files (looked for {sorted(IMAGE_EXTENSIONS)})")
         self.root, self.base, self.labels = root, base, ()
@@ -120,11 +129,17 @@ class FrameFolder(Dataset):
         self.skipped_files = [p for p in files if p not in readable]
         self.skipped = len(self.skipped_files)
         if not self.files:
-            raise InputError(f"--calib-data {base}: none of the {len(files)} image files could be decoded, "
-                             f"e.g. {[str(p) for p in files[:3]]}")
+            raise InputError(
+                f"--calib-data {base}: none of the {len(files)} image files could be decoded, "
+                f"e.g. {[str(p) for p in files[:3]]}"
+            )
         if self.skipped:
-            log.warning("--calib-data %s: skipped %d unreadable image(s), e.g. %s", base, self.skipped,
-                        [str(p) for p in self.skipped_files[:3]])
+            log.warning(
+                "--calib-data %s: skipped %d unreadable image(s), e.g. %s",
+                base,
+                self.skipped,
+                [str(p) for p in self.skipped_files[:3]],
+            )
 
     def __len__(self) -> int:
         return len(self.files)

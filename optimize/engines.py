@@ -22,8 +22,14 @@ from optimize.variants import BuiltVariant
 __all__ = ["build_engines"]
 
 
-def build_engines(cfg: OptimizeConfig, built: list[BuiltVariant], spec: InputSpec, stage: Path, work: Path,
-                  note: Callable[[str], None]) -> list[BuiltVariant]:
+def build_engines(
+    cfg: OptimizeConfig,
+    built: list[BuiltVariant],
+    spec: InputSpec,
+    stage: Path,
+    work: Path,
+    note: Callable[[str], None],
+) -> list[BuiltVariant]:
     """Engines from the Q/DQ INT8 and FP16 ONNX variants for this host's GPU class (or none)."""
     if not tensorrt_available():
         note("TensorRT not installed: GPU classes get the Q/DQ ONNX to build on the device")
@@ -41,17 +47,32 @@ def build_engines(cfg: OptimizeConfig, built: list[BuiltVariant], spec: InputSpe
         if src is None:
             continue
         engine = stage / f"model-{precision.value}-sm{sm}.engine"
-        tcfg = TrtBuildConfig(input_shape=(3, spec.height, spec.width), input_name=spec.name,
-                              precision=precision, dynamic_batch=spec.shape[0] is None,
-                              timing_cache=work / "timing.cache")
+        tcfg = TrtBuildConfig(
+            input_shape=(3, spec.height, spec.width),
+            input_name=spec.name,
+            precision=precision,
+            dynamic_batch=spec.shape[0] is None,
+            timing_cache=work / "timing.cache",
+        )
         try:
             info = build_engine(src.path, engine, tcfg)
         except EngineBuildError as e:
             note(f"engine from {src.id} failed: {e}")
             continue
-        req = HardwareRequirements(accelerators=(CLASS_ACCELERATOR[hw],), compute_capability=info.compute_capability,
-                                   tensorrt_version=info.tensorrt_version)
-        out.append(BuiltVariant(f"trt-{precision.value}-sm{sm}", engine, Format.TENSORRT_ENGINE, precision, req,
-                                {"source": src.id, "strongly_typed": info.strongly_typed,
-                                 "tensorrt_version": info.tensorrt_version}, engine_class=hw))
+        req = HardwareRequirements(
+            accelerators=(CLASS_ACCELERATOR[hw],),
+            compute_capability=info.compute_capability,
+            tensorrt_version=info.tensorrt_version,
+        )
+        out.append(
+            BuiltVariant(
+                f"trt-{precision.value}-sm{sm}",
+                engine,
+                Format.TENSORRT_ENGINE,
+                precision,
+                req,
+                {"source": src.id, "strongly_typed": info.strongly_typed, "tensorrt_version": info.tensorrt_version},
+                engine_class=hw,
+            )
+        )
     return out

@@ -64,8 +64,14 @@ def average_precision(tp: np.ndarray, scores: np.ndarray, n_gt: int) -> float:
     return float(np.mean(np.where(idx < precision.size, precision[np.minimum(idx, precision.size - 1)], 0.0)))
 
 
-def map50(preds: Sequence[Detections], gt_boxes: Sequence[np.ndarray], gt_labels: Sequence[np.ndarray],
-          num_classes: int, *, iou: float = 0.5) -> float:
+def map50(
+    preds: Sequence[Detections],
+    gt_boxes: Sequence[np.ndarray],
+    gt_labels: Sequence[np.ndarray],
+    num_classes: int,
+    *,
+    iou: float = 0.5,
+) -> float:
     """mAP at IoU ``iou`` over classes that have ground truth (0.0 when none has)."""
     aps = []
     for c in range(num_classes):
@@ -91,9 +97,17 @@ def map50(preds: Sequence[Detections], gt_boxes: Sequence[np.ndarray], gt_labels
     return float(np.mean(aps)) if aps else 0.0
 
 
-def score_outputs(task: Task, outputs: Outputs, spec: OutputSpec, samples: Sequence[object],
-                  transforms: Sequence[object], sizes: Sequence[tuple[int, int]], *,
-                  num_classes: int, reference: Outputs | None = None) -> Score:
+def score_outputs(
+    task: Task,
+    outputs: Outputs,
+    spec: OutputSpec,
+    samples: Sequence[object],
+    transforms: Sequence[object],
+    sizes: Sequence[tuple[int, int]],
+    *,
+    num_classes: int,
+    reference: Outputs | None = None,
+) -> Score:
     """The task metric of ``outputs`` against the samples' labels (or ``reference`` for masks)."""
     picked = pick_outputs(outputs, spec)
     if task is Task.CLASSIFICATION:

@@ -35,8 +35,17 @@ from models.preprocess import Transform
 from models.runtime.decode import Detections, decode_boxes, decode_mask, pick_outputs
 from models.stats import MIN_CLASS_FRAMES
 
-__all__ = ["Decoded", "FrameSets", "Reference", "decode_outputs", "frame_agreement", "mean_agreement",
-           "class_agreements", "expectations", "below_floor"]
+__all__ = [
+    "Decoded",
+    "FrameSets",
+    "Reference",
+    "decode_outputs",
+    "frame_agreement",
+    "mean_agreement",
+    "class_agreements",
+    "expectations",
+    "below_floor",
+]
 
 Decoded = int | Detections | np.ndarray | None  # top-1 class | boxes | label map; None: NaN output
 
@@ -59,8 +68,12 @@ class Reference:
     frames: FrameSets
 
 
-def decode_outputs(outputs: Mapping[str, np.ndarray], spec: OutputSpec, transforms: Sequence[Transform],
-                   sizes: Sequence[tuple[int, int]]) -> tuple[Decoded, ...]:
+def decode_outputs(
+    outputs: Mapping[str, np.ndarray],
+    spec: OutputSpec,
+    transforms: Sequence[Transform],
+    sizes: Sequence[tuple[int, int]],
+) -> tuple[Decoded, ...]:
     """Per-frame decoded results of a batch of raw outputs, as a device decodes them."""
     picked = pick_outputs(outputs, spec)
     kind = spec.decoder.kind
@@ -96,8 +109,9 @@ def mean_agreement(task: Task, candidate: Sequence[Decoded], reference: Sequence
     return float(np.mean([frame_agreement(task, c, r) for c, r in zip(candidate, reference, strict=True)]))
 
 
-def class_agreements(task: Task, candidate: FrameSets, reference: FrameSets, labels: Sequence[str], *,
-                     min_frames: int = MIN_CLASS_FRAMES) -> tuple[ClassAgreement, ...]:
+def class_agreements(
+    task: Task, candidate: FrameSets, reference: FrameSets, labels: Sequence[str], *, min_frames: int = MIN_CLASS_FRAMES
+) -> tuple[ClassAgreement, ...]:
     """Mean agreement on the frames (held-out and calibration) the reference predicted as each class,
     in label order, for the classes it predicted on at least ``min_frames`` frames; () unless classification.
     A frame the reference gave NaN on has no class."""
@@ -117,12 +131,16 @@ def class_agreements(task: Task, candidate: FrameSets, reference: FrameSets, lab
             raise ValueError(f"reference class {k} is outside the {len(labels)} labels")
         sums[k] += frame_agreement(task, c, r)
         counts[k] += 1
-    return tuple(ClassAgreement(labels[k], round(float(sums[k] / counts[k]), 4), int(counts[k]))
-                 for k in range(len(labels)) if counts[k] >= min_frames)
+    return tuple(
+        ClassAgreement(labels[k], round(float(sums[k] / counts[k]), 4), int(counts[k]))
+        for k in range(len(labels))
+        if counts[k] >= min_frames
+    )
 
 
-def expectations(task: Task, candidates: Mapping[str, FrameSets], references: Sequence[Reference], *,
-                 labels: Sequence[str]) -> tuple[AgreementExpectation, ...]:
+def expectations(
+    task: Task, candidates: Mapping[str, FrameSets], references: Sequence[Reference], *, labels: Sequence[str]
+) -> tuple[AgreementExpectation, ...]:
     """One expectation per (candidate variant, reference), in the order given, with its per-class
     figures (:func:`class_agreements`; ``labels`` are the bundle's); duplicates (the same release and
     file named twice) are dropped."""
@@ -135,15 +153,24 @@ def expectations(task: Task, candidates: Mapping[str, FrameSets], references: Se
                 continue
             seen.add(key)
             calib = frames.calib and ref.frames.calib
-            out.append(AgreementExpectation(
-                variant=vid, baseline=ref.release, baseline_variant=ref.variant, baseline_sha256=ref.sha256,
-                heldout=round(mean_agreement(task, frames.heldout, ref.frames.heldout), 4),
-                heldout_frames=len(frames.heldout),
-                calib=round(mean_agreement(task, frames.calib, ref.frames.calib), 4) if calib else None,
-                calib_frames=len(frames.calib) if calib else 0,
-                per_class=class_agreements(task, frames if calib else FrameSets(frames.heldout),
-                                           ref.frames if calib else FrameSets(ref.frames.heldout), labels),
-            ))
+            out.append(
+                AgreementExpectation(
+                    variant=vid,
+                    baseline=ref.release,
+                    baseline_variant=ref.variant,
+                    baseline_sha256=ref.sha256,
+                    heldout=round(mean_agreement(task, frames.heldout, ref.frames.heldout), 4),
+                    heldout_frames=len(frames.heldout),
+                    calib=round(mean_agreement(task, frames.calib, ref.frames.calib), 4) if calib else None,
+                    calib_frames=len(frames.calib) if calib else 0,
+                    per_class=class_agreements(
+                        task,
+                        frames if calib else FrameSets(frames.heldout),
+                        ref.frames if calib else FrameSets(ref.frames.heldout),
+                        labels,
+                    ),
+                )
+            )
     return tuple(out)
 
 
@@ -154,8 +181,13 @@ def below_floor(expected: Sequence[AgreementExpectation], *, release: str, floor
     for e in expected:
         if e.expected >= floor:
             continue
-        who = (f"a device judging it against its own {e.baseline_variant}" if e.baseline == release
-               else f"devices running {e.baseline}/{e.baseline_variant}")
-        out.append(f"{e.variant} is expected to agree {e.expected:.1%} with {e.baseline}/{e.baseline_variant}, "
-                   f"below the floor min_agreement {floor:.1%}: {who} will refuse this bundle")
+        who = (
+            f"a device judging it against its own {e.baseline_variant}"
+            if e.baseline == release
+            else f"devices running {e.baseline}/{e.baseline_variant}"
+        )
+        out.append(
+            f"{e.variant} is expected to agree {e.expected:.1%} with {e.baseline}/{e.baseline_variant}, "
+            f"below the floor min_agreement {floor:.1%}: {who} will refuse this bundle"
+        )
     return out

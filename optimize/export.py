@@ -29,8 +29,16 @@ from models.runtime.errors import ModelRuntimeError
 from models.runtime.onnxrt import OrtOptions, OrtRuntime
 from optimize.errors import ExportError, ParityError
 
-__all__ = ["OUTPUT_NAMES", "ExportResult", "ParityReport", "export_onnx", "torch_outputs", "check_parity", "require_parity",
-           "simplify_onnx"]
+__all__ = [
+    "OUTPUT_NAMES",
+    "ExportResult",
+    "ParityReport",
+    "export_onnx",
+    "torch_outputs",
+    "check_parity",
+    "require_parity",
+    "simplify_onnx",
+]
 
 log = logging.getLogger(__name__)
 
@@ -63,16 +71,25 @@ class ParityReport:
 
 
 def _export_bytes(model: nn.Module, spec: InputSpec, names: tuple[str, ...], opset: int, dynamic: bool) -> bytes:
-    dummy = torch.zeros(1, 3, spec.height, spec.width) if spec.layout.value == "NCHW" else torch.zeros(
-        1, spec.height, spec.width, 3
+    dummy = (
+        torch.zeros(1, 3, spec.height, spec.width)
+        if spec.layout.value == "NCHW"
+        else torch.zeros(1, spec.height, spec.width, 3)
     )
     axes = {n: {0: "batch"} for n in (spec.name, *names)} if dynamic else None
     with tempfile.TemporaryDirectory(prefix="edgefleet-export-") as tmp, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notices
         path = Path(tmp) / "model.onnx"
         torch.onnx.export(
-            model, (dummy,), str(path), input_names=[spec.name], output_names=list(names), opset_version=opset,
-            dynamic_axes=axes, do_constant_folding=True, dynamo=False,
+            model,
+            (dummy,),
+            str(path),
+            input_names=[spec.name],
+            output_names=list(names),
+            opset_version=opset,
+            dynamic_axes=axes,
+            do_constant_folding=True,
+            dynamo=False,
         )
         return path.read_bytes()
 
@@ -91,7 +108,7 @@ def export_onnx(model: nn.Module, spec: InputSpec, path: Path, *, task: Task, op
     names = OUTPUT_NAMES[task]
     model = model.eval()
     want_dynamic = spec.shape[0] is None
-    for dynamic in ((True, False) if want_dynamic else (False,)):
+    for dynamic in (True, False) if want_dynamic else (False,):
         try:
             data = _export_bytes(model, spec, names, opset, dynamic)
             _finish(data, path)
@@ -109,13 +126,17 @@ def export_onnx(model: nn.Module, spec: InputSpec, path: Path, *, task: Task, op
 def _runs_batch(path: Path, spec: InputSpec) -> bool:
     shape = (2, 3, spec.height, spec.width) if spec.layout.value == "NCHW" else (2, spec.height, spec.width, 3)
     try:
-        OrtRuntime(path, OrtOptions(providers=("CPUExecutionProvider",), allow_spinning=False)).run(np.zeros(shape, np.float32))
+        OrtRuntime(path, OrtOptions(providers=("CPUExecutionProvider",), allow_spinning=False)).run(
+            np.zeros(shape, np.float32)
+        )
     except ModelRuntimeError:
         return False
     return True
 
 
-def torch_outputs(model: nn.Module, inputs: np.ndarray, names: tuple[str, ...], *, batch_size: int = 16) -> dict[str, np.ndarray]:
+def torch_outputs(
+    model: nn.Module, inputs: np.ndarray, names: tuple[str, ...], *, batch_size: int = 16
+) -> dict[str, np.ndarray]:
     """Run torch on ``inputs`` in batches; outputs by ONNX name."""
     parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
     with torch.inference_mode():
@@ -129,8 +150,16 @@ def torch_outputs(model: nn.Module, inputs: np.ndarray, names: tuple[str, ...], 
     return {n: np.concatenate(v) for n, v in parts.items()}
 
 
-def check_parity(onnx_path: Path, reference: dict[str, np.ndarray], inputs: np.ndarray, *, atol: float = 1e-3,
-                 rtol: float = 1e-3, min_cosine: float = 0.9999, batch_size: int = 16) -> ParityReport:
+def check_parity(
+    onnx_path: Path,
+    reference: dict[str, np.ndarray],
+    inputs: np.ndarray,
+    *,
+    atol: float = 1e-3,
+    rtol: float = 1e-3,
+    min_cosine: float = 0.9999,
+    batch_size: int = 16,
+) -> ParityReport:
     """Compare ONNX Runtime (FP32, CPU) with ``reference`` (torch) outputs on ``inputs``."""
     rt = OrtRuntime(onnx_path, OrtOptions(providers=("CPUExecutionProvider",), allow_spinning=False))
     static = isinstance(rt.input_shape[0], int)
@@ -150,8 +179,10 @@ def check_parity(onnx_path: Path, reference: dict[str, np.ndarray], inputs: np.n
         cosine[name] = float(np.dot(out.ravel(), r.ravel()) / denom) if denom > 0 else 1.0
         excess = float((diff - rtol * np.abs(r)).max(initial=0.0))
         if excess > atol or cosine[name] < min_cosine or not np.all(np.isfinite(out)):
-            bad.append(f"{name}: max |onnx - torch| {max_abs[name]:.3g} (tolerance {atol:g} + {rtol:g}*|torch|), "
-                       f"cosine {cosine[name]:.6f} (min {min_cosine})")
+            bad.append(
+                f"{name}: max |onnx - torch| {max_abs[name]:.3g} (tolerance {atol:g} + {rtol:g}*|torch|), "
+                f"cosine {cosine[name]:.6f} (min {min_cosine})"
+            )
     detail = "; ".join(bad) if bad else "ok"
     return ParityReport(int(inputs.shape[0]), max_abs, cosine, not bad, detail)
 

@@ -53,8 +53,13 @@ def _updater(server: str, trusted_root: Path, cache: Path, dest: Path) -> Any:
     from tuf.api import exceptions as tuf_exc
 
     try:
-        return Updater(str(cache), f"{base}/tuf/metadata/", target_dir=str(dest),
-                       target_base_url=f"{base}/tuf/targets/", bootstrap=root)
+        return Updater(
+            str(cache),
+            f"{base}/tuf/metadata/",
+            target_dir=str(dest),
+            target_base_url=f"{base}/tuf/targets/",
+            bootstrap=root,
+        )
     except (ValueError, TypeError, tuf_exc.RepositoryError) as e:  # not a (valid) TUF root
         raise InputError(f"--trusted-root {trusted_root} is not a valid TUF root metadata file: {e}") from e
 
@@ -101,15 +106,18 @@ def _variant_download(updater: Any, name: str, version: str, v: Variant, dest: P
     def check(info: Any) -> None:
         _check_custom(info, name=name, version=version, kind="variant", variant=v.id)
         if info.length != v.size or info.hashes.get("sha256") != v.sha256:
-            raise InputError(f"TUF target {info.path} (length {info.length}, sha256 "
-                             f"{info.hashes.get('sha256')}) does not match the manifest's {v.file} "
-                             f"(length {v.size}, sha256 {v.sha256})")
+            raise InputError(
+                f"TUF target {info.path} (length {info.length}, sha256 "
+                f"{info.hashes.get('sha256')}) does not match the manifest's {v.file} "
+                f"(length {v.size}, sha256 {v.sha256})"
+            )
 
     return lambda: _download(updater, f"{name}/{version}/{v.file}", dest, check)
 
 
-def fetch_release(release: str, *, server: str, trusted_root: Path, dest: Path,
-                  variant_ids: Callable[[Manifest], Sequence[str]]) -> Path:
+def fetch_release(
+    release: str, *, server: str, trusted_root: Path, dest: Path, variant_ids: Callable[[Manifest], Sequence[str]]
+) -> Path:
     """Download and verify ``release`` ("name@version") into ``dest``: its manifest and the
     files of the variants ``variant_ids(manifest)`` names. Returns ``dest``, a bundle directory
     holding those files. Raises :class:`InputError`."""
@@ -117,9 +125,16 @@ def fetch_release(release: str, *, server: str, trusted_root: Path, dest: Path,
     what = f"--baseline-release {release}"
     updater = _updater(server, trusted_root, dest / ".tuf-metadata", dest)
     _run_tuf(what, server, updater.refresh)
-    mpath = _run_tuf(what, server, lambda: _download(
-        updater, f"{name}/{version}/{MANIFEST_NAME}", dest,
-        lambda i: _check_custom(i, name=name, version=version, kind="manifest", variant=None)))
+    mpath = _run_tuf(
+        what,
+        server,
+        lambda: _download(
+            updater,
+            f"{name}/{version}/{MANIFEST_NAME}",
+            dest,
+            lambda i: _check_custom(i, name=name, version=version, kind="manifest", variant=None),
+        ),
+    )
     try:
         manifest = load_manifest(mpath.read_bytes())
     except BundleError as e:
@@ -128,7 +143,6 @@ def fetch_release(release: str, *, server: str, trusted_root: Path, dest: Path,
         raise InputError(f"{what}: the published manifest is {manifest.release}")
     wanted = list(dict.fromkeys(variant_ids(manifest)))
     for vid in wanted:
-
         _run_tuf(what, server, _variant_download(updater, name, version, manifest.variant(vid), dest))
     try:
         verify_bundle(dest, manifest, variant_ids=wanted)

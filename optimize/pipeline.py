@@ -74,8 +74,19 @@ from optimize.variants import REQUIREMENTS, BuiltVariant, Evaluator, host_descri
 __all__ = ["OptimizeResult", "optimize", "STEPS"]
 
 log = logging.getLogger(__name__)
-STEPS = ("checkpoint", "baselines", "samples", "export", "int8 cpu", "int8 tensorrt", "fp16", "tensorrt engines",
-         "measure", "expectations", "select + write")
+STEPS = (
+    "checkpoint",
+    "baselines",
+    "samples",
+    "export",
+    "int8 cpu",
+    "int8 tensorrt",
+    "fp16",
+    "tensorrt engines",
+    "measure",
+    "expectations",
+    "select + write",
+)
 
 
 @dataclass(frozen=True)
@@ -126,17 +137,23 @@ class _Progress:
 
 def _output_spec(task: Task, onnx_path: Path, num_classes: int) -> OutputSpec:
     graph = onnx.load(str(onnx_path)).graph
-    shapes = {o.name: tuple(d.dim_value if d.dim_value > 0 else None for d in o.type.tensor_type.shape.dim)
-              for o in graph.output}
+    shapes = {
+        o.name: tuple(d.dim_value if d.dim_value > 0 else None for d in o.type.tensor_type.shape.dim)
+        for o in graph.output
+    }
     meanings = {"logits": "logits", "boxes": "boxes_xyxy", "scores": "scores", "mask_logits": "mask_logits"}
     tensors = tuple(TensorSpec(n, shapes[n], meanings[n]) for n in OUTPUT_NAMES[task])
-    kind = {Task.CLASSIFICATION: DecoderKind.TOPK, Task.DETECTION: DecoderKind.BOXES,
-            Task.SEGMENTATION: DecoderKind.MASKS}[task]
+    kind = {
+        Task.CLASSIFICATION: DecoderKind.TOPK,
+        Task.DETECTION: DecoderKind.BOXES,
+        Task.SEGMENTATION: DecoderKind.MASKS,
+    }[task]
     return OutputSpec(tensors, DecoderSpec(kind=kind, top_k=min(5, num_classes)))
 
 
-def _export(cfg: OptimizeConfig, ckpt: Checkpoint, stage: Path, work: Path, parity: SampleSet,
-            pr: _Progress) -> tuple[BuiltVariant, dict[str, Any], InputSpec]:
+def _export(
+    cfg: OptimizeConfig, ckpt: Checkpoint, stage: Path, work: Path, parity: SampleSet, pr: _Progress
+) -> tuple[BuiltVariant, dict[str, Any], InputSpec]:
     model = build_torch_model(ckpt)
     names = OUTPUT_NAMES[ckpt.task]
     raw = work / "model-fp32-raw.onnx"
@@ -146,8 +163,9 @@ def _export(cfg: OptimizeConfig, ckpt: Checkpoint, stage: Path, work: Path, pari
     require_parity(rep, "the exported ONNX model (ONNX Runtime FP32)")
     final, simplified = stage / "model-fp32.onnx", False
     if cfg.simplify and simplify_onnx(raw, work / "model-fp32-slim.onnx"):
-        slim_rep = check_parity(work / "model-fp32-slim.onnx", ref, parity.inputs, atol=cfg.parity_atol,
-                                min_cosine=cfg.parity_min_cosine)
+        slim_rep = check_parity(
+            work / "model-fp32-slim.onnx", ref, parity.inputs, atol=cfg.parity_atol, min_cosine=cfg.parity_min_cosine
+        )
         if slim_rep.ok:
             rep, simplified = slim_rep, True
             shutil.copyfile(work / "model-fp32-slim.onnx", final)
@@ -156,27 +174,54 @@ def _export(cfg: OptimizeConfig, ckpt: Checkpoint, stage: Path, work: Path, pari
     if not simplified:
         shutil.copyfile(raw, final)
     pr.note(f"parity ok on {rep.samples} samples: max abs {max(rep.max_abs.values()):.2e}")
-    spec = ckpt.input_spec if res.dynamic_batch else dataclasses.replace(
-        ckpt.input_spec, shape=(1, *ckpt.input_spec.shape[1:]))
+    spec = (
+        ckpt.input_spec
+        if res.dynamic_batch
+        else dataclasses.replace(ckpt.input_spec, shape=(1, *ckpt.input_spec.shape[1:]))
+    )
     details = {"opset": res.opset, "dynamic_batch": res.dynamic_batch, "simplified": simplified}
     bv = BuiltVariant("onnx-fp32", final, Format.ONNX, Precision.FP32, REQUIREMENTS["onnx-fp32"], details)
     return bv, rep.to_dict(), spec
 
 
-def _int8(cfg: OptimizeConfig, ev: Evaluator, fp32: BuiltVariant, calib: np.ndarray, stage: Path, work: Path,
-          flavor: Int8Flavor, pr: _Progress) -> BuiltVariant | None:
-    vid, file = ("onnx-int8", "model-int8.onnx") if flavor is Int8Flavor.CPU else ("onnx-int8-qdq", "model-int8-qdq.onnx")
+def _int8(
+    cfg: OptimizeConfig,
+    ev: Evaluator,
+    fp32: BuiltVariant,
+    calib: np.ndarray,
+    stage: Path,
+    work: Path,
+    flavor: Int8Flavor,
+    pr: _Progress,
+) -> BuiltVariant | None:
+    vid, file = (
+        ("onnx-int8", "model-int8.onnx") if flavor is Int8Flavor.CPU else ("onnx-int8-qdq", "model-int8-qdq.onnx")
+    )
     reference = fp32.score.value if fp32.score else 0.0
     try:
-        result = search_int8(fp32.path, work, calib, lambda p: ev.score(p).value, reference=reference,
-                             max_drop_points=cfg.max_accuracy_drop, methods=cfg.calib_methods, flavor=flavor,
-                             max_rounds=cfg.max_exclusion_rounds, progress=pr.note)
+        result = search_int8(
+            fp32.path,
+            work,
+            calib,
+            lambda p: ev.score(p).value,
+            reference=reference,
+            max_drop_points=cfg.max_accuracy_drop,
+            methods=cfg.calib_methods,
+            flavor=flavor,
+            max_rounds=cfg.max_exclusion_rounds,
+            progress=pr.note,
+        )
     except QuantizationError as e:
         log.warning("no %s variant: %s", vid, e)
         return None
     if not result.within_limit:
-        log.warning("%s dropped: best accuracy %.4f is more than %.2f points below FP32 %.4f", vid,
-                    result.best.accuracy, cfg.max_accuracy_drop, reference)
+        log.warning(
+            "%s dropped: best accuracy %.4f is more than %.2f points below FP32 %.4f",
+            vid,
+            result.best.accuracy,
+            cfg.max_accuracy_drop,
+            reference,
+        )
     shutil.copyfile(result.best.path, stage / file)
     return BuiltVariant(vid, stage / file, Format.ONNX, Precision.INT8, REQUIREMENTS[vid], result.details(reference))
 
@@ -192,9 +237,17 @@ def _calib_source(cfg: OptimizeConfig, ckpt: Checkpoint) -> Dataset:
 
 def _baselines(cfg: OptimizeConfig, ckpt: Checkpoint, work: Path) -> list[Baseline]:
     """Open, check and verify every baseline; a release is fetched through TUF into ``work``."""
+
     def check(manifest: Manifest, origin: str) -> None:
-        check_compatible(manifest, origin=origin, name=cfg.name, version=cfg.version, task=ckpt.task,
-                         labels=ckpt.labels, input_spec=ckpt.input_spec)
+        check_compatible(
+            manifest,
+            origin=origin,
+            name=cfg.name,
+            version=cfg.version,
+            task=ckpt.task,
+            labels=ckpt.labels,
+            input_spec=ckpt.input_spec,
+        )
 
     def opened(directory: Path, origin: str) -> Baseline:
         return open_baseline(directory, origin=origin, targets=cfg.targets, check=lambda m: check(m, origin))
@@ -208,14 +261,20 @@ def _baselines(cfg: OptimizeConfig, ckpt: Checkpoint, work: Path) -> list[Baseli
             check(manifest, origin)  # before a byte of a model is downloaded
             return served_variants(manifest, cfg.targets)
 
-        dest = fetch_release(cfg.baseline_release, server=cfg.server, trusted_root=cfg.trusted_root,
-                             dest=work / "baseline-release", variant_ids=wanted)
+        dest = fetch_release(
+            cfg.baseline_release,
+            server=cfg.server,
+            trusted_root=cfg.trusted_root,
+            dest=work / "baseline-release",
+            variant_ids=wanted,
+        )
         out.append(opened(dest, origin))
     return out
 
 
-def _build_variants(cfg: OptimizeConfig, ckpt: Checkpoint, calib_src: Dataset, stage: Path, work: Path,
-                    pr: _Progress) -> tuple[list[BuiltVariant], dict[str, Any], InputSpec, Evaluator]:
+def _build_variants(
+    cfg: OptimizeConfig, ckpt: Checkpoint, calib_src: Dataset, stage: Path, work: Path, pr: _Progress
+) -> tuple[list[BuiltVariant], dict[str, Any], InputSpec, Evaluator]:
     val = open_split(ckpt.dataset, "val")
     evalset = load_samples(val, cfg.eval_samples, ckpt.input_spec)
     calibset = load_samples(calib_src, cfg.calib_samples, ckpt.input_spec)
@@ -223,8 +282,15 @@ def _build_variants(cfg: OptimizeConfig, ckpt: Checkpoint, calib_src: Dataset, s
     pr.step("samples")
     fp32, parity, spec = _export(cfg, ckpt, stage, work, evalset.head(cfg.parity_samples), pr)
     pr.step("export")
-    ev = Evaluator(ckpt.task, _output_spec(ckpt.task, fp32.path, ckpt.num_classes), evalset,
-                   num_classes=ckpt.num_classes, threads=cfg.threads, bench=cfg.bench, calibset=calibset)
+    ev = Evaluator(
+        ckpt.task,
+        _output_spec(ckpt.task, fp32.path, ckpt.num_classes),
+        evalset,
+        num_classes=ckpt.num_classes,
+        threads=cfg.threads,
+        bench=cfg.bench,
+        calibset=calibset,
+    )
     ev.reference_outputs = ev.outputs(fp32.path)
     fp32.score = ev.score_of(ev.reference_outputs)
     built = [fp32]
@@ -237,8 +303,9 @@ def _build_variants(cfg: OptimizeConfig, ckpt: Checkpoint, calib_src: Dataset, s
     pr.step("int8 tensorrt")
     if cfg.fp16 and gpu:
         path = convert_fp16(fp32.path, stage / "model-fp16.onnx")
-        built.append(BuiltVariant("onnx-fp16", path, Format.ONNX, Precision.FP16, REQUIREMENTS["onnx-fp16"],
-                                  {"io": "float32"}))
+        built.append(
+            BuiltVariant("onnx-fp16", path, Format.ONNX, Precision.FP16, REQUIREMENTS["onnx-fp16"], {"io": "float32"})
+        )
     pr.step("fp16")
     built += build_engines(cfg, built, spec, stage, work, pr.note)
     pr.step("tensorrt engines")
@@ -258,8 +325,15 @@ def _measure(ev: Evaluator, built: list[BuiltVariant], pr: _Progress) -> None:
     ev.time_interleaved(runnable)
 
 
-def _expectations(cfg: OptimizeConfig, task: Task, built: list[BuiltVariant], baselines: list[Baseline],
-                  ev: Evaluator, *, labels: Sequence[str]) -> tuple[AgreementExpectation, ...]:
+def _expectations(
+    cfg: OptimizeConfig,
+    task: Task,
+    built: list[BuiltVariant],
+    baselines: list[Baseline],
+    ev: Evaluator,
+    *,
+    labels: Sequence[str],
+) -> tuple[AgreementExpectation, ...]:
     """Each variant against the bundle's own FP32 and against every variant the baselines serve."""
     fp32 = built[0]
     assert fp32.frames is not None and ev.calibset is not None  # FP32 always runs: parity checked it
@@ -279,40 +353,75 @@ def _provenance(ckpt: Checkpoint, created_at: str) -> Provenance:
         training_run=str(side.get("run") or ckpt.pt_path.parent.parent),
         dataset_fingerprint=str(ds.get("fingerprint") or "unknown"),
         code_version=str(side.get("code_version") or "unknown"),
-        created_at=created_at, checkpoint_sha256=ckpt.sha256, dataset=ds,
+        created_at=created_at,
+        checkpoint_sha256=ckpt.sha256,
+        dataset=ds,
     )
 
 
-def _finish(cfg: OptimizeConfig, ckpt: Checkpoint, built: list[BuiltVariant], parity: dict[str, Any],
-            spec: InputSpec, ev: Evaluator, host: str, expected: tuple[AgreementExpectation, ...],
-            calib_info: dict[str, Any]) -> tuple[Manifest, dict[str, Any]]:
+def _finish(
+    cfg: OptimizeConfig,
+    ckpt: Checkpoint,
+    built: list[BuiltVariant],
+    parity: dict[str, Any],
+    spec: InputSpec,
+    ev: Evaluator,
+    host: str,
+    expected: tuple[AgreementExpectation, ...],
+    calib_info: dict[str, Any],
+) -> tuple[Manifest, dict[str, Any]]:
     fp32 = built[0]
     ref = fp32.score.value if fp32.score else None
     host_class = hardware_class(detect_profile())
-    decisions = choose([b.candidate(ref, host_class) for b in built], baseline_id=fp32.id, targets=cfg.targets,
-                       host_class=host_class, max_drop=cfg.max_accuracy_drop, min_speedup=cfg.min_speedup,
-                       confidence=cfg.speedup_confidence)
+    decisions = choose(
+        [b.candidate(ref, host_class) for b in built],
+        baseline_id=fp32.id,
+        targets=cfg.targets,
+        host_class=host_class,
+        max_drop=cfg.max_accuracy_drop,
+        min_speedup=cfg.min_speedup,
+        confidence=cfg.speedup_confidence,
+    )
     for hw, d in decisions.items():
         log.info("selection %s: %s — %s", hw, " > ".join(d.order), d.reason)
-    gates = default_gates(fp32.latency.p95_ms if fp32.latency else 50.0, headroom=cfg.latency_headroom,
-                          min_agreement=cfg.min_agreement)
+    gates = default_gates(
+        fp32.latency.p95_ms if fp32.latency else 50.0, headroom=cfg.latency_headroom, min_agreement=cfg.min_agreement
+    )
     # every built variant ships (devices download only theirs), so the file list does not
     # depend on latency measurements; selection decides which one each class runs
     rows = variant_rows(built, fp32, decisions=decisions)
     now = _utc_now()
     manifest = Manifest(
-        name=cfg.name, version=cfg.version, task=ckpt.task, labels=ckpt.labels, input=spec,
-        output=ev.output, variants=tuple(b.variant(ref, host, now, ev.metric) for b in built),
-        selection={hw: d.entry() for hw, d in decisions.items()}, gates=gates,
-        provenance=_provenance(ckpt, now), arch=ckpt.arch, expectations=expected,
+        name=cfg.name,
+        version=cfg.version,
+        task=ckpt.task,
+        labels=ckpt.labels,
+        input=spec,
+        output=ev.output,
+        variants=tuple(b.variant(ref, host, now, ev.metric) for b in built),
+        selection={hw: d.entry() for hw, d in decisions.items()},
+        gates=gates,
+        provenance=_provenance(ckpt, now),
+        arch=ckpt.arch,
+        expectations=expected,
     )
     warnings = below_floor(expected, release=f"{cfg.name}@{cfg.version}", floor=gates.min_agreement)
     for w in warnings:
         log.warning("%s", w)
-    report = report_dict(name=cfg.name, version=cfg.version, metric=ev.metric, host=host,
-                         rows=rows, decisions=decisions, parity=parity,
-                         gates=dataclasses.asdict(gates), config=cfg.to_dict(),
-                         expectations=expected, calib=calib_info, warnings=warnings)
+    report = report_dict(
+        name=cfg.name,
+        version=cfg.version,
+        metric=ev.metric,
+        host=host,
+        rows=rows,
+        decisions=decisions,
+        parity=parity,
+        gates=dataclasses.asdict(gates),
+        config=cfg.to_dict(),
+        expectations=expected,
+        calib=calib_info,
+        warnings=warnings,
+    )
     return manifest, report
 
 
@@ -323,9 +432,12 @@ def _write(stage: Path, manifest: Manifest, report: dict[str, Any]) -> None:
 
 
 def _calib_info(cfg: OptimizeConfig, src: Dataset, ev: Evaluator) -> dict[str, Any]:
-    return {"source": str(cfg.calib_data) if cfg.calib_data else "train split of the sidecar's dataset",
-            "frames": len(ev.calibset) if ev.calibset is not None else 0, "available": len(src),
-            "skipped": src.skipped}
+    return {
+        "source": str(cfg.calib_data) if cfg.calib_data else "train split of the sidecar's dataset",
+        "frames": len(ev.calibset) if ev.calibset is not None else 0,
+        "available": len(src),
+        "skipped": src.skipped,
+    }
 
 
 def optimize(cfg: OptimizeConfig, *, progress: bool = True) -> OptimizeResult:
@@ -348,8 +460,9 @@ def optimize(cfg: OptimizeConfig, *, progress: bool = True) -> OptimizeResult:
             pr.step("measure")
             expected = _expectations(cfg, ckpt.task, built, baselines, ev, labels=ckpt.labels)
             pr.step("expectations")
-            manifest, report = _finish(cfg, ckpt, built, parity, spec, ev, host, expected,
-                                       _calib_info(cfg, calib_src, ev))
+            manifest, report = _finish(
+                cfg, ckpt, built, parity, spec, ev, host, expected, _calib_info(cfg, calib_src, ev)
+            )
             _write(stage, manifest, report)
             _check_out(cfg.out)
             if cfg.out.exists():

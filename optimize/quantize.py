@@ -74,9 +74,7 @@ class QuantSettings:
         return {
             "calibration": self.method.value,
             "flavor": self.flavor.value,
-            "activations": "int8 symmetric"
-            if self.flavor is Int8Flavor.TENSORRT
-            else "uint8 asymmetric",
+            "activations": "int8 symmetric" if self.flavor is Int8Flavor.TENSORRT else "uint8 asymmetric",
             "weights": "int8 symmetric " + ("per-channel" if self.per_channel else "per-tensor"),
             "reduce_range": self.reduce_range,
             "excluded_nodes": list(self.exclude),
@@ -222,9 +220,7 @@ def quantize_int8(
         onnx.checker.check_model(model)
         out.write_bytes(model.SerializeToString(deterministic=True))
     except Exception as e:  # noqa: BLE001 - ORT quantization raises many untyped errors
-        raise QuantizationError(
-            f"INT8 quantization of {fp32.name} ({settings.method.value}) failed: {e}"
-        ) from e
+        raise QuantizationError(f"INT8 quantization of {fp32.name} ({settings.method.value}) failed: {e}") from e
     return out
 
 
@@ -239,9 +235,7 @@ def _with_outputs(path: Path, names: Sequence[str]) -> bytes:
     existing = {o.name for o in model.graph.output}
     for n in names:
         if n not in existing:
-            model.graph.output.append(
-                helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
-            )
+            model.graph.output.append(helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None))
     return bytes(model.SerializeToString())
 
 
@@ -391,9 +385,7 @@ def _toposort(graph: onnx.GraphProto) -> None:
             else:
                 rest.append(node)
         if len(rest) == len(pending):
-            raise QuantizationError(
-                f"graph has a cycle or a dangling input at node {rest[0].name!r}"
-            )
+            raise QuantizationError(f"graph has a cycle or a dangling input at node {rest[0].name!r}")
         pending = rest
     del graph.node[:]
     graph.node.extend(ordered)

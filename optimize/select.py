@@ -35,8 +35,12 @@ from models.stats import SpeedupVerdict, prefer_faster
 __all__ = ["Candidate", "Decision", "choose", "default_gates", "evidence_of", "CLASS_ACCELERATOR", "CLASS_COMPUTE"]
 
 CLASS_ACCELERATOR = {
-    "cpu-x86_64": "cpu", "cpu-aarch64": "cpu", "cuda": "cuda",
-    "jetson-orin": "jetson", "jetson-xavier": "jetson", "jetson-nano": "jetson",
+    "cpu-x86_64": "cpu",
+    "cpu-aarch64": "cpu",
+    "cuda": "cuda",
+    "jetson-orin": "jetson",
+    "jetson-xavier": "jetson",
+    "jetson-nano": "jetson",
 }
 # nominal compute capability per class (None: any discrete GPU)
 CLASS_COMPUTE = {"jetson-orin": (8, 7), "jetson-xavier": (7, 2), "jetson-nano": (5, 3)}
@@ -64,9 +68,17 @@ def evidence_of(v: SpeedupVerdict) -> SpeedupEvidence:
     """The manifest's record of a verdict (the point kept inside its percentile interval)."""
     i = v.interval
     point = round(i.point, 4)
-    return SpeedupEvidence(candidate=v.candidate, baseline=v.baseline, metric=v.metric, speedup=point,
-                           low=min(round(i.low, 4), point), high=max(round(i.high, 4), point),
-                           confidence=i.confidence, queries=v.queries, preferred=v.preferred)
+    return SpeedupEvidence(
+        candidate=v.candidate,
+        baseline=v.baseline,
+        metric=v.metric,
+        speedup=point,
+        low=min(round(i.low, 4), point),
+        high=max(round(i.high, 4), point),
+        confidence=i.confidence,
+        queries=v.queries,
+        preferred=v.preferred,
+    )
 
 
 @dataclass(frozen=True)
@@ -80,8 +92,12 @@ class Decision:
     wall: tuple[SpeedupVerdict, ...] = ()  # the same comparisons on wall time, for the record
 
     def entry(self) -> SelectionEntry:
-        return SelectionEntry(order=self.order, reason=self.reason, min_speedup=self.min_speedup,
-                              evidence=tuple(evidence_of(v) for v in self.evidence))
+        return SelectionEntry(
+            order=self.order,
+            reason=self.reason,
+            min_speedup=self.min_speedup,
+            evidence=tuple(evidence_of(v) for v in self.evidence),
+        )
 
 
 @dataclass(frozen=True)
@@ -96,8 +112,16 @@ class _Rule:
         key = (c.id, metric)
         if key not in self.cache:
             b, x = (base.cpu_ms, c.cpu_ms) if metric == "cpu" else (base.wall_ms, c.wall_ms)
-            self.cache[key] = prefer_faster(base.id, b, c.id, x, min_speedup=self.min_speedup, metric=metric,
-                                            confidence=self.confidence, paired=len(b) == len(x))
+            self.cache[key] = prefer_faster(
+                base.id,
+                b,
+                c.id,
+                x,
+                min_speedup=self.min_speedup,
+                metric=metric,
+                confidence=self.confidence,
+                paired=len(b) == len(x),
+            )
         return self.cache[key]
 
 
@@ -129,8 +153,9 @@ def _gpu_rank(c: Candidate) -> tuple[int, int]:
     return fmt, prec
 
 
-def _timed(ok: Sequence[Candidate], base: Candidate, rule: _Rule, rejected: dict[str, str]) -> tuple[
-        list[Candidate], tuple[SpeedupVerdict, ...], tuple[SpeedupVerdict, ...]]:
+def _timed(
+    ok: Sequence[Candidate], base: Candidate, rule: _Rule, rejected: dict[str, str]
+) -> tuple[list[Candidate], tuple[SpeedupVerdict, ...], tuple[SpeedupVerdict, ...]]:
     """Candidates whose CPU-time speedup interval clears the rule, fastest first, and the verdicts."""
     fast: list[tuple[float, str, Candidate]] = []
     cpu: list[SpeedupVerdict] = []
@@ -150,8 +175,9 @@ def _timed(ok: Sequence[Candidate], base: Candidate, rule: _Rule, rejected: dict
     return [c for *_, c in sorted(fast)], tuple(cpu), tuple(wall)
 
 
-def _decide(hw: str, cands: Sequence[Candidate], base: Candidate, host_class: str, max_drop: float,
-            rule: _Rule) -> Decision:
+def _decide(
+    hw: str, cands: Sequence[Candidate], base: Candidate, host_class: str, max_drop: float, rule: _Rule
+) -> Decision:
     rejected: dict[str, str] = {}
     ok: list[Candidate] = []
     for c in cands:
@@ -174,17 +200,28 @@ def _decide(hw: str, cands: Sequence[Candidate], base: Candidate, host_class: st
     return Decision(hw, order, reason, rejected, rule.min_speedup, evidence, wall)
 
 
-def _reason(hw: str, ok: Sequence[Candidate], base: Candidate, measured: bool, host_class: str,
-            rejected: Mapping[str, str], max_drop: float, verdicts: Mapping[str, SpeedupVerdict]) -> str:
+def _reason(
+    hw: str,
+    ok: Sequence[Candidate],
+    base: Candidate,
+    measured: bool,
+    host_class: str,
+    rejected: Mapping[str, str],
+    max_drop: float,
+    verdicts: Mapping[str, SpeedupVerdict],
+) -> str:
     parts: list[str] = []
     if ok and measured:
         best = ok[0]
         proxy = "" if hw == host_class else f" (measured on {host_class} as a proxy)"
-        parts.append(f"{verdicts[best.id].reason}{proxy}; accuracy {best.accuracy_delta:+.2f} points "
-                     f"(limit -{max_drop:g})")
+        parts.append(
+            f"{verdicts[best.id].reason}{proxy}; accuracy {best.accuracy_delta:+.2f} points (limit -{max_drop:g})"
+        )
     elif ok:
-        parts.append(f"{ok[0].id} first: latency not measured for {hw} on this host; preference "
-                     "TensorRT engine > INT8 Q/DQ > FP16 > FP32, confirmed by the device's own timing")
+        parts.append(
+            f"{ok[0].id} first: latency not measured for {hw} on this host; preference "
+            "TensorRT engine > INT8 Q/DQ > FP16 > FP32, confirmed by the device's own timing"
+        )
     else:
         proxy = "" if hw == host_class or not measured else f" (measured on {host_class} as a proxy)"
         parts.append(f"{base.id}: no other variant qualifies{proxy}")
@@ -192,8 +229,16 @@ def _reason(hw: str, ok: Sequence[Candidate], base: Candidate, measured: bool, h
     return "; ".join(parts)
 
 
-def choose(candidates: Sequence[Candidate], *, baseline_id: str, targets: Sequence[str], host_class: str,
-           max_drop: float = 1.0, min_speedup: float = 1.1, confidence: float = 0.95) -> dict[str, Decision]:
+def choose(
+    candidates: Sequence[Candidate],
+    *,
+    baseline_id: str,
+    targets: Sequence[str],
+    host_class: str,
+    max_drop: float = 1.0,
+    min_speedup: float = 1.1,
+    confidence: float = 0.95,
+) -> dict[str, Decision]:
     """One :class:`Decision` per target hardware class. ``ValueError`` without the baseline."""
     base = next((c for c in candidates if c.id == baseline_id), None)
     if base is None:
@@ -209,12 +254,22 @@ def choose(candidates: Sequence[Candidate], *, baseline_id: str, targets: Sequen
     return out
 
 
-def default_gates(baseline_p95_ms: float, *, headroom: float = 4.0, min_agreement: float = 0.5,
-                  shadow_frames: int = Gates.shadow_frames, health_window_s: float = 30.0) -> Gates:
+def default_gates(
+    baseline_p95_ms: float,
+    *,
+    headroom: float = 4.0,
+    min_agreement: float = 0.5,
+    shadow_frames: int = Gates.shadow_frames,
+    health_window_s: float = 30.0,
+) -> Gates:
     """Gates for the manifest: a latency budget of ``headroom`` x the FP32 p95 (wall) measured
     here (devices are slower than a build host), and ``min_agreement`` as the floor under the
     agreement expectations. What agreement to expect is the expectations' job
     (:mod:`optimize.expect`), judged on the device by a sequential test."""
     budget = max(5.0, math.ceil(baseline_p95_ms * headroom * 10) / 10)
-    return Gates(latency_budget_ms=budget, min_agreement=min_agreement, shadow_frames=shadow_frames,
-                 health_window_s=health_window_s)
+    return Gates(
+        latency_budget_ms=budget,
+        min_agreement=min_agreement,
+        shadow_frames=shadow_frames,
+        health_window_s=health_window_s,
+    )

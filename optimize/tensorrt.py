@@ -111,8 +111,9 @@ def _builder_config(trt: Any, builder: Any, config: TrtBuildConfig, strongly: bo
     c, h, w = config.input_shape
     profile = builder.create_optimization_profile()
     if config.dynamic_batch:
-        profile.set_shape(config.input_name, (config.min_batch, c, h, w), (config.opt_batch, c, h, w),
-                          (config.max_batch, c, h, w))
+        profile.set_shape(
+            config.input_name, (config.min_batch, c, h, w), (config.opt_batch, c, h, w), (config.max_batch, c, h, w)
+        )
     else:
         profile.set_shape(config.input_name, (1, c, h, w), (1, c, h, w), (1, c, h, w))
     cfg.add_optimization_profile(profile)
@@ -142,6 +143,11 @@ def build_engine(onnx_path: Path, engine_path: Path, config: TrtBuildConfig) -> 
     if config.timing_cache is not None:
         write_atomic(config.timing_cache, bytes(cfg.get_timing_cache().serialize()))
     info = EngineInfo(engine_path, str(trt.__version__), gpu_compute_capability(), strongly, len(data))
-    log.info("built %s (TensorRT %s, sm %s, %s)", engine_path.name, info.tensorrt_version,
-             info.compute_capability, "strongly typed" if strongly else config.precision.value)
+    log.info(
+        "built %s (TensorRT %s, sm %s, %s)",
+        engine_path.name,
+        info.tensorrt_version,
+        info.compute_capability,
+        "strongly typed" if strongly else config.precision.value,
+    )
     return info

@@ -46,10 +46,14 @@ __all__ = ["BuiltVariant", "Evaluator", "host_description", "REQUIREMENTS"]
 REQUIREMENTS = {
     "onnx-fp32": HardwareRequirements(accelerators=("cpu", "cuda", "jetson")),
     "onnx-int8": HardwareRequirements(accelerators=("cpu",)),
-    "onnx-int8-qdq": HardwareRequirements(accelerators=("cuda", "jetson"), min_compute_capability="6.1",
-                                          build_on_device=True),
-    "onnx-fp16": HardwareRequirements(accelerators=("cuda", "jetson"), min_compute_capability="5.3",
-                                      execution_providers=("CUDAExecutionProvider", "TensorrtExecutionProvider")),
+    "onnx-int8-qdq": HardwareRequirements(
+        accelerators=("cuda", "jetson"), min_compute_capability="6.1", build_on_device=True
+    ),
+    "onnx-fp16": HardwareRequirements(
+        accelerators=("cuda", "jetson"),
+        min_compute_capability="5.3",
+        execution_providers=("CUDAExecutionProvider", "TensorrtExecutionProvider"),
+    ),
 }
 
 
@@ -66,8 +70,10 @@ def host_description(threads: int | None) -> str:
                 break
     except OSError:
         pass
-    return (f"{platform.machine()} {cpu}".strip() + f" / onnxruntime {ort.__version__} CPUExecutionProvider"
-            f" / {n} thread{'' if n == 1 else 's'}")
+    return (
+        f"{platform.machine()} {cpu}".strip() + f" / onnxruntime {ort.__version__} CPUExecutionProvider"
+        f" / {n} thread{'' if n == 1 else 's'}"
+    )
 
 
 @dataclass
@@ -90,33 +96,58 @@ class BuiltVariant:
         delta = None if acc is None or reference is None else round((acc - reference) * 100, 4)
         lat = self.latency
         meas = Measurement(
-            metric=metric, accuracy=None if acc is None else round(acc, 6), accuracy_delta=delta,
+            metric=metric,
+            accuracy=None if acc is None else round(acc, 6),
+            accuracy_delta=delta,
             latency_p50_ms=None if lat is None else round(lat.p50_ms, 4),
             latency_p99_ms=None if lat is None else round(lat.p99_ms, 4),
             throughput_qps=None if lat is None else round(lat.throughput_qps, 3),
-            host=host, measured_at=measured_at,
+            host=host,
+            measured_at=measured_at,
         )
-        return Variant(id=self.id, format=self.format, precision=self.precision, file=self.path.name,
-                       sha256=sha256_file(self.path), size=self.path.stat().st_size, requires=self.requires,
-                       measurement=meas, details=self.details)
+        return Variant(
+            id=self.id,
+            format=self.format,
+            precision=self.precision,
+            file=self.path.name,
+            sha256=sha256_file(self.path),
+            size=self.path.stat().st_size,
+            requires=self.requires,
+            measurement=meas,
+            details=self.details,
+        )
 
     def candidate(self, reference: float | None, host_class: str) -> Candidate:
         acc = self.score.value if self.score else None
         return Candidate(
-            id=self.id, precision=self.precision, format=self.format, accelerators=self.requires.accelerators,
-            accuracy=acc, accuracy_delta=None if acc is None or reference is None else (acc - reference) * 100,
+            id=self.id,
+            precision=self.precision,
+            format=self.format,
+            accelerators=self.requires.accelerators,
+            accuracy=acc,
+            accuracy_delta=None if acc is None or reference is None else (acc - reference) * 100,
             cpu_ms=self.timing.cpu_ms if self.timing else (),
             wall_ms=self.timing.wall_ms if self.timing else (),
             measured_class=host_class if self.timing else None,
-            build_on_device=self.requires.build_on_device, engine_class=self.engine_class,
+            build_on_device=self.requires.build_on_device,
+            engine_class=self.engine_class,
         )
 
 
 class Evaluator:
     """Accuracy, decoded outputs and latency of ONNX files on this host's CPU (ONNX Runtime)."""
 
-    def __init__(self, task: Task, output: OutputSpec, evalset: SampleSet, *, num_classes: int,
-                 threads: int | None, bench: BenchConfig, calibset: SampleSet | None = None) -> None:
+    def __init__(
+        self,
+        task: Task,
+        output: OutputSpec,
+        evalset: SampleSet,
+        *,
+        num_classes: int,
+        threads: int | None,
+        bench: BenchConfig,
+        calibset: SampleSet | None = None,
+    ) -> None:
         self.task, self.output, self.evalset, self.calibset = task, output, evalset, calibset
         self.num_classes, self.threads, self.bench = num_classes, threads, bench
         self.metric = metric_name(task)
@@ -124,8 +155,9 @@ class Evaluator:
 
     def _runtime(self, path: Path, *, threads: int | None) -> OrtRuntime:
         # no spin-waiting: on a shared build host that only steals CPU from others
-        return OrtRuntime(path, OrtOptions(providers=("CPUExecutionProvider",), intra_op_threads=threads,
-                                           allow_spinning=False))
+        return OrtRuntime(
+            path, OrtOptions(providers=("CPUExecutionProvider",), intra_op_threads=threads, allow_spinning=False)
+        )
 
     def outputs(self, path: Path, inputs: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Raw outputs on ``inputs`` (the held-out set by default)."""
@@ -142,8 +174,16 @@ class Evaluator:
 
     def score_of(self, out: dict[str, np.ndarray]) -> Score:
         e = self.evalset
-        return score_outputs(self.task, out, self.output, e.samples, e.transforms, e.sizes,
-                             num_classes=self.num_classes, reference=self.reference_outputs)
+        return score_outputs(
+            self.task,
+            out,
+            self.output,
+            e.samples,
+            e.transforms,
+            e.sizes,
+            num_classes=self.num_classes,
+            reference=self.reference_outputs,
+        )
 
     def agreement(self, out: dict[str, np.ndarray]) -> float | None:
         if self.task is not Task.CLASSIFICATION or self.reference_outputs is None:
@@ -164,9 +204,10 @@ class Evaluator:
         bv.score = self.score_of(out)
         bv.agreement = self.agreement(out)
         held, c = self.evalset, self.calibset
-        bv.frames = FrameSets(decode_outputs(out, self.output, held.transforms, held.sizes),
-                              () if calib is None or c is None else
-                              decode_outputs(calib, self.output, c.transforms, c.sizes))
+        bv.frames = FrameSets(
+            decode_outputs(out, self.output, held.transforms, held.sizes),
+            () if calib is None or c is None else decode_outputs(calib, self.output, c.transforms, c.sizes),
+        )
         return True
 
     def time_interleaved(self, variants: list[BuiltVariant]) -> None:
@@ -180,8 +221,11 @@ class Evaluator:
         try:
             timed = measure_interleaved(
                 {vid: functools.partial(rt.run, x) for vid, rt in runtimes.items()},
-                warmup_queries=self.bench.warmup_queries, min_rounds=self.bench.min_queries,
-                min_duration_s=self.bench.min_duration_s * n, max_duration_s=self.bench.max_duration_s * n)
+                warmup_queries=self.bench.warmup_queries,
+                min_rounds=self.bench.min_queries,
+                min_duration_s=self.bench.min_duration_s * n,
+                max_duration_s=self.bench.max_duration_s * n,
+            )
         finally:
             for rt in runtimes.values():
                 rt.close()

@@ -101,8 +101,12 @@ def _register_handlers(app: Flask) -> None:
     def _observe(response: Response) -> Response:
         start = g.get("start")
         if start is not None:
-            services.metrics.observe(request.url_rule.rule if request.url_rule else "unmatched",
-                                     request.method, response.status_code, time.perf_counter() - start)
+            services.metrics.observe(
+                request.url_rule.rule if request.url_rule else "unmatched",
+                request.method,
+                response.status_code,
+                time.perf_counter() - start,
+            )
         return response
 
 

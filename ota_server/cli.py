@@ -39,11 +39,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("init", help="create the database, TUF keys and metadata, director key, first tokens")
     p.add_argument("--data-dir", type=Path, required=True, help="directory for the database, keys, repository")
-    p.add_argument("--db-url", help="SQLAlchemy URL (default: SQLite file DIR/server.db), "
-                   "e.g. postgresql+psycopg://user@host/db")
+    p.add_argument(
+        "--db-url", help="SQLAlchemy URL (default: SQLite file DIR/server.db), e.g. postgresql+psycopg://user@host/db"
+    )
     p.add_argument("--public-url", help="base URL devices reach this server at (default: the request's host)")
-    p.add_argument("--offline-root", type=Path, metavar="PATH",
-                   help="write the TUF root key to PATH instead of the data dir; move it to offline storage")
+    p.add_argument(
+        "--offline-root",
+        type=Path,
+        metavar="PATH",
+        help="write the TUF root key to PATH instead of the data dir; move it to offline storage",
+    )
     p.add_argument("--max-upload-mb", type=float, default=512.0, help="largest bundle upload (default 512 MiB)")
     p.add_argument("--force", action="store_true", help="wipe and re-create an existing data directory")
     p.add_argument("--json", action="store_true", help="print the result as JSON (tokens, paths)")
@@ -52,8 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     tsub = t.add_subparsers(dest="token_command", required=True)
     tc = tsub.add_parser("create", help="create an API token (shown once, stored as a SHA-256 digest)")
     tc.add_argument("--data-dir", type=Path, required=True)
-    tc.add_argument("--role", required=True, choices=["viewer", "publisher", "operator", "admin", "enroll"],
-                    help="viewer < publisher < operator < admin; 'enroll' makes a fleet enrollment token")
+    tc.add_argument(
+        "--role",
+        required=True,
+        choices=["viewer", "publisher", "operator", "admin", "enroll"],
+        help="viewer < publisher < operator < admin; 'enroll' makes a fleet enrollment token",
+    )
     tc.add_argument("--name", required=True, help="who or what holds the token (shown in the audit log)")
     tc.add_argument("--json", action="store_true")
 
@@ -61,8 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-dir", type=Path, required=True)
     s.add_argument("--bind", default="127.0.0.1:8080", help="HOST:PORT (default 127.0.0.1:8080)")
     s.add_argument("--workers", type=int, default=2, help="gunicorn worker processes (default 2)")
-    s.add_argument("--threads", type=int, default=2,
-                   help="threads per worker (gthread, default 2; more threads cost CPU per request under the GIL)")
+    s.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="threads per worker (gthread, default 2; more threads cost CPU per request under the GIL)",
+    )
     s.add_argument("--debug", action="store_true", help="Flask development server, one process")
     s.add_argument("--access-log", action="store_true", help="log every request (gunicorn access log)")
 
@@ -86,8 +99,12 @@ def cmd_init(args: argparse.Namespace) -> int:
 
     if args.max_upload_mb <= 0:
         raise SetupError(f"--max-upload-mb must be > 0, got {args.max_upload_mb}")
-    config = ServerConfig(data_dir=args.data_dir.resolve(), db_url=args.db_url, public_url=args.public_url,
-                          max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
+    config = ServerConfig(
+        data_dir=args.data_dir.resolve(),
+        db_url=args.db_url,
+        public_url=args.public_url,
+        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+    )
     result = init_data_dir(config, offline_root=args.offline_root, force=args.force)
     if args.json:
         print(json.dumps(result, indent=2))
@@ -99,11 +116,13 @@ def cmd_init(args: argparse.Namespace) -> int:
     print(f"  admin token:       {result['admin_token']}")
     print(f"  enrollment token:  {result['enrollment_token']}")
     if args.offline_root:
-        print(f"\nThe TUF root key is at {result['root_key']}. Move it to offline storage now, e.g.\n"
-              f"  mv {result['root_key']} /media/offline-usb/ && sync\n"
-              "It is needed only to re-sign root (before it expires, or to rotate keys):\n"
-              f"  ota-server root resign --data-dir {config.data_dir} --root-key /media/offline-usb/"
-              f"{Path(result['root_key']).name}")
+        print(
+            f"\nThe TUF root key is at {result['root_key']}. Move it to offline storage now, e.g.\n"
+            f"  mv {result['root_key']} /media/offline-usb/ && sync\n"
+            "It is needed only to re-sign root (before it expires, or to rotate keys):\n"
+            f"  ota-server root resign --data-dir {config.data_dir} --root-key /media/offline-usb/"
+            f"{Path(result['root_key']).name}"
+        )
     print(f"\nNext: ota-server serve --data-dir {config.data_dir} --bind 127.0.0.1:8080")
     return 0
 
@@ -153,8 +172,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(prom_dir)
     from ota_server.serving.gunicorn_app import run_gunicorn
 
-    return run_gunicorn(config, bind=args.bind, workers=args.workers, threads=args.threads,
-                        access_log=args.access_log)
+    return run_gunicorn(config, bind=args.bind, workers=args.workers, threads=args.threads, access_log=args.access_log)
 
 
 def cmd_root(args: argparse.Namespace) -> int:
@@ -178,8 +196,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:
         return int(e.code or 0)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     handlers: dict[str, Any] = {"init": cmd_init, "token": cmd_token, "serve": cmd_serve, "root": cmd_root}
     try:
         return int(handlers[args.command](args))

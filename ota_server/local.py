@@ -92,9 +92,19 @@ class LocalServer:
 
     @classmethod
     def start(
-        cls: type[_S], data_dir: Path, *, port: int = 0, db_url: str | None = None, workers: int = 2, threads: int = 2,
-        roles: Sequence[str] = ROLES, init_args: Sequence[str] = (), env: Mapping[str, str] | None = None,
-        cwd: Path | None = None, log_path: Path | None = None, init_timeout_s: float = 300.0,
+        cls: type[_S],
+        data_dir: Path,
+        *,
+        port: int = 0,
+        db_url: str | None = None,
+        workers: int = 2,
+        threads: int = 2,
+        roles: Sequence[str] = ROLES,
+        init_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        log_path: Path | None = None,
+        init_timeout_s: float = 300.0,
         start_timeout_s: float = 60.0,
     ) -> _S:
         """Init ``data_dir`` and serve it on 127.0.0.1 (see the module doc); the caller stops it.
@@ -121,12 +131,29 @@ class LocalServer:
         init = _init(init_argv + list(init_args), log, env=full_env, cwd=cwd, timeout_s=init_timeout_s)
         tokens = {"admin": str(init["admin_token"]), **_role_tokens(data_dir, roles)}
         port = port or free_port()
-        serve_argv = [command, "serve", "--data-dir", str(data_dir), "--bind", f"127.0.0.1:{port}",
-                      "--workers", str(workers), "--threads", str(threads)]
-        server = cls(url=f"http://127.0.0.1:{port}", data_dir=data_dir, provisioning_dir=Path(init["provisioning_dir"]),
-                     tokens=tokens, enrollment_token=str(init["enrollment_token"]),
-                     process=_popen(serve_argv, log, env=full_env, cwd=cwd), log_path=log, init_result=init,
-                     argv=serve_argv)
+        serve_argv = [
+            command,
+            "serve",
+            "--data-dir",
+            str(data_dir),
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            str(workers),
+            "--threads",
+            str(threads),
+        ]
+        server = cls(
+            url=f"http://127.0.0.1:{port}",
+            data_dir=data_dir,
+            provisioning_dir=Path(init["provisioning_dir"]),
+            tokens=tokens,
+            enrollment_token=str(init["enrollment_token"]),
+            process=_popen(serve_argv, log, env=full_env, cwd=cwd),
+            log_path=log,
+            init_result=init,
+            argv=serve_argv,
+        )
         try:
             server.wait_healthy(timeout_s=start_timeout_s)
         except BaseException:  # Ctrl-C included: never leave the server behind
@@ -179,14 +206,19 @@ class LocalServer:
             while True:
                 code = self.process.poll()
                 if code is not None:
-                    raise LocalServerError(f"ota-server serve exited with code {code} before {self.url}/healthz "
-                                           f"answered; see {self.log_path}", log_path=self.log_path)
+                    raise LocalServerError(
+                        f"ota-server serve exited with code {code} before {self.url}/healthz "
+                        f"answered; see {self.log_path}",
+                        log_path=self.log_path,
+                    )
                 with suppress(ClientError):  # not up yet: no answer, or a 503 while its database opens
                     if probe.health()["status"] == "ok":
                         return
                 if time.monotonic() > deadline:
-                    raise LocalServerError(f"{self.url}/healthz did not answer within {timeout_s:.0f} s; "
-                                           f"see {self.log_path}", log_path=self.log_path)
+                    raise LocalServerError(
+                        f"{self.url}/healthz did not answer within {timeout_s:.0f} s; see {self.log_path}",
+                        log_path=self.log_path,
+                    )
                 time.sleep(0.1)
         finally:
             probe.close()
@@ -217,15 +249,35 @@ class LocalServer:
 
 @contextmanager
 def run_local_server(
-    data_dir: Path, *, port: int = 0, db_url: str | None = None, workers: int = 2, threads: int = 2,
-    roles: Sequence[str] = ROLES, init_args: Sequence[str] = (), env: Mapping[str, str] | None = None,
-    cwd: Path | None = None, log_path: Path | None = None, init_timeout_s: float = 300.0,
+    data_dir: Path,
+    *,
+    port: int = 0,
+    db_url: str | None = None,
+    workers: int = 2,
+    threads: int = 2,
+    roles: Sequence[str] = ROLES,
+    init_args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    log_path: Path | None = None,
+    init_timeout_s: float = 300.0,
     start_timeout_s: float = 60.0,
 ) -> Iterator[LocalServer]:
     """:meth:`LocalServer.start` (same arguments, same errors) as a ``with`` block that stops it."""
-    with LocalServer.start(data_dir, port=port, db_url=db_url, workers=workers, threads=threads, roles=roles,
-                           init_args=init_args, env=env, cwd=cwd, log_path=log_path,
-                           init_timeout_s=init_timeout_s, start_timeout_s=start_timeout_s) as server:
+    with LocalServer.start(
+        data_dir,
+        port=port,
+        db_url=db_url,
+        workers=workers,
+        threads=threads,
+        roles=roles,
+        init_args=init_args,
+        env=env,
+        cwd=cwd,
+        log_path=log_path,
+        init_timeout_s=init_timeout_s,
+        start_timeout_s=start_timeout_s,
+    ) as server:
         yield server
 
 
@@ -233,30 +285,39 @@ def _popen(argv: list[str], log_path: Path, *, env: Mapping[str, str], cwd: Path
     with open(log_path, "ab") as fh:
         fh.write(f"$ {' '.join(argv)}\n".encode())
         fh.flush()
-        return subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=dict(env), cwd=cwd, start_new_session=True)
+        return subprocess.Popen(
+            argv,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=dict(env),
+            cwd=cwd,
+            start_new_session=True,
+        )
 
 
-def _init(argv: list[str], log_path: Path, *, env: Mapping[str, str], cwd: Path | None,
-          timeout_s: float) -> dict[str, Any]:
+def _init(
+    argv: list[str], log_path: Path, *, env: Mapping[str, str], cwd: Path | None, timeout_s: float
+) -> dict[str, Any]:
     """Run ``ota-server init --json``; its JSON (tokens included) stays out of the log."""
     with open(log_path, "ab") as fh:
         fh.write(f"$ {' '.join(argv)}\n".encode())
     try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, env=dict(env), cwd=cwd,
-                             stdin=subprocess.DEVNULL)
+        out = subprocess.run(
+            argv, capture_output=True, text=True, timeout=timeout_s, env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL
+        )
     except subprocess.TimeoutExpired as e:
-        raise LocalServerError(f"ota-server init did not finish within {timeout_s:.0f} s",
-                               log_path=log_path) from e
+        raise LocalServerError(f"ota-server init did not finish within {timeout_s:.0f} s", log_path=log_path) from e
     if out.returncode != 0:
         with open(log_path, "a") as fh:
             fh.write(out.stdout + out.stderr)
         last = (out.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise LocalServerError(f"ota-server init exited with code {out.returncode}: {last}", log_path=log_path)
     try:
-        init = json.loads(out.stdout[out.stdout.index("{"):])
-        if not isinstance(init, dict) or not all(k in init for k in ("admin_token", "enrollment_token",
-                                                                        "provisioning_dir")):
+        init = json.loads(out.stdout[out.stdout.index("{") :])
+        if not isinstance(init, dict) or not all(
+            k in init for k in ("admin_token", "enrollment_token", "provisioning_dir")
+        ):
             raise ValueError(f"expected the tokens and the provisioning directory, got {init!r:.200}")
     except ValueError as e:
         raise LocalServerError(f"ota-server init --json printed no tokens ({e})", log_path=log_path) from e

@@ -28,8 +28,19 @@ from ota_server.trust.repository import create_repository
 
 __all__ = ["create_token", "init_data_dir"]
 
-_OWNED = ("keys", "tuf", "artifacts", "tmp", "locks", "run", "provisioning", "server.db", "server.db-wal",
-          "server.db-shm", "server.json")
+_OWNED = (
+    "keys",
+    "tuf",
+    "artifacts",
+    "tmp",
+    "locks",
+    "run",
+    "provisioning",
+    "server.db",
+    "server.db-wal",
+    "server.db-shm",
+    "server.json",
+)
 
 
 def _is_initialized(config: ServerConfig) -> bool:
@@ -62,8 +73,10 @@ def init_data_dir(config: ServerConfig, *, offline_root: Path | None = None, for
     """
     if _is_initialized(config):
         if not force:
-            raise SetupError(f"{config.data_dir} is already initialized; pass --force to wipe it "
-                             "(this destroys its keys, repository and database)")
+            raise SetupError(
+                f"{config.data_dir} is already initialized; pass --force to wipe it "
+                "(this destroys its keys, repository and database)"
+            )
         _wipe(config)
     if offline_root is not None and offline_root.exists():
         raise SetupError(f"{offline_root} already exists; refusing to overwrite a root key")

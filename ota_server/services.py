@@ -77,8 +77,9 @@ def build_services(config: ServerConfig) -> Services:
         repo=repo,
         artifacts=artifacts,
         publisher=Publisher(store, repo, artifacts, config.tmp_dir),
-        director=Director(director_key, ttl_s=config.assignment_ttl_s,
-                          spool_dir=config.data_dir / "run" / "assignments"),
+        director=Director(
+            director_key, ttl_s=config.assignment_ttl_s, spool_dir=config.data_dir / "run" / "assignments"
+        ),
         director_public=director_public_json(director_key.public_key()),
         auth=Authenticator(lookup, api_cache_s=config.token_cache_s, bad_per_minute=config.bad_auth_per_minute),
         metrics=Metrics(),

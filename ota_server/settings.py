@@ -12,8 +12,16 @@ from ota_server.errors import SetupError
 
 __all__ = ["PERSISTED", "load_settings", "save_settings"]
 
-PERSISTED = ("db_url", "public_url", "max_upload_bytes", "assignment_ttl_s", "timestamp_ttl_s",
-             "snapshot_ttl_s", "targets_ttl_s", "root_ttl_s")
+PERSISTED = (
+    "db_url",
+    "public_url",
+    "max_upload_bytes",
+    "assignment_ttl_s",
+    "timestamp_ttl_s",
+    "snapshot_ttl_s",
+    "targets_ttl_s",
+    "root_ttl_s",
+)
 
 
 def save_settings(config: ServerConfig) -> None:
@@ -33,8 +41,9 @@ def load_settings(config: ServerConfig, **overrides: Any) -> ServerConfig:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError as e:
-        raise SetupError(f"{config.data_dir} has no server.json; run `ota-server init --data-dir "
-                         f"{config.data_dir}` first") from e
+        raise SetupError(
+            f"{config.data_dir} has no server.json; run `ota-server init --data-dir {config.data_dir}` first"
+        ) from e
     except (OSError, json.JSONDecodeError) as e:
         raise SetupError(f"cannot read {path}: {e}") from e
     known = {f.name for f in fields(ServerConfig)}

@@ -49,8 +49,9 @@ def prepare_out(out: Path) -> None:
     """Create (or clean a previous demo's) output directory; refuse a foreign non-empty one."""
     if out.exists() and any(out.iterdir()):
         if not (out / MARKER).is_file():
-            raise StepFailed(f"{out} exists, is not empty and was not made by the demo; "
-                             "choose another --out or remove it")
+            raise StepFailed(
+                f"{out} exists, is not empty and was not made by the demo; choose another --out or remove it"
+            )
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text("made by scripts/demo.py; removed and rebuilt on the next run\n")
@@ -63,16 +64,28 @@ def build_parser() -> argparse.ArgumentParser:
         "out a good and a bad release and reports what happened.",
         epilog="Exit codes: 0 all checks passed; 1 a step or a check failed; 2 bad arguments; 130 interrupted.",
     )
-    p.add_argument("--out", type=Path, default=ROOT / "demo-out",
-                   help="output directory (default demo-out/; a previous demo's output is replaced)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "demo-out",
+        help="output directory (default demo-out/; a previous demo's output is replaced)",
+    )
     p.add_argument("--agents", type=int, default=None, help="vehicles to run (default 4; 2 with --quick)")
-    p.add_argument("--keep-running", action="store_true",
-                   help="leave the server and the agents running after the report, until Ctrl-C")
-    p.add_argument("--quick", action="store_true",
-                   help="reduced flow: tiny ready-made bundles instead of training and optimizing")
+    p.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="leave the server and the agents running after the report, until Ctrl-C",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="reduced flow: tiny ready-made bundles instead of training and optimizing"
+    )
     p.add_argument("--port", type=int, help="server port on 127.0.0.1 (default: a free one)")
-    p.add_argument("--rollout-timeout", type=float, default=900.0,
-                   help="seconds after which a rollout that has not ended fails the demo (default 900)")
+    p.add_argument(
+        "--rollout-timeout",
+        type=float,
+        default=900.0,
+        help="seconds after which a rollout that has not ended fails the demo (default 900)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -82,10 +95,16 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
     if agents < 2:
         raise ValueError(f"--agents must be at least 2 (a staged rollout needs a fleet), got {agents}")
     return DemoConfig(
-        out=args.out.resolve(), agents=agents, quick=args.quick, keep_running=args.keep_running,
-        port=args.port, rollout_timeout_s=args.rollout_timeout,
-        video_s=6.0 if args.quick else 24.0, stages=(50, 100) if args.quick else (25, 50, 100),
-        camera_fps=30.0 if args.quick else 15.0, health_window_s=1.0 if args.quick else 10.0,
+        out=args.out.resolve(),
+        agents=agents,
+        quick=args.quick,
+        keep_running=args.keep_running,
+        port=args.port,
+        rollout_timeout_s=args.rollout_timeout,
+        video_s=6.0 if args.quick else 24.0,
+        stages=(50, 100) if args.quick else (25, 50, 100),
+        camera_fps=30.0 if args.quick else 15.0,
+        health_window_s=1.0 if args.quick else 10.0,
     )
 
 
@@ -108,8 +127,10 @@ def run_demo(cfg: DemoConfig) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         cfg = config_from_args(args)
     except ValueError as e:

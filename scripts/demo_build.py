@@ -33,14 +33,34 @@ TRAIN_TIMEOUT_S = 1800.0  # a stuck run, not a slow one: a loaded host may take 
 OPTIMIZE_TIMEOUT_S = 900.0
 # a lean optimize for the demo: the fleet's hardware classes only, one calibration method; the
 # whole held-out split (500 images) for top-1 and the expected agreement
-OPTIMIZE_FLAGS = ("--targets", "cpu,jetson-orin", "--calib-methods", "minmax", "--eval-samples", "500",
-                  "--bench-seconds", "0.5", "--bench-queries", "20")
+OPTIMIZE_FLAGS = (
+    "--targets",
+    "cpu,jetson-orin",
+    "--calib-methods",
+    "minmax",
+    "--eval-samples",
+    "500",
+    "--bench-seconds",
+    "0.5",
+    "--bench-queries",
+    "20",
+)
 
 
 def train_argv(config: Path, runs_dir: Path, name: str, *, init_weights: Path | None = None) -> list[str]:
     """``edge-train`` with 2 DDP processes into ``runs_dir/name`` (optionally from other weights)."""
-    argv = [tool("edge-train"), "--config", str(config), "--nproc-per-node", "2", "--output", str(runs_dir),
-            "--name", name, "--no-progress"]
+    argv = [
+        tool("edge-train"),
+        "--config",
+        str(config),
+        "--nproc-per-node",
+        "2",
+        "--output",
+        str(runs_dir),
+        "--name",
+        name,
+        "--no-progress",
+    ]
     return argv + (["--init-weights", str(init_weights)] if init_weights else [])
 
 
@@ -63,17 +83,38 @@ def describe_config(config: Path) -> str:
         raise StepFailed(f"{config} is not a training config with epochs and train_size: {e}") from e
 
 
-def optimize_argv(run_dir: Path, bundle: Path, *, name: str, version: str, calib_dir: Path,
-                  calib_samples: int, baseline_release: str | None = None, server_url: str | None = None,
-                  trusted_root: Path | None = None) -> list[str]:
+def optimize_argv(
+    run_dir: Path,
+    bundle: Path,
+    *,
+    name: str,
+    version: str,
+    calib_dir: Path,
+    calib_samples: int,
+    baseline_release: str | None = None,
+    server_url: str | None = None,
+    trusted_root: Path | None = None,
+) -> list[str]:
     """``edge-optimize RUN_DIR --out BUNDLE ...`` calibrating on ``calib_dir``, optionally against a release."""
-    argv = [tool("edge-optimize"), str(run_dir), "--out", str(bundle), "--name", name, "--version", version,
-            *OPTIMIZE_FLAGS, "--calib-data", str(calib_dir), "--calib-samples", str(calib_samples)]
+    argv = [
+        tool("edge-optimize"),
+        str(run_dir),
+        "--out",
+        str(bundle),
+        "--name",
+        name,
+        "--version",
+        version,
+        *OPTIMIZE_FLAGS,
+        "--calib-data",
+        str(calib_dir),
+        "--calib-samples",
+        str(calib_samples),
+    ]
     if baseline_release is not None:
         if server_url is None or trusted_root is None:
             raise ValueError("a baseline release needs the server URL and its trusted root.json")
-        argv += ["--baseline-release", baseline_release, "--server", server_url, "--trusted-root",
-                 str(trusted_root)]
+        argv += ["--baseline-release", baseline_release, "--server", server_url, "--trusted-root", str(trusted_root)]
     return argv
 
 
@@ -110,11 +151,15 @@ def model_facts(bundle: Path, *, source: str, baseline: str | None) -> ModelFact
     e = _shown_expectation(manifest, baseline) if baseline else None
     own = _shown_expectation(manifest, manifest.release)
     return ModelFacts(
-        version=manifest.version, source=source,
+        version=manifest.version,
+        source=source,
         top1=m.accuracy if m is not None and m.metric == "top1" else None,
         heldout_frames=(e or own).heldout_frames if (e or own) else None,
-        baseline=baseline, expected=e.expected if e else None, expected_heldout=e.heldout if e else None,
-        expected_calib=e.calib if e else None, calib_frames=(e or own).calib_frames if (e or own) else 0,
+        baseline=baseline,
+        expected=e.expected if e else None,
+        expected_heldout=e.heldout if e else None,
+        expected_calib=e.calib if e else None,
+        calib_frames=(e or own).calib_frames if (e or own) else 0,
         expectation_pair=f"{e.variant} vs {e.baseline_variant}" if e else None,
         floor=manifest.gates.min_agreement,
     )

@@ -37,11 +37,19 @@ HARDWARE_PROFILES: dict[str, tuple[str, dict[str, Any]]] = {
     "x86-a": ("cpu-x86_64", {}),
     "x86-b": ("cpu-x86_64", {}),
     "arm64": ("cpu-aarch64", {"arch": "aarch64", "cpu_features": ["asimd", "fp16"]}),
-    "orin": ("jetson-orin", {
-        "arch": "aarch64", "accelerator": "jetson", "board": "NVIDIA Jetson AGX Orin (simulated)",
-        "gpu_name": "Orin", "compute_capability": "8.7", "jetpack_version": "6.1",
-        "cuda_version": "12.6", "tensorrt_version": None,  # TensorRT absent: an ONNX variant serves
-    }),
+    "orin": (
+        "jetson-orin",
+        {
+            "arch": "aarch64",
+            "accelerator": "jetson",
+            "board": "NVIDIA Jetson AGX Orin (simulated)",
+            "gpu_name": "Orin",
+            "compute_capability": "8.7",
+            "jetpack_version": "6.1",
+            "cuda_version": "12.6",
+            "tensorrt_version": None,  # TensorRT absent: an ONNX variant serves
+        },
+    ),
 }
 PROFILE_ORDER = ("x86-a", "arm64", "orin", "x86-b")
 
@@ -58,15 +66,22 @@ def write_profile(path: Path, name: str) -> Path:
     return path
 
 
-def write_camera_video(path: Path, *, vehicle: int, seconds: float = 12.0, fps: int = 15,
-                       size: int = 160, hold: int = 1, image_size: int = 64) -> int:
+def write_camera_video(
+    path: Path,
+    *,
+    vehicle: int,
+    seconds: float = 12.0,
+    fps: int = 15,
+    size: int = 160,
+    hold: int = 1,
+    image_size: int = 64,
+) -> int:
     """Write an MJPEG video of passing road signs (``hold`` frames each); returns the frame count.
 
     Vehicle ``i`` films signs ``i * n .. (i + 1) * n - 1`` of the validation split
     (``n`` signs per video), so the fleet's cameras see disjoint signs.
     """
-    ds = open_dataset(DatasetSpec(name="synthetic-signs", seed=0, image_size=image_size, val_size=2000),
-                      split="val")
+    ds = open_dataset(DatasetSpec(name="synthetic-signs", seed=0, image_size=image_size, val_size=2000), split="val")
     frames = int(seconds * fps)
     if frames <= 0 or hold < 1:
         raise ValueError(f"need seconds * fps >= 1 and hold >= 1, got {seconds} s at {fps} fps, hold {hold}")
@@ -125,8 +140,11 @@ def extract_frames(videos: list[Path], out_dir: Path, *, every: int = 1) -> int:
 
 def _classifier_keys(state: dict[str, Any], num_classes: int) -> tuple[str, str | None]:
     """The last 2-D weight with ``num_classes`` rows (the classifier head) and its bias."""
-    candidates = [k for k, v in state.items()
-                  if k.endswith(".weight") and getattr(v, "ndim", 0) == 2 and v.shape[0] == num_classes]
+    candidates = [
+        k
+        for k, v in state.items()
+        if k.endswith(".weight") and getattr(v, "ndim", 0) == 2 and v.shape[0] == num_classes
+    ]
     if not candidates:
         raise ValueError(f"no classifier layer with {num_classes} output rows in the checkpoint")
     weight = candidates[-1]

@@ -69,11 +69,15 @@ def _fmt(value: float | None, spec: str = ".1f") -> str:
 
 def fleet_table(rows: Sequence[FleetRow]) -> list[str]:
     """Markdown table lines of the fleet."""
-    lines = ["| device | hardware | profile | model (server) | model (agent) | p95 ms | FPS | agreement | last update |",
-             "|---|---|---|---|---|---:|---:|---:|---|"]
+    lines = [
+        "| device | hardware | profile | model (server) | model (agent) | p95 ms | FPS | agreement | last update |",
+        "|---|---|---|---|---|---:|---:|---:|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r.name} | {r.hardware} | {r.profile} | {r.version} | {r.agent_version} | "
-                     f"{_fmt(r.p95_ms)} | {_fmt(r.fps)} | {_fmt(r.agreement, '.3f')} | {r.state} |")
+        lines.append(
+            f"| {r.name} | {r.hardware} | {r.profile} | {r.version} | {r.agent_version} | "
+            f"{_fmt(r.p95_ms)} | {_fmt(r.fps)} | {_fmt(r.agreement, '.3f')} | {r.state} |"
+        )
     return lines
 
 
@@ -83,20 +87,32 @@ def _pct(value: float | None) -> str:
 
 def models_table(models: Sequence[ModelFacts]) -> list[str]:
     """Markdown table lines of the releases: how each was made, top-1, what it expects to agree."""
-    lines = ["| release | how it was made | top-1 (held-out) | replaces | expected agreement | "
-             "held-out / camera frames | floor |", "|---|---|---:|---|---:|---|---:|"]
+    lines = [
+        "| release | how it was made | top-1 (held-out) | replaces | expected agreement | "
+        "held-out / camera frames | floor |",
+        "|---|---|---:|---|---:|---|---:|",
+    ]
     for m in models:
-        frames = (f"{_pct(m.expected_heldout)} on {m.heldout_frames} / {_pct(m.expected_calib)} on "
-                  f"{m.calib_frames} ({m.expectation_pair})" if m.expected is not None else "-")
+        frames = (
+            f"{_pct(m.expected_heldout)} on {m.heldout_frames} / {_pct(m.expected_calib)} on "
+            f"{m.calib_frames} ({m.expectation_pair})"
+            if m.expected is not None
+            else "-"
+        )
         top1 = f"{_pct(m.top1)} of {m.heldout_frames}" if m.top1 is not None and m.heldout_frames else _pct(m.top1)
-        lines.append(f"| {m.version} | {m.source} | {top1} | {m.baseline or '-'} | {_pct(m.expected)} | "
-                     f"{frames} | {_pct(m.floor)} |")
+        lines.append(
+            f"| {m.version} | {m.source} | {top1} | {m.baseline or '-'} | {_pct(m.expected)} | "
+            f"{frames} | {_pct(m.floor)} |"
+        )
     return lines
 
 
 def _flips(agreement: Mapping[str, Any], rows: int = 2) -> str:
-    flips = [f"{c.get('active')}→{c.get('candidate')} ×{c.get('count')}"
-             for c in (agreement.get("confusion") or [])[:rows] if isinstance(c, Mapping)]
+    flips = [
+        f"{c.get('active')}→{c.get('candidate')} ×{c.get('count')}"
+        for c in (agreement.get("confusion") or [])[:rows]
+        if isinstance(c, Mapping)
+    ]
     return ", ".join(flips) or "-"
 
 
@@ -106,29 +122,43 @@ def gate_rows(rec: RolloutRecord, names: Mapping[str, str]) -> list[dict[str, An
     for device_id, g in sorted(rec.gates.items(), key=lambda kv: names.get(kv[0], kv[0])):
         a = g.get("agreement") if isinstance(g.get("agreement"), Mapping) else {}
         ci = a.get("agreement_ci95") or []
-        rows.append({
-            "vehicle": names.get(device_id, device_id), "variant": g.get("variant"),
-            "judged_against": a.get("judged_against"), "baseline": a.get("baseline"),
-            "decision": a.get("decision"), "frames": a.get("frames"), "agreement": a.get("agreement"),
-            "ci95": list(ci) if len(ci) == 2 else None, "expected": a.get("expected"), "p0": a.get("p0"),
-            "outcome": g.get("outcome") or g.get("state"), "reason_code": g.get("reason_code"),
-            "flipped": _flips(a),
-        })
+        rows.append(
+            {
+                "vehicle": names.get(device_id, device_id),
+                "variant": g.get("variant"),
+                "judged_against": a.get("judged_against"),
+                "baseline": a.get("baseline"),
+                "decision": a.get("decision"),
+                "frames": a.get("frames"),
+                "agreement": a.get("agreement"),
+                "ci95": list(ci) if len(ci) == 2 else None,
+                "expected": a.get("expected"),
+                "p0": a.get("p0"),
+                "outcome": g.get("outcome") or g.get("state"),
+                "reason_code": g.get("reason_code"),
+                "flipped": _flips(a),
+            }
+        )
     return rows
 
 
 def gate_table(rec: RolloutRecord, names: Mapping[str, str]) -> list[str]:
     """Markdown lines: each vehicle's gate decision for ``rec`` as the server recorded it."""
-    lines = ["| vehicle | variant chosen | judged against | decision | frames | agreement [95% CI] | "
-             "expected → p0 | outcome | most flipped |", "|---|---|---|---|---:|---:|---:|---|---|"]
+    lines = [
+        "| vehicle | variant chosen | judged against | decision | frames | agreement [95% CI] | "
+        "expected → p0 | outcome | most flipped |",
+        "|---|---|---|---|---:|---:|---:|---|---|",
+    ]
     for r in gate_rows(rec, names):
         ci = f" [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]" if r["ci95"] else ""
         against = f"{r['judged_against']} ({r['baseline']})" if r["judged_against"] else "-"
         outcome = f"{r['outcome'] or '-'}{' ' + r['reason_code'] if r['reason_code'] else ''}"
         expected = "-" if r["expected"] is None else f"{r['expected']:.3f} → {_fmt(r['p0'], '.3f')}"
-        lines.append(f"| {r['vehicle']} | {r['variant'] or '-'} | {against} | {r['decision'] or '-'} | "
-                     f"{r['frames'] if r['frames'] is not None else '-'} | {_fmt(r['agreement'], '.3f')}{ci} | "
-                     f"{expected} | {outcome} | {r['flipped']} |")
+        lines.append(
+            f"| {r['vehicle']} | {r['variant'] or '-'} | {against} | {r['decision'] or '-'} | "
+            f"{r['frames'] if r['frames'] is not None else '-'} | {_fmt(r['agreement'], '.3f')}{ci} | "
+            f"{expected} | {outcome} | {r['flipped']} |"
+        )
     return lines
 
 
@@ -153,8 +183,11 @@ def rollout_section(rec: RolloutRecord, names: Mapping[str, str]) -> list[str]:
     if rec.final.get("halt_reason"):
         lines += [f"Halt reason: {rec.final['halt_reason']}", ""]
     if reasons:
-        lines += ["Failure reasons reported by the vehicles: "
-                  + ", ".join(f"`{k}` × {v}" for k, v in sorted(reasons.items())), ""]
+        lines += [
+            "Failure reasons reported by the vehicles: "
+            + ", ".join(f"`{k}` × {v}" for k, v in sorted(reasons.items())),
+            "",
+        ]
     if rec.gates:
         lines += ["Gate decisions (the server's copy of each vehicle's report):", ""]
         lines += gate_table(rec, names) + [""]
@@ -181,8 +214,7 @@ def write_charts(out: Path, rollouts: Sequence[RolloutRecord], rows: Sequence[Fl
             label = e.get("kind") or e["event"]
             if label == "stage-advanced":
                 label = e["event"].split(" — ")[-1]
-            ax.annotate(label, (e["t"], 0), rotation=90, fontsize=6,
-                        va="bottom", ha="right", color="dimgrey")
+            ax.annotate(label, (e["t"], 0), rotation=90, fontsize=6, va="bottom", ha="right", color="dimgrey")
         ax.set_title(f"{rec.label} ({rec.final.get('status', '?')})", fontsize=9)
         ax.set_xlabel("seconds since the demo started")
         ax.set_ylabel("devices")
@@ -209,22 +241,37 @@ def write_charts(out: Path, rollouts: Sequence[RolloutRecord], rows: Sequence[Fl
     return paths
 
 
-def write_report(out: Path, *, rows: Sequence[FleetRow], rollouts: Sequence[RolloutRecord],
-                 checks: Sequence[tuple[str, bool, str]], timings: Mapping[str, float],
-                 models: Sequence[ModelFacts], extra: Mapping[str, Any]) -> str:
+def write_report(
+    out: Path,
+    *,
+    rows: Sequence[FleetRow],
+    rollouts: Sequence[RolloutRecord],
+    checks: Sequence[tuple[str, bool, str]],
+    timings: Mapping[str, float],
+    models: Sequence[ModelFacts],
+    extra: Mapping[str, Any],
+) -> str:
     """Write report.md, summary.json and the charts; returns the markdown text."""
     charts = write_charts(out, rollouts, rows)
     names = {r.device_id: r.name for r in rows}
     lines = ["# edgefleet demo report", ""]
-    lines += ["## Releases", "",
-              "top-1: the FP32 variant on the held-out split, measured by `edge-optimize`; expected agreement: "
-              "how often the release should agree with the one it replaces (the lower of the held-out and the "
-              "camera-frame figure), which the vehicles' shadow gates test against; floor: the bundle's "
-              "`min_agreement`, under which no expectation goes.", ""]
+    lines += [
+        "## Releases",
+        "",
+        "top-1: the FP32 variant on the held-out split, measured by `edge-optimize`; expected agreement: "
+        "how often the release should agree with the one it replaces (the lower of the held-out and the "
+        "camera-frame figure), which the vehicles' shadow gates test against; floor: the bundle's "
+        "`min_agreement`, under which no expectation goes.",
+        "",
+    ]
     lines += models_table(models) + [""]
-    lines += ["## Fleet", "",
-              "p95 / FPS / agreement: the vehicle's last benchmark report (the update gates' measurements); "
-              "model (server): what the fleet API says it runs; model (agent): `edge-agent status --json`.", ""]
+    lines += [
+        "## Fleet",
+        "",
+        "p95 / FPS / agreement: the vehicle's last benchmark report (the update gates' measurements); "
+        "model (server): what the fleet API says it runs; model (agent): `edge-agent status --json`.",
+        "",
+    ]
     lines += fleet_table(rows) + [""]
     lines += ["## Rollouts", ""]
     for rec in rollouts:
@@ -238,10 +285,20 @@ def write_report(out: Path, *, rows: Sequence[FleetRow], rollouts: Sequence[Roll
     (out / "report.md").write_text(text)
     summary = {
         "fleet": [r.__dict__ for r in rows],
-        "rollouts": [{"label": r.label, "version": r.version, "rollout_id": r.rollout_id,
-                      "expected": r.expected, "status": r.final.get("status"), "events": r.events,
-                      "failure_reasons": failure_reasons(r.final), "gates": gate_rows(r, names),
-                      "final": r.final} for r in rollouts],
+        "rollouts": [
+            {
+                "label": r.label,
+                "version": r.version,
+                "rollout_id": r.rollout_id,
+                "expected": r.expected,
+                "status": r.final.get("status"),
+                "events": r.events,
+                "failure_reasons": failure_reasons(r.final),
+                "gates": gate_rows(r, names),
+                "final": r.final,
+            }
+            for r in rollouts
+        ],
         "models": [m.__dict__ for m in models],
         "checks": [{"name": n, "ok": ok, "detail": d} for n, ok, d in checks],
         "timings_s": dict(timings),

@@ -75,8 +75,9 @@ class Clock:
         return round(time.monotonic() - self.t0, 1)
 
 
-def start_server(procs: Processes, data_dir: Path, *, port: int | None = None, workers: int = 2,
-                 timeout_s: float = 180.0) -> Server:
+def start_server(
+    procs: Processes, data_dir: Path, *, port: int | None = None, workers: int = 2, timeout_s: float = 180.0
+) -> Server:
     """``ota-server init`` + ``ota-server serve`` (gunicorn on 127.0.0.1), by :mod:`ota_server.local`.
 
     Waits for ``/healthz`` (up to ``timeout_s``: gunicorn and its workers start slowly on a
@@ -85,33 +86,72 @@ def start_server(procs: Processes, data_dir: Path, *, port: int | None = None, w
     the others. Its log is ``<log_dir>/server.log``.
     """
     try:
-        local = LocalServer.start(data_dir, port=port or 0, workers=workers, roles=(), env=procs.env,
-                                  cwd=procs.cwd, log_path=procs.log_dir / "server.log", start_timeout_s=timeout_s)
+        local = LocalServer.start(
+            data_dir,
+            port=port or 0,
+            workers=workers,
+            roles=(),
+            env=procs.env,
+            cwd=procs.cwd,
+            log_path=procs.log_dir / "server.log",
+            start_timeout_s=timeout_s,
+        )
     except LocalServerError as e:
         raise StepFailed(f"server: {e}", log_path=e.log_path) from e
     procs.children.append(Child("server", local.argv, local.log_path, local.process))
-    client = OtaClient(local.url, local.admin_token, pool_size=4, pool_block=True, timeout_s=30.0,
-                       connect_timeout_s=5.0)
+    client = OtaClient(
+        local.url, local.admin_token, pool_size=4, pool_block=True, timeout_s=30.0, connect_timeout_s=5.0
+    )
     return Server(local.url, data_dir, local.admin_token, local.enrollment_token, client, local.root_json)
 
 
 def enroll_agent(procs: Processes, server: Server, agent: Agent, profile_file: Path) -> None:
-    out = procs.run(f"enroll-{agent.name}", [
-        tool("edge-agent"), "enroll", "--data-dir", str(agent.data_dir), "--server", server.url,
-        "--token", server.enroll_token, "--name", agent.name, "--group", "demo",
-        "--tag", agent.profile, "--hardware-profile", str(profile_file),
-    ], timeout_s=300)
+    out = procs.run(
+        f"enroll-{agent.name}",
+        [
+            tool("edge-agent"),
+            "enroll",
+            "--data-dir",
+            str(agent.data_dir),
+            "--server",
+            server.url,
+            "--token",
+            server.enroll_token,
+            "--name",
+            agent.name,
+            "--group",
+            "demo",
+            "--tag",
+            agent.profile,
+            "--hardware-profile",
+            str(profile_file),
+        ],
+        timeout_s=300,
+    )
     match = re.search(r"\bdev_[A-Za-z0-9_-]+", out)
     if not match:
-        raise StepFailed(f"edge-agent enroll printed no device id for {agent.name}",
-                         log_path=procs.log_dir / f"enroll-{agent.name}.log")
+        raise StepFailed(
+            f"edge-agent enroll printed no device id for {agent.name}",
+            log_path=procs.log_dir / f"enroll-{agent.name}.log",
+        )
     agent.device_id = match.group(0)
 
 
-def start_agent(procs: Processes, agent: Agent, *, poll_s: float, fps: float,
-                health_window_s: float | None = None) -> None:
-    argv = [tool("edge-agent"), "run", "--data-dir", str(agent.data_dir), "--source", str(agent.source),
-            "--poll-interval", str(poll_s), "--max-fps", str(fps)]
+def start_agent(
+    procs: Processes, agent: Agent, *, poll_s: float, fps: float, health_window_s: float | None = None
+) -> None:
+    argv = [
+        tool("edge-agent"),
+        "run",
+        "--data-dir",
+        str(agent.data_dir),
+        "--source",
+        str(agent.source),
+        "--poll-interval",
+        str(poll_s),
+        "--max-fps",
+        str(fps),
+    ]
     if health_window_s is not None:
         argv += ["--health-window", str(health_window_s)]
     agent.child = procs.start(f"agent-{agent.name}", argv)
@@ -119,8 +159,10 @@ def start_agent(procs: Processes, agent: Agent, *, poll_s: float, fps: float,
 
 def agent_statuses(procs: Processes, agents: list[Agent]) -> dict[str, dict[str, Any]]:
     """``edge-agent status --json`` of every vehicle (run side by side), by vehicle name."""
-    jobs = {a.name: procs.spawn(f"status-{a.name}", [tool("edge-agent"), "status", "--data-dir",
-                                                     str(a.data_dir), "--json"]) for a in agents}
+    jobs = {
+        a.name: procs.spawn(f"status-{a.name}", [tool("edge-agent"), "status", "--data-dir", str(a.data_dir), "--json"])
+        for a in agents
+    }
     out = {}
     for name, job in jobs.items():
         text = procs.join(job, timeout_s=300)
@@ -163,21 +205,42 @@ def publish(procs: Processes, server: Server, bundle: Path, version: str) -> lis
     return [line.strip() for line in out.splitlines() if line.startswith("ota-ctl: warning:")]
 
 
-def create_rollout(procs: Processes, server: Server, *, model: str, version: str, stages: list[int],
-                   max_failure_rate: float, gates: dict[str, float | None], group: str = "demo") -> str:
+def create_rollout(
+    procs: Processes,
+    server: Server,
+    *,
+    model: str,
+    version: str,
+    stages: list[int],
+    max_failure_rate: float,
+    gates: dict[str, float | None],
+    group: str = "demo",
+) -> str:
     """``ota-ctl rollout create``; ``gates`` values that are None keep the bundle's own gate."""
-    argv = ota_ctl(server, "rollout", "create", f"{model}@{version}", "--group", group,
-                   "--stages", ",".join(str(s) for s in stages), "--max-failure-rate", str(max_failure_rate))
+    argv = ota_ctl(
+        server,
+        "rollout",
+        "create",
+        f"{model}@{version}",
+        "--group",
+        group,
+        "--stages",
+        ",".join(str(s) for s in stages),
+        "--max-failure-rate",
+        str(max_failure_rate),
+    )
     for key, value in gates.items():
         if value is not None:
             argv += [f"--{key.replace('_', '-')}", str(value)]
     out = procs.run(f"rollout-{version}", argv, timeout_s=300)
     try:
-        data = json.loads(out[out.index("{"):])
+        data = json.loads(out[out.index("{") :])
         return str(data["id"])  # ota-ctl --json prints the created rollout (docs/contracts.md §7)
     except (ValueError, KeyError) as e:
-        raise StepFailed(f"ota-ctl rollout create printed no rollout id ({e}): {out[-300:]!r}",
-                         log_path=procs.log_dir / f"rollout-{version}.log") from e
+        raise StepFailed(
+            f"ota-ctl rollout create printed no rollout id ({e}): {out[-300:]!r}",
+            log_path=procs.log_dir / f"rollout-{version}.log",
+        ) from e
 
 
 def _progress_counts(r: dict[str, Any]) -> tuple[int, int]:
@@ -195,8 +258,7 @@ def server_events(r: dict[str, Any], clock: Clock) -> list[dict[str, Any]]:
         except (KeyError, ValueError):
             continue
         detail = f" — {e['detail']}" if e.get("detail") else ""
-        out.append({"t": round(when - clock.epoch, 1), "event": f"{e.get('kind')}{detail}",
-                    "kind": e.get("kind")})
+        out.append({"t": round(when - clock.epoch, 1), "event": f"{e.get('kind')}{detail}", "kind": e.get("kind")})
     return out
 
 
@@ -222,8 +284,17 @@ def note_gates(rec: RolloutRecord, devices: list[dict[str, Any]]) -> None:
         merged.update(outcome=f.get("state"), reason_code=f.get("reason_code"))
 
 
-def watch_rollout(procs: Processes, server: Server, rec: RolloutRecord, *, clock: Clock, devices: int,
-                  timeout_s: float, agents: list[Agent], poll_s: float = 1.0) -> None:
+def watch_rollout(
+    procs: Processes,
+    server: Server,
+    rec: RolloutRecord,
+    *,
+    clock: Clock,
+    devices: int,
+    timeout_s: float,
+    agents: list[Agent],
+    poll_s: float = 1.0,
+) -> None:
     """Follow a rollout until it ends, recording stage advances, halts and the vehicles' gate evidence.
 
     Waits on the rollout's own status (what the server records), never on elapsed time:
@@ -233,8 +304,14 @@ def watch_rollout(procs: Processes, server: Server, rec: RolloutRecord, *, clock
 
     last_counts = (-1, -1)
     deadline = time.monotonic() + timeout_s
-    with tqdm(total=devices, desc=f"  {rec.label}", unit="dev", leave=True, disable=not sys.stderr.isatty(),
-              bar_format="{desc}: {n}/{total} devices settled |{bar:20}| {elapsed} {postfix}") as bar:
+    with tqdm(
+        total=devices,
+        desc=f"  {rec.label}",
+        unit="dev",
+        leave=True,
+        disable=not sys.stderr.isatty(),
+        bar_format="{desc}: {n}/{total} devices settled |{bar:20}| {elapsed} {postfix}",
+    ) as bar:
         while True:
             procs.check_alive()
             r = dict(server.client.rollout(rec.rollout_id))
@@ -254,9 +331,11 @@ def watch_rollout(procs: Processes, server: Server, rec: RolloutRecord, *, clock
             if time.monotonic() > deadline:
                 rec.final = r
                 logs = "\n".join(f"--- {a.name}:\n{tail(a.child.log_path, 8)}" for a in agents if a.child)
-                raise StepFailed(f"rollout {rec.rollout_id} ({rec.label}) still {status} at stage {stage} "
-                                 f"after {timeout_s:.0f} s (ok={success} failed={failure})\n{logs}",
-                                 log_path=procs.log_dir / "server.log")
+                raise StepFailed(
+                    f"rollout {rec.rollout_id} ({rec.label}) still {status} at stage {stage} "
+                    f"after {timeout_s:.0f} s (ok={success} failed={failure})\n{logs}",
+                    log_path=procs.log_dir / "server.log",
+                )
             time.sleep(poll_s)
 
 
@@ -269,8 +348,9 @@ def refresh(server: Server, rec: RolloutRecord) -> None:
 SETTLED_STATES = ("committed", "failed", "refused", "rolled-back")  # no update under way
 
 
-def wait_settled(procs: Processes, server: Server, agents: list[Agent], *, version: str, timeout_s: float,
-                 poll_s: float = 1.0) -> list[str]:
+def wait_settled(
+    procs: Processes, server: Server, agents: list[Agent], *, version: str, timeout_s: float, poll_s: float = 1.0
+) -> list[str]:
     """Wait until the server sees every vehicle running ``version`` with no update under way.
 
     After a halt, vehicles of the halted stage may still be finishing their shadow run of
@@ -281,9 +361,12 @@ def wait_settled(procs: Processes, server: Server, agents: list[Agent], *, versi
     while True:
         procs.check_alive()
         by_id = {d["id"]: d for d in server.client.devices()}
-        pending = [a.name for a in agents
-                   if (by_id.get(a.device_id, {}).get("running") or {}).get("version") != version
-                   or by_id.get(a.device_id, {}).get("state") not in SETTLED_STATES]
+        pending = [
+            a.name
+            for a in agents
+            if (by_id.get(a.device_id, {}).get("running") or {}).get("version") != version
+            or by_id.get(a.device_id, {}).get("state") not in SETTLED_STATES
+        ]
         if not pending or time.monotonic() > deadline:
             return pending
         time.sleep(poll_s)

@@ -18,10 +18,7 @@ def _has_cuda() -> bool:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    have_trt = (
-        importlib.util.find_spec("tensorrt") is not None
-        and importlib.util.find_spec("pycuda") is not None
-    )
+    have_trt = importlib.util.find_spec("tensorrt") is not None and importlib.util.find_spec("pycuda") is not None
     have_cuda: bool | None = None
     for item in items:
         if "tensorrt" in item.keywords and not have_trt:
@@ -36,9 +33,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def postgres_url() -> str:
     """URL of the test PostgreSQL database; skips unless CI makes it mandatory."""
-    url = os.environ.get(
-        "EDGEFLEET_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-    )
+    url = os.environ.get("EDGEFLEET_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
     try:
         import sqlalchemy as sa
 

@@ -47,7 +47,13 @@ class LiveServer(LocalServer):
         return dict(json.loads(self.director_key_file.read_text()))
 
     def api(
-        self, method: str, path: str, *, json: Any = None, data: bytes | None = None, token: str | None = None,
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        data: bytes | None = None,
+        token: str | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> tuple[int, Any, dict[str, str]]:
         """One request, whatever its status; body decoded as JSON when possible (else bytes, None
@@ -68,8 +74,14 @@ class LiveServer(LocalServer):
     def rollout(self, rollout_id: str) -> dict[str, Any]:
         return dict(self.as_role("viewer").rollout(rollout_id))
 
-    def enroll(self, *, name: str = "dev", group: str = "default", tags: list[str] | None = None,
-               hardware: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def enroll(
+        self,
+        *,
+        name: str = "dev",
+        group: str = "default",
+        tags: list[str] | None = None,
+        hardware: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """Enroll a device (x86_64 CPU profile by default); returns the enrollment response."""
         hw = dict(hardware or {"arch": "x86_64", "accelerator": "cpu", "cpu_features": ["avx2"]})
         return dict(self.client.enroll(self.enrollment_token, name=name, group=group, tags=tags or [], hardware=hw))
@@ -77,8 +89,13 @@ class LiveServer(LocalServer):
 
 @contextmanager
 def live_server(
-    tmp_path: Path, *, db_url: str | None = None, workers: int = 2, threads: int = 2,
-    extra_env: Mapping[str, str] | None = None, init_args: Sequence[str] = (),
+    tmp_path: Path,
+    *,
+    db_url: str | None = None,
+    workers: int = 2,
+    threads: int = 2,
+    extra_env: Mapping[str, str] | None = None,
+    init_args: Sequence[str] = (),
 ) -> Iterator[LiveServer]:
     """Init ``tmp_path/ota-data`` and serve it under gunicorn on 127.0.0.1 (see module doc).
 
@@ -88,9 +105,17 @@ def live_server(
     """
     log_path = Path(tmp_path) / "ota-server.log"
     try:
-        server = LiveServer.start(Path(tmp_path) / "ota-data", db_url=db_url, workers=workers, threads=threads,
-                                  init_args=init_args, env=extra_env, cwd=ROOT, log_path=log_path,
-                                  init_timeout_s=120.0)
+        server = LiveServer.start(
+            Path(tmp_path) / "ota-data",
+            db_url=db_url,
+            workers=workers,
+            threads=threads,
+            init_args=init_args,
+            env=extra_env,
+            cwd=ROOT,
+            log_path=log_path,
+            init_timeout_s=120.0,
+        )
     except LocalServerError as e:
         log = log_path.read_text(errors="replace") if log_path.exists() else ""
         raise RuntimeError(f"{e}\n{log}") from e

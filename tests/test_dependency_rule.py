@@ -21,8 +21,21 @@ FORBIDDEN = {
 
 
 # what a laptop with only `pip install '.[ctl]'` does not have
-CLIENT_FORBIDDEN = ("flask", "sqlalchemy", "psycopg", "gunicorn", "prometheus_client", "torch", "torchvision",
-                    "onnxruntime", "numpy", "tuf", "edge_agent", "training", "optimize")
+CLIENT_FORBIDDEN = (
+    "flask",
+    "sqlalchemy",
+    "psycopg",
+    "gunicorn",
+    "prometheus_client",
+    "torch",
+    "torchvision",
+    "onnxruntime",
+    "numpy",
+    "tuf",
+    "edge_agent",
+    "training",
+    "optimize",
+)
 CLIENT_RUNS = {
     "import": "import ota_server.client\n",
     "every-module": (
@@ -46,7 +59,10 @@ def _modules_after(code: str) -> set[str]:
     """``sys.modules`` after running ``code`` in a fresh interpreter (the worktree first on the path)."""
     out = subprocess.run(
         [sys.executable, "-c", code + "import json, sys\nprint(json.dumps(sorted(sys.modules)))\n"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr
     return set(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -62,9 +78,7 @@ def _modules_after_import(package: str) -> set[str]:
         "    importlib.import_module(m.name)\n"
         "print(json.dumps(sorted(sys.modules)))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     return set(json.loads(out.stdout.strip().splitlines()[-1]))
 
@@ -72,9 +86,7 @@ def _modules_after_import(package: str) -> set[str]:
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))
 def test_runtime_packages_do_not_import_heavy_frameworks(package: str) -> None:
     loaded = _modules_after_import(package)
-    bad = sorted(
-        m for m in loaded if any(m == f or m.startswith(f + ".") for f in FORBIDDEN[package])
-    )
+    bad = sorted(m for m in loaded if any(m == f or m.startswith(f + ".") for f in FORBIDDEN[package]))
     assert not bad, f"importing every module of {package} pulled in {bad[:10]}"
 
 
@@ -118,7 +130,10 @@ def test_bundle_module_is_stdlib_only() -> None:
 def test_client_loads_nothing_of_the_server(run: str) -> None:
     loaded = _modules_after(CLIENT_RUNS[run])
     heavy = sorted(m for m in loaded if m.split(".")[0] in CLIENT_FORBIDDEN)
-    server = sorted(m for m in loaded if m.startswith("ota_server.")
-                    and m != "ota_server.client" and not m.startswith("ota_server.client."))
+    server = sorted(
+        m
+        for m in loaded
+        if m.startswith("ota_server.") and m != "ota_server.client" and not m.startswith("ota_server.client.")
+    )
     assert not heavy, f"{run} pulled in {heavy[:10]}"
     assert not server, f"{run} loaded modules of the server: {server[:10]}"

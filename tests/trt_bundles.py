@@ -30,8 +30,13 @@ from models.tiny import LABELS, SIZE, linear_weights, make_bundle
 QDQ_ID = "onnx-int8-qdq"
 QDQ_FILE = "model.int8.qdq.onnx"
 GPU_CLASSES = ("cuda", "jetson-orin", "jetson-xavier", "jetson-nano")
-JETSON_ORIN = {"arch": "aarch64", "accelerator": "jetson", "board": "NVIDIA Jetson AGX Orin (simulated)",
-               "compute_capability": "8.7", "gpu_name": "Orin (nvgpu)"}
+JETSON_ORIN = {
+    "arch": "aarch64",
+    "accelerator": "jetson",
+    "board": "NVIDIA Jetson AGX Orin (simulated)",
+    "compute_capability": "8.7",
+    "gpu_name": "Orin (nvgpu)",
+}
 
 
 def make_qdq_onnx(*, shift: int = 0, seed_tag: str = "") -> bytes:
@@ -60,7 +65,8 @@ def make_qdq_onnx(*, shift: int = 0, seed_tag: str = "") -> bytes:
         helper.make_node("Gemm", ["flat", "W", "B"], ["logits"]),
     ]
     graph = helper.make_graph(
-        nodes, f"tiny-qdq{seed_tag}",
+        nodes,
+        f"tiny-qdq{seed_tag}",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, SIZE, SIZE])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", len(LABELS)])],
         inits,
@@ -71,8 +77,9 @@ def make_qdq_onnx(*, shift: int = 0, seed_tag: str = "") -> bytes:
     return model.SerializeToString()
 
 
-def make_trt_bundle(directory: Path, *, name: str = "tiny", version: str = "1.0.0", fallback: bool = True,
-                    qdq: bytes | None = None) -> Manifest:
+def make_trt_bundle(
+    directory: Path, *, name: str = "tiny", version: str = "1.0.0", fallback: bool = True, qdq: bytes | None = None
+) -> Manifest:
     """FP32 ONNX for every class plus the Q/DQ variant first for the GPU classes.
 
     ``fallback``: the GPU classes' selection also lists FP32 after the Q/DQ variant, so a device whose
@@ -81,8 +88,15 @@ def make_trt_bundle(directory: Path, *, name: str = "tiny", version: str = "1.0.
     manifest = make_bundle(directory, name=name, version=version)
     data = qdq if qdq is not None else make_qdq_onnx()
     (directory / QDQ_FILE).write_bytes(data)
-    variant = Variant(QDQ_ID, Format.ONNX, Precision.INT8, QDQ_FILE, hashlib.sha256(data).hexdigest(), len(data),
-                      HardwareRequirements(accelerators=("cuda", "jetson"), build_on_device=True))
+    variant = Variant(
+        QDQ_ID,
+        Format.ONNX,
+        Precision.INT8,
+        QDQ_FILE,
+        hashlib.sha256(data).hexdigest(),
+        len(data),
+        HardwareRequirements(accelerators=("cuda", "jetson"), build_on_device=True),
+    )
     gpu_order = (QDQ_ID, "onnx-fp32") if fallback else (QDQ_ID,)
     selection = dict(manifest.selection)
     for hw in GPU_CLASSES:

@@ -61,17 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="dataset (default synthetic-signs)",
     )
     g.add_argument("--data-root", metavar="DIR", help="imagefolder root or COCO image dir")
-    g.add_argument(
-        "--ann-file", metavar="JSON", help="COCO annotations; '{split}' is replaced by train/val"
-    )
-    g.add_argument(
-        "--image-size", type=int, metavar="PX", help="network input (and synthetic image) size"
-    )
+    g.add_argument("--ann-file", metavar="JSON", help="COCO annotations; '{split}' is replaced by train/val")
+    g.add_argument("--image-size", type=int, metavar="PX", help="network input (and synthetic image) size")
     g.add_argument("--train-size", type=int, metavar="N", help="synthetic training images")
     g.add_argument("--val-size", type=int, metavar="N", help="synthetic validation images")
-    g.add_argument(
-        "--val-fraction", type=float, help="val share of real data without train/val split"
-    )
+    g.add_argument("--val-fraction", type=float, help="val share of real data without train/val split")
     g.add_argument("--cache-dir", metavar="DIR", help="cache generated synthetic samples here")
     g.add_argument(
         "--augment",
@@ -86,9 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="random horizontal flips",
     )
     g = p.add_argument_group("model")
-    g.add_argument(
-        "--arch", choices=sorted(ARCHS), help="architecture (default mobilenet_v3_small)"
-    )
+    g.add_argument("--arch", choices=sorted(ARCHS), help="architecture (default mobilenet_v3_small)")
     g.add_argument(
         "--model-kwargs",
         metavar="JSON",
@@ -105,13 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--warmup-epochs", type=float)
     g.add_argument("--min-lr-ratio", type=float, help="cosine floor as a fraction of --lr")
     g.add_argument("--label-smoothing", type=float)
-    g.add_argument(
-        "--bn-momentum", type=float, help="BatchNorm running-stat momentum (default 0.1)"
-    )
+    g.add_argument("--bn-momentum", type=float, help="BatchNorm running-stat momentum (default 0.1)")
     g.add_argument("--clip-grad-norm", type=float, help="max gradient norm; 0 disables")
-    g.add_argument(
-        "--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision (CUDA)"
-    )
+    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision (CUDA)")
     g.add_argument(
         "--channels-last",
         action=argparse.BooleanOptionalAction,
@@ -122,17 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("run")
     g.add_argument("--device", choices=[d.value for d in Device])
     g.add_argument("--workers", type=int, help="DataLoader workers per process")
-    g.add_argument(
-        "--threads", type=int, help="torch threads per process (default cores / processes)"
-    )
+    g.add_argument("--threads", type=int, help="torch threads per process (default cores / processes)")
     g.add_argument("--output", metavar="DIR", help="parent of run directories (default runs)")
     g.add_argument("--name", help="run directory name (default <data>-<arch>-<time>)")
-    g.add_argument(
-        "--resume", metavar="RUN_OR_PT", help="continue a run directory (or a .pt checkpoint)"
-    )
-    g.add_argument(
-        "--progress", action=argparse.BooleanOptionalAction, default=None, help="tqdm bars"
-    )
+    g.add_argument("--resume", metavar="RUN_OR_PT", help="continue a run directory (or a .pt checkpoint)")
+    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="tqdm bars")
     g = p.add_argument_group("distributed")
     g.add_argument("--nproc-per-node", type=int, metavar="N", help="worker processes on this node")
     g.add_argument("--nnodes", type=int, help="number of nodes")
@@ -147,9 +129,7 @@ _NOT_CONFIG = {"config", "print_config", "verbose"}
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Resolve defaults < resumed run < --config < flags into a :class:`TrainConfig`."""
-    flags: dict[str, Any] = {
-        k: v for k, v in vars(args).items() if k not in _NOT_CONFIG and v is not None
-    }
+    flags: dict[str, Any] = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG and v is not None}
     if "model_kwargs" in flags:
         try:
             flags["model_kwargs"] = json.loads(flags["model_kwargs"])

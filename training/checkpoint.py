@@ -62,15 +62,9 @@ def code_version() -> str:
     return f"{base}+g{sha}" if sha else f"{base}+unknown"
 
 
-def save_checkpoint(
-    path: Path, state: Mapping[str, Any], sidecar: Mapping[str, Any]
-) -> dict[str, Any]:
+def save_checkpoint(path: Path, state: Mapping[str, Any], sidecar: Mapping[str, Any]) -> dict[str, Any]:
     """Write ``path`` (.pt) and its sidecar (.json) atomically; returns the sidecar written."""
-    missing = [
-        k
-        for k in SIDECAR_KEYS
-        if k not in sidecar and k not in ("format", "created_at", "checkpoint_sha256")
-    ]
+    missing = [k for k in SIDECAR_KEYS if k not in sidecar and k not in ("format", "created_at", "checkpoint_sha256")]
     if missing:
         raise CheckpointError(f"sidecar for {path} lacks field(s) {missing}")
     try:
@@ -112,17 +106,13 @@ def load_checkpoint(path: Path, *, verify: bool = True) -> tuple[dict[str, Any],
     """
     meta = read_sidecar(path)
     if verify and path.is_file() and sha256_file(path) != meta["checkpoint_sha256"]:
-        raise CheckpointError(
-            f"{path} does not match the sha256 in its sidecar (interrupted write?)"
-        )
+        raise CheckpointError(f"{path} does not match the sha256 in its sidecar (interrupted write?)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as e:
         raise CheckpointError(f"checkpoint {path} does not exist") from e
     except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file; all mean "unusable"
-        raise CheckpointError(
-            f"checkpoint {path} cannot be loaded with weights_only=True: {e}"
-        ) from e
+        raise CheckpointError(f"checkpoint {path} cannot be loaded with weights_only=True: {e}") from e
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"checkpoint {path} is not a training checkpoint (no 'model' entry)")
     return state, meta
@@ -134,9 +124,7 @@ def resolve_checkpoint(target: str | os.PathLike[str]) -> tuple[Path, Path]:
     if p.is_dir():
         ckpt = p / "checkpoints" / "last.pt"
         if not ckpt.is_file():
-            raise CheckpointError(
-                f"cannot resume: {ckpt} does not exist (no epoch has finished yet?)"
-            )
+            raise CheckpointError(f"cannot resume: {ckpt} does not exist (no epoch has finished yet?)")
         return p, ckpt
     if p.is_file() and p.suffix == ".pt":
         return p.parent.parent, p

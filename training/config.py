@@ -191,9 +191,7 @@ def _validate(c: TrainConfig) -> None:
     if c.workers < 0 or (c.threads is not None and c.threads < 1):
         raise ConfigError("workers must be >= 0 and threads >= 1")
     if not 0 <= c.node_rank < c.nnodes:
-        raise ConfigError(
-            f"node_rank must be in [0, nnodes), got {c.node_rank} with nnodes={c.nnodes}"
-        )
+        raise ConfigError(f"node_rank must be in [0, nnodes), got {c.node_rank} with nnodes={c.nnodes}")
     if c.nnodes > 1 and not c.rdzv_endpoint:
         raise ConfigError("a multi-node run (nnodes > 1) needs rdzv_endpoint=host:port")
     task = dataset_task(c.dataset_spec())  # also validates the dataset fields

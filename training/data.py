@@ -34,9 +34,7 @@ __all__ = [
 class AugmentConfig:
     """Augmentation strengths (all on the uint8 image)."""
 
-    def __init__(
-        self, *, enabled: bool = True, hflip: bool = False, crop_scale: float = 0.85
-    ) -> None:
+    def __init__(self, *, enabled: bool = True, hflip: bool = False, crop_scale: float = 0.85) -> None:
         self.enabled = enabled
         self.hflip = hflip
         # smallest crop side as a fraction of the image (classification); not smaller,
@@ -69,9 +67,7 @@ def _random_crop(img: np.ndarray, rng: np.random.Generator, min_scale: float) ->
 
 
 class _Wrapped(Dataset[Any]):
-    def __init__(
-        self, reader: Reader, spec: InputSpec, *, train: bool, augment: AugmentConfig, seed: int
-    ) -> None:
+    def __init__(self, reader: Reader, spec: InputSpec, *, train: bool, augment: AugmentConfig, seed: int) -> None:
         self.reader = reader
         self.preprocess = Preprocessor(spec)
         self.train = train
@@ -128,9 +124,7 @@ class DetectionData(_Wrapped):
             "labels": torch.from_numpy(sample.labels.astype(np.int64)),
             "image_id": torch.tensor(index, dtype=torch.int64),
             # input pixels → frame pixels (for evaluation in the image's own coordinates)
-            "transform": torch.tensor(
-                [t.scale_x, t.scale_y, t.pad_x, t.pad_y], dtype=torch.float64
-            ),
+            "transform": torch.tensor([t.scale_x, t.scale_y, t.pad_x, t.pad_y], dtype=torch.float64),
         }
         return torch.from_numpy(x), target
 

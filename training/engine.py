@@ -48,14 +48,9 @@ def _loss(model: nn.Module, batch: Any, env: DistEnv, step: StepConfig) -> tuple
     with torch.autocast(env.device.type, enabled=step.amp):
         if step.task == "classification":
             logits = model(images)
-            loss = F.cross_entropy(
-                logits.float(), targets.to(env.device), label_smoothing=step.label_smoothing
-            )
+            loss = F.cross_entropy(logits.float(), targets.to(env.device), label_smoothing=step.label_smoothing)
         else:
-            tgt = [
-                {"boxes": t["boxes"].to(env.device), "labels": t["labels"].to(env.device)}
-                for t in targets
-            ]
+            tgt = [{"boxes": t["boxes"].to(env.device), "labels": t["labels"].to(env.device)} for t in targets]
             loss = sum(model(images, tgt).values())
     return loss, images.shape[0]
 
@@ -75,16 +70,12 @@ def train_one_epoch(
     """Train one pass over ``loader``; returns ``{"loss", "lr", "images", "seconds", "images_per_s"}``."""
     model.train()
     total_loss, seen, start = 0.0, 0, time.perf_counter()
-    bar = tqdm(
-        loader, desc=f"epoch {epoch + 1} train", leave=False, disable=not (progress and env.is_main)
-    )
+    bar = tqdm(loader, desc=f"epoch {epoch + 1} train", leave=False, disable=not (progress and env.is_main))
     for batch in bar:
         loss, n = _loss(model, batch, env, step)
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value):
-            raise TrainingError(
-                f"loss became {loss_value} at epoch {epoch + 1}: lower the lr or check the data"
-            )
+            raise TrainingError(f"loss became {loss_value} at epoch {epoch + 1}: lower the lr or check the data")
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
@@ -147,9 +138,7 @@ def evaluate(
     for images, targets in bar:
         with torch.autocast(env.device.type, enabled=step.amp):
             boxes, scores = model(_to_device(images, env, step))
-        for t, (b, s, lab) in zip(
-            targets, decode_detections(boxes.float(), scores.float()), strict=True
-        ):
+        for t, (b, s, lab) in zip(targets, decode_detections(boxes.float(), scores.float()), strict=True):
             sx, sy, px, py = t["transform"].tolist()
             scale = np.array([sx, sy, sx, sy], np.float32)
             pad = np.array([px, py, px, py], np.float32)

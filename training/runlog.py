@@ -22,9 +22,7 @@ log = logging.getLogger(__name__)
 
 
 class RunLog:
-    def __init__(
-        self, run_dir: Path | None, *, history: list[dict[str, Any]] | None = None
-    ) -> None:
+    def __init__(self, run_dir: Path | None, *, history: list[dict[str, Any]] | None = None) -> None:
         self.run_dir = run_dir
         self.history: list[dict[str, Any]] = list(history or [])
         self._tb: Any = None

@@ -79,9 +79,7 @@ def _build_data(cfg: TrainConfig, env: ddp.DistEnv) -> _Data:
     }
     # a trailing batch of one image would break BatchNorm: drop the remainder when there is a full batch
     full = len(train_set) // env.world_size >= cfg.batch_size
-    train = DataLoader(
-        train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=full, **common
-    )
+    train = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=full, **common)
     # every rank evaluates a disjoint shard with no padding: the metric counts each image once
     shard = Subset(val_set, list(range(env.rank, len(val_set), env.world_size)))
     val = DataLoader(shard, batch_size=cfg.batch_size, shuffle=False, **common)
@@ -135,13 +133,9 @@ def _run_dir(cfg: TrainConfig, env: ddp.DistEnv) -> Path:
     return Path(cfg.output) / name
 
 
-def _sidecar(
-    cfg: TrainConfig, data: _Data, run_dir: Path, epoch: int, metrics: dict[str, float]
-) -> dict[str, Any]:
+def _sidecar(cfg: TrainConfig, data: _Data, run_dir: Path, epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
     spec = cfg.dataset_spec().to_dict()
-    spec.update(
-        cache_dir=None, fingerprint=data.fingerprints[1], train_fingerprint=data.fingerprints[0]
-    )
+    spec.update(cache_dir=None, fingerprint=data.fingerprints[1], train_fingerprint=data.fingerprints[0])
     return {
         "arch": cfg.arch,
         "task": cfg.task,
@@ -176,8 +170,7 @@ def _restore(cfg: TrainConfig, st: _State, env: ddp.DistEnv) -> None:
     state, meta = load_checkpoint(ckpt)
     if meta["arch"] != cfg.arch or meta["task"] != cfg.task:
         raise CheckpointError(
-            f"cannot resume {ckpt}: it holds {meta['arch']}/{meta['task']}, "
-            f"the config asks for {cfg.arch}/{cfg.task}"
+            f"cannot resume {ckpt}: it holds {meta['arch']}/{meta['task']}, the config asks for {cfg.arch}/{cfg.task}"
         )
     try:
         st.model.load_state_dict(state["model"])
@@ -192,8 +185,7 @@ def _restore(cfg: TrainConfig, st: _State, env: ddp.DistEnv) -> None:
     replicas = int(state.get("sampler", {}).get("num_replicas", env.world_size))
     if replicas != env.world_size:
         log.warning(
-            "resuming with %d processes, the checkpoint used %d: the data order differs "
-            "from an uninterrupted run",
+            "resuming with %d processes, the checkpoint used %d: the data order differs from an uninterrupted run",
             env.world_size,
             replicas,
         )
@@ -310,9 +302,7 @@ def _train(cfg: TrainConfig, env: ddp.DistEnv) -> dict[str, Any]:
     runlog = RunLog(run_dir if env.is_main else None, history=st.history)
     model: nn.Module = st.model
     if env.distributed:
-        model = DistributedDataParallel(
-            st.model, device_ids=[env.device.index] if env.device.type == "cuda" else None
-        )
+        model = DistributedDataParallel(st.model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
     step = StepConfig(
         task=cfg.task,
         clip_grad_norm=cfg.clip_grad_norm,

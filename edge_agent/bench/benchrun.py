@@ -136,9 +136,7 @@ def _bare_onnx_bundle(onnx_path: Path, work: Path, shape: tuple[int, int, int, i
     dims = list(rt.input_shape)
     rt.close()
     if len(dims) != 4:
-        raise BenchError(
-            f"{onnx_path}: input {rt.input_name!r} has shape {dims}; edge-bench needs NCHW images"
-        )
+        raise BenchError(f"{onnx_path}: input {rt.input_name!r} has shape {dims}; edge-bench needs NCHW images")
     if shape is None and not all(isinstance(d, int) for d in dims[1:]):
         raise BenchError(f"{onnx_path}: input shape {dims} is dynamic; pass --input-shape N,C,H,W")
     n: int | None
@@ -176,9 +174,7 @@ def _bare_onnx_bundle(onnx_path: Path, work: Path, shape: tuple[int, int, int, i
         variants=(variant,),
         selection={hw: SelectionEntry(("onnx-fp32",), "bare ONNX file") for hw in HARDWARE_CLASSES},
         gates=Gates(latency_budget_ms=1000.0),
-        provenance=Provenance(
-            str(onnx_path), "unknown", "edge-bench", time.strftime("%Y-%m-%dT%H:%M:%SZ")
-        ),
+        provenance=Provenance(str(onnx_path), "unknown", "edge-bench", time.strftime("%Y-%m-%dT%H:%M:%SZ")),
         arch="bare-onnx",
     )
     write_bundle(directory, manifest)
@@ -233,9 +229,7 @@ def _power(settings: BenchSettings, into: dict[str, Any]) -> Iterator[None]:
         into.update(summarize(sampler.stop()))
 
 
-def run_model(
-    target: Target, settings: BenchSettings, frame: np.ndarray, result: RunResult
-) -> None:
+def run_model(target: Target, settings: BenchSettings, frame: np.ndarray, result: RunResult) -> None:
     """Model-only single-stream latency into ``result.model``; raises :class:`BenchError`."""
     try:
         model = Model(
@@ -281,9 +275,7 @@ def _source_spec(settings: BenchSettings) -> SourceSpec:
         raise BenchError(str(e)) from e
 
 
-def run_pipeline(
-    target: Target, settings: BenchSettings, result: RunResult, progress: Any = None
-) -> None:
+def run_pipeline(target: Target, settings: BenchSettings, result: RunResult, progress: Any = None) -> None:
     """The capture → inference pipeline for ``settings.duration_s`` after a warm-up."""
     try:
         loaded = load_model(
@@ -303,9 +295,7 @@ def run_pipeline(
     pipe = Pipeline(
         source,
         loaded,
-        PipelineConfig(
-            queue_size=settings.queue_size, max_fps=settings.max_fps, keep_outcomes=1_000_000
-        ),
+        PipelineConfig(queue_size=settings.queue_size, max_fps=settings.max_fps, keep_outcomes=1_000_000),
     )
     pipe.start()
     try:
@@ -332,9 +322,7 @@ def _sleep(seconds: float, pipe: Pipeline, progress: Any) -> None:
         step = min(left, 0.25)
         if pipe.wait(step):
             if pipe.failure is None:
-                raise BenchError(
-                    "the source ended before the measurement finished (a short file without loop?)"
-                )
+                raise BenchError("the source ended before the measurement finished (a short file without loop?)")
             return
         if progress is not None:
             progress.update(step)
@@ -344,10 +332,7 @@ def _pipeline_summary(
     before: dict[str, float], after: dict[str, float], seconds: float, window: list[Any]
 ) -> dict[str, Any]:
     inferred = after["inferred"] - before["inferred"]
-    stages = {
-        s: float(np.mean([o.timings_ms.get(s, 0.0) for o in window])) if window else 0.0
-        for s in STAGES
-    }
+    stages = {s: float(np.mean([o.timings_ms.get(s, 0.0) for o in window])) if window else 0.0 for s in STAGES}
     lat = latency_percentiles([o.latency_ms for o in window])
     return {
         "seconds": round(seconds, 3),

@@ -58,9 +58,7 @@ def _shape(text: str) -> tuple[int, int, int, int]:
     try:
         dims = tuple(int(x) for x in text.replace("x", ",").split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected N,C,H,W like 1,3,224,224, got {text!r}"
-        ) from None
+        raise argparse.ArgumentTypeError(f"expected N,C,H,W like 1,3,224,224, got {text!r}") from None
     if len(dims) != 4 or min(dims) <= 0:
         raise argparse.ArgumentTypeError(f"expected 4 positive dimensions N,C,H,W, got {text!r}")
     return dims[0], dims[1], dims[2], dims[3]
@@ -113,9 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="EP",
         help="ONNX Runtime execution providers in priority order, e.g. CUDAExecutionProvider",
     )
-    p.add_argument(
-        "--threads", type=_positive(int), help="intra-op threads (default: the runtime's)"
-    )
+    p.add_argument("--threads", type=_positive(int), help="intra-op threads (default: the runtime's)")
     p.add_argument(
         "--source",
         default="synthetic",
@@ -134,12 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=10.0,
         help="measured seconds per model and mode",
     )
-    p.add_argument(
-        "--warmup", type=float, default=2.0, help="discarded warm-up seconds before measuring"
-    )
-    p.add_argument(
-        "--batch", type=_positive(int), default=1, help="batch size of model-only queries"
-    )
+    p.add_argument("--warmup", type=float, default=2.0, help="discarded warm-up seconds before measuring")
+    p.add_argument("--batch", type=_positive(int), default=1, help="batch size of model-only queries")
     p.add_argument(
         "--input-shape",
         type=_shape,
@@ -164,9 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MS",
         help="tegrastats sampling interval on Jetson (ms)",
     )
-    p.add_argument(
-        "--out", type=Path, default=Path("bench-out/edge-bench"), help="output directory"
-    )
+    p.add_argument("--out", type=Path, default=Path("bench-out/edge-bench"), help="output directory")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument(
         "--fail-if-p99-over",
@@ -203,9 +193,7 @@ def _settings(args: argparse.Namespace) -> BenchSettings:
 
 
 def _run_all(targets: Sequence[str], settings: BenchSettings, work: Path) -> list[RunResult]:
-    resolved = [
-        resolve_target(t, settings=settings, work=work) for t in targets
-    ]  # all checked before timing
+    resolved = [resolve_target(t, settings=settings, work=work) for t in targets]  # all checked before timing
     frame = first_frame(settings.source) if settings.mode is not Mode.PIPELINE else None
     results = []
     for target in resolved:
@@ -253,9 +241,7 @@ def _row(r: RunResult, base: RunResult) -> dict[str, Any]:
             frames_dropped=pl["dropped"],
             errors=pl["errors"],
             **{f"{k}_ms": v for k, v in pl["stages_ms"].items()},
-            speedup_fps=pl["fps"] / base.pipeline["fps"]
-            if base.pipeline and base.pipeline["fps"]
-            else None,
+            speedup_fps=pl["fps"] / base.pipeline["fps"] if base.pipeline and base.pipeline["fps"] else None,
         )
         if r.images_per_s:
             row["pipeline_vs_model"] = pl["fps"] / r.images_per_s
@@ -290,17 +276,13 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, (h, _, _) in enumerate(cols)]
     lines = [
         "  ".join(
-            h.ljust(w) if i == 0 else h.rjust(w)
-            for i, ((h, _, _), w) in enumerate(zip(cols, widths, strict=True))
+            h.ljust(w) if i == 0 else h.rjust(w) for i, ((h, _, _), w) in enumerate(zip(cols, widths, strict=True))
         )
     ]
     lines.append("  ".join("-" * w for w in widths))
     for c in cells:
         lines.append(
-            "  ".join(
-                x.ljust(w) if i == 0 else x.rjust(w)
-                for i, (x, w) in enumerate(zip(c, widths, strict=True))
-            )
+            "  ".join(x.ljust(w) if i == 0 else x.rjust(w) for i, (x, w) in enumerate(zip(c, widths, strict=True)))
         )
     return "\n".join(lines)
 
@@ -362,9 +344,7 @@ def _plots(out: Path, results: list[RunResult]) -> list[Path]:
     }
     if stages:
         paths.append(
-            plots.plot_stages(
-                stages, out / "stages.png", title="Work per frame by stage (queue wait excluded)"
-            )
+            plots.plot_stages(stages, out / "stages.png", title="Work per frame by stage (queue wait excluded)")
         )
     return paths
 
@@ -374,14 +354,10 @@ def _thresholds(args: argparse.Namespace, rows: list[dict[str, Any]]) -> list[st
     for row in rows:
         p99 = row.get("model_p99_ms", row.get("pipeline_p99_ms"))
         if args.fail_if_p99_over is not None and p99 is not None and p99 > args.fail_if_p99_over:
-            failures.append(
-                f"{row['model']}: p99 {p99:.2f} ms > --fail-if-p99-over {args.fail_if_p99_over:g} ms"
-            )
+            failures.append(f"{row['model']}: p99 {p99:.2f} ms > --fail-if-p99-over {args.fail_if_p99_over:g} ms")
         fps = row.get("pipeline_fps")
         if args.fail_if_fps_under is not None and fps is not None and fps < args.fail_if_fps_under:
-            failures.append(
-                f"{row['model']}: pipeline {fps:.1f} fps < --fail-if-fps-under {args.fail_if_fps_under:g}"
-            )
+            failures.append(f"{row['model']}: pipeline {fps:.1f} fps < --fail-if-fps-under {args.fail_if_fps_under:g}")
     return failures
 
 
@@ -410,9 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_table(rows))
     for r in results:
         if r.model is not None and r.model.noisy:
-            print(
-                f"note: {r.target.label} model latency is noisy (cv {r.model.cv:.2f}); the host was busy"
-            )
+            print(f"note: {r.target.label} model latency is noisy (cv {r.model.cv:.2f}); the host was busy")
     written = _write_outputs(args.out, settings, results, rows, host, with_plots=not args.no_plots)
     print("wrote " + ", ".join(str(p) for p in written))
     failures = _thresholds(args, rows)

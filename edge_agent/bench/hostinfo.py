@@ -36,9 +36,7 @@ def _run(cmd: list[str], *, timeout: float = 5.0) -> str | None:
     if exe is None:
         return None
     try:
-        out = subprocess.run(
-            [exe, *cmd[1:]], capture_output=True, text=True, timeout=timeout, check=False
-        )
+        out = subprocess.run([exe, *cmd[1:]], capture_output=True, text=True, timeout=timeout, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout if out.returncode == 0 else None
@@ -157,8 +155,5 @@ def describe_host(info: dict[str, Any]) -> str:
     if info.get("power_mode") and info["power_mode"].get("name"):
         parts.append(f"power mode {info['power_mode']['name']}")
     v = info.get("versions", {})
-    parts.append(
-        f"onnxruntime {v.get('onnxruntime')}"
-        + (f", TensorRT {v['tensorrt']}" if v.get("tensorrt") else "")
-    )
+    parts.append(f"onnxruntime {v.get('onnxruntime')}" + (f", TensorRT {v['tensorrt']}" if v.get("tensorrt") else ""))
     return " / ".join(parts)

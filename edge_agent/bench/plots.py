@@ -27,9 +27,7 @@ def _pyplot() -> Any:
     return plt
 
 
-def plot_latency(
-    samples_ms: Mapping[str, Sequence[float]], path: Path, *, title: str = "Model latency"
-) -> Path:
+def plot_latency(samples_ms: Mapping[str, Sequence[float]], path: Path, *, title: str = "Model latency") -> Path:
     """Histogram (left, fraction of each model's queries) and empirical CDF with p50/p99 marks (right).
 
     When the models differ by more than 20x the latency axis is logarithmic,
@@ -67,9 +65,7 @@ def plot_latency(
             ax_h.set_xscale("log")
             ax_c.set_xscale("log")
     ax_h.set(xlabel="latency (ms)", ylabel="fraction of queries", title=f"{title}: histogram")
-    ax_c.set(
-        xlabel="latency (ms)", ylabel="fraction of queries", title="CDF (dotted p50, dashed p99)"
-    )
+    ax_c.set(xlabel="latency (ms)", ylabel="fraction of queries", title="CDF (dotted p50, dashed p99)")
     ax_c.set_ylim(0, 1.01)
     for ax in (ax_h, ax_c):
         ax.grid(alpha=0.3)

@@ -59,9 +59,7 @@ class TegraSample:
     gpu_load_pct: float | None = None
     gpu_freq_mhz: int | None = None
     temps_c: dict[str, float] = field(default_factory=dict)  # sensor → °C
-    rails_mw: dict[str, tuple[float, float]] = field(
-        default_factory=dict
-    )  # rail → (current, average)
+    rails_mw: dict[str, tuple[float, float]] = field(default_factory=dict)  # rail → (current, average)
 
     @property
     def power_mw(self) -> float | None:
@@ -135,9 +133,7 @@ def parse_line(line: str) -> TegraSample:
     loads, freqs = _cpus(line)
     engines = _engines(line)
     temps = {m[1]: float(m[2]) for m in _TEMP.finditer(line)}
-    rails = {
-        m[1]: (float(m[2]), float(m[3])) for m in _RAIL.finditer(line) if m[1] not in _NOT_RAILS
-    }
+    rails = {m[1]: (float(m[2]), float(m[3])) for m in _RAIL.finditer(line) if m[1] not in _NOT_RAILS}
     emc = engines.get("EMC", (None, None))
     gr3d = engines.get("GR3D", (None, None))
     return TegraSample(
@@ -199,9 +195,7 @@ class TegrastatsSampler:
 
     def start(self) -> None:
         if not self.command:
-            raise FileNotFoundError(
-                "tegrastats is not on PATH (not a Jetson, or L4T tools missing)"
-            )
+            raise FileNotFoundError("tegrastats is not on PATH (not a Jetson, or L4T tools missing)")
         try:
             self._proc = subprocess.Popen(
                 [*self.command, "--interval", str(self.interval_ms)],

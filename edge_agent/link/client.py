@@ -30,15 +30,28 @@ class Polled:
 
 
 class ServerClient:
-    def __init__(self, base_url: str, *, token: str | None = None, timeout_s: float = 10.0,
-                 pool: urllib3.PoolManager | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        token: str | None = None,
+        timeout_s: float = 10.0,
+        pool: urllib3.PoolManager | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.timeout = urllib3.Timeout(connect=timeout_s, read=timeout_s)
         self.pool = pool or urllib3.PoolManager(num_pools=4, maxsize=4)
 
-    def _request(self, method: str, path: str, *, body: Any = None, token: str | None = None,
-                 headers: Mapping[str, str] | None = None) -> urllib3.BaseHTTPResponse:
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        token: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> urllib3.BaseHTTPResponse:
         hdrs = {"Accept": "application/json", **(headers or {})}
         bearer = token or self.token
         if bearer:
@@ -49,8 +62,9 @@ class ServerClient:
             hdrs["Content-Type"] = "application/json"
         url = self.base_url + path
         try:
-            resp = self.pool.request(method, url, body=data, headers=hdrs, timeout=self.timeout,
-                                     retries=False, redirect=False)
+            resp = self.pool.request(
+                method, url, body=data, headers=hdrs, timeout=self.timeout, retries=False, redirect=False
+            )
         except urllib3.exceptions.HTTPError as e:
             raise ServerUnreachable(f"{method} {url}: {e}") from e
         if resp.status >= 500:

@@ -115,7 +115,10 @@ def enroll(
     paths.root.chmod(0o700)
     write_atomic(paths.pinned_root, json.dumps(root).encode(), mode=0o644)
     write_atomic(paths.director_key, json.dumps(key).encode(), mode=0o644)
-    write_atomic(paths.identity, json.dumps(asdict(identity) | {"hardware_overrides": dict(identity.hardware_overrides)},
-                                            indent=1).encode(), mode=0o600)
+    write_atomic(
+        paths.identity,
+        json.dumps(asdict(identity) | {"hardware_overrides": dict(identity.hardware_overrides)}, indent=1).encode(),
+        mode=0o600,
+    )
     log.info("enrolled as %s (%s) with %s; image root and director key pinned", device_id, name, server)
     return identity

@@ -45,8 +45,11 @@ def frame_agreement(task: Task, candidate: Outcome, reference: Outcome, *, iou_t
     if task is Task.CLASSIFICATION:
         return class_agreement(candidate.top1, reference.top1)
     if task is Task.DETECTION:
-        return detection_agreement(candidate.detections or Detections.empty(),
-                                   reference.detections or Detections.empty(), iou_threshold=iou_threshold)
+        return detection_agreement(
+            candidate.detections or Detections.empty(),
+            reference.detections or Detections.empty(),
+            iou_threshold=iou_threshold,
+        )
     if candidate.mask is None or reference.mask is None:
         return 0.0
     return mask_agreement(candidate.mask, reference.mask)
@@ -67,8 +70,9 @@ def frame_flips(
         c, r = candidate.top1, reference.top1
         return [] if c is None or r is None or c == r else [(r, c, 1)]
     if task is Task.DETECTION:
-        return _box_flips(candidate.detections or Detections.empty(), reference.detections or Detections.empty(),
-                          iou_threshold)
+        return _box_flips(
+            candidate.detections or Detections.empty(), reference.detections or Detections.empty(), iou_threshold
+        )
     a, b = candidate.mask, reference.mask
     if a is None or b is None or a.shape != b.shape:
         return []
@@ -111,8 +115,10 @@ class FlipCounter:
 
     def table(self, rows: int = 10) -> list[dict[str, Any]]:
         """The ``rows`` most frequent flips: ``{"active": label, "candidate": label, "count": n}``."""
-        return [{"active": _name(self.reference_labels, r), "candidate": _name(self.candidate_labels, c),
-                 "count": n} for (r, c), n in self.counts.most_common(rows)]
+        return [
+            {"active": _name(self.reference_labels, r), "candidate": _name(self.candidate_labels, c), "count": n}
+            for (r, c), n in self.counts.most_common(rows)
+        ]
 
 
 def _name(labels: Sequence[str], index: int) -> str:
@@ -144,31 +150,52 @@ def choose_context(
     if served is not None:
         e = candidate.expectation(candidate_variant, baseline=running.release, baseline_sha256=served)
         if e is not None:
-            return GateContext(expected=e.expected, baseline=running.release, baseline_variant=running_variant,
-                               judged_against=JudgedAgainst.ACTIVE, candidate_variant=candidate_variant,
-                               why=f"expectation against {running.release}/{running_variant}: {_measured(e)}",
-                               per_class=e.per_class)
-    missing = (f"no expectation for the running release {running.release}"
-               f"{f'/{running_variant}' if running_variant else ''}")
-    own = [e for e in candidate.expectations if e.variant == candidate_variant and e.baseline == candidate.release
-           and e.baseline_variant != candidate_variant]
+            return GateContext(
+                expected=e.expected,
+                baseline=running.release,
+                baseline_variant=running_variant,
+                judged_against=JudgedAgainst.ACTIVE,
+                candidate_variant=candidate_variant,
+                why=f"expectation against {running.release}/{running_variant}: {_measured(e)}",
+                per_class=e.per_class,
+            )
+    missing = (
+        f"no expectation for the running release {running.release}{f'/{running_variant}' if running_variant else ''}"
+    )
+    own = [
+        e
+        for e in candidate.expectations
+        if e.variant == candidate_variant
+        and e.baseline == candidate.release
+        and e.baseline_variant != candidate_variant
+    ]
     own.sort(key=lambda e: e.baseline_variant != _fp32_id(candidate))
     for e in own:
         if _sha(candidate, e.baseline_variant) == e.baseline_sha256 and in_slot(e.baseline_variant):
-            return GateContext(expected=e.expected, baseline=candidate.release, baseline_variant=e.baseline_variant,
-                               judged_against=JudgedAgainst.OWN_FP32, candidate_variant=candidate_variant,
-                               why=f"{missing}; judged against its own {e.baseline_variant}: {_measured(e)}",
-                               per_class=e.per_class)
+            return GateContext(
+                expected=e.expected,
+                baseline=candidate.release,
+                baseline_variant=e.baseline_variant,
+                judged_against=JudgedAgainst.OWN_FP32,
+                candidate_variant=candidate_variant,
+                why=f"{missing}; judged against its own {e.baseline_variant}: {_measured(e)}",
+                per_class=e.per_class,
+            )
     if candidate_variant == _fp32_id(candidate):
         reason = "the candidate is the bundle's own FP32"
     elif own:
         reason = f"its own {own[0].baseline_variant} is not in the slot"
     else:
         reason = "none against its own FP32 either"
-    return GateContext(expected=gates.min_agreement, baseline=running.release, baseline_variant=running_variant,
-                       judged_against=JudgedAgainst.ACTIVE, candidate_variant=candidate_variant,
-                       why=f"{missing}, and {reason}: judged against the active model with the floor "
-                           f"min_agreement {gates.min_agreement:.1%}")
+    return GateContext(
+        expected=gates.min_agreement,
+        baseline=running.release,
+        baseline_variant=running_variant,
+        judged_against=JudgedAgainst.ACTIVE,
+        candidate_variant=candidate_variant,
+        why=f"{missing}, and {reason}: judged against the active model with the floor "
+        f"min_agreement {gates.min_agreement:.1%}",
+    )
 
 
 def _sha(manifest: Manifest, variant_id: str | None) -> str | None:

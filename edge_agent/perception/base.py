@@ -47,8 +47,9 @@ class GateResult:
     def __post_init__(self) -> None:
         code = self.reason_code
         if code is not None and not isinstance(code, ReasonCode):
-            raise TypeError(f"reason_code must be a ReasonCode or None, got {code!r}; "
-                            "parse strings with ReasonCode.parse")
+            raise TypeError(
+                f"reason_code must be a ReasonCode or None, got {code!r}; parse strings with ReasonCode.parse"
+            )
         if self.passed and code is not None:
             raise ValueError(f"a passed gate carries no reason code, got {code.value}")
         if not self.passed and code is None:
@@ -93,14 +94,22 @@ class GateContext:
     @classmethod
     def floor(cls, gates: Gates, *, baseline: str | None = None, why: str = "") -> GateContext:
         """Judge against the active model with nothing to expect but the floor ``gates.min_agreement``."""
-        return cls(expected=gates.min_agreement, baseline=baseline, judged_against=JudgedAgainst.ACTIVE,
-                   why=why or "no agreement expectation: the floor min_agreement")
+        return cls(
+            expected=gates.min_agreement,
+            baseline=baseline,
+            judged_against=JudgedAgainst.ACTIVE,
+            why=why or "no agreement expectation: the floor min_agreement",
+        )
 
     def evidence(self) -> dict[str, Any]:
         """The report's view (``gate.agreement``); None values are left out."""
-        out = {"expected": round(self.expected, 4), "baseline": self.baseline,
-               "baseline_variant": self.baseline_variant, "judged_against": self.judged_against.value,
-               "why": self.why or None}
+        out = {
+            "expected": round(self.expected, 4),
+            "baseline": self.baseline,
+            "baseline_variant": self.baseline_variant,
+            "judged_against": self.judged_against.value,
+            "why": self.why or None,
+        }
         return {k: v for k, v in out.items() if v is not None}
 
 

@@ -124,9 +124,7 @@ def parse_source(text: str, *, loop: bool = False, fps: float | None = None) -> 
     if text == "synthetic" or text.startswith("synthetic:"):
         name = text.partition(":")[2] or "patterns"
         if name not in ("patterns", "signs", "scenes"):
-            raise CameraError(
-                f"synthetic generator must be one of ['patterns', 'signs', 'scenes'], got {name!r}"
-            )
+            raise CameraError(f"synthetic generator must be one of ['patterns', 'signs', 'scenes'], got {name!r}")
         return SourceSpec(SourceKind.SYNTHETIC, name, loop=True, fps=fps)
     m = _DEVICE.match(text)
     if m:
@@ -200,15 +198,15 @@ class OpenCVSource:
 
     def _why_not_opened(self) -> str:
         kind = self.spec.kind
-        if (
-            kind is SourceKind.GSTREAMER
-            and "GStreamer:                   NO" in cv2.getBuildInformation()
-        ):
+        if kind is SourceKind.GSTREAMER and "GStreamer:                   NO" in cv2.getBuildInformation():
             return "this OpenCV build has no GStreamer support (cv2.getBuildInformation())"
         if kind is SourceKind.FILE:
             return "OpenCV could not decode it (cv2.VideoCapture.isOpened() is False; not a video or unsupported codec)"
         if kind is SourceKind.DEVICE:
-            return f"cv2.VideoCapture.isOpened() is False for /dev/video{self.spec.target} (missing, busy or no permission)"
+            return (
+                f"cv2.VideoCapture.isOpened() is False for /dev/video{self.spec.target} "
+                "(missing, busy or no permission)"
+            )
         return "cv2.VideoCapture.isOpened() is False (unreachable, refused or not a video stream)"
 
     def read(self) -> Frame | None:
@@ -241,9 +239,7 @@ class OpenCVSource:
         attempt = 0
         while not self._stop.is_set():
             if self.policy.max_attempts is not None and attempt >= self.policy.max_attempts:
-                log.error(
-                    "%s: giving up after %d reconnect attempts", self.spec.describe(), attempt
-                )
+                log.error("%s: giving up after %d reconnect attempts", self.spec.describe(), attempt)
                 return False
             attempt += 1
             if self._stop.wait(wait):
@@ -293,9 +289,7 @@ def draw_pattern(index: int, *, width: int = 96, height: int = 64) -> np.ndarray
 class SyntheticSource:
     """Generated frames: drawn test patterns, or images from :mod:`models.datasets` synthetic sets."""
 
-    def __init__(
-        self, spec: SourceSpec, *, limit: int | None = None, size: tuple[int, int] = (640, 480)
-    ) -> None:
+    def __init__(self, spec: SourceSpec, *, limit: int | None = None, size: tuple[int, int] = (640, 480)) -> None:
         self.spec = spec
         self.limit = limit  # frames before the source ends; None = endless
         self.size = size  # (width, height) of drawn patterns

@@ -48,8 +48,9 @@ class EngineKey:
     def filename(self) -> str:
         gpu = re.sub(r"[^A-Za-z0-9.]+", "_", self.gpu_name).strip("_") or "gpu"
         cc = self.compute_capability.replace(".", "")
-        return (f"{self.onnx_sha256}-trt{self.tensorrt_version}-{gpu}-sm{cc}-{self.precision.value}-"
-                f"{self.batch.tag}.engine")
+        return (
+            f"{self.onnx_sha256}-trt{self.tensorrt_version}-{gpu}-sm{cc}-{self.precision.value}-{self.batch.tag}.engine"
+        )
 
 
 def engine_key(variant: Variant, batch: BatchProfile) -> EngineKey:
@@ -80,8 +81,16 @@ def _spec(manifest: Manifest, variant: Variant, batch: BatchProfile, workspace_m
     return EngineSpec(manifest.input.name, (c, h, w), batch, variant.precision, workspace_mb)
 
 
-def ensure_engine(bundle_dir: Path, manifest: Manifest, variant: Variant, *, cache_dir: Path,
-                  batch: BatchProfile, workspace_mb: int = 1024, rebuild: bool = False) -> tuple[Path, bool]:
+def ensure_engine(
+    bundle_dir: Path,
+    manifest: Manifest,
+    variant: Variant,
+    *,
+    cache_dir: Path,
+    batch: BatchProfile,
+    workspace_mb: int = 1024,
+    rebuild: bool = False,
+) -> tuple[Path, bool]:
     """The cached engine of ``variant`` (built now on a miss, or when ``rebuild``); ``(path, built)``.
 
     The variant's ONNX must already be verified. Raises :class:`EngineBuildError`.

@@ -76,8 +76,11 @@ class HeadlessPerception:
         result = self._gate(candidate_dir, gates)
         self._candidate = candidate_dir if result.passed else None
         if context is not None:
-            log.info("no camera: agreement with %s (%s) is not judged without live frames",
-                     context.baseline or "the active model", context.judged_against.value)
+            log.info(
+                "no camera: agreement with %s (%s) is not judged without live frames",
+                context.baseline or "the active model",
+                context.judged_against.value,
+            )
         return result
 
     def swap(self) -> SwapResult:
@@ -99,8 +102,9 @@ class HeadlessPerception:
             return GateResult(False, ReasonCode.HEALTH_REGRESSION, "no active model after the swap")
         try:
             variant = self._variant_of(active)
-            model = (self._open_model(active, variant) if self._open_model is not None
-                     else Model(active, variant, threads=1))
+            model = (
+                self._open_model(active, variant) if self._open_model is not None else Model(active, variant, threads=1)
+            )
         except ModelRuntimeError as e:
             return GateResult(False, ReasonCode.HEALTH_REGRESSION, f"active model does not load: {e}")
         latencies: list[float] = []
@@ -126,18 +130,27 @@ class HeadlessPerception:
 def _judge(latencies: list[float], nan_frames: int, errors: int, gates: Gates) -> GateResult:
     latencies.sort()
     p95 = latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))] if latencies else 0.0
-    metrics = {"p95_ms": round(p95, 3), "nan_frames": float(nan_frames), "errors": float(errors),
-               "frames": float(len(latencies))}
+    metrics = {
+        "p95_ms": round(p95, 3),
+        "nan_frames": float(nan_frames),
+        "errors": float(errors),
+        "frames": float(len(latencies)),
+    }
     limit = gates.latency_budget_ms * gates.max_latency_regression
     if errors > gates.max_error_rate * max(1, len(latencies)):
-        return GateResult(False, ReasonCode.HEALTH_REGRESSION, f"{errors} of {len(latencies)} inferences failed", metrics)
+        return GateResult(
+            False, ReasonCode.HEALTH_REGRESSION, f"{errors} of {len(latencies)} inferences failed", metrics
+        )
     if nan_frames > gates.max_nan_frames:
         return GateResult(False, ReasonCode.NAN_OUTPUT, f"{nan_frames} frames gave NaN/inf after the swap", metrics)
     p95_low = quantile_lower_bound(latencies, 0.95, confidence=0.95)  # a few stalled frames are the host's
     if p95_low is not None and p95_low > limit:
-        return GateResult(False, ReasonCode.HEALTH_REGRESSION,
-                          f"p95 {p95:.1f} ms over {limit:.1f} ms after the swap (lower confidence bound "
-                          f"{p95_low:.1f} ms)", metrics)
+        return GateResult(
+            False,
+            ReasonCode.HEALTH_REGRESSION,
+            f"p95 {p95:.1f} ms over {limit:.1f} ms after the swap (lower confidence bound {p95_low:.1f} ms)",
+            metrics,
+        )
     return GateResult(True, None, f"healthy on {len(latencies)} sample frames, p95 {p95:.1f} ms", metrics)
 
 

@@ -75,16 +75,13 @@ def judge_health(stats: HealthStats, gates: Gates, *, baseline: LatencySamples |
     metrics = stats.metrics(baseline)
     code = ReasonCode.HEALTH_REGRESSION
     if stats.frames == 0:
-        return GateResult(
-            True, None, "no frames arrived during the health window; nothing to judge", metrics
-        )
+        return GateResult(True, None, "no frames arrived during the health window; nothing to judge", metrics)
     rate = stats.errors / stats.frames
     if stats.errors and rate > gates.max_error_rate:
         return GateResult(
             False,
             code,
-            f"errors: {stats.errors} of {stats.frames} inferences failed "
-            f"({rate:.1%} > {gates.max_error_rate:.1%})",
+            f"errors: {stats.errors} of {stats.frames} inferences failed ({rate:.1%} > {gates.max_error_rate:.1%})",
             metrics,
         )
     if stats.nan_frames > gates.max_nan_frames:

@@ -61,9 +61,7 @@ class Outcome:
     model: str  # "name@version" of the model that produced it
     captured_at: float  # time.monotonic() of capture
     done_at: float  # time.monotonic() when the result was ready
-    timings_ms: dict[str, float] = field(
-        default_factory=dict
-    )  # decode, queue, preprocess, infer, postprocess
+    timings_ms: dict[str, float] = field(default_factory=dict)  # decode, queue, preprocess, infer, postprocess
     top_k: tuple[tuple[int, float], ...] | None = None
     detections: Detections | None = None
     mask: np.ndarray | None = None
@@ -110,9 +108,7 @@ class Outcome:
             ]
         if self.mask is not None:
             labels, counts = np.unique(self.mask, return_counts=True)
-            out["mask_histogram"] = {
-                str(int(k)): int(v) for k, v in zip(labels, counts, strict=True)
-            }
+            out["mask_histogram"] = {str(int(k)): int(v) for k, v in zip(labels, counts, strict=True)}
         return out
 
 
@@ -215,7 +211,12 @@ class LoadedModel:
             return outcome
         except (ModelRuntimeError, ValueError) as e:
             return Outcome(
-                frame.index, self.version, frame.captured_at, _now(), timings, error=str(e),
+                frame.index,
+                self.version,
+                frame.captured_at,
+                _now(),
+                timings,
+                error=str(e),
                 runtime=self.runtime,
             )
 
@@ -228,10 +229,7 @@ class LoadedModel:
     ) -> Outcome:
         spec = self.manifest.output
         picked = pick_outputs(outputs, spec)
-        nan = any(
-            np.issubdtype(a.dtype, np.floating) and not bool(np.all(np.isfinite(a)))
-            for a in outputs.values()
-        )
+        nan = any(np.issubdtype(a.dtype, np.floating) and not bool(np.all(np.isfinite(a))) for a in outputs.values())
         kind = spec.decoder.kind
         top_k = detections = mask = None
         if kind is DecoderKind.TOPK:
@@ -311,11 +309,13 @@ def load_staged(
     Raises :class:`ModelLoadFailed` (``reason`` ``ENGINE_BUILD_FAILED`` when the engine cannot be built).
     """
     try:
-        model = open_staged(slot_dir, variant_id, engines_dir=engines_dir, profile=profile, threads=threads,
-                            engine=engine)
+        model = open_staged(
+            slot_dir, variant_id, engines_dir=engines_dir, profile=profile, threads=threads, engine=engine
+        )
     except EngineBuildError as e:
-        raise ModelLoadFailed(f"cannot build the engine of {slot_dir}: {e}",
-                              reason=ReasonCode.ENGINE_BUILD_FAILED) from e
+        raise ModelLoadFailed(
+            f"cannot build the engine of {slot_dir}: {e}", reason=ReasonCode.ENGINE_BUILD_FAILED
+        ) from e
     except ModelRuntimeError as e:
         raise ModelLoadFailed(f"cannot load bundle {slot_dir}: {e}") from e
     return _ready(LoadedModel(model, slot_dir), warmup)

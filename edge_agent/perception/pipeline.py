@@ -144,9 +144,7 @@ class Counters:
         self.stage_ms = dict.fromkeys(STAGES, 0.0)
         self.latency_total_ms = 0.0
         self._done_times: collections.deque[float] = collections.deque(maxlen=max(2, fps_window))
-        self._model_ms: collections.deque[float] = collections.deque(
-            maxlen=512
-        )  # recent preprocess+infer+post
+        self._model_ms: collections.deque[float] = collections.deque(maxlen=512)  # recent preprocess+infer+post
         self.started_at = time.monotonic()
 
     def on_captured(self, dropped: int) -> None:
@@ -163,9 +161,7 @@ class Counters:
                 self.stage_ms[stage] += outcome.timings_ms.get(stage, 0.0)
             self.latency_total_ms += outcome.latency_ms
             self._done_times.append(outcome.done_at)
-            self._model_ms.append(
-                sum(outcome.timings_ms.get(k, 0.0) for k in ("preprocess", "infer", "postprocess"))
-            )
+            self._model_ms.append(sum(outcome.timings_ms.get(k, 0.0) for k in ("preprocess", "infer", "postprocess")))
 
     def on_swap(self, swap_ms: float) -> None:
         with self._lock:
@@ -200,9 +196,7 @@ class Counters:
                 out[f"{stage}_ms"] = round(total / n, 4)
             recent = list(self._model_ms)
         pct = latency_percentiles(recent)
-        out.update(
-            {k: round(pct[k], 3) for k in ("p50_ms", "p95_ms", "p99_ms")}
-        )  # recent frames' model time
+        out.update({k: round(pct[k], 3) for k in ("p50_ms", "p95_ms", "p99_ms")})  # recent frames' model time
         return out
 
 
@@ -238,14 +232,10 @@ class Pipeline:
     ) -> None:
         self.source = source
         self.config = config or PipelineConfig()
-        policy = self.config.drop_policy or (
-            DropPolicy.DROP_OLDEST if source.spec.is_live else DropPolicy.BLOCK
-        )
+        policy = self.config.drop_policy or (DropPolicy.DROP_OLDEST if source.spec.is_live else DropPolicy.BLOCK)
         self.queue = FrameQueue(self.config.queue_size, policy)
         self.counters = Counters(self.config.fps_window)
-        self.outcomes: collections.deque[Outcome] = collections.deque(
-            maxlen=self.config.keep_outcomes or None
-        )
+        self.outcomes: collections.deque[Outcome] = collections.deque(maxlen=self.config.keep_outcomes or None)
         self._keep = self.config.keep_outcomes > 0
         self._model = model
         self._pending: _PendingSwap | None = None
@@ -343,18 +333,12 @@ class Pipeline:
                         self._apply_pending()
                     elif time.monotonic() > deadline:
                         self._pending = None
-                        raise TimeoutError(
-                            f"swap to {model.version} not applied within {timeout} s"
-                        )
+                        raise TimeoutError(f"swap to {model.version} not applied within {timeout} s")
             previous = pending.previous
             if previous is None:  # whoever applies a swap records the model it replaced
-                raise RuntimeError(
-                    f"swap to {model.version} was applied without recording the previous model"
-                )
+                raise RuntimeError(f"swap to {model.version} was applied without recording the previous model")
             self.counters.on_swap(pending.swap_ms)
-            report = SwapReport(
-                previous, model, pending.swap_ms, self.counters.dropped - dropped_before
-            )
+            report = SwapReport(previous, model, pending.swap_ms, self.counters.dropped - dropped_before)
         log.info(
             "swapped %s -> %s in %.2f ms (%d frames dropped meanwhile)",
             report.previous.version,

@@ -40,8 +40,15 @@ from models.runtime import Model
 from models.runtime.errors import BackendUnavailable, ModelLoadError
 from models.runtime.trt_build import BatchProfile
 
-__all__ = ["VARIANT_FILE", "variant_in", "record_variant", "EngineOptions", "open_staged", "staged_variants",
-           "fallbacks"]
+__all__ = [
+    "VARIANT_FILE",
+    "variant_in",
+    "record_variant",
+    "EngineOptions",
+    "open_staged",
+    "staged_variants",
+    "fallbacks",
+]
 
 log = logging.getLogger(__name__)
 VARIANT_FILE = ".variant"  # {"variant": id}: the variant the slot serves
@@ -111,8 +118,9 @@ class EngineOptions:
             lo, opt, hi = (int(x) for x in data["batch"])
             return cls(BatchProfile(lo, opt, hi), int(data.get("workspace_mb", 1024)))
         except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f'engine options must be {{"batch": [min, opt, max], "workspace_mb": n}}, '
-                             f"got {data!r}: {e}") from e
+            raise ValueError(
+                f'engine options must be {{"batch": [min, opt, max], "workspace_mb": n}}, got {data!r}: {e}'
+            ) from e
 
 
 def _manifest(slot_dir: Path) -> Manifest:
@@ -178,8 +186,9 @@ def open_staged(
         verify_bundle(slot_dir, manifest, variant_ids=[vid])  # before TensorRT parses a byte of it
     except BundleError as e:
         raise ModelLoadError(f"refusing to build {variant.file}: {e}") from e
-    path, built = ensure_engine(slot_dir, manifest, variant, cache_dir=engines_dir, batch=opts.batch,
-                                workspace_mb=opts.workspace_mb)
+    path, built = ensure_engine(
+        slot_dir, manifest, variant, cache_dir=engines_dir, batch=opts.batch, workspace_mb=opts.workspace_mb
+    )
     try:
         return Model(slot_dir, vid, engine=path, verify=False)
     except BackendUnavailable:
@@ -188,6 +197,13 @@ def open_staged(
         if built:
             raise
         log.warning("cached engine %s does not load (%s); rebuilding it", path.name, e)
-    path, _ = ensure_engine(slot_dir, manifest, variant, cache_dir=engines_dir, batch=opts.batch,
-                            workspace_mb=opts.workspace_mb, rebuild=True)
+    path, _ = ensure_engine(
+        slot_dir,
+        manifest,
+        variant,
+        cache_dir=engines_dir,
+        batch=opts.batch,
+        workspace_mb=opts.workspace_mb,
+        rebuild=True,
+    )
     return Model(slot_dir, vid, engine=path, verify=False)

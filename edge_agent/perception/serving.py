@@ -112,9 +112,7 @@ class CameraPerception:
         spec = parse_source(source, loop=loop)
         return cls(
             spec,
-            config=PipelineConfig(
-                queue_size=queue_size, max_fps=max_fps, results_path=results_path
-            ),
+            config=PipelineConfig(queue_size=queue_size, max_fps=max_fps, results_path=results_path),
             stop_requested=stop_requested,
             engines_dir=engines_dir,
             profile=profile,
@@ -125,8 +123,14 @@ class CameraPerception:
     def _load(self, bundle_dir: Path, variant_id: str | None = None) -> LoadedModel:
         vid = variant_id or variant_in(bundle_dir)
         if self.engines_dir is not None and self.profile is not None:
-            return load_staged(bundle_dir, vid, engines_dir=self.engines_dir, profile=self.profile(),
-                               threads=self.threads, engine=self.engine)
+            return load_staged(
+                bundle_dir,
+                vid,
+                engines_dir=self.engines_dir,
+                profile=self.profile(),
+                threads=self.threads,
+                engine=self.engine,
+            )
         return load_model(bundle_dir, variant_id=vid, providers=self.providers, threads=self.threads)
 
     def start(self, active_bundle_dir: Path) -> None:
@@ -153,9 +157,7 @@ class CameraPerception:
                 return
             pipeline.stop()
             self._final = self._snapshot(pipeline)  # the last run's totals stay readable
-            for m in {
-                id(x): x for x in (pipeline.active, self._candidate, self._previous) if x
-            }.values():
+            for m in {id(x): x for x in (pipeline.active, self._candidate, self._previous) if x}.values():
                 m.close()
             self._candidate = self._previous = None
 
@@ -213,9 +215,12 @@ class CameraPerception:
                 self._candidate.close()
                 self._candidate = None
             if not pipeline.running:
-                return GateResult(False, ReasonCode.SOURCE_ENDED,
-                                  f"no live frames to judge the candidate on: {pipeline.source.spec.describe()} "
-                                  "has ended", {"frames": 0.0})
+                return GateResult(
+                    False,
+                    ReasonCode.SOURCE_ENDED,
+                    f"no live frames to judge the candidate on: {pipeline.source.spec.describe()} has ended",
+                    {"frames": 0.0},
+                )
             active = pipeline.active
             context = context or GateContext.floor(gates, baseline=active.version)
             try:
@@ -224,9 +229,12 @@ class CameraPerception:
                 return GateResult(False, e.reason, str(e))
             if candidate.task is not active.task:
                 candidate.close()
-                return GateResult(False, ReasonCode.LOW_AGREEMENT,
-                                  f"candidate is a {candidate.task.value} model, the active one "
-                                  f"{active.task.value}: their outputs cannot agree")
+                return GateResult(
+                    False,
+                    ReasonCode.LOW_AGREEMENT,
+                    f"candidate is a {candidate.task.value} model, the active one "
+                    f"{active.task.value}: their outputs cannot agree",
+                )
             reference = None
             if context.judged_against is JudgedAgainst.OWN_FP32:
                 try:
@@ -249,19 +257,42 @@ class CameraPerception:
                 candidate.close()
             return result
 
-    def _run_shadow(self, pipeline: Pipeline, candidate: LoadedModel, gates: Gates, context: GateContext,
-                    reference: LoadedModel | None, timeout_s: float) -> tuple[GateResult, LatencySamples]:
+    def _run_shadow(
+        self,
+        pipeline: Pipeline,
+        candidate: LoadedModel,
+        gates: Gates,
+        context: GateContext,
+        reference: LoadedModel | None,
+        timeout_s: float,
+    ) -> tuple[GateResult, LatencySamples]:
         active = pipeline.active
-        run = ShadowRun(candidate, gates, task=active.task, context=context, reference=reference,
-                        reference_labels=active.labels, duty=self.shadow_duty)
+        run = ShadowRun(
+            candidate,
+            gates,
+            task=active.task,
+            context=context,
+            reference=reference,
+            reference_labels=active.labels,
+            duty=self.shadow_duty,
+        )
         pipeline.add_listener(run.offer)
-        log.info("shadow run of %s against %s (%s): %d to %d frames within %.0f s", candidate.version,
-                 context.baseline, context.judged_against.value, run.stats.test.min_frames, gates.shadow_frames,
-                 timeout_s)
+        log.info(
+            "shadow run of %s against %s (%s): %d to %d frames within %.0f s",
+            candidate.version,
+            context.baseline,
+            context.judged_against.value,
+            run.stats.test.min_frames,
+            gates.shadow_frames,
+            timeout_s,
+        )
         run.start()
         try:
-            result = run.wait(timeout_s, stop=self.stop_requested,
-                              ended=lambda: None if pipeline.running else pipeline.source.spec.describe())
+            result = run.wait(
+                timeout_s,
+                stop=self.stop_requested,
+                ended=lambda: None if pipeline.running else pipeline.source.spec.describe(),
+            )
             return result, run.stats.latency
         finally:
             pipeline.remove_listener(run.offer)

@@ -85,8 +85,10 @@ def agreement_test(gates: Gates, context: GateContext) -> SequentialTest:
     # candidate agrees with a worse active model on few of the frames of a class that model
     # gets wrong (e.g. 12 % where it calls many signs "speed_limit_50"), and is expected to
     return ClassAgreementTest(
-        overall, [ClassExpectation(c.label, c.agreement, c.frames) for c in context.per_class],
-        tolerance=gates.agreement_tolerance, class_effect=gates.class_agreement_effect,
+        overall,
+        [ClassExpectation(c.label, c.agreement, c.frames) for c in context.per_class],
+        tolerance=gates.agreement_tolerance,
+        class_effect=gates.class_agreement_effect,
     )
 
 
@@ -128,54 +130,92 @@ def judge_shadow(stats: ShadowStats, gates: Gates, *, context: GateContext) -> G
     metrics = stats.metrics()
     evidence = {"agreement": _agreement_evidence(stats, context)}
     if stats.errors:
-        return GateResult(False, ReasonCode.RUNTIME_CRASHED,
-                          f"candidate failed on {stats.errors} of {stats.frames} frames: {stats.first_error}",
-                          metrics, evidence)
+        return GateResult(
+            False,
+            ReasonCode.RUNTIME_CRASHED,
+            f"candidate failed on {stats.errors} of {stats.frames} frames: {stats.first_error}",
+            metrics,
+            evidence,
+        )
     if stats.nan_frames > gates.max_nan_frames:
-        return GateResult(False, ReasonCode.NAN_OUTPUT,
-                          f"candidate produced NaN/inf on {stats.nan_frames} of {stats.frames} frames "
-                          f"(allowed {gates.max_nan_frames})", metrics, evidence)
+        return GateResult(
+            False,
+            ReasonCode.NAN_OUTPUT,
+            f"candidate produced NaN/inf on {stats.nan_frames} of {stats.frames} frames "
+            f"(allowed {gates.max_nan_frames})",
+            metrics,
+            evidence,
+        )
     p95 = metrics["p95_ms"]
     p95_low = quantile_lower_bound(stats.latency.wall_ms, 0.95, confidence=0.95) if stats.frames else None
     if p95_low is not None and p95_low > gates.latency_budget_ms:
-        return GateResult(False, ReasonCode.LATENCY_OVER_BUDGET,
-                          f"candidate p95 {p95:.2f} ms exceeds the budget {gates.latency_budget_ms:.2f} ms "
-                          f"(its 95 % lower confidence bound is {p95_low:.2f} ms)", metrics, evidence)
+        return GateResult(
+            False,
+            ReasonCode.LATENCY_OVER_BUDGET,
+            f"candidate p95 {p95:.2f} ms exceeds the budget {gates.latency_budget_ms:.2f} ms "
+            f"(its 95 % lower confidence bound is {p95_low:.2f} ms)",
+            metrics,
+            evidence,
+        )
     t = stats.test
     against = _against(context)
     versus = f"the expected {context.expected:.1%} (p0 {t.p0:.1%})"
     if t.verdict is Verdict.REFUSE:
-        return GateResult(False, ReasonCode.LOW_AGREEMENT,
-                          f"refused: {_refusal(t, against, versus)}{_flipped(evidence['agreement'])}{_why(context)}",
-                          metrics, evidence)
+        return GateResult(
+            False,
+            ReasonCode.LOW_AGREEMENT,
+            f"refused: {_refusal(t, against, versus)}{_flipped(evidence['agreement'])}{_why(context)}",
+            metrics,
+            evidence,
+        )
     if t.verdict is Verdict.CONTINUE:
-        so_far = (f"agreement so far {t.agreement:.1%} vs {versus}; the test needs at least "
-                  f"{t.min_frames} and stops by {t.max_frames} frames")
+        so_far = (
+            f"agreement so far {t.agreement:.1%} vs {versus}; the test needs at least "
+            f"{t.min_frames} and stops by {t.max_frames} frames"
+        )
         if stats.source_ended is not None:
-            return GateResult(False, ReasonCode.SOURCE_ENDED,
-                              f"{stats.source_ended} ended during the shadow run after {stats.frames} candidate "
-                              f"frames, before the agreement test was decisive ({so_far})", metrics, evidence)
-        return GateResult(False, ReasonCode.NOT_ENOUGH_FRAMES,
-                          f"candidate saw only {stats.frames} frames before the timeout, not enough for a decision "
-                          f"({so_far}; {stats.offered} frames were served meanwhile)", metrics, evidence)
+            return GateResult(
+                False,
+                ReasonCode.SOURCE_ENDED,
+                f"{stats.source_ended} ended during the shadow run after {stats.frames} candidate "
+                f"frames, before the agreement test was decisive ({so_far})",
+                metrics,
+                evidence,
+            )
+        return GateResult(
+            False,
+            ReasonCode.NOT_ENOUGH_FRAMES,
+            f"candidate saw only {stats.frames} frames before the timeout, not enough for a decision "
+            f"({so_far}; {stats.offered} frames were served meanwhile)",
+            metrics,
+            evidence,
+        )
     tested = len(t.classes) if isinstance(t, ClassAgreementTest) else 0
     classes = f" overall and on each of the {tested} classes tested" if tested else ""
-    return GateResult(True, None,
-                      f"passed on {t.frames} frames: p95 {p95:.2f} ms, agreement with {against} {t.agreement:.1%} "
-                      f"vs {versus}, accepted{classes} at {t.confidence:.0%} confidence{_why(context)}",
-                      metrics, evidence)
+    return GateResult(
+        True,
+        None,
+        f"passed on {t.frames} frames: p95 {p95:.2f} ms, agreement with {against} {t.agreement:.1%} "
+        f"vs {versus}, accepted{classes} at {t.confidence:.0%} confidence{_why(context)}",
+        metrics,
+        evidence,
+    )
 
 
 def _refusal(t: SequentialTest, against: str, versus: str) -> str:
-    overall = (f"candidate agrees with {against} on {t.agreement:.1%} of {t.frames} frames, "
-               f"significantly below {versus}, at {t.confidence:.0%} confidence")
+    overall = (
+        f"candidate agrees with {against} on {t.agreement:.1%} of {t.frames} frames, "
+        f"significantly below {versus}, at {t.confidence:.0%} confidence"
+    )
     if not isinstance(t, ClassAgreementTest) or t.decided_by is None:
         return overall
     c = t.decider()
-    return (f"class {t.decided_by!r}: candidate agrees with {against} on {c.agreement:.1%} of the {c.frames} "
-            f"frames {against} saw as {t.decided_by!r}, significantly below that class's p0 {c.p0:.1%}, at "
-            f"{c.confidence:.1%} confidence (one of {len(t.classes)} class tests; overall {t.agreement:.1%} of "
-            f"{t.frames} frames vs {versus})")
+    return (
+        f"class {t.decided_by!r}: candidate agrees with {against} on {c.agreement:.1%} of the {c.frames} "
+        f"frames {against} saw as {t.decided_by!r}, significantly below that class's p0 {c.p0:.1%}, at "
+        f"{c.confidence:.1%} confidence (one of {len(t.classes)} class tests; overall {t.agreement:.1%} of "
+        f"{t.frames} frames vs {versus})"
+    )
 
 
 def _against(context: GateContext) -> str:
@@ -228,16 +268,19 @@ class ShadowRun:
             raise ValueError(f"duty must be within (0, 1], got {duty}")
         self.context = context or GateContext.floor(gates)
         if (self.context.judged_against is JudgedAgainst.OWN_FP32) != (reference is not None):
-            raise ValueError(f"a reference model is needed exactly when judging against the own FP32; "
-                             f"judged against {self.context.judged_against.value}, reference {reference!r}")
+            raise ValueError(
+                f"a reference model is needed exactly when judging against the own FP32; "
+                f"judged against {self.context.judged_against.value}, reference {reference!r}"
+            )
         self.candidate = candidate
         self.reference = reference
         self.gates = gates
         self.duty = duty
         labels = reference.labels if reference is not None else (reference_labels or candidate.labels)
         self._reference_labels = tuple(labels)
-        self.stats = ShadowStats(agreement_test(gates, self.context),
-                                 FlipCounter(task, tuple(labels), tuple(candidate.labels)))
+        self.stats = ShadowStats(
+            agreement_test(gates, self.context), FlipCounter(task, tuple(labels), tuple(candidate.labels))
+        )
         self._task = task
         self._slot: tuple[Frame, Outcome] | None = None
         self._cond = threading.Condition()
@@ -328,8 +371,13 @@ class ShadowRun:
         if self.stats.test.verdict is Verdict.CONTINUE:
             self.stats.source_ended = source_ended
         result = judge_shadow(self.stats, self.gates, context=self.context)
-        log.info("shadow run of %s: %s (%s) %s", self.candidate.version, "passed" if result.passed else "refused",
-                 result.reason_code.value if result.reason_code else "ok", result.detail)
+        log.info(
+            "shadow run of %s: %s (%s) %s",
+            self.candidate.version,
+            "passed" if result.passed else "refused",
+            result.reason_code.value if result.reason_code else "ok",
+            result.detail,
+        )
         return result
 
     def stop(self) -> None:

@@ -28,8 +28,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from edge_agent.errors import ConfigError, FatalError, ReasonCode
 from models.bundle import canonical_json
 
-__all__ = ["MAX_ALTERNATES", "TargetRef", "DirectorKey", "AssignedTarget", "Assignment", "verify_assignment",
-           "match_target", "claimed_of", "parse_time"]
+__all__ = [
+    "MAX_ALTERNATES",
+    "TargetRef",
+    "DirectorKey",
+    "AssignedTarget",
+    "Assignment",
+    "verify_assignment",
+    "match_target",
+    "claimed_of",
+    "parse_time",
+]
 
 _R = ReasonCode
 MAX_ALTERNATES = 8  # variants one assignment may name besides the primary (docs/contracts.md §8)
@@ -155,20 +164,23 @@ def _ref(data: Any, where: str, claimed: dict[str, Any]) -> tuple[TargetRef, dic
     return ref, hashes
 
 
-def _alternates(signed: Mapping[str, Any], primary: TargetRef | None,
-                claimed: dict[str, Any]) -> tuple[AssignedTarget, ...]:
+def _alternates(
+    signed: Mapping[str, Any], primary: TargetRef | None, claimed: dict[str, Any]
+) -> tuple[AssignedTarget, ...]:
     """Parse ``alternates``: each a distinct variant and file, shaped like the primary target."""
     raw = signed.get("alternates")
     if raw is None or raw == []:
         return ()
     if not isinstance(raw, list):
-        raise FatalError(_R.TARGET_MISMATCH, f"assignment alternates must be a list, got {type(raw).__name__}",
-                         claimed=claimed)
+        raise FatalError(
+            _R.TARGET_MISMATCH, f"assignment alternates must be a list, got {type(raw).__name__}", claimed=claimed
+        )
     if primary is None:
         raise FatalError(_R.TARGET_MISMATCH, "assignment names alternates but no target", claimed=claimed)
     if len(raw) > MAX_ALTERNATES:
-        raise FatalError(_R.TARGET_MISMATCH, f"assignment names {len(raw)} alternates, at most {MAX_ALTERNATES}",
-                         claimed=claimed)
+        raise FatalError(
+            _R.TARGET_MISMATCH, f"assignment names {len(raw)} alternates, at most {MAX_ALTERNATES}", claimed=claimed
+        )
     primary_variant = (signed.get("target") or {}).get("variant")
     seen_variants, seen_paths = {primary_variant}, {primary.path}
     out: list[AssignedTarget] = []
@@ -182,11 +194,17 @@ def _alternates(signed: Mapping[str, Any], primary: TargetRef | None,
         assert parsed is not None  # target is a mapping
         ref, hashes = parsed
         if target.get("variant", variant) != variant:
-            raise FatalError(_R.TARGET_MISMATCH, f"assignment {where} names variant {variant!r} and its target "
-                             f"{target.get('variant')!r}", claimed=claimed)
+            raise FatalError(
+                _R.TARGET_MISMATCH,
+                f"assignment {where} names variant {variant!r} and its target {target.get('variant')!r}",
+                claimed=claimed,
+            )
         if variant in seen_variants or ref.path in seen_paths:
-            raise FatalError(_R.TARGET_MISMATCH, f"assignment {where} repeats variant {variant!r} or file {ref.path}",
-                             claimed=claimed)
+            raise FatalError(
+                _R.TARGET_MISMATCH,
+                f"assignment {where} repeats variant {variant!r} or file {ref.path}",
+                claimed=claimed,
+            )
         seen_variants.add(variant)
         seen_paths.add(ref.path)
         out.append(AssignedTarget(variant, ref, hashes, dict(target.get("custom") or {})))
@@ -235,10 +253,14 @@ def verify_assignment(
         raise FatalError(_R.SIGNATURE_INVALID, f"signed _type is {signed.get('_type')!r}", claimed=claimed)
     if signed.get("device_id") != device_id:
         raise FatalError(
-            _R.WRONG_DEVICE, f"assignment is for {signed.get('device_id')!r}, this device is {device_id!r}", claimed=claimed
+            _R.WRONG_DEVICE,
+            f"assignment is for {signed.get('device_id')!r}, this device is {device_id!r}",
+            claimed=claimed,
         )
     if signed.get("nonce") != nonce:
-        raise FatalError(_R.NONCE_MISMATCH, "assignment carries another nonce than this poll's (replayed?)", claimed=claimed)
+        raise FatalError(
+            _R.NONCE_MISMATCH, "assignment carries another nonce than this poll's (replayed?)", claimed=claimed
+        )
     expires = parse_time(signed.get("expires"), where="expires")
     if expires <= now:
         raise FatalError(_R.ASSIGNMENT_EXPIRED, f"assignment expired at {signed.get('expires')}", claimed=claimed)
@@ -322,5 +344,7 @@ def match_target(
     if got != expected:
         raise FatalError(_R.TARGET_MISMATCH, f"{where}: TUF target is {got}, the assignment's release is {expected}")
     if variant is not None and ef.get("variant") != variant:
-        raise FatalError(_R.TARGET_MISMATCH,
-                         f"{where}: TUF target is variant {ef.get('variant')!r}, the assignment names {variant!r}")
+        raise FatalError(
+            _R.TARGET_MISMATCH,
+            f"{where}: TUF target is variant {ef.get('variant')!r}, the assignment names {variant!r}",
+        )

@@ -105,7 +105,9 @@ class TufClient:
                 found[path] = (
                     None
                     if info is None
-                    else TufTarget(path=info.path, length=info.length, hashes=dict(info.hashes), custom=dict(info.custom or {}))
+                    else TufTarget(
+                        path=info.path, length=info.length, hashes=dict(info.hashes), custom=dict(info.custom or {})
+                    )
                 )
         except (tuf_exc.RepositoryError, tuf_exc.DownloadError) as e:
             raise _map_error(e) from e

@@ -58,23 +58,44 @@ class AgentController:
     signal handler) ends downloads and the child-process gate early with StopRequested.
     """
 
-    def __init__(self, *, config: AgentConfig, identity: Identity, client: ServerClient, tuf: TufClient,
-                 slots: Slots, outbox: Outbox, state: StateFile, profile: Callable[[], HardwareProfile],
-                 director_key: DirectorKey, perception: Perception | None = None, gate: ChildGate | None = None,
-                 pool: urllib3.PoolManager | None = None, stop: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        config: AgentConfig,
+        identity: Identity,
+        client: ServerClient,
+        tuf: TufClient,
+        slots: Slots,
+        outbox: Outbox,
+        state: StateFile,
+        profile: Callable[[], HardwareProfile],
+        director_key: DirectorKey,
+        perception: Perception | None = None,
+        gate: ChildGate | None = None,
+        pool: urllib3.PoolManager | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
         self.config, self.identity, self.client, self.tuf = config, identity, client, tuf
         self.slots, self.outbox, self.state = slots, outbox, state
         self.perception = perception
         self._profile = functools.cache(profile)
-        self.intake = AssignmentIntake(client=client, identity=identity, tuf=tuf, director_key=director_key,
-                                       slots=slots, state=state)
-        self.files = UpdateFiles(config=config, targets_url=identity.targets_url,
-                                 pool=pool or urllib3.PoolManager(num_pools=4, maxsize=4), slots=slots,
-                                 profile=self._profile, pause=self._pause, stop=stop)
+        self.intake = AssignmentIntake(
+            client=client, identity=identity, tuf=tuf, director_key=director_key, slots=slots, state=state
+        )
+        self.files = UpdateFiles(
+            config=config,
+            targets_url=identity.targets_url,
+            pool=pool or urllib3.PoolManager(num_pools=4, maxsize=4),
+            slots=slots,
+            profile=self._profile,
+            pause=self._pause,
+            stop=stop,
+        )
         self.gate = gate or ChildGate(config=config, slots=slots, profile=self._profile, stop=stop)
         self.handover = Handover(config=config, slots=slots, files=self.files, gate=self.gate, perception=perception)
-        self.endings = Endings(slots=slots, state=state, files=self.files, engines_dir=config.paths.engines,
-                               perception=perception)
+        self.endings = Endings(
+            slots=slots, state=state, files=self.files, engines_dir=config.paths.engines, perception=perception
+        )
         self.reports = Reports(slots=slots, state=state, outbox=outbox)
 
     @property

@@ -272,8 +272,12 @@ def _gate(result: GateResult, state: State, ok: State) -> tuple[State, StepOutco
     A failed :class:`GateResult` always carries its :class:`ReasonCode` (it refuses to be
     built without one), so there is no default to fall back on."""
     reason = result.reason_code
-    outcome = StepOutcome(reason=reason, detail=result.detail or ("" if result.passed else "gate failed"),
-                      metrics=dict(result.metrics), evidence=dict(result.evidence))
+    outcome = StepOutcome(
+        reason=reason,
+        detail=result.detail or ("" if result.passed else "gate failed"),
+        metrics=dict(result.metrics),
+        evidence=dict(result.evidence),
+    )
     if reason is None:
         return ok, outcome
     return _fail_state(state, reason), outcome
@@ -349,9 +353,7 @@ def _finish(c: Controller, record: Record) -> None:
         c.abandon(record.update, record.state, record.outcome)
 
 
-def run_update(
-    c: Controller, journal: JournalStore, *, max_attempts: int = 5
-) -> tuple[Record, bool]:
+def run_update(c: Controller, journal: JournalStore, *, max_attempts: int = 5) -> tuple[Record, bool]:
     """Resume the journaled update or check for a new one, and drive it as far as it goes.
 
     Returns the last record and whether a transient error stopped it (back
@@ -387,9 +389,7 @@ def run_update(
     return _drive(c, journal, record, max_attempts=max_attempts)
 
 
-def _drive(
-    c: Controller, journal: JournalStore, record: Record, *, max_attempts: int
-) -> tuple[Record, bool]:
+def _drive(c: Controller, journal: JournalStore, record: Record, *, max_attempts: int) -> tuple[Record, bool]:
     while record.state not in TERMINAL:
         current = record.update
         assert current is not None  # working states always carry their update
@@ -407,7 +407,12 @@ def _drive(
             state, update, outcome = _fail_state(record.state, e.reason), current, StepOutcome(e.reason, e.detail)
         record = Record(state, update, record.attempts, outcome)
         journal.save(record)
-        log.info("%s → %s%s", update.label, state.value, f" ({outcome.reason.value}: {outcome.detail})" if outcome.reason else "")
+        log.info(
+            "%s → %s%s",
+            update.label,
+            state.value,
+            f" ({outcome.reason.value}: {outcome.detail})" if outcome.reason else "",
+        )
         if state not in TERMINAL:
             c.report(state, update, outcome)
         c.pause_point(state)

@@ -52,8 +52,15 @@ class CycleResult:
 
 
 class Agent:
-    def __init__(self, *, config: AgentConfig, controller: AgentController, journal: Journal,
-                 perception: Perception, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        config: AgentConfig,
+        controller: AgentController,
+        journal: Journal,
+        perception: Perception,
+        rng: random.Random | None = None,
+    ) -> None:
         self.config = config
         self.controller = controller
         self.journal = journal
@@ -77,8 +84,9 @@ class Agent:
     def flush(self) -> int:
         c = self.controller
         try:
-            return c.outbox.flush(lambda reports: c.client.post_reports(c.identity.device_id, reports),
-                                  batch=self.config.report_batch)
+            return c.outbox.flush(
+                lambda reports: c.client.post_reports(c.identity.device_id, reports), batch=self.config.report_batch
+            )
         except ServerError as e:
             log.warning("reports stay queued (%d pending): %s", c.outbox.count(), e)
             return 0
@@ -101,8 +109,13 @@ class Agent:
     def next_delay(self, result: CycleResult) -> float:
         if result.retry:
             self._failures += 1
-            return backoff_delay(self._failures, base_s=self.config.backoff_base_s, max_s=self.config.backoff_max_s,
-                                 jitter=self.config.poll_jitter, rng=self.rng)
+            return backoff_delay(
+                self._failures,
+                base_s=self.config.backoff_base_s,
+                max_s=self.config.backoff_max_s,
+                jitter=self.config.poll_jitter,
+                rng=self.rng,
+            )
         self._failures = 0
         j = self.config.poll_jitter
         return self.config.poll_interval_s * (1.0 + self.rng.uniform(-j, j))
@@ -138,8 +151,9 @@ class Agent:
             log.info("agent stopped")
 
 
-def build_agent(config: AgentConfig, *, perception: Perception | None = None,
-                stop: threading.Event | None = None) -> Agent:
+def build_agent(
+    config: AgentConfig, *, perception: Perception | None = None, stop: threading.Event | None = None
+) -> Agent:
     """Wire an enrolled data directory; raises ConfigError when it is not usable.
 
     ``stop`` (set by the signal handler) cuts the long steps short: the child-process model check here,
@@ -154,18 +168,36 @@ def build_agent(config: AgentConfig, *, perception: Perception | None = None,
         raise ConfigError(f"{paths.trust_dir} lacks the pinned trust anchors: {e}") from e
     pool = urllib3.PoolManager(num_pools=4, maxsize=4)
     client = ServerClient(identity.server, token=identity.device_token, timeout_s=config.http_timeout_s, pool=pool)
-    tuf = TufClient(metadata_dir=paths.tuf_dir, metadata_url=identity.metadata_url, targets_url=identity.targets_url,
-                    pinned_root=root, timeout_s=config.http_timeout_s)
+    tuf = TufClient(
+        metadata_dir=paths.tuf_dir,
+        metadata_url=identity.metadata_url,
+        targets_url=identity.targets_url,
+        pinned_root=root,
+        timeout_s=config.http_timeout_s,
+    )
     slots = Slots(paths.slots)
     profile = functools.cache(lambda: load_profile(identity))
     # one child-process gate: the controller runs it, a headless perception passes on its verdicts
     gate = ChildGate(config=config, slots=slots, profile=profile, stop=stop)
     if perception is None:
-        perception = HeadlessPerception(gate=gate.cached, active_dir=slots.active_dir, variant_of=variant_in,
-                                        open_model=gate.open_model)
-    controller = AgentController(config=config, identity=identity, client=client, tuf=tuf, slots=slots,
-                                 outbox=Outbox(paths.outbox), state=StateFile(paths.state), profile=profile,
-                                 director_key=key, perception=perception, gate=gate, pool=pool, stop=stop)
+        perception = HeadlessPerception(
+            gate=gate.cached, active_dir=slots.active_dir, variant_of=variant_in, open_model=gate.open_model
+        )
+    controller = AgentController(
+        config=config,
+        identity=identity,
+        client=client,
+        tuf=tuf,
+        slots=slots,
+        outbox=Outbox(paths.outbox),
+        state=StateFile(paths.state),
+        profile=profile,
+        director_key=key,
+        perception=perception,
+        gate=gate,
+        pool=pool,
+        stop=stop,
+    )
     return Agent(config=config, controller=controller, journal=Journal(paths.journal), perception=perception)
 
 
@@ -187,8 +219,14 @@ def status(config: AgentConfig) -> dict[str, Any]:
     return {
         "device_id": identity.device_id,
         "server": identity.server,
-        "model": {"name": manifest.name, "version": manifest.version, "release": release,
-                  "variant": variant_in(slots.path(slot))} if manifest and slot else None,
+        "model": {
+            "name": manifest.name,
+            "version": manifest.version,
+            "release": release,
+            "variant": variant_in(slots.path(slot)),
+        }
+        if manifest and slot
+        else None,
         "slot": slot,
         "previous_slot": Slots.other(slot) if slot and slots.manifest(Slots.other(slot)) else None,
         "update_state": record.state.value,
@@ -215,10 +253,16 @@ def manual_rollback(config: AgentConfig) -> dict[str, Any]:
     before = c.running()
     slots.switch(Slots.other(slot))
     after = c.running()
-    c.outbox.add(make_report("transition", state="rolled-back", release=(before or {}).get("release"),
-                             reason_code=ReasonCode.MANUAL_ROLLBACK, detail=f"manual rollback from {before} to {after}",
-                             running=after))
+    c.outbox.add(
+        make_report(
+            "transition",
+            state="rolled-back",
+            release=(before or {}).get("release"),
+            reason_code=ReasonCode.MANUAL_ROLLBACK,
+            detail=f"manual rollback from {before} to {after}",
+            running=after,
+        )
+    )
     agent.flush()
     c.outbox.close()
     return {"from": before, "to": after, "slot": Slots.other(slot)}
-

@@ -35,8 +35,9 @@ log = logging.getLogger(__name__)
 class Endings:
     """Commit, roll back or abandon an update, then settle it."""
 
-    def __init__(self, *, slots: Slots, state: StateFile, files: UpdateFiles, engines_dir: Path,
-                 perception: Perception | None) -> None:
+    def __init__(
+        self, *, slots: Slots, state: StateFile, files: UpdateFiles, engines_dir: Path, perception: Perception | None
+    ) -> None:
         self.slots, self.state, self.files, self.engines_dir = slots, state, files, engines_dir
         self.perception = perception
 
@@ -72,10 +73,12 @@ class Endings:
     def settle(self, update: Update, state: State, outcome: StepOutcome | None = None) -> None:
         """Record how ``update`` ended, then drop its downloads, slot leftovers and unneeded engines."""
         st = self.state.load()
-        last = last_update(st, release=update.release, name=update.name, version=update.version, state=state,
-                           outcome=outcome)
-        self.state.save(replace(st.with_settled(f"{update.release}:{update.target.sha256}", state.value),
-                                last_update=last))
+        last = last_update(
+            st, release=update.release, name=update.name, version=update.version, state=state, outcome=outcome
+        )
+        self.state.save(
+            replace(st.with_settled(f"{update.release}:{update.target.sha256}", state.value), last_update=last)
+        )
         for ref in files_of(update):
             self.files.part(ref.sha256).unlink(missing_ok=True)
         self.slots.clean()

@@ -48,9 +48,17 @@ def files_of(update: Update) -> tuple[TargetRef, ...]:
 class UpdateFiles:
     """Download, verify and stage the files of an update; read its downloaded manifest."""
 
-    def __init__(self, *, config: AgentConfig, targets_url: str, pool: urllib3.PoolManager, slots: Slots,
-                 profile: Callable[[], HardwareProfile], pause: Callable[[str], None],
-                 stop: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        config: AgentConfig,
+        targets_url: str,
+        pool: urllib3.PoolManager,
+        slots: Slots,
+        profile: Callable[[], HardwareProfile],
+        pause: Callable[[str], None],
+        stop: threading.Event | None = None,
+    ) -> None:
         self.config, self.targets_url, self.pool, self.slots = config, targets_url, pool, slots
         self._profile = profile
         self._pause = pause  # the test hook: called with "download-<bytes>" once the configured bytes are in
@@ -63,15 +71,25 @@ class UpdateFiles:
     def download(self, update: Update) -> None:
         """Fetch every file of ``update`` (resuming). Raises TransientError, FatalError, StopRequested."""
         c = self.config
-        policy = DownloadPolicy(chunk_bytes=c.chunk_bytes, min_rate_bps=c.min_rate_bps,
-                                rate_window_s=c.rate_window_s, timeout_s=c.http_timeout_s,
-                                free_space_margin_bytes=c.free_space_margin_bytes)
+        policy = DownloadPolicy(
+            chunk_bytes=c.chunk_bytes,
+            min_rate_bps=c.min_rate_bps,
+            rate_window_s=c.rate_window_s,
+            timeout_s=c.http_timeout_s,
+            free_space_margin_bytes=c.free_space_margin_bytes,
+        )
         for ref in files_of(update):
             url = target_url(self.targets_url, ref.path, ref.sha256)
             bar = _progress_bar(ref.path, ref.length)
             try:
-                fetch(self.pool, url, self.part(ref.sha256), length=ref.length, policy=policy,
-                      on_progress=self._download_hook(bar))
+                fetch(
+                    self.pool,
+                    url,
+                    self.part(ref.sha256),
+                    length=ref.length,
+                    policy=policy,
+                    on_progress=self._download_hook(bar),
+                )
             finally:
                 if bar is not None:
                     bar.close()
@@ -108,7 +126,9 @@ class UpdateFiles:
                 raise
         manifest = self.manifest(update)
         if (manifest.name, manifest.version) != (update.name, update.version):
-            raise FatalError(_R.TARGET_MISMATCH, f"manifest is {manifest.name}@{manifest.version}, assigned {update.label}")
+            raise FatalError(
+                _R.TARGET_MISMATCH, f"manifest is {manifest.name}@{manifest.version}, assigned {update.label}"
+            )
         for vt in update.variant_targets():
             try:
                 variant = manifest.variant(vt.variant)

@@ -55,8 +55,14 @@ def holds_file(manifest: Manifest, variant_id: str, slot_dir: Path) -> bool:
 class ChildGate:
     """The child-process gate of staged slots, and the verdict it gave each slot in this process."""
 
-    def __init__(self, *, config: AgentConfig, slots: Slots, profile: Callable[[], HardwareProfile],
-                 stop: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        config: AgentConfig,
+        slots: Slots,
+        profile: Callable[[], HardwareProfile],
+        stop: threading.Event | None = None,
+    ) -> None:
         self.config, self.slots = config, slots
         self._profile = profile
         self.stop = stop  # set by the daemon's signal handler: the child is killed, StopRequested raised
@@ -70,31 +76,49 @@ class ChildGate:
         if not profile.tensorrt_version and any(manifest.variant(v).requires.build_on_device for v in staged):
             log.info("TensorRT is absent: no on-device engine build; ONNX Runtime runs the build-on-device variants")
         entry = manifest.selection.get(hardware_class(profile))
-        result = self.run(slot_dir, gates, staged,
-                          min_speedup=entry.min_speedup if entry is not None else SelectionEntry.min_speedup)
+        result = self.run(
+            slot_dir, gates, staged, min_speedup=entry.min_speedup if entry is not None else SelectionEntry.min_speedup
+        )
         chosen = result.evidence.get("variant")
         if result.passed and isinstance(chosen, str) and update.slot is not None:
             self.slots.choose(update.slot, chosen)
         return result
 
-    def run(self, slot_dir: Path, gates: Gates, variants: Sequence[str], *,
-            min_speedup: float = SelectionEntry.min_speedup) -> GateResult:
+    def run(
+        self, slot_dir: Path, gates: Gates, variants: Sequence[str], *, min_speedup: float = SelectionEntry.min_speedup
+    ) -> GateResult:
         """Run the child-process gate over ``variants`` (selection order) of a staged slot.
 
         Raises StopRequested when ``stop`` is set while the child runs.
         """
         c = self.config
-        limits = PrepareLimits(timeout_s=c.prepare_timeout_s, cpu_s=c.prepare_cpu_limit_s,
-                               memory_mb=c.prepare_memory_limit_mb, frames=c.sample_frames,
-                               queries=c.bench_queries, duration_s=c.bench_duration_s)
+        limits = PrepareLimits(
+            timeout_s=c.prepare_timeout_s,
+            cpu_s=c.prepare_cpu_limit_s,
+            memory_mb=c.prepare_memory_limit_mb,
+            frames=c.sample_frames,
+            queries=c.bench_queries,
+            duration_s=c.bench_duration_s,
+        )
         profile = self._profile()
         trt = profile.tensorrt_version is not None
-        result = check_in_child(slot_dir, variants, gates, limits, min_speedup=min_speedup,
-                                engines_dir=c.paths.engines if trt else None, profile=profile if trt else None,
-                                engine=EngineOptions.of(c), stop=self.stop)
-        log.info("prepare gate for %s: %s %s", slot_dir.name,
-                 "passed" if result.passed else (result.reason_code.value if result.reason_code else None),
-                 result.detail)
+        result = check_in_child(
+            slot_dir,
+            variants,
+            gates,
+            limits,
+            min_speedup=min_speedup,
+            engines_dir=c.paths.engines if trt else None,
+            profile=profile if trt else None,
+            engine=EngineOptions.of(c),
+            stop=self.stop,
+        )
+        log.info(
+            "prepare gate for %s: %s %s",
+            slot_dir.name,
+            "passed" if result.passed else (result.reason_code.value if result.reason_code else None),
+            result.detail,
+        )
         self._results[str(slot_dir)] = result
         return result
 
@@ -114,6 +138,15 @@ class ChildGate:
         return self.run(slot_dir, gates, [variant])
 
     def open_model(self, slot_dir: Path, variant_id: str | None) -> Model:
-        """A slot's variant opened in this process as it serves here (:func:`edge_agent.perception.runtimes.open_staged`)."""
-        return open_staged(slot_dir, variant_id, engines_dir=self.config.paths.engines, profile=self._profile(),
-                           threads=1, engine=EngineOptions.of(self.config))
+        """A slot's variant opened in this process as it serves here.
+
+        Through :func:`edge_agent.perception.runtimes.open_staged`, the one way a staged variant is opened.
+        """
+        return open_staged(
+            slot_dir,
+            variant_id,
+            engines_dir=self.config.paths.engines,
+            profile=self._profile(),
+            threads=1,
+            engine=EngineOptions.of(self.config),
+        )

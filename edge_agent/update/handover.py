@@ -37,8 +37,9 @@ _R = ReasonCode
 class Handover:
     """Shadow, swap and watch a staged candidate on the perception path."""
 
-    def __init__(self, *, config: AgentConfig, slots: Slots, files: UpdateFiles, gate: ChildGate,
-                 perception: Perception | None) -> None:
+    def __init__(
+        self, *, config: AgentConfig, slots: Slots, files: UpdateFiles, gate: ChildGate, perception: Perception | None
+    ) -> None:
         self.config, self.slots, self.files, self.gate = config, slots, files, gate
         self.perception = perception
         self._shadowed: str | None = None  # slot whose shadow run passed in this process
@@ -63,8 +64,13 @@ class Handover:
             result = self.gate.cached(slot_dir, gates)
         else:
             context = self.gate_context(update, gates)
-            log.info("agreement of %s judged against %s (%s): %s", update.label, context.baseline,
-                     context.judged_against.value, context.why)
+            log.info(
+                "agreement of %s judged against %s (%s): %s",
+                update.label,
+                context.baseline,
+                context.judged_against.value,
+                context.why,
+            )
             try:
                 result = perception.shadow(slot_dir, gates, timeout_s=self.config.shadow_timeout_s, context=context)
             except StopRequested:
@@ -93,8 +99,13 @@ class Handover:
         if active is None or running is None:
             return GateContext.floor(gates, why="no active slot to read the running release from")
         return choose_context(
-            candidate, candidate_variant, running=running, running_variant=variant_in(self.slots.path(active)),
-            in_slot=lambda v: holds_file(candidate, v, slot_dir), gates=gates)
+            candidate,
+            candidate_variant,
+            running=running,
+            running_variant=variant_in(self.slots.path(active)),
+            in_slot=lambda v: holds_file(candidate, v, slot_dir),
+            gates=gates,
+        )
 
     def swap(self, update: Update) -> None:
         """Switch ``current`` to the candidate's slot and the perception path to it (start it for a
@@ -120,8 +131,7 @@ class Handover:
             raise FatalError(_R.HEALTH_REGRESSION, f"hot swap failed: {e}") from e
         if not swapped.ok:
             raise FatalError(_R.HEALTH_REGRESSION, f"hot swap failed: {swapped.detail}")
-        log.info("swapped to %s in %.1f ms, %d frames dropped", update.label, swapped.swap_ms,
-                 swapped.frames_dropped)
+        log.info("swapped to %s in %.1f ms, %d frames dropped", update.label, swapped.swap_ms, swapped.frames_dropped)
 
     def watch(self, update: Update) -> GateResult:
         """The health window's verdict. Raises StopRequested (the journal stays at health-watch)."""

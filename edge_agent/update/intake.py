@@ -46,16 +46,22 @@ __all__ = ["AssignmentIntake"]
 
 log = logging.getLogger(__name__)
 _R = ReasonCode
-_REPOSITORY_REASONS = frozenset(
-    {_R.TUF_EXPIRED, _R.TUF_ROLLBACK, _R.TUF_METADATA_INVALID, _R.TARGET_NOT_IN_TUF}
-)
+_REPOSITORY_REASONS = frozenset({_R.TUF_EXPIRED, _R.TUF_ROLLBACK, _R.TUF_METADATA_INVALID, _R.TARGET_NOT_IN_TUF})
 
 
 class AssignmentIntake:
     """Poll, verify, match: the controller's ``check``."""
 
-    def __init__(self, *, client: ServerClient, identity: Identity, tuf: TufClient, director_key: DirectorKey,
-                 slots: Slots, state: StateFile) -> None:
+    def __init__(
+        self,
+        *,
+        client: ServerClient,
+        identity: Identity,
+        tuf: TufClient,
+        director_key: DirectorKey,
+        slots: Slots,
+        state: StateFile,
+    ) -> None:
         self.client, self.identity, self.tuf, self.director_key = client, identity, tuf, director_key
         self.slots, self.state = slots, state
         self.claimed: dict[str, Any] = {}  # rollout/release the last refused assignment claimed, for its report
@@ -91,15 +97,27 @@ class AssignmentIntake:
                 return None
             # nothing was installed, but `status` must still say what was refused and why
             st = self.state.load()
-            last = last_update(st, release=self.claimed.get("release"), name=None, version=None,
-                               state=State.REFUSED, outcome=StepOutcome(e.reason, e.detail))
+            last = last_update(
+                st,
+                release=self.claimed.get("release"),
+                name=None,
+                version=None,
+                state=State.REFUSED,
+                outcome=StepOutcome(e.reason, e.detail),
+            )
             self.state.save(replace(st, last_update=last))
             raise
 
     def _accept(self, st: AgentState, envelope: Any, etag: str | None) -> Update | None:
-        a = verify_assignment(envelope, key=self.director_key, device_id=self.identity.device_id, nonce=st.nonce,
-                              now=datetime.now(timezone.utc), highest_release=st.highest_release,
-                              running=self.running_target(st))
+        a = verify_assignment(
+            envelope,
+            key=self.director_key,
+            device_id=self.identity.device_id,
+            nonce=st.nonce,
+            now=datetime.now(timezone.utc),
+            highest_release=st.highest_release,
+            running=self.running_target(st),
+        )
         if a.target is None or a.manifest is None or a.release is None:
             self.state.save(replace(st, etag=etag))
             return None
@@ -110,27 +128,46 @@ class AssignmentIntake:
             return None
         self._match_tuf(a)
         self.state.save(replace(st, nonce=secrets.token_hex(16), etag=None, highest_release=a.release, refused=None))
-        return Update(release=a.release, name=a.name or "", version=a.version or "", rollout_id=a.rollout_id,
-                      variant=a.variant or "", manifest=a.manifest, target=a.target, gates=dict(a.gates),
-                      previous_slot=self.slots.active_slot(),
-                      alternates=tuple(VariantTarget(t.variant, t.ref) for t in a.alternates))
+        return Update(
+            release=a.release,
+            name=a.name or "",
+            version=a.version or "",
+            rollout_id=a.rollout_id,
+            variant=a.variant or "",
+            manifest=a.manifest,
+            target=a.target,
+            gates=dict(a.gates),
+            previous_slot=self.slots.active_slot(),
+            alternates=tuple(VariantTarget(t.variant, t.ref) for t in a.alternates),
+        )
 
     def _match_tuf(self, a: Assignment) -> None:
         """Every file the assignment names — manifest, primary, each alternate — must be exactly its TUF
         target (no mix-and-match) before a byte of any is downloaded; raises FatalError with the reason."""
         assert a.manifest is not None  # verify_assignment requires one beside a target
         checks: list[tuple[TargetRef, Mapping[str, str], Mapping[str, Any] | None, str | None]] = [
-            (a.manifest, a.manifest_hashes, None, None)]
+            (a.manifest, a.manifest_hashes, None, None)
+        ]
         checks += [(t.ref, t.hashes, t.custom, t.variant) for t in a.targets()]
         found = self.tuf.lookup([ref.path for ref, *_ in checks])
         claimed = {"rollout_id": a.rollout_id, "release": a.release}
         for ref, hashes, custom, variant in checks:
             info = found.get(ref.path)
             if info is None:
-                raise FatalError(_R.TARGET_NOT_IN_TUF, f"{ref.path} is not a target of the image repository", claimed=claimed)
+                raise FatalError(
+                    _R.TARGET_NOT_IN_TUF, f"{ref.path} is not a target of the image repository", claimed=claimed
+                )
             try:
-                match_target(ref, hashes, tuf_length=info.length, tuf_hashes=info.hashes, tuf_custom=info.custom,
-                             custom=custom, release=a, variant=variant)
+                match_target(
+                    ref,
+                    hashes,
+                    tuf_length=info.length,
+                    tuf_hashes=info.hashes,
+                    tuf_custom=info.custom,
+                    custom=custom,
+                    release=a,
+                    variant=variant,
+                )
             except FatalError as e:
                 raise FatalError(e.reason, e.detail, claimed=claimed) from e
 

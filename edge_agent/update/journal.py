@@ -67,7 +67,9 @@ class AgentState:
     highest_release: int = 0  # the release counter never goes below this
     settled: dict[str, str] = field(default_factory=dict)  # "<release>:<sha256>" → final state
     refused: str | None = None  # digest of the last refused assignment (report it once)
-    last_update: dict[str, Any] | None = None  # {"release", "name", "version", "state", "reason", "detail", "time", "slots"}
+    last_update: dict[str, Any] | None = (
+        None  # {"release", "name", "version", "state", "reason", "detail", "time", "slots"}
+    )
 
     def with_settled(self, key: str, state: str, *, keep: int = 20) -> AgentState:
         settled = dict(self.settled)

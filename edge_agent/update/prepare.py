@@ -99,8 +99,9 @@ class VariantChoice:
         return f"chose {self.variant} over {self.preferred}: {won.reason}"
 
 
-def choose_variant(order: Sequence[str], samples: Mapping[str, Sequence[float]], *, min_speedup: float,
-                   metric: str) -> VariantChoice:
+def choose_variant(
+    order: Sequence[str], samples: Mapping[str, Sequence[float]], *, min_speedup: float, metric: str
+) -> VariantChoice:
     """Start from ``order[0]`` (the server's preference); switch only to a variant the interval rule
     prefers over it (lower confidence bound of the speedup >= ``min_speedup``), the fastest such.
 
@@ -166,12 +167,26 @@ def check_in_child(
     """
     ids = [variants] if isinstance(variants, str) else list(variants)
     cmd = [
-        sys.executable, "-m", "edge_agent.update.prepare", "--bundle", str(bundle_dir),
+        sys.executable,
+        "-m",
+        "edge_agent.update.prepare",
+        "--bundle",
+        str(bundle_dir),
         *(arg for vid in ids for arg in ("--variant", vid)),
-        "--gates", json.dumps({"latency_budget_ms": gates.latency_budget_ms, "max_nan_frames": gates.max_nan_frames}),
-        "--min-speedup", str(min_speedup),
-        "--frames", str(limits.frames), "--queries", str(limits.queries), "--duration", str(limits.duration_s),
-        "--cpu-limit", str(limits.cpu_s), "--memory-limit", str(limits.memory_mb),
+        "--gates",
+        json.dumps({"latency_budget_ms": gates.latency_budget_ms, "max_nan_frames": gates.max_nan_frames}),
+        "--min-speedup",
+        str(min_speedup),
+        "--frames",
+        str(limits.frames),
+        "--queries",
+        str(limits.queries),
+        "--duration",
+        str(limits.duration_s),
+        "--cpu-limit",
+        str(limits.cpu_s),
+        "--memory-limit",
+        str(limits.memory_mb),
     ]
     if engines_dir is not None and profile is not None:
         cmd += ["--engines-dir", str(engines_dir), "--profile", json.dumps(profile.to_dict())]
@@ -188,19 +203,21 @@ def check_in_child(
         raise StopRequested(f"stop requested during the model check of {bundle_dir.name}")
     for line in reversed(stdout.splitlines()):
         if line.startswith(RESULT_PREFIX) and proc.returncode == 0:
-            return _parse_result(line[len(RESULT_PREFIX):], elapsed_s=time.monotonic() - started)
+            return _parse_result(line[len(RESULT_PREFIX) :], elapsed_s=time.monotonic() - started)
     tail = " | ".join(stderr.strip().splitlines()[-3:])
     if proc.returncode < 0:
         why = f"runtime process killed by {_signal_name(proc.returncode)}"
         if -proc.returncode == signal.SIGXCPU:
             why += f" (CPU limit of {limits.cpu_s} s exceeded)"
         return GateResult(False, ReasonCode.RUNTIME_CRASHED, f"{why}; {tail}".strip("; "))
-    return GateResult(False, ReasonCode.RUNTIME_CRASHED,
-                      f"runtime process exited {proc.returncode} without a result; {tail}")
+    return GateResult(
+        False, ReasonCode.RUNTIME_CRASHED, f"runtime process exited {proc.returncode} without a result; {tail}"
+    )
 
 
-def _wait(proc: subprocess.Popen[str], bundle_dir: Path, limits: PrepareLimits,
-          stop: threading.Event | None) -> tuple[str, str] | None:
+def _wait(
+    proc: subprocess.Popen[str], bundle_dir: Path, limits: PrepareLimits, stop: threading.Event | None
+) -> tuple[str, str] | None:
     """The child's (stdout, stderr), or None when it hung past the timeout (then killed)."""
     started = time.monotonic()
     while True:
@@ -229,8 +246,13 @@ def _parse_result(text: str, *, elapsed_s: float) -> GateResult:
     except UnknownReasonCode as e:
         return GateResult(False, ReasonCode.RUNTIME_CRASHED, f"model check answered {e}")
     evidence = data.get("evidence")
-    return GateResult(bool(data["passed"]), reason, str(data.get("detail", "")), metrics,
-                      dict(evidence) if isinstance(evidence, Mapping) else {})
+    return GateResult(
+        bool(data["passed"]),
+        reason,
+        str(data.get("detail", "")),
+        metrics,
+        dict(evidence) if isinstance(evidence, Mapping) else {},
+    )
 
 
 def _child_env() -> dict[str, str]:
@@ -257,8 +279,14 @@ def _refusal(reason: ReasonCode, detail: str, metrics: Mapping[str, float] | Non
     return {"passed": False, "reason_code": reason.value, "detail": detail, "metrics": dict(metrics or {})}
 
 
-def _open_variant(bundle_dir: Path, variant_id: str, *, engines_dir: Path | None,
-                  profile: HardwareProfile | None, engine: EngineOptions | None = None) -> Model:
+def _open_variant(
+    bundle_dir: Path,
+    variant_id: str,
+    *,
+    engines_dir: Path | None,
+    profile: HardwareProfile | None,
+    engine: EngineOptions | None = None,
+) -> Model:
     """Open one staged variant as it will serve (:func:`edge_agent.perception.runtimes.open_staged`): a
     build-on-device variant as the TensorRT engine built (or found in the cache) on this device.
 
@@ -274,9 +302,16 @@ def _open_variant(bundle_dir: Path, variant_id: str, *, engines_dir: Path | None
     return open_staged(bundle_dir, variant_id, engines_dir=engines_dir, profile=profile, threads=1, engine=engine)
 
 
-def _check_variant(bundle_dir: Path, variant_id: str, samples: Sequence[np.ndarray], *, max_nan_frames: int,
-                   engines_dir: Path | None, profile: HardwareProfile | None,
-                   engine: EngineOptions | None = None) -> _Checked | dict[str, Any]:
+def _check_variant(
+    bundle_dir: Path,
+    variant_id: str,
+    samples: Sequence[np.ndarray],
+    *,
+    max_nan_frames: int,
+    engines_dir: Path | None,
+    profile: HardwareProfile | None,
+    engine: EngineOptions | None = None,
+) -> _Checked | dict[str, Any]:
     """Load one variant and check it on the sample frames; a refusal dict disqualifies it."""
     from models.runtime import ModelRuntimeError
     from models.runtime.errors import EngineBuildError
@@ -297,8 +332,11 @@ def _check_variant(bundle_dir: Path, variant_id: str, samples: Sequence[np.ndarr
     metrics = {"load_ms": round(load_ms, 2), "nan_frames": float(nan_frames)}
     if nan_frames > max_nan_frames:
         model.close()
-        return _refusal(ReasonCode.NAN_OUTPUT, f"{nan_frames} of {len(samples)} sample frames gave NaN/inf outputs "
-                        f"(allowed {max_nan_frames})", metrics)
+        return _refusal(
+            ReasonCode.NAN_OUTPUT,
+            f"{nan_frames} of {len(samples)} sample frames gave NaN/inf outputs (allowed {max_nan_frames})",
+            metrics,
+        )
     return _Checked(model, load_ms, nan_frames)
 
 
@@ -312,10 +350,20 @@ def _on_gpu(model: Model) -> bool:
     return True
 
 
-def evaluate(bundle_dir: Path, variant_ids: str | Sequence[str], *, budget_ms: float, max_nan_frames: int,
-             frames: int, queries: int, duration_s: float, min_speedup: float = 1.1,
-             engines_dir: Path | None = None, profile: HardwareProfile | None = None,
-             engine: EngineOptions | None = None) -> dict[str, Any]:
+def evaluate(
+    bundle_dir: Path,
+    variant_ids: str | Sequence[str],
+    *,
+    budget_ms: float,
+    max_nan_frames: int,
+    frames: int,
+    queries: int,
+    duration_s: float,
+    min_speedup: float = 1.1,
+    engines_dir: Path | None = None,
+    profile: HardwareProfile | None = None,
+    engine: EngineOptions | None = None,
+) -> dict[str, Any]:
     """The child's work: check each variant, time the survivors interleaved, choose. Returns the result dict."""
     ids = [variant_ids] if isinstance(variant_ids, str) else list(variant_ids)
     samples = sample_frames(frames)
@@ -323,8 +371,15 @@ def evaluate(bundle_dir: Path, variant_ids: str | Sequence[str], *, budget_ms: f
     refused: dict[str, dict[str, Any]] = {}
     try:
         for vid in ids:
-            outcome = _check_variant(bundle_dir, vid, samples, max_nan_frames=max_nan_frames,
-                                     engines_dir=engines_dir, profile=profile, engine=engine)
+            outcome = _check_variant(
+                bundle_dir,
+                vid,
+                samples,
+                max_nan_frames=max_nan_frames,
+                engines_dir=engines_dir,
+                profile=profile,
+                engine=engine,
+            )
             if isinstance(outcome, _Checked):
                 checked[vid] = outcome
             else:
@@ -332,8 +387,15 @@ def evaluate(bundle_dir: Path, variant_ids: str | Sequence[str], *, budget_ms: f
         if not checked:
             first = refused[ids[0]]
             return {**first, "detail": f"{ids[0]}: {first['detail']}{_refused_note(ids[1:], refused)}"}
-        return _time_and_choose(checked, samples[0], refused, budget_ms=budget_ms, queries=queries,
-                                duration_s=duration_s, min_speedup=min_speedup)
+        return _time_and_choose(
+            checked,
+            samples[0],
+            refused,
+            budget_ms=budget_ms,
+            queries=queries,
+            duration_s=duration_s,
+            min_speedup=min_speedup,
+        )
     finally:
         for c in checked.values():
             c.model.close()
@@ -344,34 +406,64 @@ def _refused_note(ids: Sequence[str], refused: Mapping[str, Mapping[str, Any]]) 
     return f"; not served: {'; '.join(notes)}" if notes else ""
 
 
-def _time_and_choose(checked: Mapping[str, _Checked], frame: np.ndarray, refused: Mapping[str, Mapping[str, Any]],
-                     *, budget_ms: float, queries: int, duration_s: float, min_speedup: float) -> dict[str, Any]:
+def _time_and_choose(
+    checked: Mapping[str, _Checked],
+    frame: np.ndarray,
+    refused: Mapping[str, Mapping[str, Any]],
+    *,
+    budget_ms: float,
+    queries: int,
+    duration_s: float,
+    min_speedup: float,
+) -> dict[str, Any]:
     from models.bench import measure_interleaved
     from models.runtime import ModelRuntimeError
 
     fns = {vid: (lambda m=c.model: m.predict(frame)) for vid, c in checked.items()}
     try:
-        timed = measure_interleaved(fns, warmup_queries=3, min_rounds=queries, min_duration_s=duration_s,
-                                    max_duration_s=max(duration_s * 4, 5.0))
+        timed = measure_interleaved(
+            fns,
+            warmup_queries=3,
+            min_rounds=queries,
+            min_duration_s=duration_s,
+            max_duration_s=max(duration_s * 4, 5.0),
+        )
     except ModelRuntimeError as e:
         return _refusal(ReasonCode.MODEL_LOAD_FAILED, f"inference failed while timing: {e}")
     metric = "wall" if any(_on_gpu(c.model) for c in checked.values()) else "cpu"
     per_query = {vid: (t.wall_ms if metric == "wall" else t.cpu_ms) for vid, t in timed.items()}
     choice = choose_variant(list(checked), per_query, min_speedup=min_speedup, metric=metric)
     chosen, stats = checked[choice.variant], timed[choice.variant].wall
-    metrics = {"load_ms": round(chosen.load_ms, 2), "nan_frames": float(chosen.nan_frames),
-               "p50_ms": round(stats.p50_ms, 3), "p95_ms": round(stats.p95_ms, 3), "p99_ms": round(stats.p99_ms, 3),
-               "fps": round(stats.throughput_qps, 2), "variants_timed": float(len(checked))}
+    metrics = {
+        "load_ms": round(chosen.load_ms, 2),
+        "nan_frames": float(chosen.nan_frames),
+        "p50_ms": round(stats.p50_ms, 3),
+        "p95_ms": round(stats.p95_ms, 3),
+        "p99_ms": round(stats.p99_ms, 3),
+        "fps": round(stats.throughput_qps, 2),
+        "variants_timed": float(len(checked)),
+    }
     evidence = {"variant": choice.variant, "timing": [v.to_dict() for v in choice.verdicts]}
     why = choice.reason + _refused_note(list(refused), refused)
     p95_low = quantile_lower_bound(timed[choice.variant].wall_ms, 0.95, confidence=0.95)
     if p95_low is not None and p95_low > budget_ms:  # the p95's lower confidence bound, not the point
-        return {**_refusal(ReasonCode.LATENCY_OVER_BUDGET, f"{choice.variant}: p95 {stats.p95_ms:.1f} ms is over the "
-                           f"{budget_ms:.1f} ms budget (lower confidence bound {p95_low:.1f} ms; {why})", metrics),
-                "evidence": evidence}
-    return {"passed": True, "reason_code": None, "metrics": metrics, "evidence": evidence,
-            "detail": f"{choice.variant}: loaded in {chosen.load_ms:.0f} ms, p95 {stats.p95_ms:.1f} ms within "
-                      f"{budget_ms:.1f} ms, no NaNs; {why}"}
+        return {
+            **_refusal(
+                ReasonCode.LATENCY_OVER_BUDGET,
+                f"{choice.variant}: p95 {stats.p95_ms:.1f} ms is over the "
+                f"{budget_ms:.1f} ms budget (lower confidence bound {p95_low:.1f} ms; {why})",
+                metrics,
+            ),
+            "evidence": evidence,
+        }
+    return {
+        "passed": True,
+        "reason_code": None,
+        "metrics": metrics,
+        "evidence": evidence,
+        "detail": f"{choice.variant}: loaded in {chosen.load_ms:.0f} ms, p95 {stats.p95_ms:.1f} ms within "
+        f"{budget_ms:.1f} ms, no NaNs; {why}",
+    }
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -382,19 +474,30 @@ def _parser() -> argparse.ArgumentParser:
         "line. Exit 0 with a result, 2 on bad flags.",
     )
     p.add_argument("--bundle", type=Path, required=True, help="bundle directory (a staged slot)")
-    p.add_argument("--variant", action="append", required=True,
-                   help="variant id to check (repeat: the server's selection order, preferred first)")
+    p.add_argument(
+        "--variant",
+        action="append",
+        required=True,
+        help="variant id to check (repeat: the server's selection order, preferred first)",
+    )
     p.add_argument("--gates", default="{}", help='JSON {"latency_budget_ms": .., "max_nan_frames": ..}')
-    p.add_argument("--min-speedup", type=float, default=1.1,
-                   help="an alternate replaces the preferred variant only when the lower confidence bound of "
-                   "its speedup is at least this")
+    p.add_argument(
+        "--min-speedup",
+        type=float,
+        default=1.1,
+        help="an alternate replaces the preferred variant only when the lower confidence bound of "
+        "its speedup is at least this",
+    )
     p.add_argument("--frames", type=int, default=8, help="sample frames for the NaN check")
     p.add_argument("--queries", type=int, default=20, help="latency queries (interleaved rounds)")
     p.add_argument("--duration", type=float, default=1.0, help="minimum latency measurement seconds")
     p.add_argument("--engines-dir", type=Path, default=None, help="TensorRT engine cache (with --profile)")
     p.add_argument("--profile", default=None, help="the device's hardware profile as JSON (with --engines-dir)")
-    p.add_argument("--engine-options", default=None,
-                   help='how engines are built, JSON {"batch": [min, opt, max], "workspace_mb": ..}')
+    p.add_argument(
+        "--engine-options",
+        default=None,
+        help='how engines are built, JSON {"batch": [min, opt, max], "workspace_mb": ..}',
+    )
     p.add_argument("--cpu-limit", type=int, default=0, help="RLIMIT_CPU seconds for this process (0 = none)")
     p.add_argument("--memory-limit", type=int, default=0, help="RLIMIT_AS megabytes for this process (0 = none)")
     return p
@@ -407,10 +510,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     gates = json.loads(args.gates)
     profile = HardwareProfile.from_dict(json.loads(args.profile)) if args.profile else None
     result = evaluate(
-        args.bundle, args.variant, budget_ms=float(gates.get("latency_budget_ms", 1e9)),
-        max_nan_frames=int(gates.get("max_nan_frames", 0)), frames=args.frames,
-        queries=args.queries, duration_s=args.duration, min_speedup=args.min_speedup,
-        engines_dir=args.engines_dir, profile=profile,
+        args.bundle,
+        args.variant,
+        budget_ms=float(gates.get("latency_budget_ms", 1e9)),
+        max_nan_frames=int(gates.get("max_nan_frames", 0)),
+        frames=args.frames,
+        queries=args.queries,
+        duration_s=args.duration,
+        min_speedup=args.min_speedup,
+        engines_dir=args.engines_dir,
+        profile=profile,
         engine=EngineOptions.from_dict(json.loads(args.engine_options)) if args.engine_options else None,
     )
     print(RESULT_PREFIX + json.dumps(result), flush=True)

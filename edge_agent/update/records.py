@@ -25,13 +25,27 @@ from edge_agent.update.slots import Slots
 __all__ = ["last_update", "set_slot_release", "Reports"]
 
 
-def last_update(st: AgentState, *, release: int | None, name: str | None, version: str | None, state: State,
-                outcome: StepOutcome | None) -> dict[str, Any]:
+def last_update(
+    st: AgentState,
+    *,
+    release: int | None,
+    name: str | None,
+    version: str | None,
+    state: State,
+    outcome: StepOutcome | None,
+) -> dict[str, Any]:
     """The state file's ``last_update`` for ``status``: how the update ended, and why (reason code, detail)."""
     reason = outcome.reason.value if outcome is not None and outcome.reason is not None else None
-    return {"release": release, "name": name, "version": version, "state": state.value, "reason": reason,
-            "detail": (outcome.detail or None) if outcome is not None and reason else None, "time": utc_now_iso(),
-            "slots": (st.last_update or {}).get("slots", {})}
+    return {
+        "release": release,
+        "name": name,
+        "version": version,
+        "state": state.value,
+        "reason": reason,
+        "detail": (outcome.detail or None) if outcome is not None and reason else None,
+        "time": utc_now_iso(),
+        "slots": (st.last_update or {}).get("slots", {}),
+    }
 
 
 def set_slot_release(state: StateFile, slot: str, release: int) -> None:
@@ -55,11 +69,14 @@ class Reports:
         if manifest is None or slot is None:
             return None
         release = ((self.state.load().last_update or {}).get("slots") or {}).get(slot)
-        return {"name": manifest.name, "version": manifest.version, "release": release,
-                "variant": variant_in(self.slots.path(slot))}
+        return {
+            "name": manifest.name,
+            "version": manifest.version,
+            "release": release,
+            "variant": variant_in(self.slots.path(slot)),
+        }
 
-    def report(self, state: State, update: Update | None, outcome: StepOutcome, *,
-               refused: Mapping[str, Any]) -> None:
+    def report(self, state: State, update: Update | None, outcome: StepOutcome, *, refused: Mapping[str, Any]) -> None:
         """Queue a transition report (and a gate report when the outcome carries measurements).
 
         ``refused`` is what a refused assignment claimed (rollout, release): the report of a
@@ -75,7 +92,17 @@ class Reports:
         if variant is None and update is not None and update.slot is not None:
             variant = variant_in(self.slots.path(update.slot))  # recorded in the slot once it is staged
         for type_ in types:
-            self.outbox.add(make_report(
-                type_, state=state.value, rollout_id=claimed.get("rollout_id"), release=claimed.get("release"),
-                reason_code=outcome.reason, detail=outcome.detail or None, metrics=outcome.metrics,
-                running=running, variant=variant, gate=outcome.evidence or None))
+            self.outbox.add(
+                make_report(
+                    type_,
+                    state=state.value,
+                    rollout_id=claimed.get("rollout_id"),
+                    release=claimed.get("release"),
+                    reason_code=outcome.reason,
+                    detail=outcome.detail or None,
+                    metrics=outcome.metrics,
+                    running=running,
+                    variant=variant,
+                    gate=outcome.evidence or None,
+                )
+            )

@@ -60,9 +60,7 @@ def _bbox(ann: dict[str, Any]) -> tuple[float, float, float, float]:
         )
     x, y, w, h = (float(v) for v in box)
     if w < 0 or h < 0:
-        raise AnnotationError(
-            f"annotation {aid!r}: bbox width/height must be >= 0, got {box!r}", annotation_id=aid
-        )
+        raise AnnotationError(f"annotation {aid!r}: bbox width/height must be >= 0, got {box!r}", annotation_id=aid)
     return x, y, x + w, y + h
 
 
@@ -85,16 +83,10 @@ class CocoDataset(Dataset):
         images = {}
         for im in data["images"]:
             if not isinstance(im, dict) or "id" not in im or "file_name" not in im:
-                raise DatasetError(
-                    f"{ann_path}: every image needs 'id' and 'file_name', got {im!r}"
-                )
-            if explicit or in_val_split(str(im["file_name"]), spec.val_fraction, spec.seed) == (
-                split is Split.VAL
-            ):
+                raise DatasetError(f"{ann_path}: every image needs 'id' and 'file_name', got {im!r}")
+            if explicit or in_val_split(str(im["file_name"]), spec.val_fraction, spec.seed) == (split is Split.VAL):
                 images[im["id"]] = im
-        per_image: dict[Any, list[tuple[tuple[float, float, float, float], int]]] = {
-            i: [] for i in images
-        }
+        per_image: dict[Any, list[tuple[tuple[float, float, float, float], int]]] = {i: [] for i in images}
         for ann in data["annotations"]:
             if not isinstance(ann, dict):
                 raise DatasetError(f"{ann_path}: every annotation must be an object, got {ann!r}")
@@ -129,9 +121,7 @@ class CocoDataset(Dataset):
                 self.dropped_boxes,
             )
 
-    def _add(
-        self, im: dict[str, Any], anns: list[tuple[tuple[float, float, float, float], int]]
-    ) -> None:
+    def _add(self, im: dict[str, Any], anns: list[tuple[tuple[float, float, float, float], int]]) -> None:
         path = self.root / str(im["file_name"])
         img = read_image(path)
         if img is None:
@@ -153,9 +143,7 @@ class CocoDataset(Dataset):
                 continue
             boxes.append(c)
             labels.append(label)
-        self._items.append(
-            (path, np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64))
-        )
+        self._items.append((path, np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64)))
 
     def __len__(self) -> int:
         return len(self._items)
@@ -168,10 +156,6 @@ class CocoDataset(Dataset):
         return Sample(image=img, boxes=boxes.copy(), labels=labels.copy())
 
     def fingerprint(self) -> str:
-        files = [
-            [p.relative_to(self.root).as_posix(), os.path.getsize(p)] for p, _, _ in self._items
-        ]
+        files = [[p.relative_to(self.root).as_posix(), os.path.getsize(p)] for p, _, _ in self._items]
         anns = [[b.round(2).tolist(), lab.tolist()] for _, b, lab in self._items]
-        return sha256_json(
-            {"kind": "coco", "labels": list(self.labels), "files": files, "anns": anns}
-        )
+        return sha256_json({"kind": "coco", "labels": list(self.labels), "files": files, "anns": anns})

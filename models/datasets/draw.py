@@ -88,9 +88,7 @@ def _text(
     x0, y0 = round(cx - w / 2), round(cy - h / 2)
     roi = img[y0 : y0 + h, x0 : x0 + w].astype(np.float32)
     a = alpha / 255.0
-    img[y0 : y0 + h, x0 : x0 + w] = (roi * (1 - a) + np.asarray(colour, np.float32) * a).astype(
-        np.uint8
-    )
+    img[y0 : y0 + h, x0 : x0 + w] = (roi * (1 - a) + np.asarray(colour, np.float32) * a).astype(np.uint8)
 
 
 def _arrow(img: np.ndarray, s: int, left: bool, colour: tuple[int, int, int]) -> None:
@@ -126,15 +124,11 @@ def draw_sign(kind: str, size: int, rng: Rng) -> tuple[np.ndarray, np.ndarray]:
     if kind == "stop":
         pts = _poly(8, c, c, s * 0.49, math.pi / 8)
         cv2.fillPoly(img, [pts], red, AA)
-        cv2.polylines(
-            img, [_poly(8, c, c, s * 0.44, math.pi / 8)], True, white, max(1, s // 30), AA
-        )
+        cv2.polylines(img, [_poly(8, c, c, s * 0.44, math.pi / 8)], True, white, max(1, s // 30), AA)
         _text(img, "STOP", c, c, s * 0.68, white, max(1, s // 18))
     elif kind == "yield":
         pts = np.array([[s * 0.02, s * 0.1], [s * 0.98, s * 0.1], [c, s * 0.94]]).astype(np.int32)
-        inner = np.array([[s * 0.22, s * 0.22], [s * 0.78, s * 0.22], [c, s * 0.72]]).astype(
-            np.int32
-        )
+        inner = np.array([[s * 0.22, s * 0.22], [s * 0.78, s * 0.22], [c, s * 0.72]]).astype(np.int32)
         cv2.fillPoly(img, [pts], red, AA)
         cv2.fillPoly(img, [inner], white, AA)
     elif kind.startswith("speed_limit_"):
@@ -145,17 +139,13 @@ def draw_sign(kind: str, size: int, rng: Rng) -> tuple[np.ndarray, np.ndarray]:
         _text(img, kind.rsplit("_", 1)[1], c, c, s * 0.50, BLACK, max(2, s // 14), s * 0.40)
     elif kind == "no_entry":
         cv2.circle(img, (int(c), int(c)), int(s * 0.48), red, -1, AA)
-        cv2.rectangle(
-            img, (int(s * 0.2), int(s * 0.41)), (int(s * 0.8), int(s * 0.59)), white, -1, AA
-        )
+        cv2.rectangle(img, (int(s * 0.2), int(s * 0.41)), (int(s * 0.8), int(s * 0.59)), white, -1, AA)
     elif kind == "priority_road":
         cv2.fillPoly(img, [_poly(4, c, c, s * 0.49, 0.0)], white, AA)
         cv2.polylines(img, [_poly(4, c, c, s * 0.49, 0.0)], True, BLACK, 1, AA)
         cv2.fillPoly(img, [_poly(4, c, c, s * 0.33, 0.0)], _jitter(YELLOW, rng), AA)
     elif kind == "pedestrian_crossing":
-        cv2.rectangle(
-            img, (int(s * 0.04), int(s * 0.04)), (int(s * 0.96), int(s * 0.96)), blue, -1, AA
-        )
+        cv2.rectangle(img, (int(s * 0.04), int(s * 0.04)), (int(s * 0.96), int(s * 0.96)), blue, -1, AA)
         tri = np.array([[c, s * 0.12], [s * 0.88, s * 0.85], [s * 0.12, s * 0.85]]).astype(np.int32)
         cv2.fillPoly(img, [tri], white, AA)
         t = max(1, s // 22)
@@ -186,16 +176,12 @@ def draw_vehicle(kind: str, w: int, h: int, rng: Rng) -> tuple[np.ndarray, np.nd
         cv2.rectangle(img, (0, int(h * 0.40)), (w - 1, h - wheel_h), body, -1)
         roof = np.array([[w * 0.15, h * 0.42], [w * 0.25, 0], [w * 0.75, 0], [w * 0.85, h * 0.42]])
         cv2.fillPoly(img, [roof.astype(np.int32)], body)
-        win = np.array(
-            [[w * 0.22, h * 0.38], [w * 0.29, h * 0.08], [w * 0.71, h * 0.08], [w * 0.78, h * 0.38]]
-        )
+        win = np.array([[w * 0.22, h * 0.38], [w * 0.29, h * 0.08], [w * 0.71, h * 0.08], [w * 0.78, h * 0.38]])
         cv2.fillPoly(img, [win.astype(np.int32)], glass)
         lamp = (30, 30, 210)
         cv2.rectangle(img, (int(w * 0.04), int(h * 0.5)), (int(w * 0.18), int(h * 0.62)), lamp, -1)
         cv2.rectangle(img, (int(w * 0.82), int(h * 0.5)), (int(w * 0.96), int(h * 0.62)), lamp, -1)
-        cv2.rectangle(
-            img, (int(w * 0.35), int(h * 0.66)), (int(w * 0.65), int(h * 0.76)), WHITE, -1
-        )
+        cv2.rectangle(img, (int(w * 0.35), int(h * 0.66)), (int(w * 0.65), int(h * 0.76)), WHITE, -1)
     elif kind == "truck":
         cv2.rectangle(img, (0, 0), (w - 1, int(h * 0.82)), body, -1)
         cv2.rectangle(
@@ -206,15 +192,11 @@ def draw_vehicle(kind: str, w: int, h: int, rng: Rng) -> tuple[np.ndarray, np.nd
             2,
         )
         cv2.line(img, (w // 2, int(h * 0.04)), (w // 2, int(h * 0.78)), BLACK, max(1, w // 40))
-        cv2.rectangle(
-            img, (int(w * 0.08), int(h * 0.82)), (int(w * 0.92), h - wheel_h), (60, 60, 60), -1
-        )
+        cv2.rectangle(img, (int(w * 0.08), int(h * 0.82)), (int(w * 0.92), h - wheel_h), (60, 60, 60), -1)
     else:
         raise ValueError(f"unknown vehicle kind {kind!r}; known: ['car', 'truck']")
     for x in (0.08, 0.72) if kind == "car" else (0.04, 0.20, 0.66, 0.82):
-        cv2.rectangle(
-            img, (int(w * x), h - wheel_h - 1), (int(w * (x + 0.16)), h - 1), (15, 15, 15), -1
-        )
+        cv2.rectangle(img, (int(w * x), h - wheel_h - 1), (int(w * (x + 0.16)), h - 1), (15, 15, 15), -1)
     mask[img.max(axis=2) > 0] = 255
     return img, mask
 
@@ -262,9 +244,7 @@ def road_background(h: int, w: int, rng: Rng) -> tuple[np.ndarray, float]:
     sky_top, sky_bot = _jitter((230, 190, 140), rng, 40), _jitter((240, 225, 210), rng, 20)
     t = np.linspace(0, 1, hy, dtype=np.float32)[:, None, None]
     img[:hy] = (np.asarray(sky_top) * (1 - t) + np.asarray(sky_bot) * t).astype(np.uint8)
-    side = (
-        _jitter((60, 130, 80), rng, 40) if rng.random() < 0.6 else _jitter((140, 140, 140), rng, 40)
-    )
+    side = _jitter((60, 130, 80), rng, 40) if rng.random() < 0.6 else _jitter((140, 140, 140), rng, 40)
     img[hy:] = side
     vx = w * rng.uniform(0.35, 0.65)
     road = np.array(
@@ -294,9 +274,7 @@ def road_background(h: int, w: int, rng: Rng) -> tuple[np.ndarray, float]:
     for _ in range(int(rng.integers(0, 4))):  # buildings / trees on the horizon
         bw, bh = int(rng.integers(w // 10, w // 4)), int(rng.integers(h // 12, h // 4))
         bx = int(rng.integers(0, w))
-        cv2.rectangle(
-            img, (bx, hy - bh), (bx + bw, hy), tuple(int(v) for v in rng.integers(40, 200, 3)), -1
-        )
+        cv2.rectangle(img, (bx, hy - bh), (bx + bw, hy), tuple(int(v) for v in rng.integers(40, 200, 3)), -1)
     return img, float(hy)
 
 
@@ -349,17 +327,13 @@ def paste(
     return np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32)
 
 
-def quad_for(
-    cx: float, cy: float, bw: float, bh: float, rng: Rng, *, rot_deg: float, persp: float
-) -> np.ndarray:
+def quad_for(cx: float, cy: float, bw: float, bh: float, rng: Rng, *, rot_deg: float, persp: float) -> np.ndarray:
     """Corners of a bw x bh box centred at (cx, cy), rotated and perspective-jittered."""
     t = math.radians(rng.uniform(-rot_deg, rot_deg))
     corners = np.array([[-bw, -bh], [bw, -bh], [bw, bh], [-bw, bh]], np.float32) / 2
     rot = np.array([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]], np.float32)
     corners = corners @ rot.T
-    corners += rng.uniform(-persp, persp, (4, 2)).astype(np.float32) * np.array(
-        [bw, bh], np.float32
-    )
+    corners += rng.uniform(-persp, persp, (4, 2)).astype(np.float32) * np.array([bw, bh], np.float32)
     return corners + np.array([cx, cy], np.float32)
 
 

@@ -52,31 +52,22 @@ class ImageFolder(Dataset):
             raise DatasetError(f"imagefolder root {root} does not exist or is not a directory")
         explicit = (root / "train").is_dir() and (root / "val").is_dir()
         base = root / split.value if explicit else root
-        classes = sorted(
-            p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")
-        )
+        classes = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not classes:
-            raise DatasetError(
-                f"imagefolder {base} has no class folders (expected {base}/<class>/*.jpg)"
-            )
+            raise DatasetError(f"imagefolder {base} has no class folders (expected {base}/<class>/*.jpg)")
         self.root = root
         self.labels = tuple(classes)
         self.skipped = 0
         self.skipped_files: list[str] = []
         self._items: list[tuple[Path, int]] = []
         for label, name in enumerate(classes):
-            files = sorted(
-                p
-                for p in (base / name).rglob("*")
-                if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-            )
+            files = sorted(p for p in (base / name).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
             if not explicit:
                 want_val = split is Split.VAL
                 files = [
                     p
                     for p in files
-                    if in_val_split(p.relative_to(root).as_posix(), spec.val_fraction, spec.seed)
-                    == want_val
+                    if in_val_split(p.relative_to(root).as_posix(), spec.val_fraction, spec.seed) == want_val
                 ]
             if not files:
                 raise EmptyDatasetError(
@@ -85,9 +76,7 @@ class ImageFolder(Dataset):
                 )
             self._add_readable(files, label)
         if not self._items:
-            raise EmptyDatasetError(
-                f"imagefolder {base}: none of the {self.skipped} images could be decoded"
-            )
+            raise EmptyDatasetError(f"imagefolder {base}: none of the {self.skipped} images could be decoded")
         counts = np.bincount([lab for _, lab in self._items], minlength=len(classes))
         empty = [classes[i] for i in np.flatnonzero(counts == 0)]
         if empty:
@@ -121,7 +110,5 @@ class ImageFolder(Dataset):
         return Sample(image=img, label=label)
 
     def fingerprint(self) -> str:
-        files = [
-            [p.relative_to(self.root).as_posix(), os.path.getsize(p), lab] for p, lab in self._items
-        ]
+        files = [[p.relative_to(self.root).as_posix(), os.path.getsize(p), lab] for p, lab in self._items]
         return sha256_json({"kind": "imagefolder", "labels": list(self.labels), "files": files})

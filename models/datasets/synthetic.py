@@ -87,9 +87,7 @@ class _Synthetic(Dataset):
         )
 
     def rng(self, index: int) -> np.random.Generator:
-        seq = np.random.SeedSequence(
-            [self.spec.seed, _KIND_CODE[self.spec.name], _SPLIT_CODE[self.split], index]
-        )
+        seq = np.random.SeedSequence([self.spec.seed, _KIND_CODE[self.spec.name], _SPLIT_CODE[self.split], index])
         return np.random.default_rng(seq)
 
     def __getitem__(self, index: int) -> Sample:
@@ -150,12 +148,8 @@ class SyntheticScenes(_Synthetic):
         placed: list[np.ndarray] = []
         n_vehicles, n_signs = int(rng.integers(0, 4)), int(rng.integers(1, 4))
         # far objects first so near ones are painted over them
-        objects = [
-            ("vehicle", float(rng.uniform(horizon + 0.08 * n, n * 0.95))) for _ in range(n_vehicles)
-        ]
-        objects += [
-            ("sign", float(rng.uniform(horizon - 0.15 * n, n * 0.8))) for _ in range(n_signs)
-        ]
+        objects = [("vehicle", float(rng.uniform(horizon + 0.08 * n, n * 0.95))) for _ in range(n_vehicles)]
+        objects += [("sign", float(rng.uniform(horizon - 0.15 * n, n * 0.8))) for _ in range(n_signs)]
         objects.sort(key=lambda o: o[1])
         for kind, bottom in objects:
             depth = (bottom - horizon + 0.2 * n) / (n - horizon + 0.2 * n)  # 0 far .. 1 near
@@ -192,12 +186,8 @@ class SyntheticScenes(_Synthetic):
                 break
         else:
             return None
-        patch, mask = draw.draw_vehicle(
-            "truck" if truck else "car", max(8, int(w)), max(6, int(h)), rng
-        )
-        quad = np.array(
-            [[box[0], box[1]], [box[2], box[1]], [box[2], box[3]], [box[0], box[3]]], np.float32
-        )
+        patch, mask = draw.draw_vehicle("truck" if truck else "car", max(8, int(w)), max(6, int(h)), rng)
+        quad = np.array([[box[0], box[1]], [box[2], box[1]], [box[2], box[3]], [box[0], box[3]]], np.float32)
         got = draw.paste(img, patch, mask, quad)
         if got is None or not _big_enough(got):
             return None
@@ -219,9 +209,7 @@ class SyntheticScenes(_Synthetic):
         for _ in range(8):
             cx = rng.uniform(side * 0.6, n - side * 0.6)
             cy = min(bottom - side / 2, n - side * 0.6)
-            approx = np.array(
-                [cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], np.float32
-            )
+            approx = np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], np.float32)
             if _free(approx, placed):
                 break
         else:
@@ -229,9 +217,7 @@ class SyntheticScenes(_Synthetic):
         if rng.random() < 0.7:  # a pole below the sign
             grey = int(rng.integers(90, 170))
             x = int(cx)
-            cv2.line(
-                img, (x, int(cy)), (x, n), (grey, grey, grey), max(1, int(side / 10)), cv2.LINE_AA
-            )
+            cv2.line(img, (x, int(cy)), (x, n), (grey, grey, grey), max(1, int(side / 10)), cv2.LINE_AA)
         patch, mask = draw.draw_sign(kind, 64, rng)
         quad = draw.quad_for(cx, cy, side, side, rng, rot_deg=6, persp=0.06)
         got = draw.paste(img, patch, mask, quad)

@@ -69,14 +69,10 @@ class Prediction:
 
     def has_nan(self) -> bool:
         """Whether any raw output is NaN or infinite."""
-        return any(
-            np.issubdtype(a.dtype, np.floating) and not bool(np.all(np.isfinite(a))) for a in self.raw.values()
-        )
+        return any(np.issubdtype(a.dtype, np.floating) and not bool(np.all(np.isfinite(a))) for a in self.raw.values())
 
 
-def resolve_variant(
-    manifest: Manifest, variant_id: str | None, profile: HardwareProfile | None
-) -> Variant:
+def resolve_variant(manifest: Manifest, variant_id: str | None, profile: HardwareProfile | None) -> Variant:
     """The named variant, or the manifest's choice for ``profile`` (this host when None)."""
     if variant_id is not None:
         try:
@@ -131,8 +127,9 @@ def open_variant(
     """
     manifest = _read(bundle_dir)
     variant = resolve_variant(manifest, variant_id, profile)
-    return _open_checked(Path(bundle_dir), manifest, variant, backend=backend, providers=providers,
-                         threads=threads, verify=verify)
+    return _open_checked(
+        Path(bundle_dir), manifest, variant, backend=backend, providers=providers, threads=threads, verify=verify
+    )
 
 
 def _read(bundle_dir: str | os.PathLike[str]) -> Manifest:
@@ -169,8 +166,10 @@ def _open_checked(
 def _open_engine(engine: Path, variant: Variant) -> Runtime:
     """The TensorRT engine built from ``variant``'s ONNX on this device."""
     if variant.format is not Format.ONNX:
-        raise ModelLoadError(f"variant {variant.id!r} is a {variant.format.value}; only an ONNX variant is built "
-                             "into an engine on the device")
+        raise ModelLoadError(
+            f"variant {variant.id!r} is a {variant.format.value}; only an ONNX variant is built "
+            "into an engine on the device"
+        )
     from models.runtime.tensorrt import TrtRuntime
 
     return TrtRuntime(engine)
@@ -207,8 +206,16 @@ class Model:
         self.variant = resolve_variant(self.manifest, variant_id, profile)
         self.engine_path = Path(engine) if engine is not None else None
         self.backend = Backend.TENSORRT if engine is not None else _concrete(self.variant, backend)
-        self.runtime = _open_checked(self.bundle_dir, self.manifest, self.variant, backend=backend,
-                                     providers=providers, threads=threads, verify=verify, engine=self.engine_path)
+        self.runtime = _open_checked(
+            self.bundle_dir,
+            self.manifest,
+            self.variant,
+            backend=backend,
+            providers=providers,
+            threads=threads,
+            verify=verify,
+            engine=self.engine_path,
+        )
         self._pre = Preprocessor(self.manifest.input)
         self._dynamic_batch = self.manifest.input.shape[0] is None
         self._lock = threading.Lock()
@@ -230,7 +237,7 @@ class Model:
             return [p for f in frames for p in self.predict_batch([f])]
         limit = getattr(self.runtime, "max_batch", None)  # an engine's optimization profile bounds the batch
         if limit is not None and len(frames) > limit:
-            return [p for i in range(0, len(frames), limit) for p in self.predict_batch(frames[i:i + limit])]
+            return [p for i in range(0, len(frames), limit) for p in self.predict_batch(frames[i : i + limit])]
         with self._lock:
             t0 = time.perf_counter()
             inputs, transforms, sizes = [], [], []
@@ -293,9 +300,10 @@ class Model:
     def __enter__(self) -> Model:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def __repr__(self) -> str:
         return f"Model({self.name}, variant={self.variant.id!r}, backend={self.backend.value})"
-

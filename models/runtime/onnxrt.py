@@ -164,7 +164,9 @@ class OrtRuntime:
         try:
             outputs = self._session.run(None, {self.input_name: batch})
         except Exception as e:  # noqa: BLE001 - wrap ORT's runtime errors at the edge
-            raise InferenceError(f"ONNX Runtime failed on {self.source} with input shape {list(batch.shape)}: {e}") from e
+            raise InferenceError(
+                f"ONNX Runtime failed on {self.source} with input shape {list(batch.shape)}: {e}"
+            ) from e
         return {name: np.asarray(out) for name, out in zip(self.output_names, outputs, strict=True)}
 
     def close(self) -> None:

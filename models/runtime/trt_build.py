@@ -128,11 +128,14 @@ def _parse(trt: Any, builder: Any, logger: Any, onnx: bytes, spec: EngineSpec, s
         raise EngineBuildError(f"{source} must have the single input {spec.input_name!r}, has {names}")
     dims = tuple(int(d) for d in inputs[0].shape)
     if len(dims) != 4 or any(d not in (-1, want) for d, want in zip(dims[1:], spec.input_shape, strict=True)):
-        raise EngineBuildError(f"{source} input {spec.input_name!r} is {list(dims)}; "
-                               f"the bundle says [batch, {', '.join(map(str, spec.input_shape))}]")
+        raise EngineBuildError(
+            f"{source} input {spec.input_name!r} is {list(dims)}; "
+            f"the bundle says [batch, {', '.join(map(str, spec.input_shape))}]"
+        )
     if dims[0] != -1 and not spec.batch.min == spec.batch.max == dims[0]:
-        raise EngineBuildError(f"{source} has a fixed batch of {dims[0]}; the profile asks for "
-                               f"{spec.batch.min}..{spec.batch.max}")
+        raise EngineBuildError(
+            f"{source} has a fixed batch of {dims[0]}; the profile asks for {spec.batch.min}..{spec.batch.max}"
+        )
     return network
 
 

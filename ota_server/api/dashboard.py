@@ -34,5 +34,10 @@ def dashboard() -> str:
         releases = st.list_releases(conn)[-20:]
         groups = st.count_devices(conn)
         versions = st.running_versions(conn)
-    return render_template("dashboard.html", rollouts=list(reversed(rollouts)), releases=list(reversed(releases)),
-                           groups=groups, versions=versions)
+    return render_template(
+        "dashboard.html",
+        rollouts=list(reversed(rollouts)),
+        releases=list(reversed(releases)),
+        groups=groups,
+        versions=versions,
+    )

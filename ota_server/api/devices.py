@@ -54,8 +54,13 @@ def _enrollment(body: Any) -> dict[str, Any]:
     if not isinstance(tags, list) or not all(isinstance(t, str) and 0 < len(t) <= 64 for t in tags):
         raise BadRequest(f"tags must be a list of short strings, got {tags!r}", field="tags")
     profile = _profile(body.get("hardware"))
-    return {"name": name, "group_name": group, "tags": sorted(set(tags)), "hardware": profile.to_dict(),
-            "hardware_class": hardware_class(profile)}
+    return {
+        "name": name,
+        "group_name": group,
+        "tags": sorted(set(tags)),
+        "hardware": profile.to_dict(),
+        "hardware_class": hardware_class(profile),
+    }
 
 
 @bp.post("/enroll")
@@ -72,8 +77,18 @@ def enroll() -> Response:
     s = services()
     device_id = "dev_" + secrets.token_hex(8)
     token = new_token("dev")
-    row = dict(fields, id=device_id, token_digest=token_digest(token), enrolled_at=st.utcnow(), last_seen=None,
-               state=None, running_name=None, running_version=None, running_release=None, last_metrics=None)
+    row = dict(
+        fields,
+        id=device_id,
+        token_digest=token_digest(token),
+        enrolled_at=st.utcnow(),
+        last_seen=None,
+        state=None,
+        running_name=None,
+        running_version=None,
+        running_release=None,
+        last_metrics=None,
+    )
     with s.store.tx() as conn:
         st.insert_devices(conn, [row])
         service.on_enrolled(conn, row)
@@ -81,11 +96,16 @@ def enroll() -> Response:
         st.bump_generation(conn)
     base = (s.config.public_url or request.host_url).rstrip("/")
     image_root = json.loads((s.config.metadata_dir / "1.root.json").read_bytes())
-    return json_response({
-        "device_id": device_id, "device_token": token, "director_public_key": s.director_public,
-        "image_root": image_root,
-        "tuf": {"metadata_url": f"{base}/tuf/metadata/", "targets_url": f"{base}/tuf/targets/"},
-    }, 201)
+    return json_response(
+        {
+            "device_id": device_id,
+            "device_token": token,
+            "director_public_key": s.director_public,
+            "image_root": image_root,
+            "tuf": {"metadata_url": f"{base}/tuf/metadata/", "targets_url": f"{base}/tuf/targets/"},
+        },
+        201,
+    )
 
 
 @bp.get("/<device_id>/assignment")
@@ -136,22 +156,36 @@ def hardware(device_id: str) -> Response:
     require_device(device_id)
     profile = _profile(json_body(), "body")
     with services().store.tx() as conn:
-        st.update_device(conn, device_id, hardware=profile.to_dict(), hardware_class=hardware_class(profile),
-                         last_seen=st.utcnow())
+        st.update_device(
+            conn, device_id, hardware=profile.to_dict(), hardware_class=hardware_class(profile), last_seen=st.utcnow()
+        )
         st.bump_generation(conn)
-    return json_response({"device_id": device_id, "hardware": profile.to_dict(),
-                          "hardware_class": hardware_class(profile)})
+    return json_response(
+        {"device_id": device_id, "hardware": profile.to_dict(), "hardware_class": hardware_class(profile)}
+    )
 
 
 def device_view(row: Mapping[str, Any]) -> dict[str, Any]:
     running = None
     if row["running_name"]:
-        running = {"name": row["running_name"], "version": row["running_version"], "release": row["running_release"],
-                   "variant": row["running_variant"]}
+        running = {
+            "name": row["running_name"],
+            "version": row["running_version"],
+            "release": row["running_release"],
+            "variant": row["running_variant"],
+        }
     return {
-        "id": row["id"], "name": row["name"], "group": row["group_name"], "tags": row["tags"],
-        "hardware_class": row["hardware_class"], "hardware": row["hardware"], "enrolled_at": row["enrolled_at"],
-        "last_seen": row["last_seen"], "state": row["state"], "running": running, "metrics": row["last_metrics"],
+        "id": row["id"],
+        "name": row["name"],
+        "group": row["group_name"],
+        "tags": row["tags"],
+        "hardware_class": row["hardware_class"],
+        "hardware": row["hardware"],
+        "enrolled_at": row["enrolled_at"],
+        "last_seen": row["last_seen"],
+        "state": row["state"],
+        "running": running,
+        "metrics": row["last_metrics"],
         "gate": row["last_gate"],
     }
 
@@ -169,9 +203,13 @@ def _int_arg(name: str, default: int, hi: int) -> int:
 @require_role(Role.VIEWER)
 def list_devices() -> Response:
     with services().store.read() as conn:
-        rows = st.list_devices(conn, group=request.args.get("group") or None,
-                               model_version=request.args.get("model_version") or None,
-                               limit=_int_arg("limit", 1000, 10000), offset=_int_arg("offset", 0, 10**9))
+        rows = st.list_devices(
+            conn,
+            group=request.args.get("group") or None,
+            model_version=request.args.get("model_version") or None,
+            limit=_int_arg("limit", 1000, 10000),
+            offset=_int_arg("offset", 0, 10**9),
+        )
     return json_response({"devices": [device_view(r) for r in rows]})
 
 

@@ -27,10 +27,16 @@ def summary() -> Response:
         rollouts = st.rollout_counts(conn)
         active = [r["id"] for r in st.list_rollouts(conn, statuses=list(ro.BLOCKING))]
         states: Counter[str] = Counter(d["state"] or "unknown" for d in st.list_devices(conn, limit=10**9))
-    return json_response({
-        "devices": sum(groups.values()), "groups": groups, "running": versions, "states": dict(states),
-        "rollouts": rollouts, "active_rollouts": active,
-    })
+    return json_response(
+        {
+            "devices": sum(groups.values()),
+            "groups": groups,
+            "running": versions,
+            "states": dict(states),
+            "rollouts": rollouts,
+            "active_rollouts": active,
+        }
+    )
 
 
 @bp.get("/audit")

@@ -34,8 +34,9 @@ def publish() -> Response:
     if ctype not in ("application/x-tar", "application/octet-stream"):
         raise BadRequest(f"Content-Type must be application/x-tar, got {ctype or 'none'!r}", field="Content-Type")
     request.max_content_length = s.config.max_upload_bytes
-    tar_path = receive(request.stream, content_length=request.content_length, limit=s.config.max_upload_bytes,
-                       tmp_dir=s.config.tmp_dir)
+    tar_path = receive(
+        request.stream, content_length=request.content_length, limit=s.config.max_upload_bytes, tmp_dir=s.config.tmp_dir
+    )
     release = s.publisher.publish_tar(tar_path, actor=principal().actor)
     with s.store.read() as conn:
         manifest = Manifest.from_dict(st.get_release(conn, release["counter"])["manifest"])

@@ -24,8 +24,9 @@ def create() -> Response:
     with services().store.tx() as conn:
         row = service.create_rollout(conn, spec, actor=actor)
         manifest = Manifest.from_dict(st.get_release(conn, row["release"])["manifest"])
-        warnings = coverage.warnings(conn, manifest, group=spec.group, tags=spec.tags,
-                                     hardware_classes=spec.hardware_classes)
+        warnings = coverage.warnings(
+            conn, manifest, group=spec.group, tags=spec.tags, hardware_classes=spec.hardware_classes
+        )
         for w in warnings:  # on the timeline too: why its devices judge against the bundle's FP32
             st.add_event(conn, row["id"], "warning", w["message"], actor)
         view = service.rollout_view(conn, row)
@@ -38,8 +39,12 @@ def create() -> Response:
 def list_rollouts() -> Response:
     status = request.args.get("status")
     with services().store.read() as conn:
-        rows = st.list_rollouts(conn, statuses=[status] if status else None,
-                                group=request.args.get("group") or None, model=request.args.get("model") or None)
+        rows = st.list_rollouts(
+            conn,
+            statuses=[status] if status else None,
+            group=request.args.get("group") or None,
+            model=request.args.get("model") or None,
+        )
         out = [service.rollout_view(conn, r) for r in rows]
     return json_response({"rollouts": out})
 

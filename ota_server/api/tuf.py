@@ -54,7 +54,8 @@ def targets(target: str) -> Response:
     if m is None or joined is None:
         raise NotFound(f"no target {target!r}", field="path")
     try:
-        return send_file(joined, mimetype="application/octet-stream", conditional=True, etag=m.group(1),
-                         max_age=31536000)
+        return send_file(
+            joined, mimetype="application/octet-stream", conditional=True, etag=m.group(1), max_age=31536000
+        )
     except FileNotFoundError as e:
         raise NotFound(f"no target {target!r}", field="path") from e

@@ -77,17 +77,36 @@ class OtaClient:
     :class:`~ota_server.client.errors.BadAnswer` when a success is not the documented shape.
     """
 
-    def __init__(self, base_url: str, token: str | None = None, *, timeout_s: float = 60.0,
-                 connect_timeout_s: float = 10.0, retries: int = 0, pool_size: int = 1,
-                 pool_block: bool = False, _http: urllib3.PoolManager | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        *,
+        timeout_s: float = 60.0,
+        connect_timeout_s: float = 10.0,
+        retries: int = 0,
+        pool_size: int = 1,
+        pool_block: bool = False,
+        _http: urllib3.PoolManager | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.token = token
         retry: urllib3.Retry | bool = False
         if retries > 0:
-            retry = urllib3.Retry(total=retries, connect=retries, read=0, status=0, other=0, redirect=False,
-                                  backoff_factor=0.2, raise_on_status=False)
+            retry = urllib3.Retry(
+                total=retries,
+                connect=retries,
+                read=0,
+                status=0,
+                other=0,
+                redirect=False,
+                backoff_factor=0.2,
+                raise_on_status=False,
+            )
         self._http = _http or urllib3.PoolManager(
-            maxsize=pool_size, block=pool_block, retries=retry,
+            maxsize=pool_size,
+            block=pool_block,
+            retries=retry,
             timeout=urllib3.Timeout(connect=connect_timeout_s, read=timeout_s),
         )
 
@@ -107,8 +126,16 @@ class OtaClient:
 
     # ------------------------------------------------------------------ raw
 
-    def request(self, method: str, path: str, *, json_body: Any = None, body: Body | None = None,
-                headers: Mapping[str, str] | None = None, token: str | None = None) -> Response:
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        body: Body | None = None,
+        headers: Mapping[str, str] | None = None,
+        token: str | None = None,
+    ) -> Response:
         """One request, whatever the status; raises :class:`Unreachable` without an answer.
 
         ``token`` overrides the client's own; ``json_body`` is sent as JSON, ``body`` as is.
@@ -121,8 +148,9 @@ class OtaClient:
             body = json.dumps(json_body).encode()
             hdrs.setdefault("Content-Type", "application/json")
         try:
-            resp = self._http.request(method, self.base_url + path, body=cast(Any, body), headers=hdrs,
-                                      redirect=False, preload_content=True)
+            resp = self._http.request(
+                method, self.base_url + path, body=cast(Any, body), headers=hdrs, redirect=False, preload_content=True
+            )
         except urllib3.exceptions.HTTPError as e:
             reason = e.reason if isinstance(e, urllib3.exceptions.MaxRetryError) and e.reason else e
             raise Unreachable(self.base_url, str(reason)) from e
@@ -211,13 +239,21 @@ class OtaClient:
     def rollback(self, rollout_id: str, *, to_version: str) -> Rollback:
         """``POST /api/v1/rollouts/<id>/rollback`` (operator): a new release of ``to_version``
         (higher counter) rolled out to the same selection."""
-        return cast(Rollback, self._json("POST", f"/api/v1/rollouts/{_seg(rollout_id)}/rollback",
-                                         json_body={"to_version": to_version}))
+        return cast(
+            Rollback,
+            self._json("POST", f"/api/v1/rollouts/{_seg(rollout_id)}/rollback", json_body={"to_version": to_version}),
+        )
 
     # ------------------------------------------------------------------ devices and fleet
 
-    def devices(self, *, group: str | None = None, model_version: str | None = None, limit: int | None = None,
-                offset: int | None = None) -> list[Device]:
+    def devices(
+        self,
+        *,
+        group: str | None = None,
+        model_version: str | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+    ) -> list[Device]:
         """``GET /api/v1/devices`` (viewer); ``model_version`` is ``VERSION`` or ``MODEL@VERSION``;
         the server answers at most ``limit`` (default 1000)."""
         query = _query(group=group, model_version=model_version, limit=limit, offset=offset)
@@ -237,8 +273,15 @@ class OtaClient:
 
     # ------------------------------------------------------------------ the device side
 
-    def enroll(self, enroll_token: str, *, name: str, hardware: Mapping[str, Any], group: str = "default",
-               tags: Sequence[str] = ()) -> Enrollment:
+    def enroll(
+        self,
+        enroll_token: str,
+        *,
+        name: str,
+        hardware: Mapping[str, Any],
+        group: str = "default",
+        tags: Sequence[str] = (),
+    ) -> Enrollment:
         """``POST /api/v1/devices/enroll`` with the fleet enrollment token; ``hardware`` is a
         hardware profile (docs/contracts.md §6)."""
         body = {"name": name, "group": group, "tags": list(tags), "hardware": dict(hardware)}
@@ -248,8 +291,7 @@ class OtaClient:
         """``GET /api/v1/devices/<id>/assignment?nonce=`` with ``If-None-Match: etag``: the signed
         assignment (not verified here) with its ETag, or a 304."""
         path = f"/api/v1/devices/{_seg(device_id)}/assignment" + _query(nonce=nonce)
-        resp = self._call("GET", path, ok=(200, 304), token=token,
-                          headers={"If-None-Match": etag} if etag else None)
+        resp = self._call("GET", path, ok=(200, 304), token=token, headers={"If-None-Match": etag} if etag else None)
         if resp.status == 304:
             return AssignmentPoll(304, etag, None)
         body = resp.json(f"GET {path}")
@@ -259,13 +301,18 @@ class OtaClient:
 
     def post_reports(self, device_id: str, reports: Sequence[Report], *, token: str) -> ReportsResult:
         """``POST /api/v1/devices/<id>/reports`` (≤ 500 per call; idempotent per report id)."""
-        return cast(ReportsResult, self._json("POST", f"/api/v1/devices/{_seg(device_id)}/reports",
-                                              json_body={"reports": list(reports)}, token=token))
+        return cast(
+            ReportsResult,
+            self._json(
+                "POST", f"/api/v1/devices/{_seg(device_id)}/reports", json_body={"reports": list(reports)}, token=token
+            ),
+        )
 
     def put_hardware(self, device_id: str, hardware: Mapping[str, Any], *, token: str) -> dict[str, Any]:
         """``PUT /api/v1/devices/<id>/hardware``: the device's new hardware profile."""
-        return dict(self._json("PUT", f"/api/v1/devices/{_seg(device_id)}/hardware", json_body=dict(hardware),
-                               token=token))
+        return dict(
+            self._json("PUT", f"/api/v1/devices/{_seg(device_id)}/hardware", json_body=dict(hardware), token=token)
+        )
 
     def download_target(self, path: str, sha256: str) -> bytes:
         """The bytes of TUF target ``path`` (``<name>/<version>/<file>``) by its consistent-snapshot

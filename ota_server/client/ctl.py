@@ -72,8 +72,7 @@ def resolve_config(args: argparse.Namespace, env: Mapping[str, str]) -> CtlConfi
     server = args.server or env.get("EDGEFLEET_SERVER") or file_values.get("server")
     token = args.token or env.get("EDGEFLEET_TOKEN") or file_values.get("token")
     if not server:
-        raise UsageError("no server: pass --server URL, set EDGEFLEET_SERVER, or write it to "
-                         f"{DEFAULT_CONFIG}")
+        raise UsageError(f"no server: pass --server URL, set EDGEFLEET_SERVER, or write it to {DEFAULT_CONFIG}")
     return CtlConfig(server=str(server).rstrip("/"), token=str(token) if token else None)
 
 
@@ -109,8 +108,13 @@ def cmd_publish(c: OtaClient, a: argparse.Namespace) -> Any:
             log.warning("ota-ctl: left out files the manifest does not name: %s", ", ".join(extra))
         size = fh.tell()
         fh.seek(0)
-        with tqdm(total=size, unit="B", unit_scale=True, desc=f"upload {bundle_dir.name}",
-                  disable=a.json or not sys.stderr.isatty()) as bar:
+        with tqdm(
+            total=size,
+            unit="B",
+            unit_scale=True,
+            desc=f"upload {bundle_dir.name}",
+            disable=a.json or not sys.stderr.isatty(),
+        ) as bar:
             out = c.publish(_Progress(fh, bar), length=size)
     print_warnings(out["warnings"])
     return out["release"]
@@ -146,13 +150,25 @@ def cmd_rollout_create(c: OtaClient, a: argparse.Namespace) -> Any:
         stages = [float(x) for x in a.stages.split(",")]
     except ValueError as e:
         raise UsageError(f"--stages must be comma-separated percentages like 1,10,50,100, got {a.stages!r}") from e
-    gates = {k: v for k, v in (("latency_budget_ms", a.latency_budget_ms), ("min_agreement", a.min_agreement))
-             if v is not None}
-    out = c.create_rollout(RolloutRequest(
-        model=model, version=version, group=a.group, stages=stages, tags=_names(a.tags),
-        hardware_classes=_names(a.hardware_classes), max_failure_rate=_percent(a.max_failure_rate),
-        success_quota=_percent(a.success_quota), min_devices_for_halt=a.min_devices_for_halt, gates=gates,
-    ))
+    gates = {
+        k: v
+        for k, v in (("latency_budget_ms", a.latency_budget_ms), ("min_agreement", a.min_agreement))
+        if v is not None
+    }
+    out = c.create_rollout(
+        RolloutRequest(
+            model=model,
+            version=version,
+            group=a.group,
+            stages=stages,
+            tags=_names(a.tags),
+            hardware_classes=_names(a.hardware_classes),
+            max_failure_rate=_percent(a.max_failure_rate),
+            success_quota=_percent(a.success_quota),
+            min_devices_for_halt=a.min_devices_for_halt,
+            gates=gates,
+        )
+    )
     print_warnings(out["warnings"])
     return out
 
@@ -168,7 +184,9 @@ def cmd_rollout(c: OtaClient, a: argparse.Namespace) -> Any:
     if sub == "rollback":
         return c.rollback(a.rollout_id, to_version=a.to_version)
     actions: dict[str, Callable[[str], Any]] = {
-        "pause": c.pause_rollout, "resume": c.resume_rollout, "abort": c.abort_rollout,
+        "pause": c.pause_rollout,
+        "resume": c.resume_rollout,
+        "abort": c.abort_rollout,
     }
     return actions[sub](a.rollout_id)
 
@@ -205,12 +223,15 @@ def render(command: str, sub: str | None, data: Any) -> str:
         return table(data, ["counter", "name", "version", "rollback_of", "created_at", "created_by"])
     if command == "publish":
         return f"published {data['name']}@{data['version']} as release {data['counter']}\n" + table(
-            [dict(f, sha256=f["hashes"]["sha256"][:16]) for f in data["files"]], ["path", "length", "sha256"])
+            [dict(f, sha256=f["hashes"]["sha256"][:16]) for f in data["files"]], ["path", "length", "sha256"]
+        )
     if command == "devices" and sub == "show":
         return render_device(data)
     if command == "devices" and sub == "list":
-        rows = [dict(d, running=(f"{d['running']['name']}@{d['running']['version']}" if d["running"] else None))
-                for d in data]
+        rows = [
+            dict(d, running=(f"{d['running']['name']}@{d['running']['version']}" if d["running"] else None))
+            for d in data
+        ]
         return table(rows, ["id", "name", "group", "hardware_class", "state", "running", "last_seen"])
     if command == "audit":
         return table(data, ["time", "actor", "action", "target", "detail"])
@@ -224,9 +245,11 @@ def render(command: str, sub: str | None, data: Any) -> str:
 
 
 def render_rollout(r: dict[str, Any]) -> str:
-    head = (f"rollout {r['id']}: {r['model']}@{r['version']} (release {r['release']}) to group {r['group']}\n"
-            f"status {r['status']}, stage {r['stage'] + 1}/{len(r['stages'])}, "
-            f"{r['selected_devices']} devices selected")
+    head = (
+        f"rollout {r['id']}: {r['model']}@{r['version']} (release {r['release']}) to group {r['group']}\n"
+        f"status {r['status']}, stage {r['stage'] + 1}/{len(r['stages'])}, "
+        f"{r['selected_devices']} devices selected"
+    )
     if r.get("halt_reason"):
         head += f"\nhalted: {r['halt_reason']}"
     out = [head, "", table(r["progress"], ["stage", "percent", "devices", "succeeded", "failed", "in_progress"])]
@@ -244,7 +267,8 @@ def render_rollout(r: dict[str, Any]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="ota-ctl", description="Publish models and steer rollouts on an edgefleet OTA server.",
+        prog="ota-ctl",
+        description="Publish models and steer rollouts on an edgefleet OTA server.",
         epilog="Exit codes: 0 ok, 1 the server refused, 2 usage error, 3 server unreachable.",
     )
     p.add_argument("--server", help="server base URL (env EDGEFLEET_SERVER)")
@@ -270,9 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--tags", help="comma-separated tags every selected device must have")
     c.add_argument("--hardware-classes", help="comma-separated hardware classes, e.g. jetson-orin,cpu-x86_64")
     c.add_argument("--latency-budget-ms", type=float, help="override the bundle's latency gate")
-    c.add_argument("--min-agreement", type=float,
-                   help="a floor under the agreement the device expects: its test's threshold is "
-                        "max(expected - tolerance, this); 0..1")
+    c.add_argument(
+        "--min-agreement",
+        type=float,
+        help="a floor under the agreement the device expects: its test's threshold is "
+        "max(expected - tolerance, this); 0..1",
+    )
     ls = rsub.add_parser("list", help="list rollouts")
     ls.add_argument("--status", help="active, paused, halted, completed, aborted, rolled-back, superseded")
     for name in ("status", "pause", "resume", "abort"):

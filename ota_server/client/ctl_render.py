@@ -73,8 +73,9 @@ def render_reasons(reasons: Mapping[str, int]) -> list[str]:
     if not reasons:
         return []
     width = max(len(code) for code in reasons) + 4
-    return ["failure reasons:"] + [f"  {f'{code} x{n}'.ljust(width)}  {reason_hint(code)}"
-                                   for code, n in reasons.items()]
+    return ["failure reasons:"] + [
+        f"  {f'{code} x{n}'.ljust(width)}  {reason_hint(code)}" for code, n in reasons.items()
+    ]
 
 
 def agreement_line(agreement: Mapping[str, Any] | None) -> str | None:
@@ -101,8 +102,10 @@ def agreement_line(agreement: Mapping[str, Any] | None) -> str | None:
         text += "'s own FP32 (no expectation for the release the device runs)"
     row = next((r for r in agreement.get("classes") or [] if r.get("label") == agreement.get("decided_class")), None)
     if agreement.get("decided_by") == "class" and row is not None:
-        text += (f"; decided by class {row['label']!r}: {row.get('agreement', 0):.1%} of its {row.get('frames')} "
-                 f"frames (threshold {row.get('p0', 0):.1%})")
+        text += (
+            f"; decided by class {row['label']!r}: {row.get('agreement', 0):.1%} of its {row.get('frames')} "
+            f"frames (threshold {row.get('p0', 0):.1%})"
+        )
     return text
 
 
@@ -121,9 +124,11 @@ def timing_lines(timing: Sequence[Mapping[str, Any]] | None) -> list[str]:
         s = t.get("speedup") or {}
         verdict = "preferred" if t.get("preferred") else "not preferred"
         need = f", needs >= {t['min_speedup']:g}x" if t.get("min_speedup") is not None else ""
-        out.append(f"{t.get('candidate')} vs {t.get('baseline')}: {t.get('metric')} speedup "
-                   f"{s.get('point', 0):.2f}x [{s.get('low', 0):.2f}, {s.get('high', 0):.2f}] "
-                   f"over {t.get('queries', '?')} queries{need}: {verdict}")
+        out.append(
+            f"{t.get('candidate')} vs {t.get('baseline')}: {t.get('metric')} speedup "
+            f"{s.get('point', 0):.2f}x [{s.get('low', 0):.2f}, {s.get('high', 0):.2f}] "
+            f"over {t.get('queries', '?')} queries{need}: {verdict}"
+        )
     return out
 
 
@@ -133,8 +138,10 @@ def latency_line(latency: Mapping[str, Any] | None) -> str | None:
         return None
     s = latency.get("slowdown") or {}
     verdict = "regressed" if latency.get("regressed") else "within the limit"
-    return (f"latency after the swap: {latency.get('metric')} time {s.get('point', 0):.2f}x the shadow run's "
-            f"[{s.get('low', 0):.2f}, {s.get('high', 0):.2f}] (limit {latency.get('max_ratio', 0):g}x): {verdict}")
+    return (
+        f"latency after the swap: {latency.get('metric')} time {s.get('point', 0):.2f}x the shadow run's "
+        f"[{s.get('low', 0):.2f}, {s.get('high', 0):.2f}] (limit {latency.get('max_ratio', 0):g}x): {verdict}"
+    )
 
 
 def gate_lines(gate: Mapping[str, Any] | None, *, indent: str = "  ") -> list[str]:
@@ -177,18 +184,24 @@ def render_device(d: Mapping[str, Any]) -> str:
     if running:
         runs = f"{running.get('name')}@{running.get('version')} (release {running.get('release')}"
         runs += f", variant {running['variant']})" if running.get("variant") else ")"
-    out = [f"device {d['id']} ({d['name']}) in group {d['group']}, hardware class {d['hardware_class']}",
-           f"state {d.get('state') or '-'}, runs {runs}, last seen {d.get('last_seen') or 'never'}"]
+    out = [
+        f"device {d['id']} ({d['name']}) in group {d['group']}, hardware class {d['hardware_class']}",
+        f"state {d.get('state') or '-'}, runs {runs}, last seen {d.get('last_seen') or 'never'}",
+    ]
     metrics = {k: v for k, v in (d.get("metrics") or {}).items() if k != "time"}
     if metrics:
-        out.append("metrics: " + ", ".join(f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}"
-                                           for k, v in metrics.items()))
+        out.append(
+            "metrics: "
+            + ", ".join(f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in metrics.items())
+        )
     gate = d.get("gate")
     if gate:
         outcome = gate.get("state") or "-"
         if gate.get("reason_code"):
             outcome += f" {gate['reason_code']} ({reason_hint(gate['reason_code'])})"
-        out.append(f"last gate: release {gate.get('release')}, rollout {gate.get('rollout_id') or '-'}, "
-                   f"{outcome}, at {gate.get('time')}")
+        out.append(
+            f"last gate: release {gate.get('release')}, rollout {gate.get('rollout_id') or '-'}, "
+            f"{outcome}, at {gate.get('time')}"
+        )
         out += gate_lines(gate)
     return "\n".join(out)

@@ -58,8 +58,7 @@ class Refused(ClientError):
             text = body.decode(errors="replace") if isinstance(body, bytes) else body
             return cls(status, "", str(text)[:500])
         field = err.get("field")
-        return cls(status, str(err.get("code") or ""), str(err.get("message") or ""),
-                   str(field) if field else None)
+        return cls(status, str(err.get("code") or ""), str(err.get("message") or ""), str(field) if field else None)
 
 
 class BadAnswer(ClientError):

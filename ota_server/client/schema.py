@@ -126,9 +126,14 @@ class RolloutRequest:
 
     def to_body(self) -> dict[str, Any]:
         body: dict[str, Any] = {
-            "model": self.model, "version": self.version, "group": self.group, "stages": list(self.stages),
-            "tags": list(self.tags), "hardware_classes": list(self.hardware_classes),
-            "max_failure_rate": self.max_failure_rate, "success_quota": self.success_quota,
+            "model": self.model,
+            "version": self.version,
+            "group": self.group,
+            "stages": list(self.stages),
+            "tags": list(self.tags),
+            "hardware_classes": list(self.hardware_classes),
+            "max_failure_rate": self.max_failure_rate,
+            "success_quota": self.success_quota,
             "min_devices_for_halt": self.min_devices_for_halt,
         }
         if self.gates:

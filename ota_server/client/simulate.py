@@ -36,10 +36,14 @@ def print_summary(summary: dict[str, Any]) -> None:
     c = summary["counts"]
     rows = [
         ("elapsed", f"{summary['elapsed_s']:.1f} s"),
-        ("polls (200 / 304 / errors)", f"{c.get('polls', 0)} ({c.get('poll_200', 0)} / "
-                                       f"{c.get('poll_304', 0)} / {c.get('errors', 0)})"),
-        ("poll throughput", f"{summary['poll_throughput_rps']:.1f} req/s "
-                            f"(offered {summary['offered_poll_rps']:.1f} req/s)"),
+        (
+            "polls (200 / 304 / errors)",
+            f"{c.get('polls', 0)} ({c.get('poll_200', 0)} / {c.get('poll_304', 0)} / {c.get('errors', 0)})",
+        ),
+        (
+            "poll throughput",
+            f"{summary['poll_throughput_rps']:.1f} req/s (offered {summary['offered_poll_rps']:.1f} req/s)",
+        ),
         ("poll latency p50 / p95 / p99", "{p50} / {p95} / {p99} ms".format(**summary["poll_ms"])),
         ("assignments accepted", str(c.get("assignments_accepted", 0))),
         ("committed / failed", f"{c.get('committed', 0)} / {c.get('failed', 0)}"),
@@ -88,14 +92,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--apply-delay", type=float, default=1.0, help="seconds from download to the final report")
     p.add_argument("--no-download", action="store_true", help="skip fetching the target bytes")
     p.add_argument("--no-verify", action="store_true", help="skip assignment signature checks")
-    p.add_argument("--no-etag", action="store_true",
-                   help="naive polling: a fresh nonce and no If-None-Match on every poll")
+    p.add_argument(
+        "--no-etag", action="store_true", help="naive polling: a fresh nonce and no If-None-Match on every poll"
+    )
     p.add_argument("--failure-rate", type=float, default=0.0, help="failure probability per release")
-    p.add_argument("--version-failure-rates", type=_rates, default={}, metavar="V=R,...",
-                   help="per-version failure probability, e.g. 1.2.0=1.0")
+    p.add_argument(
+        "--version-failure-rates",
+        type=_rates,
+        default={},
+        metavar="V=R,...",
+        help="per-version failure probability, e.g. 1.2.0=1.0",
+    )
     p.add_argument("--failure-reason", default="LOW_AGREEMENT", help="reason code of simulated failures")
-    p.add_argument("--hardware-mix", type=_rates, default={"cpu-x86_64": 1.0}, metavar="CLASS=W,...",
-                   help=f"hardware classes and weights; classes: {', '.join(PROFILES)}")
+    p.add_argument(
+        "--hardware-mix",
+        type=_rates,
+        default={"cpu-x86_64": 1.0},
+        metavar="CLASS=W,...",
+        help=f"hardware classes and weights; classes: {', '.join(PROFILES)}",
+    )
     p.add_argument("--group", default="default", help="device group to enroll into")
     p.add_argument("--name-prefix", default="sim", help="device name prefix")
     p.add_argument("--seed", type=int, default=0, help="seeds the hardware draw, outcomes and metrics")
@@ -104,10 +119,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start-rollout", metavar="MODEL@VERSION", help="create a rollout after enrolling")
     p.add_argument("--stages", default="10,50,100", help="stages (percent) for --start-rollout")
     p.add_argument("--max-failure-rate", type=float, default=0.05, help="halt threshold for --start-rollout")
-    p.add_argument("--success-quota", type=float, default=1.0,
-                   help="share of a stage that must commit before --start-rollout's next stage")
-    p.add_argument("--min-devices-for-halt", type=int, default=1,
-                   help="finished devices before --start-rollout's failure rate may halt it")
+    p.add_argument(
+        "--success-quota",
+        type=float,
+        default=1.0,
+        help="share of a stage that must commit before --start-rollout's next stage",
+    )
+    p.add_argument(
+        "--min-devices-for-halt",
+        type=int,
+        default=1,
+        help="finished devices before --start-rollout's failure rate may halt it",
+    )
     p.add_argument("--json-out", type=Path, help="write the summary JSON here")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logs: every failed request")
     return p
@@ -123,12 +146,25 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
     if (args.rollout or args.start_rollout) and not args.api_token:
         raise ValueError("--rollout/--start-rollout need --api-token (an operator token)")
     return SimConfig(
-        server=args.server.rstrip("/"), enroll_token=args.enroll_token, api_token=args.api_token,
-        devices=args.devices, workers=args.workers, poll_interval_s=args.poll_interval,
-        apply_delay_s=args.apply_delay, download=not args.no_download, verify=not args.no_verify, etag=not args.no_etag,
-        failure_rate=args.failure_rate, version_failure_rates=args.version_failure_rates,
-        failure_reason=args.failure_reason, hardware_mix=args.hardware_mix, group=args.group,
-        name_prefix=args.name_prefix, seed=args.seed, duration_s=args.duration, rollout_id=args.rollout,
+        server=args.server.rstrip("/"),
+        enroll_token=args.enroll_token,
+        api_token=args.api_token,
+        devices=args.devices,
+        workers=args.workers,
+        poll_interval_s=args.poll_interval,
+        apply_delay_s=args.apply_delay,
+        download=not args.no_download,
+        verify=not args.no_verify,
+        etag=not args.no_etag,
+        failure_rate=args.failure_rate,
+        version_failure_rates=args.version_failure_rates,
+        failure_reason=args.failure_reason,
+        hardware_mix=args.hardware_mix,
+        group=args.group,
+        name_prefix=args.name_prefix,
+        seed=args.seed,
+        duration_s=args.duration,
+        rollout_id=args.rollout,
     )
 
 
@@ -143,25 +179,34 @@ def rollout_request(args: argparse.Namespace, cfg: SimConfig) -> RolloutRequest 
         stages = [float(s) for s in args.stages.split(",")]
     except ValueError as e:
         raise ValueError(f"--stages must be comma-separated percentages like 10,50,100, got {args.stages!r}") from e
-    return RolloutRequest(model=model, version=version, group=cfg.group, stages=stages,
-                          max_failure_rate=args.max_failure_rate, success_quota=args.success_quota,
-                          min_devices_for_halt=args.min_devices_for_halt)
+    return RolloutRequest(
+        model=model,
+        version=version,
+        group=cfg.group,
+        stages=stages,
+        max_failure_rate=args.max_failure_rate,
+        success_quota=args.success_quota,
+        min_devices_for_halt=args.min_devices_for_halt,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the simulation the flags ask for; bad flags exit through argparse (code 2)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         cfg = config_from_args(args)
         start = rollout_request(args, cfg)
     except ValueError as e:
         parser.error(str(e))
     if cfg.verify and importlib.util.find_spec("cryptography") is None:
-        parser.error("checking the assignments' signatures needs the cryptography package "
-                     "(pip install cryptography), or pass --no-verify")
+        parser.error(
+            "checking the assignments' signatures needs the cryptography package "
+            "(pip install cryptography), or pass --no-verify"
+        )
     try:
         summary = simulate(cfg, start_rollout=start)
     except ClientError as e:

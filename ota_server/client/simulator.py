@@ -70,20 +70,46 @@ log = logging.getLogger("fleet_sim")
 
 # Hardware profiles (docs/contracts.md §6) for the simulated hardware classes.
 PROFILES: dict[str, dict[str, Any]] = {
-    "cpu-x86_64": {"arch": "x86_64", "accelerator": "cpu", "cpu_features": ["avx2"],
-                   "execution_providers": ["CPUExecutionProvider"], "cpu_count": 4, "memory_mb": 8000},
-    "cpu-aarch64": {"arch": "aarch64", "accelerator": "cpu", "cpu_features": ["asimd"],
-                    "execution_providers": ["CPUExecutionProvider"], "cpu_count": 4, "memory_mb": 4000},
-    "cuda": {"arch": "x86_64", "accelerator": "cuda", "gpu_name": "NVIDIA L4", "compute_capability": "8.9",
-             "cuda_version": "12.4", "cpu_features": ["avx2"],
-             "execution_providers": ["CUDAExecutionProvider", "CPUExecutionProvider"],
-             "cpu_count": 8, "memory_mb": 32000},
-    "jetson-orin": {"arch": "aarch64", "accelerator": "jetson", "board": "NVIDIA Jetson AGX Orin",
-                    "compute_capability": "8.7", "jetpack_version": "6.1", "cuda_version": "12.6",
-                    "execution_providers": ["CPUExecutionProvider"], "cpu_features": ["asimd"],
-                    "cpu_count": 12, "memory_mb": 32000},
+    "cpu-x86_64": {
+        "arch": "x86_64",
+        "accelerator": "cpu",
+        "cpu_features": ["avx2"],
+        "execution_providers": ["CPUExecutionProvider"],
+        "cpu_count": 4,
+        "memory_mb": 8000,
+    },
+    "cpu-aarch64": {
+        "arch": "aarch64",
+        "accelerator": "cpu",
+        "cpu_features": ["asimd"],
+        "execution_providers": ["CPUExecutionProvider"],
+        "cpu_count": 4,
+        "memory_mb": 4000,
+    },
+    "cuda": {
+        "arch": "x86_64",
+        "accelerator": "cuda",
+        "gpu_name": "NVIDIA L4",
+        "compute_capability": "8.9",
+        "cuda_version": "12.4",
+        "cpu_features": ["avx2"],
+        "execution_providers": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+        "cpu_count": 8,
+        "memory_mb": 32000,
+    },
+    "jetson-orin": {
+        "arch": "aarch64",
+        "accelerator": "jetson",
+        "board": "NVIDIA Jetson AGX Orin",
+        "compute_capability": "8.7",
+        "jetpack_version": "6.1",
+        "cuda_version": "12.6",
+        "execution_providers": ["CPUExecutionProvider"],
+        "cpu_features": ["asimd"],
+        "cpu_count": 12,
+        "memory_mb": 32000,
+    },
 }
-
 
 
 class DeviceApi(Protocol):
@@ -96,7 +122,9 @@ class DeviceApi(Protocol):
     def download_target(self, path: str, sha256: str) -> bytes: ...
 
 
-def verify_assignment(body: SignedAssignment | Mapping[str, Any], public_hex: str, *, device_id: str, nonce: str) -> str | None:
+def verify_assignment(
+    body: SignedAssignment | Mapping[str, Any], public_hex: str, *, device_id: str, nonce: str
+) -> str | None:
     """Check signature, device id and nonce of a signed assignment; returns the problem (its
     reason code first) or None. Raises ``ImportError`` without the ``cryptography`` package."""
     from cryptography.exceptions import InvalidSignature
@@ -216,8 +244,14 @@ def build_devices(cfg: SimConfig) -> list[SimDevice]:
 def fleet_client(cfg: SimConfig) -> OtaClient:
     """The simulated fleet's shared client: one pooled connection per worker thread (a thread
     waits for a free one), the API token for the rollout calls."""
-    return OtaClient(cfg.server, cfg.api_token, pool_size=max(cfg.workers, cfg.enroll_workers), pool_block=True,
-                     timeout_s=30.0, connect_timeout_s=5.0)
+    return OtaClient(
+        cfg.server,
+        cfg.api_token,
+        pool_size=max(cfg.workers, cfg.enroll_workers),
+        pool_block=True,
+        timeout_s=30.0,
+        connect_timeout_s=5.0,
+    )
 
 
 def enroll_all(client: OtaClient, cfg: SimConfig, devices: list[SimDevice]) -> None:
@@ -225,16 +259,22 @@ def enroll_all(client: OtaClient, cfg: SimConfig, devices: list[SimDevice]) -> N
     :class:`~ota_server.client.errors.ClientError` when an enrollment fails."""
 
     def enroll(dev: SimDevice) -> None:
-        data = client.enroll(cfg.enroll_token, name=dev.name, group=cfg.group, tags=["sim", dev.hardware],
-                             hardware=PROFILES[dev.hardware])
+        data = client.enroll(
+            cfg.enroll_token,
+            name=dev.name,
+            group=cfg.group,
+            tags=["sim", dev.hardware],
+            hardware=PROFILES[dev.hardware],
+        )
         dev.device_id = data["device_id"]
         dev.token = data["device_token"]
         dev.director_key = data["director_public_key"]["keyval"]["public"]
         dev.nonce = uuid.uuid4().hex
 
-    with ThreadPoolExecutor(cfg.enroll_workers) as pool, tqdm(
-        total=len(devices), desc="enroll", unit="dev", file=sys.stderr, disable=len(devices) < 50
-    ) as bar:
+    with (
+        ThreadPoolExecutor(cfg.enroll_workers) as pool,
+        tqdm(total=len(devices), desc="enroll", unit="dev", file=sys.stderr, disable=len(devices) < 50) as bar,
+    ):
         for _ in pool.map(enroll, devices):
             bar.update()
 
@@ -255,16 +295,30 @@ class Simulator:
         rng = random.Random(f"{self.cfg.seed}/{dev.index}/{counter}")
         return self.cfg.failure_reason if rng.random() < rate else None
 
-    def report(self, dev: SimDevice, state: str, assignment: AssignmentBody, *,
-               reason: str | None = None, metrics: dict[str, float] | None = None) -> None:
+    def report(
+        self,
+        dev: SimDevice,
+        state: str,
+        assignment: AssignmentBody,
+        *,
+        reason: str | None = None,
+        metrics: dict[str, float] | None = None,
+    ) -> None:
         rel = assignment.get("release")
         running: dict[str, Any] | None = (
-            {"name": dev.model, "version": dev.version, "release": dev.release} if dev.version else None)
+            {"name": dev.model, "version": dev.version, "release": dev.release} if dev.version else None
+        )
         report: Report = {
-            "id": str(uuid.uuid4()), "time": _now_iso(), "type": "transition", "state": state,
-            "rollout_id": assignment.get("rollout_id"), "release": rel["counter"] if rel else None,
-            "reason_code": reason, "detail": f"simulated {state}" + (f": {reason}" if reason else ""),
-            "metrics": metrics or {}, "running": running,
+            "id": str(uuid.uuid4()),
+            "time": _now_iso(),
+            "type": "transition",
+            "state": state,
+            "rollout_id": assignment.get("rollout_id"),
+            "release": rel["counter"] if rel else None,
+            "reason_code": reason,
+            "detail": f"simulated {state}" + (f": {reason}" if reason else ""),
+            "metrics": metrics or {},
+            "running": running,
         }
         self.client.post_reports(dev.device_id, [report], token=dev.token)
         self.stats.add("reports")
@@ -305,8 +359,11 @@ class Simulator:
             raise ValueError(f"{dev.name}: an assignment without a release has nothing to finish")
         reason = reason or self.outcome(dev, rel["counter"], rel["version"])
         rng = random.Random(f"m/{dev.index}/{rel['counter']}")
-        metrics = {"p95_ms": round(rng.uniform(6, 12), 2), "fps": round(rng.uniform(25, 30), 1),
-                   "agreement": round(rng.uniform(0.95, 1.0), 3)}
+        metrics = {
+            "p95_ms": round(rng.uniform(6, 12), 2),
+            "fps": round(rng.uniform(25, 30), 1),
+            "agreement": round(rng.uniform(0.95, 1.0), 3),
+        }
         if reason:
             metrics["agreement"] = round(rng.uniform(0.05, 0.3), 3) if reason == "LOW_AGREEMENT" else 0.99
             self.report(dev, "failed", signed, reason=reason, metrics=metrics)
@@ -377,8 +434,7 @@ class Simulator:
         for t in threads:
             t.start()
         deadline = t0 + self.cfg.duration_s
-        bar = tqdm(total=len(self.devices), desc="rollout", unit="dev", file=sys.stderr,
-                   disable=len(self.devices) < 50)
+        bar = tqdm(total=len(self.devices), desc="rollout", unit="dev", file=sys.stderr, disable=len(self.devices) < 50)
         try:
             while time.monotonic() < deadline:
                 if watcher is not None and watcher.finished.wait(0.5):
@@ -413,21 +469,25 @@ def summarize(sim: Simulator, elapsed_s: float, watcher: RolloutWatcher | None) 
         # what the fleet would send if every poll were answered at once; above the throughput
         # the server (or this simulator) is the bottleneck and polls come less often
         "offered_poll_rps": round(len(sim.devices) / sim.cfg.poll_interval_s, 1),
-        "poll_ms": {"p50": round(_percentile(s.poll_ms, 0.50), 2),
-                    "p95": round(_percentile(s.poll_ms, 0.95), 2),
-                    "p99": round(_percentile(s.poll_ms, 0.99), 2)},
+        "poll_ms": {
+            "p50": round(_percentile(s.poll_ms, 0.50), 2),
+            "p95": round(_percentile(s.poll_ms, 0.95), 2),
+            "p99": round(_percentile(s.poll_ms, 0.99), 2),
+        },
         "versions": dict(versions),
     }
     if watcher is not None:
         out["rollout"] = watcher.final
         out["timeline"] = watcher.timeline
-        out["stages"] = stage_metrics(watcher.timeline, watcher.final,
-                                      end={"t": round(watcher.elapsed(), 2), "counts": counts})
+        out["stages"] = stage_metrics(
+            watcher.timeline, watcher.final, end={"t": round(watcher.elapsed(), 2), "counts": counts}
+        )
     return out
 
 
-def run_rollout(cfg: SimConfig, client: OtaClient, devices: list[SimDevice], *,
-                start_rollout: RolloutRequest | None = None) -> dict[str, Any]:
+def run_rollout(
+    cfg: SimConfig, client: OtaClient, devices: list[SimDevice], *, start_rollout: RolloutRequest | None = None
+) -> dict[str, Any]:
     """Run enrolled ``devices`` until the (started or given) rollout ends or ``duration_s``
     passes; returns the summary (:func:`summarize`). ``client`` carries the API token that
     starts the rollout; raises :class:`~ota_server.client.errors.ClientError` when it cannot."""
@@ -439,8 +499,7 @@ def run_rollout(cfg: SimConfig, client: OtaClient, devices: list[SimDevice], *,
     watcher = None
     if rollout_id and cfg.api_token:
         watch_client = OtaClient(cfg.server, cfg.api_token, timeout_s=30.0, connect_timeout_s=5.0)
-        watcher = RolloutWatcher(watch_client, rollout_id, interval_s=cfg.watch_interval_s,
-                                 probe=sim.stats.snapshot)
+        watcher = RolloutWatcher(watch_client, rollout_id, interval_s=cfg.watch_interval_s, probe=sim.stats.snapshot)
         watcher.start()
     try:
         elapsed = sim.run(watcher)

@@ -23,13 +23,19 @@ class RolloutWatcher(threading.Thread):
     """Polls one rollout and records every change of status or stage with its time.
 
     ``client`` carries a viewer token. Give it a client of its own: behind a pool that the
-    simulated devices keep busy, it would see each change only after waiting for a connection. ``probe`` (the simulator's counters)
-    is sampled with every recorded change, so :func:`stage_metrics` can tell what the fleet
-    did during each stage.
+    simulated devices keep busy, it would see each change only after waiting for a connection.
+    ``probe`` (the simulator's counters) is sampled with every recorded change, so
+    :func:`stage_metrics` can tell what the fleet did during each stage.
     """
 
-    def __init__(self, client: OtaClient, rollout_id: str, *, interval_s: float = 0.5,
-                 probe: Callable[[], Mapping[str, int]] | None = None) -> None:
+    def __init__(
+        self,
+        client: OtaClient,
+        rollout_id: str,
+        *,
+        interval_s: float = 0.5,
+        probe: Callable[[], Mapping[str, int]] | None = None,
+    ) -> None:
         super().__init__(daemon=True, name=f"watch-{rollout_id}")
         self.client, self.rollout_id, self.interval_s = client, rollout_id, interval_s
         self.probe = probe
@@ -54,8 +60,12 @@ class RolloutWatcher(threading.Thread):
                 continue
             now = (r["status"], r["stage"])
             if now != last:
-                entry: dict[str, Any] = {"t": round(self.elapsed(), 2), "event": f"status={now[0]} stage={now[1]}",
-                                         "status": now[0], "stage": now[1]}
+                entry: dict[str, Any] = {
+                    "t": round(self.elapsed(), 2),
+                    "event": f"status={now[0]} stage={now[1]}",
+                    "status": now[0],
+                    "stage": now[1],
+                }
                 if self.probe is not None:
                     entry["counts"] = dict(self.probe())
                 self.timeline.append(entry)
@@ -71,8 +81,9 @@ class RolloutWatcher(threading.Thread):
         self.join(timeout=5)
 
 
-def stage_metrics(timeline: Sequence[Mapping[str, Any]], rollout: Mapping[str, Any],
-                  end: Mapping[str, Any]) -> list[dict[str, Any]]:
+def stage_metrics(
+    timeline: Sequence[Mapping[str, Any]], rollout: Mapping[str, Any], end: Mapping[str, Any]
+) -> list[dict[str, Any]]:
     """Per stage of ``rollout``: its devices (cumulative cohort), when it became the current stage,
     how long the rollout stayed there (``advance_s``: until it advanced, completed or halted) and
     the polls and reports per second the simulator made meanwhile.
@@ -85,19 +96,26 @@ def stage_metrics(timeline: Sequence[Mapping[str, Any]], rollout: Mapping[str, A
     progress = {p.get("stage"): p for p in rollout.get("progress") or []}
     rows: list[dict[str, Any]] = []
     for k, pct in enumerate(rollout.get("stages") or []):
-        first = next((i for i, e in enumerate(marks)
-                      if e["stage"] == k and e["status"] not in TERMINAL_STATUSES), None)
-        row: dict[str, Any] = {"stage": k, "percent": pct, "devices": progress.get(k, {}).get("devices"),
-                               "succeeded": progress.get(k, {}).get("succeeded"), "entered_s": None,
-                               "advance_s": None, "left_as": None, "polls_per_s": None, "reports_per_s": None}
+        first = next((i for i, e in enumerate(marks) if e["stage"] == k and e["status"] not in TERMINAL_STATUSES), None)
+        row: dict[str, Any] = {
+            "stage": k,
+            "percent": pct,
+            "devices": progress.get(k, {}).get("devices"),
+            "succeeded": progress.get(k, {}).get("succeeded"),
+            "entered_s": None,
+            "advance_s": None,
+            "left_as": None,
+            "polls_per_s": None,
+            "reports_per_s": None,
+        }
         if first is not None:
             enter = marks[first]
-            leave = next((e for e in marks[first + 1:]
-                          if e["stage"] != k or e["status"] in TERMINAL_STATUSES), None)
+            leave = next((e for e in marks[first + 1 :] if e["stage"] != k or e["status"] in TERMINAL_STATUSES), None)
             stop = leave or end
             span = max(float(stop["t"]) - float(enter["t"]), 1e-9)
             row.update(
-                entered_s=enter["t"], advance_s=round(span, 1),
+                entered_s=enter["t"],
+                advance_s=round(span, 1),
                 left_as=("advanced" if leave["stage"] != k else leave["status"]) if leave else None,
                 polls_per_s=round((stop["counts"].get("polls", 0) - enter["counts"].get("polls", 0)) / span, 1),
                 reports_per_s=round((stop["counts"].get("reports", 0) - enter["counts"].get("reports", 0)) / span, 1),
@@ -108,8 +126,15 @@ def stage_metrics(timeline: Sequence[Mapping[str, Any]], rollout: Mapping[str, A
 
 def format_stage_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """:func:`stage_metrics` as a text table; ``-`` where a stage was never observed."""
-    cols = (("stage", 5, "d"), ("percent", 7, "g"), ("devices", 7, "d"), ("advance_s", 17, ".1f"),
-            ("polls_per_s", 7, ".1f"), ("reports_per_s", 9, ".1f"), ("left_as", 9, ""))
+    cols = (
+        ("stage", 5, "d"),
+        ("percent", 7, "g"),
+        ("devices", 7, "d"),
+        ("advance_s", 17, ".1f"),
+        ("polls_per_s", 7, ".1f"),
+        ("reports_per_s", 9, ".1f"),
+        ("left_as", 9, ""),
+    )
     titles = ("stage", "percent", "devices", "time to advance s", "polls/s", "reports/s", "then")
     lines = ["  ".join(f"{t:>{w}}" for t, (_, w, _) in zip(titles, cols, strict=True))]
     for r in rows:

@@ -42,20 +42,37 @@ class Served:
     sha256: str | None
 
 
-def warnings(conn: Connection, manifest: Manifest, *, group: str | None = None,
-             tags: Sequence[str] = (), hardware_classes: Sequence[str] = ()) -> list[dict[str, Any]]:
+def warnings(
+    conn: Connection,
+    manifest: Manifest,
+    *,
+    group: str | None = None,
+    tags: Sequence[str] = (),
+    hardware_classes: Sequence[str] = (),
+) -> list[dict[str, Any]]:
     """One warning per (group, release, served variant) the bundle has no expectation for, over
     the devices that run another release of the same model (of ``group`` and the selection given
     by ``tags`` / ``hardware_classes``, or of the whole fleet)."""
-    devices = [d for d in st.devices_running(conn, manifest.name, group=group)
-               if d["running_version"] != manifest.version
-               and ro.is_selected(d, tags=tags, hardware_classes=hardware_classes)]
+    devices = [
+        d
+        for d in st.devices_running(conn, manifest.name, group=group)
+        if d["running_version"] != manifest.version and ro.is_selected(d, tags=tags, hardware_classes=hardware_classes)
+    ]
     counts: Counter[Served] = Counter(_ServedLookup(conn, manifest.name).of(d) for d in devices)
     out = []
     for served, n in sorted(counts.items(), key=lambda kv: (kv[0].group, kv[0].counter or 0, kv[0].variant or "")):
         if not _covered(manifest, served):
-            out.append({"group": served.group, "devices": n, "release": served.release, "counter": served.counter,
-                        "variant": served.variant, "sha256": served.sha256, "message": _message(served, n)})
+            out.append(
+                {
+                    "group": served.group,
+                    "devices": n,
+                    "release": served.release,
+                    "counter": served.counter,
+                    "variant": served.variant,
+                    "sha256": served.sha256,
+                    "message": _message(served, n),
+                }
+            )
     return out
 
 
@@ -68,8 +85,10 @@ def _covered(manifest: Manifest, served: Served) -> bool:
 def _message(served: Served, n: int) -> str:
     what = f"{served.variant}, sha256 {served.sha256[:12]}…" if served.variant and served.sha256 else "variant unknown"
     who, verb, they = (f"{n} devices", "run", "they") if n != 1 else ("1 device", "runs", "it")
-    return (f"{who} in group {served.group} {verb} {served.release} ({what}): the bundle has no agreement "
-            f"expectation for it; {they} will judge it against its own FP32")
+    return (
+        f"{who} in group {served.group} {verb} {served.release} ({what}): the bundle has no agreement "
+        f"expectation for it; {they} will judge it against its own FP32"
+    )
 
 
 class _ServedLookup:

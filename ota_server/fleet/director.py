@@ -124,15 +124,31 @@ def pick_release(conn: Connection, device: Mapping[str, Any], catalog: Catalog, 
     return Target(None, None, None)
 
 
-def build_signed(conn: Connection, device: Mapping[str, Any], nonce: str, *, ttl_s: int,
-                 catalog: Catalog | None = None, gen: int | None = None) -> dict[str, Any]:
+def build_signed(
+    conn: Connection,
+    device: Mapping[str, Any],
+    nonce: str,
+    *,
+    ttl_s: int,
+    catalog: Catalog | None = None,
+    gen: int | None = None,
+) -> dict[str, Any]:
     """The ``signed`` part of a device's assignment."""
     catalog = catalog or Catalog()
     issued = datetime.fromtimestamp(validity_start(time.time(), ttl_s), timezone.utc)
     signed: dict[str, Any] = {
-        "_type": "edgefleet-assignment", "spec_version": "1", "device_id": device["id"], "nonce": nonce,
-        "issued": _iso(issued), "expires": _iso(issued + timedelta(seconds=ttl_s)),
-        "rollout_id": None, "release": None, "manifest": None, "target": None, "alternates": [], "gates": None,
+        "_type": "edgefleet-assignment",
+        "spec_version": "1",
+        "device_id": device["id"],
+        "nonce": nonce,
+        "issued": _iso(issued),
+        "expires": _iso(issued + timedelta(seconds=ttl_s)),
+        "rollout_id": None,
+        "release": None,
+        "manifest": None,
+        "target": None,
+        "alternates": [],
+        "gates": None,
     }
     choice = pick_release(conn, device, catalog, gen)
     if choice.release is None:
@@ -157,8 +173,9 @@ def build_signed(conn: Connection, device: Mapping[str, Any], nonce: str, *, ttl
         target=_target(by_variant[variants[0].id]),
         # the device times these against the primary in its child-process gate and serves the fastest
         # that passes; the selection order stays the preference and the fallback
-        alternates=[{"variant": v.id, "target": _target(by_variant[v.id])}
-                    for v in variants[1:] if v.id in by_variant][:MAX_ALTERNATES],
+        alternates=[{"variant": v.id, "target": _target(by_variant[v.id])} for v in variants[1:] if v.id in by_variant][
+            :MAX_ALTERNATES
+        ],
         gates=dataclasses.asdict(gates),
     )
     return signed
@@ -166,8 +183,13 @@ def build_signed(conn: Connection, device: Mapping[str, Any], nonce: str, *, ttl
 
 def _target(file: Mapping[str, Any]) -> dict[str, Any]:
     """A release file as the assignment names it: exactly its TUF target (path, length, hashes, custom)."""
-    return {"path": file["path"], "length": file["length"], "hashes": {"sha256": file["sha256"]},
-            "custom": file["custom"], "variant": file["variant"]}
+    return {
+        "path": file["path"],
+        "length": file["length"],
+        "hashes": {"sha256": file["sha256"]},
+        "custom": file["custom"],
+        "variant": file["variant"],
+    }
 
 
 class Director:
@@ -179,8 +201,9 @@ class Director:
     a signature. Both levels are only trusted at the current fleet generation.
     """
 
-    def __init__(self, key: Ed25519PrivateKey, *, ttl_s: int, spool_dir: Path | None = None,
-                 max_cache: int = 200_000) -> None:
+    def __init__(
+        self, key: Ed25519PrivateKey, *, ttl_s: int, spool_dir: Path | None = None, max_cache: int = 200_000
+    ) -> None:
         self._key = key
         self._ttl_s = ttl_s
         self._spool = spool_dir

@@ -60,12 +60,23 @@ def ingest(conn: Connection, device_id: str, reports: Sequence[Report]) -> dict[
         except RecordNotFound:
             continue  # a report about an unknown rollout is stored, not counted
         service.ensure_counters(conn, rollouts[rollout_id])
-    st.insert_reports(conn, [
-        {"id": r.id, "device_id": device_id, "time": r.time, "type": r.type, "state": r.state,
-         "rollout_id": r.rollout_id, "release": r.release, "reason_code": r.body["reason_code"],
-         "body": dict(r.body)}
-        for r in fresh
-    ])
+    st.insert_reports(
+        conn,
+        [
+            {
+                "id": r.id,
+                "device_id": device_id,
+                "time": r.time,
+                "type": r.type,
+                "state": r.state,
+                "rollout_id": r.rollout_id,
+                "release": r.release,
+                "reason_code": r.body["reason_code"],
+                "body": dict(r.body),
+            }
+            for r in fresh
+        ],
+    )
     ordered = sorted(fresh, key=lambda r: r.time)
     device = _update_device(conn, device_id, ordered, rollouts.values())
     touched: dict[str, dict[str, Any]] = {}
@@ -79,19 +90,26 @@ def ingest(conn: Connection, device_id: str, reports: Sequence[Report]) -> dict[
     return {"accepted": [r.id for r in fresh], "duplicates": duplicates}
 
 
-def _update_device(conn: Connection, device_id: str, ordered: Sequence[Report],
-                   rollouts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+def _update_device(
+    conn: Connection, device_id: str, ordered: Sequence[Report], rollouts: Iterable[Mapping[str, Any]]
+) -> dict[str, Any]:
     device = st.get_device(conn, device_id)
     values: dict[str, Any] = {"last_seen": st.utcnow()}
     for r in ordered:
         if r.state:
             values["state"] = r.state
         if r.running:
-            values.update(running_name=r.running.get("name"), running_version=r.running.get("version"),
-                          running_release=r.running.get("release"),
-                          running_variant=_served_variant(r, r.running, device, values))
-        elif r.state == "committed" and r.variant and r.release == values.get("running_release",
-                                                                                device["running_release"]):
+            values.update(
+                running_name=r.running.get("name"),
+                running_version=r.running.get("version"),
+                running_release=r.running.get("release"),
+                running_variant=_served_variant(r, r.running, device, values),
+            )
+        elif (
+            r.state == "committed"
+            and r.variant
+            and r.release == values.get("running_release", device["running_release"])
+        ):
             values["running_variant"] = r.variant
         if r.metrics:
             merged = dict(values.get("last_metrics") or device["last_metrics"] or {})
@@ -110,15 +128,17 @@ def _update_device(conn: Connection, device_id: str, ordered: Sequence[Report],
         updated = dict(device, **values)
         # the reported rollouts are at hand; only when none of them assigns to the device does it
         # take a look at every assigning rollout of its group
-        if not any(ro.assigns(rollout, updated) for rollout in rollouts) and director.pick_release(
-            conn, updated, director.Catalog(), None
-        ).rollout_id is None:
+        if (
+            not any(ro.assigns(rollout, updated) for rollout in rollouts)
+            and director.pick_release(conn, updated, director.Catalog(), None).rollout_id is None
+        ):
             st.bump_generation(conn)
     return device
 
 
-def _served_variant(r: Report, running: Mapping[str, Any], device: Mapping[str, Any],
-                    values: Mapping[str, Any]) -> str | None:
+def _served_variant(
+    r: Report, running: Mapping[str, Any], device: Mapping[str, Any], values: Mapping[str, Any]
+) -> str | None:
     """The variant the device serves after ``r``: named in ``running``; else the variant of a
     ``committed`` report for the running release; else the one known before if the release did
     not change; else unknown (None: whoever needs it asks the director what it would pick)."""
@@ -144,12 +164,19 @@ def _gate_record(r: Report, previous: Any = None) -> dict[str, Any]:
     far — carries over when it is of the same rollout and release and the new gate lacks it."""
     gate = dict(r.gate or {})
     same = isinstance(previous, Mapping) and (previous.get("rollout_id"), previous.get("release")) == (
-        r.rollout_id, r.release)
+        r.rollout_id,
+        r.release,
+    )
     kept = previous if same else {}
-    return {"time": r.time, "rollout_id": r.rollout_id, "release": r.release, "state": r.state,
-            "reason_code": r.reason_code.value if r.reason_code else None,
-            "variant": r.variant or gate.get("variant") or kept.get("variant"),
-            **{k: gate.get(k, kept.get(k)) for k in EVIDENCE if k in gate or k in kept}}
+    return {
+        "time": r.time,
+        "rollout_id": r.rollout_id,
+        "release": r.release,
+        "state": r.state,
+        "reason_code": r.reason_code.value if r.reason_code else None,
+        "variant": r.variant or gate.get("variant") or kept.get("variant"),
+        **{k: gate.get(k, kept.get(k)) for k in EVIDENCE if k in gate or k in kept},
+    }
 
 
 def _record_outcome(conn: Connection, device: Mapping[str, Any], rollout: Mapping[str, Any], r: Report) -> bool:
@@ -164,8 +191,14 @@ def _record_outcome(conn: Connection, device: Mapping[str, Any], rollout: Mappin
     outcome = ro.outcome_of(r.state)
     code = r.reason_code.value if r.reason_code else None
     row: dict[str, Any] = {
-        "rollout_id": rollout["id"], "device_id": device["id"], "state": r.state or "",
-        "outcome": outcome, "reason_code": code, "detail": r.detail, "time": r.time, "stage": stage,
+        "rollout_id": rollout["id"],
+        "device_id": device["id"],
+        "state": r.state or "",
+        "outcome": outcome,
+        "reason_code": code,
+        "detail": r.detail,
+        "time": r.time,
+        "stage": stage,
     }
     # a later transition without evidence (swapping, committed) keeps the gate's evidence
     if r.gate or r.variant or existing is None:
@@ -173,8 +206,14 @@ def _record_outcome(conn: Connection, device: Mapping[str, Any], rollout: Mappin
         row.update(variant=r.variant or (record or {}).get("variant"), gate=record)
     st.write_device_outcome(conn, row, exists=existing is not None)
     chosen = existing["variant"] if existing is not None else None
-    if r.state == "committed" and chosen and not r.variant and r.running and not r.running.get("variant") \
-            and r.running.get("release") == rollout["release"]:
+    if (
+        r.state == "committed"
+        and chosen
+        and not r.variant
+        and r.running
+        and not r.running.get("variant")
+        and r.running.get("release") == rollout["release"]
+    ):
         # the commit of a release whose gate named the variant it chose: that is what it serves now
         st.update_device(conn, device["id"], running_variant=chosen)
     if stage is not None:

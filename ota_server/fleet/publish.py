@@ -201,7 +201,8 @@ class Publisher:
         if latest is not None and semver_key(manifest.version) <= semver_key(latest["version"]):
             raise Conflict(
                 f"{manifest.name}@{manifest.version} is not newer than the latest release "
-                f"{latest['version']}; publish a higher version", field="version",
+                f"{latest['version']}; publish a higher version",
+                field="version",
             )
 
     def _commit(self, manifest: Manifest, staging: Path, *, actor: str) -> dict[str, Any]:
@@ -222,13 +223,18 @@ class Publisher:
                         custom = custom_fields(manifest, counter, spec.variant)
                         targets.append(NewTarget(spec.path, path, spec.length, spec.sha256, custom))
                     release = {
-                        "counter": counter, "name": manifest.name, "version": manifest.version,
-                        "rollback_of": None, "manifest": manifest.to_dict(), "created_at": st.utcnow(),
+                        "counter": counter,
+                        "name": manifest.name,
+                        "version": manifest.version,
+                        "rollback_of": None,
+                        "manifest": manifest.to_dict(),
+                        "created_at": st.utcnow(),
                         "created_by": actor,
                     }
                     st.insert_release(conn, release, _file_rows(specs, targets))
-                    st.audit(conn, actor, "release.publish", f"{manifest.name}@{manifest.version}",
-                             {"release": counter})
+                    st.audit(
+                        conn, actor, "release.publish", f"{manifest.name}@{manifest.version}", {"release": counter}
+                    )
                     st.bump_generation(conn)
                     tuf_files = self.repo.add_targets(targets)
             except BaseException:
@@ -243,8 +249,14 @@ class Publisher:
 
 def _file_rows(specs: Iterable[FileSpec], targets: Iterable[NewTarget]) -> list[dict[str, Any]]:
     return [
-        {"path": s.path, "kind": s.kind, "variant": s.variant, "length": s.length, "sha256": s.sha256,
-         "custom": t.custom}
+        {
+            "path": s.path,
+            "kind": s.kind,
+            "variant": s.variant,
+            "length": s.length,
+            "sha256": s.sha256,
+            "custom": t.custom,
+        }
         for s, t in zip(specs, targets, strict=True)
     ]
 
@@ -259,8 +271,14 @@ def release_view(release: dict[str, Any], files: Iterable[dict[str, Any]]) -> di
         "created_at": release["created_at"],
         "created_by": release["created_by"],
         "files": [
-            {"path": f["path"], "kind": f["kind"], "variant": f["variant"], "length": f["length"],
-             "hashes": {"sha256": f["sha256"]}, "custom": f["custom"]}
+            {
+                "path": f["path"],
+                "kind": f["kind"],
+                "variant": f["variant"],
+                "length": f["length"],
+                "hashes": {"sha256": f["sha256"]},
+                "custom": f["custom"],
+            }
             for f in files
         ],
     }

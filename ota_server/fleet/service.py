@@ -66,8 +66,13 @@ def build_counters(conn: Connection, rollout: Mapping[str, Any]) -> None:
     buckets = selected_buckets(conn, rollout)
     stages = rollout["stages"]
     rows = st.device_outcomes(conn, rollout["id"])
-    counts = ro.count_stages(stages, buckets, {r["device_id"]: r["outcome"] for r in rows},
-                             rollout["floor_bucket"], {r["device_id"]: r["reason_code"] for r in rows})
+    counts = ro.count_stages(
+        stages,
+        buckets,
+        {r["device_id"]: r["outcome"] for r in rows},
+        rollout["floor_bucket"],
+        {r["device_id"]: r["reason_code"] for r in rows},
+    )
     out: list[dict[str, Any]] = []
     for k, c in enumerate(counts):
         values = {"devices": c.devices, "success": c.success, "failure": c.failure, "pending": c.pending}
@@ -75,8 +80,11 @@ def build_counters(conn: Connection, rollout: Mapping[str, Any]) -> None:
         out += [{"rollout_id": rollout["id"], "stage": k, "key": key, "n": n} for key, n in values.items()]
     st.insert_counters(conn, out)
     for r in rows:  # an older server's rows: pin their stage
-        stage = ro.first_stage(buckets[r["device_id"]], stages, rollout["floor_bucket"]) \
-            if r["device_id"] in buckets else None
+        stage = (
+            ro.first_stage(buckets[r["device_id"]], stages, rollout["floor_bucket"])
+            if r["device_id"] in buckets
+            else None
+        )
         st.set_device_stage(conn, r["rollout_id"], r["device_id"], stage)
 
 
@@ -89,7 +97,7 @@ def stage_counts(conn: Connection, rollout: Mapping[str, Any]) -> list[ro.StageC
         key, n = row["key"], int(row["n"])
         if key.startswith("reason:"):
             if n:
-                per[row["stage"]]["reasons"][key[len("reason:"):]] = n
+                per[row["stage"]]["reasons"][key[len("reason:") :]] = n
         elif key in ("devices", "success", "failure", "pending"):
             per[row["stage"]][key] = n
     return [ro.StageCounts(**p) for p in per]
@@ -101,8 +109,13 @@ def ensure_counters(conn: Connection, rollout: Mapping[str, Any]) -> None:
         build_counters(conn, rollout)
 
 
-def count_outcome(conn: Connection, rollout_id: str, stage: int, old: tuple[str, str | None] | None,
-                  new: tuple[str, ReasonCode | None]) -> None:
+def count_outcome(
+    conn: Connection,
+    rollout_id: str,
+    stage: int,
+    old: tuple[str, str | None] | None,
+    new: tuple[str, ReasonCode | None],
+) -> None:
     """Move one device between counters: ``old`` (as stored) / ``new`` are (outcome, reason code)."""
     old_key = (old[0], ro.reason_key(old[1])) if old is not None else None
     new_key = (new[0], ro.reason_key(new[1]))
@@ -119,8 +132,9 @@ def count_outcome(conn: Connection, rollout_id: str, stage: int, old: tuple[str,
     st.add_counters(conn, rollout_id, stage, {k: n for k, n in deltas.items() if n})
 
 
-def create_rollout(conn: Connection, spec: ro.RolloutSpec, *, actor: str, release: int | None = None,
-                   supersede: str | None = None) -> dict[str, Any]:
+def create_rollout(
+    conn: Connection, spec: ro.RolloutSpec, *, actor: str, release: int | None = None, supersede: str | None = None
+) -> dict[str, Any]:
     """Insert a rollout of ``spec.model@spec.version`` (or of ``release``).
 
     Raises:
@@ -139,7 +153,8 @@ def create_rollout(conn: Connection, spec: ro.RolloutSpec, *, actor: str, releas
         if other["status"] in ro.BLOCKING:
             raise Conflict(
                 f"rollout {other['id']} of {spec.model} to group {spec.group!r} is {other['status']}; "
-                "abort it or let it finish first", field="group",
+                "abort it or let it finish first",
+                field="group",
             )
     for other in st.list_rollouts(conn, statuses=[ro.Status.COMPLETED.value], group=spec.group, model=spec.model):
         st.update_rollout(conn, other["id"], status=ro.Status.SUPERSEDED.value)
@@ -147,12 +162,24 @@ def create_rollout(conn: Connection, spec: ro.RolloutSpec, *, actor: str, releas
     rollout_id = "ro_" + secrets.token_hex(8)
     now = st.utcnow()
     row_out: dict[str, Any] = {
-        "id": rollout_id, "release": release, "model": spec.model, "group_name": spec.group,
-        "tags": list(spec.tags), "hardware_classes": list(spec.hardware_classes), "stages": list(spec.stages),
-        "stage": 0, "status": ro.Status.ACTIVE.value, "max_failure_rate": spec.max_failure_rate,
-        "success_quota": spec.success_quota, "min_devices_for_halt": spec.min_devices_for_halt,
-        "floor_bucket": None, "gates": dict(spec.gates) or None, "halt_reason": None,
-        "created_at": now, "created_by": actor, "updated_at": now,
+        "id": rollout_id,
+        "release": release,
+        "model": spec.model,
+        "group_name": spec.group,
+        "tags": list(spec.tags),
+        "hardware_classes": list(spec.hardware_classes),
+        "stages": list(spec.stages),
+        "stage": 0,
+        "status": ro.Status.ACTIVE.value,
+        "max_failure_rate": spec.max_failure_rate,
+        "success_quota": spec.success_quota,
+        "min_devices_for_halt": spec.min_devices_for_halt,
+        "floor_bucket": None,
+        "gates": dict(spec.gates) or None,
+        "halt_reason": None,
+        "created_at": now,
+        "created_by": actor,
+        "updated_at": now,
     }
     st.lock(conn, "rollouts:seq")
     row_out["seq"] = st.next_rollout_seq(conn)
@@ -160,8 +187,13 @@ def create_rollout(conn: Connection, spec: ro.RolloutSpec, *, actor: str, releas
     row_out["floor_bucket"] = min(buckets.values()) if buckets else None
     st.insert_rollout(conn, row_out)
     build_counters(conn, row_out)
-    st.add_event(conn, rollout_id, "created",
-                 f"release {release} to group {spec.group!r}: {len(buckets)} devices selected", actor)
+    st.add_event(
+        conn,
+        rollout_id,
+        "created",
+        f"release {release} to group {spec.group!r}: {len(buckets)} devices selected",
+        actor,
+    )
     st.audit(conn, actor, "rollout.create", rollout_id, {"release": release, "group": spec.group})
     st.bump_generation(conn)
     return row_out
@@ -223,7 +255,7 @@ def rollback(conn: Connection, rollout_id: str, body: Any, *, actor: str) -> dic
             no such rollout. Conflict: as :func:`create_rollout`.
     """
     if not isinstance(body, Mapping) or not isinstance(body.get("to_version"), str):
-        raise BadRequest("body must be {\"to_version\": \"1.0.0\"}", field="to_version")
+        raise BadRequest('body must be {"to_version": "1.0.0"}', field="to_version")
     st.lock(conn, "releases")
     rollout = st.get_rollout(conn, rollout_id)
     current = st.get_release(conn, rollout["release"])
@@ -234,8 +266,13 @@ def rollback(conn: Connection, rollout_id: str, body: Any, *, actor: str) -> dic
         raise BadRequest(f"to_version {old['version']} is not older than {current['version']}", field="to_version")
     counter = st.next_counter(conn)
     new_release = {
-        "counter": counter, "name": old["name"], "version": old["version"], "rollback_of": old["counter"],
-        "manifest": old["manifest"], "created_at": st.utcnow(), "created_by": actor,
+        "counter": counter,
+        "name": old["name"],
+        "version": old["version"],
+        "rollback_of": old["counter"],
+        "manifest": old["manifest"],
+        "created_at": st.utcnow(),
+        "created_by": actor,
     }
     files = st.release_files(conn, old["counter"])
     st.insert_release(conn, new_release, [{k: f[k] for k in f if k != "release"} for f in files])
@@ -244,10 +281,16 @@ def rollback(conn: Connection, rollout_id: str, body: Any, *, actor: str) -> dic
     st.add_event(conn, rollout_id, "rolled-back", f"to {old['version']} as release {counter}", actor)
     stages = ro.parse_stages(body["stages"]) if "stages" in body else (100.0,)
     spec = ro.RolloutSpec(
-        model=rollout["model"], version=old["version"], group=rollout["group_name"], tags=tuple(rollout["tags"]),
-        hardware_classes=tuple(rollout["hardware_classes"]), stages=stages,
-        max_failure_rate=rollout["max_failure_rate"], success_quota=rollout["success_quota"],
-        min_devices_for_halt=rollout["min_devices_for_halt"], gates=rollout["gates"] or {},
+        model=rollout["model"],
+        version=old["version"],
+        group=rollout["group_name"],
+        tags=tuple(rollout["tags"]),
+        hardware_classes=tuple(rollout["hardware_classes"]),
+        stages=stages,
+        max_failure_rate=rollout["max_failure_rate"],
+        success_quota=rollout["success_quota"],
+        min_devices_for_halt=rollout["min_devices_for_halt"],
+        gates=rollout["gates"] or {},
     )
     new = create_rollout(conn, spec, actor=actor, release=counter, supersede=rollout_id)
     st.audit(conn, actor, "rollout.rollback", rollout_id, {"release": counter, "rollout": new["id"]})
@@ -271,9 +314,13 @@ def decide(conn: Connection, rollout: Mapping[str, Any], *, actor: str = "system
     transaction, after making sure it has counters (report ingestion has both at hand)."""
     rollout_id = rollout["id"]
     result = ro.evaluate_counts(
-        status=rollout["status"], stage=rollout["stage"], stages=rollout["stages"],
-        counts=stage_counts(conn, rollout), success_quota=rollout["success_quota"],
-        max_failure_rate=rollout["max_failure_rate"], min_devices_for_halt=rollout["min_devices_for_halt"],
+        status=rollout["status"],
+        stage=rollout["stage"],
+        stages=rollout["stages"],
+        counts=stage_counts(conn, rollout),
+        success_quota=rollout["success_quota"],
+        max_failure_rate=rollout["max_failure_rate"],
+        min_devices_for_halt=rollout["min_devices_for_halt"],
     )
     status = rollout["status"]
     if result.decision is ro.Decision.HALT:
@@ -307,21 +354,35 @@ def rollout_view(conn: Connection, rollout: Mapping[str, Any]) -> dict[str, Any]
         counts = stage_counts(conn, rollout)
     else:  # a rollout made by an older server, not evaluated since: count without storing
         rows = st.device_outcomes(conn, rollout["id"])
-        counts = ro.count_stages(rollout["stages"], selected_buckets(conn, rollout),
-                                 {r["device_id"]: r["outcome"] for r in rows}, rollout["floor_bucket"],
-                                 {r["device_id"]: r["reason_code"] for r in rows})
+        counts = ro.count_stages(
+            rollout["stages"],
+            selected_buckets(conn, rollout),
+            {r["device_id"]: r["outcome"] for r in rows},
+            rollout["floor_bucket"],
+            {r["device_id"]: r["reason_code"] for r in rows},
+        )
     progress = ro.progress_of(rollout["stages"], counts)
     total = ro.cumulative(counts)[-1]
     release = st.get_release(conn, rollout["release"])
     failures = Counter(total.reasons)
     return {
-        "id": rollout["id"], "model": rollout["model"], "version": release["version"],
-        "release": rollout["release"], "group": rollout["group_name"], "tags": rollout["tags"],
-        "hardware_classes": rollout["hardware_classes"], "stages": rollout["stages"],
-        "stage": rollout["stage"], "status": rollout["status"], "halt_reason": rollout["halt_reason"],
-        "max_failure_rate": rollout["max_failure_rate"], "success_quota": rollout["success_quota"],
-        "min_devices_for_halt": rollout["min_devices_for_halt"], "gates": rollout["gates"],
-        "created_at": rollout["created_at"], "created_by": rollout["created_by"],
+        "id": rollout["id"],
+        "model": rollout["model"],
+        "version": release["version"],
+        "release": rollout["release"],
+        "group": rollout["group_name"],
+        "tags": rollout["tags"],
+        "hardware_classes": rollout["hardware_classes"],
+        "stages": rollout["stages"],
+        "stage": rollout["stage"],
+        "status": rollout["status"],
+        "halt_reason": rollout["halt_reason"],
+        "max_failure_rate": rollout["max_failure_rate"],
+        "success_quota": rollout["success_quota"],
+        "min_devices_for_halt": rollout["min_devices_for_halt"],
+        "gates": rollout["gates"],
+        "created_at": rollout["created_at"],
+        "created_by": rollout["created_by"],
         "updated_at": rollout["updated_at"],
         "selected_devices": total.devices,
         "progress": [p.__dict__ for p in progress],
@@ -329,8 +390,15 @@ def rollout_view(conn: Connection, rollout: Mapping[str, Any]) -> dict[str, Any]
         "failure_reasons": dict(failures.most_common()),
         "variants": st.variant_counts(conn, rollout["id"]),
         "failures": [
-            {"device_id": r["device_id"], "state": r["state"], "reason_code": r["reason_code"],
-             "detail": r["detail"], "time": r["time"], "variant": r["variant"], "gate": r["gate"]}
+            {
+                "device_id": r["device_id"],
+                "state": r["state"],
+                "reason_code": r["reason_code"],
+                "detail": r["detail"],
+                "time": r["time"],
+                "variant": r["variant"],
+                "gate": r["gate"],
+            }
             for r in st.failed_devices(conn, rollout["id"], limit=100)
         ],
         "events": [

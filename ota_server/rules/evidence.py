@@ -62,13 +62,16 @@ VARIANT = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")  # a bundle variant id (mod
 
 def _fail(where: str, expected: str, value: Any) -> BadRequest:
     shown = repr(value)
-    return BadRequest(f"expected {expected}, got {shown[:80] + '...' if len(shown) > 80 else shown}",
-                      field=where)
+    return BadRequest(f"expected {expected}, got {shown[:80] + '...' if len(shown) > 80 else shown}", field=where)
 
 
 def _number(value: Any, where: str, lo: float, hi: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not lo <= value <= hi:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not lo <= value <= hi
+    ):
         raise _fail(where, f"a number within [{lo:g}, {hi:g}]", value)
     return float(value)
 
@@ -157,11 +160,15 @@ def _interval(value: Any, where: str) -> list[float]:
 
 
 def _confusion_row(value: Any, where: str) -> dict[str, Any]:
-    return _fields(value, where, (
-        ("active", _text, True),
-        ("candidate", _text, True),
-        ("count", lambda v, w: _integer(v, w, MAX_FRAMES), True),
-    ))
+    return _fields(
+        value,
+        where,
+        (
+            ("active", _text, True),
+            ("candidate", _text, True),
+            ("count", lambda v, w: _integer(v, w, MAX_FRAMES), True),
+        ),
+    )
 
 
 _TEST: tuple[Field, ...] = (  # one sequential test (models.stats.AgreementTest.evidence)
@@ -196,18 +203,25 @@ _AGREEMENT: tuple[Field, ...] = (
     ("baseline_variant", _variant, False),
     ("judged_against", lambda v, w: _choice(v, w, JUDGED_AGAINST), False),
     ("why", _prose, False),
-    ("confusion", lambda v, w: [_confusion_row(x, f"{w}[{i}]") for i, x in enumerate(_list(v, w, MAX_CONFUSION))],
-     False),
+    (
+        "confusion",
+        lambda v, w: [_confusion_row(x, f"{w}[{i}]") for i, x in enumerate(_list(v, w, MAX_CONFUSION))],
+        False,
+    ),
 )
 
 
 def _speedup(value: Any, where: str) -> dict[str, Any]:
-    out = _fields(value, where, (
-        ("point", lambda v, w: _number(v, w, 0.0, 1e6), True),
-        ("low", lambda v, w: _number(v, w, 0.0, 1e6), True),
-        ("high", lambda v, w: _number(v, w, 0.0, 1e6), True),
-        ("confidence", _unit, True),
-    ))
+    out = _fields(
+        value,
+        where,
+        (
+            ("point", lambda v, w: _number(v, w, 0.0, 1e6), True),
+            ("low", lambda v, w: _number(v, w, 0.0, 1e6), True),
+            ("high", lambda v, w: _number(v, w, 0.0, 1e6), True),
+            ("confidence", _unit, True),
+        ),
+    )
     if not out["low"] <= out["point"] <= out["high"]:
         raise _fail(f"{where}.low", f"low <= point <= high (point {out['point']}, high {out['high']})", out["low"])
     return out
@@ -246,11 +260,17 @@ def parse_gate(value: Any, where: str) -> dict[str, Any] | None:
     """
     if value is None:
         return None
-    return _fields(value, where, (
-        ("agreement", lambda v, w: _fields(v, w, _AGREEMENT), False),
-        ("variant", _variant, False),
-        ("timing", lambda v, w: [_fields(x, f"{w}[{i}]", _TIMING) for i, x in enumerate(_list(v, w, MAX_TIMING))],
-         False),
-        ("latency", lambda v, w: _fields(v, w, _LATENCY), False),
-    ))
-
+    return _fields(
+        value,
+        where,
+        (
+            ("agreement", lambda v, w: _fields(v, w, _AGREEMENT), False),
+            ("variant", _variant, False),
+            (
+                "timing",
+                lambda v, w: [_fields(x, f"{w}[{i}]", _TIMING) for i, x in enumerate(_list(v, w, MAX_TIMING))],
+                False,
+            ),
+            ("latency", lambda v, w: _fields(v, w, _LATENCY), False),
+        ),
+    )

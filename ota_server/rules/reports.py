@@ -26,13 +26,35 @@ __all__ = ["MAX_DETAIL", "MAX_REPORTS", "METRIC_KEYS", "STATES", "TYPES", "Repor
 MAX_REPORTS = 500
 MAX_DETAIL = 2000  # characters kept of a report's detail
 TYPES = ("transition", "gate", "benchmark", "heartbeat")
-STATES = ("idle", "checking", "downloading", "verifying", "staging", "preparing", "benchmarking", "swapping",
-          "health-watch", "committed", "failed", "rolled-back", "refused")
+STATES = (
+    "idle",
+    "checking",
+    "downloading",
+    "verifying",
+    "staging",
+    "preparing",
+    "benchmarking",
+    "swapping",
+    "health-watch",
+    "committed",
+    "failed",
+    "rolled-back",
+    "refused",
+)
 _ISO = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
 _ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _ROLLOUT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,40}$")
-METRIC_KEYS = ("p50_ms", "p95_ms", "p99_ms", "fps", "agreement", "nan_frames", "frames_captured",
-               "frames_dropped", "swap_ms")
+METRIC_KEYS = (
+    "p50_ms",
+    "p95_ms",
+    "p99_ms",
+    "fps",
+    "agreement",
+    "nan_frames",
+    "frames_captured",
+    "frames_dropped",
+    "swap_ms",
+)
 
 
 @dataclass(frozen=True)
@@ -76,17 +98,21 @@ def _metrics(r: Mapping[str, Any], where: str) -> dict[str, float] | None:
     metrics = _opt(r, "metrics", (dict,), where)
     if metrics is None:
         return None
-    return {k: metrics[k] for k in METRIC_KEYS
-            if isinstance(metrics.get(k), (int, float)) and not isinstance(metrics[k], bool)
-            and math.isfinite(metrics[k])}
+    return {
+        k: metrics[k]
+        for k in METRIC_KEYS
+        if isinstance(metrics.get(k), (int, float)) and not isinstance(metrics[k], bool) and math.isfinite(metrics[k])
+    }
 
 
 def _running(r: Mapping[str, Any], where: str) -> dict[str, Any] | None:
     running = _opt(r, "running", (dict,), where)
     if running is None:
         return None
-    out = {key: _opt(running, key, types, f"{where}.running")
-           for key, types in (("name", (str,)), ("version", (str,)), ("release", (int,)))}
+    out = {
+        key: _opt(running, key, types, f"{where}.running")
+        for key, types in (("name", (str,)), ("version", (str,)), ("release", (int,)))
+    }
     for key in ("name", "version"):
         if out[key] is not None and not 0 < len(out[key]) <= 64:
             raise BadRequest(f"expected 1-64 characters, got {len(out[key])}", field=f"{where}.running.{key}")
@@ -117,21 +143,40 @@ def parse_report(r: Any, where: str) -> Report:
         raise BadRequest(f"state must be one of {list(STATES)} or null, got {state!r}", field=f"{where}.state")
     rollout_id = _opt(r, "rollout_id", (str,), where)
     if rollout_id is not None and not _ROLLOUT_ID.match(rollout_id):
-        raise BadRequest(f"rollout_id must be 1-40 characters of [A-Za-z0-9_.:-], got {rollout_id[:80]!r}",
-                         field=f"{where}.rollout_id")
+        raise BadRequest(
+            f"rollout_id must be 1-40 characters of [A-Za-z0-9_.:-], got {rollout_id[:80]!r}",
+            field=f"{where}.rollout_id",
+        )
     detail = _opt(r, "detail", (str,), where)
     reason = _reason(r, where)
     body: dict[str, Any] = {
-        "id": rid, "time": time, "type": r["type"], "state": state, "rollout_id": rollout_id,
-        "release": _opt(r, "release", (int,), where), "reason_code": reason.value if reason else None,
-        "detail": detail[:MAX_DETAIL] if detail else None, "metrics": _metrics(r, where),
-        "running": _running(r, where), "variant": ev.parse_variant(r.get("variant"), f"{where}.variant"),
+        "id": rid,
+        "time": time,
+        "type": r["type"],
+        "state": state,
+        "rollout_id": rollout_id,
+        "release": _opt(r, "release", (int,), where),
+        "reason_code": reason.value if reason else None,
+        "detail": detail[:MAX_DETAIL] if detail else None,
+        "metrics": _metrics(r, where),
+        "running": _running(r, where),
+        "variant": ev.parse_variant(r.get("variant"), f"{where}.variant"),
         "gate": ev.parse_gate(r.get("gate"), f"{where}.gate"),
     }
     return Report(
-        id=rid, time=time, type=body["type"], state=state, rollout_id=rollout_id, release=body["release"],
-        reason_code=reason, detail=body["detail"], metrics=body["metrics"], running=body["running"],
-        variant=body["variant"], gate=body["gate"], body=body,
+        id=rid,
+        time=time,
+        type=body["type"],
+        state=state,
+        rollout_id=rollout_id,
+        release=body["release"],
+        reason_code=reason,
+        detail=body["detail"],
+        metrics=body["metrics"],
+        running=body["running"],
+        variant=body["variant"],
+        gate=body["gate"],
+        body=body,
     )
 
 

@@ -168,8 +168,9 @@ def parse_rollout(body: Any) -> RolloutSpec:
         raise BadRequest(f"invalid gates: {e}", field=getattr(e, "field", None) or "gates") from e
     min_devices = body.get("min_devices_for_halt", 1)
     if isinstance(min_devices, bool) or not isinstance(min_devices, int) or min_devices < 1:
-        raise BadRequest(f"min_devices_for_halt must be an integer >= 1, got {min_devices!r}",
-                         field="min_devices_for_halt")
+        raise BadRequest(
+            f"min_devices_for_halt must be an integer >= 1, got {min_devices!r}", field="min_devices_for_halt"
+        )
     return RolloutSpec(
         model=body["model"],
         version=body["version"],
@@ -256,9 +257,13 @@ class StageCounts:
     def __add__(self, other: StageCounts) -> StageCounts:
         reasons = Counter(self.reasons)
         reasons.update(other.reasons)
-        return StageCounts(self.devices + other.devices, self.success + other.success,
-                           self.failure + other.failure, self.pending + other.pending,
-                           {k: v for k, v in reasons.items() if v})
+        return StageCounts(
+            self.devices + other.devices,
+            self.success + other.success,
+            self.failure + other.failure,
+            self.pending + other.pending,
+            {k: v for k, v in reasons.items() if v},
+        )
 
 
 def first_stage(bucket_value: float, stages: Sequence[float], floor_bucket: float | None) -> int:
@@ -280,7 +285,10 @@ def cumulative(counts: Sequence[StageCounts]) -> list[StageCounts]:
 
 
 def count_stages(
-    stages: Sequence[float], buckets: Mapping[str, float], outcomes: Mapping[str, str], floor: float | None,
+    stages: Sequence[float],
+    buckets: Mapping[str, float],
+    outcomes: Mapping[str, str],
+    floor: float | None,
     reasons: Mapping[str, ReasonCode | str | None] | None = None,
 ) -> list[StageCounts]:
     """Per-first-stage counters from every selected device's bucket and outcome (the full scan the
@@ -295,21 +303,25 @@ def count_stages(
             per[k][o] += 1
         if o == "failure":
             why[k][reason_key((reasons or {}).get(d))] += 1
-    return [StageCounts(c["devices"], c["success"], c["failure"], c["pending"], dict(w))
-            for c, w in zip(per, why, strict=True)]
+    return [
+        StageCounts(c["devices"], c["success"], c["failure"], c["pending"], dict(w))
+        for c, w in zip(per, why, strict=True)
+    ]
 
 
 def progress_of(stages: Sequence[float], counts: Sequence[StageCounts]) -> list[StageProgress]:
     """Per stage (cumulative cohorts): devices, their outcomes and the failures' reason codes."""
     return [
-        StageProgress(k, pct, c.devices, c.success, c.failure, c.pending,
-                      dict(Counter(c.reasons).most_common()))
+        StageProgress(k, pct, c.devices, c.success, c.failure, c.pending, dict(Counter(c.reasons).most_common()))
         for k, (pct, c) in enumerate(zip(stages, cumulative(counts), strict=True))
     ]
 
 
 def stage_progress(
-    stages: Sequence[float], buckets: Mapping[str, float], outcomes: Mapping[str, str], floor: float | None,
+    stages: Sequence[float],
+    buckets: Mapping[str, float],
+    outcomes: Mapping[str, str],
+    floor: float | None,
     reasons: Mapping[str, ReasonCode | str | None] | None = None,
 ) -> list[StageProgress]:
     return progress_of(stages, count_stages(stages, buckets, outcomes, floor, reasons))
@@ -326,8 +338,14 @@ def _why(reasons: Mapping[str, int]) -> str:
 
 
 def evaluate_counts(
-    *, status: str, stage: int, stages: Sequence[float], counts: Sequence[StageCounts],
-    success_quota: float, max_failure_rate: float, min_devices_for_halt: int,
+    *,
+    status: str,
+    stage: int,
+    stages: Sequence[float],
+    counts: Sequence[StageCounts],
+    success_quota: float,
+    max_failure_rate: float,
+    min_devices_for_halt: int,
 ) -> Evaluation:
     """What a rollout should do now, given its per-first-stage counters (see docs/server.md).
 
@@ -346,7 +364,8 @@ def evaluate_counts(
     min_sample = max(1, min(min_devices_for_halt, size) if size else min_devices_for_halt)
     if finished >= min_sample and total.failure / finished > max_failure_rate:
         return Evaluation(
-            Decision.HALT, stage,
+            Decision.HALT,
+            stage,
             f"failure rate {total.failure}/{finished} = {_pct(total.failure / finished)} "
             f"exceeds {_pct(max_failure_rate)} ({_why(total.reasons)})",
         )
@@ -363,7 +382,8 @@ def evaluate_counts(
                 break  # devices of this stage are still on their way
             if c.failure / c.devices > max_failure_rate:
                 return Evaluation(
-                    Decision.HALT, new_stage,
+                    Decision.HALT,
+                    new_stage,
                     f"stage {new_stage} finished with {c.failure}/{c.devices} failed = "
                     f"{_pct(c.failure / c.devices)}, over {_pct(max_failure_rate)} ({_why(c.reasons)})",
                 )
@@ -376,14 +396,27 @@ def evaluate_counts(
 
 
 def evaluate(
-    *, status: str, stage: int, stages: Sequence[float], buckets: Mapping[str, float],
-    outcomes: Mapping[str, str], reasons: Mapping[str, ReasonCode | str | None], floor: float | None,
-    success_quota: float, max_failure_rate: float, min_devices_for_halt: int,
+    *,
+    status: str,
+    stage: int,
+    stages: Sequence[float],
+    buckets: Mapping[str, float],
+    outcomes: Mapping[str, str],
+    reasons: Mapping[str, ReasonCode | str | None],
+    floor: float | None,
+    success_quota: float,
+    max_failure_rate: float,
+    min_devices_for_halt: int,
 ) -> Evaluation:
     """:func:`evaluate_counts` from every selected device's bucket and outcome."""
     return evaluate_counts(
-        status=status, stage=stage, stages=stages, counts=count_stages(stages, buckets, outcomes, floor, reasons),
-        success_quota=success_quota, max_failure_rate=max_failure_rate, min_devices_for_halt=min_devices_for_halt,
+        status=status,
+        stage=stage,
+        stages=stages,
+        counts=count_stages(stages, buckets, outcomes, floor, reasons),
+        success_quota=success_quota,
+        max_failure_rate=max_failure_rate,
+        min_devices_for_halt=min_devices_for_halt,
     )
 
 

@@ -88,15 +88,18 @@ class FastPoll:
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if environ.get("REQUEST_METHOD") != "GET":
             return self.app(environ, start_response)
-        answer = self.answer(environ.get("PATH_INFO", ""), environ.get("QUERY_STRING", ""),
-                             environ.get("HTTP_AUTHORIZATION"), environ.get("HTTP_IF_NONE_MATCH"))
+        answer = self.answer(
+            environ.get("PATH_INFO", ""),
+            environ.get("QUERY_STRING", ""),
+            environ.get("HTTP_AUTHORIZATION"),
+            environ.get("HTTP_IF_NONE_MATCH"),
+        )
         if answer is None:
             return self.app(environ, start_response)
         start_response(answer.status_line, list(answer.headers))
         return [answer.body]
 
-    def answer(self, path: str, query: str, authorization: str | None,
-               if_none_match: str | None) -> Answer | None:
+    def answer(self, path: str, query: str, authorization: str | None, if_none_match: str | None) -> Answer | None:
         """The answer to ``GET path?query`` from this worker's caches, or None to let Flask answer.
 
         ``path`` is the decoded path below the application root; the two headers are their
@@ -120,9 +123,16 @@ class FastPoll:
         if etag_matches(if_none_match, signed.etag):
             answer = Answer(304, (("ETag", signed.etag), ("Cache-Control", "no-cache")), b"")
         else:
-            answer = Answer(200, (("ETag", signed.etag), ("Cache-Control", "no-cache"),
-                                  ("Content-Type", "application/json"),
-                                  ("Content-Length", str(len(signed.body)))), signed.body)
+            answer = Answer(
+                200,
+                (
+                    ("ETag", signed.etag),
+                    ("Cache-Control", "no-cache"),
+                    ("Content-Type", "application/json"),
+                    ("Content-Length", str(len(signed.body))),
+                ),
+                signed.body,
+            )
         self.hits += 1
         s.metrics.observe(ROUTE, "GET", answer.status, time.perf_counter() - start)
         return answer

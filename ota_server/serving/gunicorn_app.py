@@ -85,9 +85,15 @@ class PollWorker(ThreadWorker):  # type: ignore[misc]
 
     def _fast_answer(self, req: Any) -> Answer | None:
         fast = self._fast
-        if (fast is None or req.method != "GET" or req.version != (1, 1) or req.should_close()
-                or not self.alive or self.nr + 1 >= self.max_requests
-                or len(self.keepalived_conns) >= self.max_keepalived):
+        if (
+            fast is None
+            or req.method != "GET"
+            or req.version != (1, 1)
+            or req.should_close()
+            or not self.alive
+            or self.nr + 1 >= self.max_requests
+            or len(self.keepalived_conns) >= self.max_keepalived
+        ):
             return None
         authorization = if_none_match = None
         for name, value in req.headers:

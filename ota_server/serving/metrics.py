@@ -26,17 +26,19 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
-            "edgefleet_http_requests_total", "HTTP requests answered", ["route", "method", "status"],
+            "edgefleet_http_requests_total",
+            "HTTP requests answered",
+            ["route", "method", "status"],
             registry=self.registry,
         )
         self.latency = Histogram(
-            "edgefleet_http_request_seconds", "HTTP request latency", ["route", "method"],
+            "edgefleet_http_request_seconds",
+            "HTTP request latency",
+            ["route", "method"],
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
             registry=self.registry,
         )
-        self.bad_auth = Counter(
-            "edgefleet_auth_failures_total", "failed authentications", registry=self.registry
-        )
+        self.bad_auth = Counter("edgefleet_auth_failures_total", "failed authentications", registry=self.registry)
         # (route, method, status) -> its two children: ``labels()`` validates and locks on every
         # call, which costs more than the increments on a 304 that takes a few hundred µs
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
@@ -80,8 +82,7 @@ class _FleetCollector(Collector):
         for status, n in sorted(rollouts.items()):
             r.add_metric([status], n)
         yield r
-        v = GaugeMetricFamily("edgefleet_devices_running", "devices per running model version",
-                              labels=["model"])
+        v = GaugeMetricFamily("edgefleet_devices_running", "devices per running model version", labels=["model"])
         for model, n in sorted(versions.items()):
             v.add_metric([model], n)
         yield v

@@ -58,12 +58,18 @@ class Migration:
 
 MIGRATIONS = (
     # the rollout's counters are built on first use for a rollout that has none
-    Migration(2, "per-stage rollout counters", tables=("rollout_counters",),
-              columns=(("device_rollouts", "stage"),)),
+    Migration(2, "per-stage rollout counters", tables=("rollout_counters",), columns=(("device_rollouts", "stage"),)),
     Migration(3, "rollout creation order", columns=(("rollouts", "seq"),)),
-    Migration(4, "the variant each device serves and its gate evidence",
-              columns=(("devices", "running_variant"), ("devices", "last_gate"),
-                       ("device_rollouts", "variant"), ("device_rollouts", "gate"))),
+    Migration(
+        4,
+        "the variant each device serves and its gate evidence",
+        columns=(
+            ("devices", "running_variant"),
+            ("devices", "last_gate"),
+            ("device_rollouts", "variant"),
+            ("device_rollouts", "gate"),
+        ),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -95,8 +101,10 @@ def migrate(engine: Engine) -> int:
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:name))"), {"name": "schema_version"})
             found = schema_version(conn)
             if found > SCHEMA_VERSION:
-                raise SetupError(f"the database at {engine.url!r} holds schema version {found}; this server "
-                                 f"knows versions up to {SCHEMA_VERSION}: upgrade the server")
+                raise SetupError(
+                    f"the database at {engine.url!r} holds schema version {found}; this server "
+                    f"knows versions up to {SCHEMA_VERSION}: upgrade the server"
+                )
             if found == 0:
                 db.metadata.create_all(conn)
             for step in MIGRATIONS:

@@ -185,9 +185,7 @@ def generation(conn: Connection) -> int:
 
 
 def bump_generation(conn: Connection) -> None:
-    conn.execute(
-        db.generation.update().where(db.generation.c.id == 1).values(value=db.generation.c.value + 1)
-    )
+    conn.execute(db.generation.update().where(db.generation.c.id == 1).values(value=db.generation.c.value + 1))
 
 
 # ---------------------------------------------------------------- tokens
@@ -240,7 +238,11 @@ def device_by_token(conn: Connection, digest: str) -> Row | None:
 
 
 def list_devices(
-    conn: Connection, *, group: str | None = None, model_version: str | None = None, limit: int = 1000,
+    conn: Connection,
+    *,
+    group: str | None = None,
+    model_version: str | None = None,
+    limit: int = 1000,
     offset: int = 0,
 ) -> list[Row]:
     stmt = sa.select(db.devices).order_by(db.devices.c.id).limit(limit).offset(offset)
@@ -265,8 +267,11 @@ def devices_running(conn: Connection, name: str, *, group: str | None = None) ->
     """Every device (of ``group``, or of the fleet) that runs a release of model ``name``: what it
     runs, and what a rollout selects it by."""
     c = db.devices.c
-    stmt = sa.select(c.id, c.group_name, c.tags, c.hardware_class, c.running_version, c.running_release,
-                     c.running_variant).where(c.running_name == name).order_by(c.id)
+    stmt = (
+        sa.select(c.id, c.group_name, c.tags, c.hardware_class, c.running_version, c.running_release, c.running_variant)
+        .where(c.running_name == name)
+        .order_by(c.id)
+    )
     if group is not None:
         stmt = stmt.where(c.group_name == group)
     return [dict(r) for r in conn.execute(stmt).mappings()]
@@ -372,8 +377,9 @@ def get_rollout(conn: Connection, rollout_id: str) -> Row:
     return row
 
 
-def list_rollouts(conn: Connection, *, statuses: Sequence[str] | None = None, group: str | None = None,
-                  model: str | None = None) -> list[Row]:
+def list_rollouts(
+    conn: Connection, *, statuses: Sequence[str] | None = None, group: str | None = None, model: str | None = None
+) -> list[Row]:
     c = db.rollouts.c
     stmt = sa.select(db.rollouts).order_by(sa.func.coalesce(c.seq, 0), c.created_at, c.id)
     if statuses:
@@ -392,9 +398,7 @@ def update_rollout(conn: Connection, rollout_id: str, **values: Any) -> None:
 
 def add_event(conn: Connection, rollout_id: str, kind: str, detail: str | None, actor: str | None) -> None:
     conn.execute(
-        db.rollout_events.insert().values(
-            rollout_id=rollout_id, time=utcnow(), kind=kind, detail=detail, actor=actor
-        )
+        db.rollout_events.insert().values(rollout_id=rollout_id, time=utcnow(), kind=kind, detail=detail, actor=actor)
     )
 
 
@@ -410,10 +414,12 @@ def device_outcomes(conn: Connection, rollout_id: str) -> list[Row]:
 
 _DR = db.device_rollouts.c
 _DEVICE_OUTCOME = sa.select(db.device_rollouts).where(
-    _DR.rollout_id == sa.bindparam("_rollout_id"), _DR.device_id == sa.bindparam("_device_id"))
+    _DR.rollout_id == sa.bindparam("_rollout_id"), _DR.device_id == sa.bindparam("_device_id")
+)
 _INSERT_DEVICE_OUTCOME = db.device_rollouts.insert()
 _UPDATE_DEVICE_OUTCOME = db.device_rollouts.update().where(
-    _DR.rollout_id == sa.bindparam("_rollout_id"), _DR.device_id == sa.bindparam("_device_id"))
+    _DR.rollout_id == sa.bindparam("_rollout_id"), _DR.device_id == sa.bindparam("_device_id")
+)
 
 
 def device_outcome(conn: Connection, rollout_id: str, device_id: str) -> Row | None:
@@ -432,8 +438,11 @@ def write_device_outcome(conn: Connection, row: Mapping[str, Any], *, exists: bo
 def variant_counts(conn: Connection, rollout_id: str) -> dict[str, int]:
     """How many of the rollout's devices chose each variant (devices that named one)."""
     c = db.device_rollouts.c
-    stmt = sa.select(c.variant, sa.func.count()).where(c.rollout_id == rollout_id, c.variant.is_not(None)) \
+    stmt = (
+        sa.select(c.variant, sa.func.count())
+        .where(c.rollout_id == rollout_id, c.variant.is_not(None))
         .group_by(c.variant)
+    )
     return {str(v): int(n) for v, n in conn.execute(stmt)}
 
 
@@ -449,8 +458,9 @@ def failed_devices(conn: Connection, rollout_id: str, *, limit: int = 100) -> li
 
 
 _RC = db.rollout_counters.c
-_HAS_COUNTERS = sa.select(_RC.n).where(_RC.rollout_id == sa.bindparam("rollout_id"), _RC.stage == 0,
-                                       _RC.key == "devices")
+_HAS_COUNTERS = sa.select(_RC.n).where(
+    _RC.rollout_id == sa.bindparam("rollout_id"), _RC.stage == 0, _RC.key == "devices"
+)
 _COUNTERS = sa.select(db.rollout_counters).where(_RC.rollout_id == sa.bindparam("rollout_id"))
 
 
@@ -480,8 +490,11 @@ def add_counters(conn: Connection, rollout_id: str, stage: int, deltas: Mapping[
     if conn.execute(update, params).rowcount == len(deltas):
         return
     have = set(conn.execute(present, params).scalars())
-    missing = [{"rollout_id": rollout_id, "stage": stage, "key": key, "n": delta}
-               for key, delta in deltas.items() if key not in have]
+    missing = [
+        {"rollout_id": rollout_id, "stage": stage, "key": key, "n": delta}
+        for key, delta in deltas.items()
+        if key not in have
+    ]
     conn.execute(db.rollout_counters.insert(), missing)
 
 
@@ -490,10 +503,10 @@ def _counter_statements(n: int) -> tuple[sa.Update, sa.Select[Any]]:
     """For ``n`` keys of one stage: ``n = n + CASE key WHEN k0 THEN d0 ... END`` and the select of
     which of the keys exist (parameters ``_rollout_id``, ``_stage``, ``_k<i>``, ``_d<i>``)."""
     keys = [sa.bindparam(f"_k{i}", type_=sa.String) for i in range(n)]
-    where = (_RC.rollout_id == sa.bindparam("_rollout_id")) & (_RC.stage == sa.bindparam("_stage")) & (
-        _RC.key.in_(keys))
-    change = sa.case(*[(_RC.key == k, sa.bindparam(f"_d{i}", type_=sa.Integer)) for i, k in enumerate(keys)],
-                     else_=0)
+    where = (
+        (_RC.rollout_id == sa.bindparam("_rollout_id")) & (_RC.stage == sa.bindparam("_stage")) & (_RC.key.in_(keys))
+    )
+    change = sa.case(*[(_RC.key == k, sa.bindparam(f"_d{i}", type_=sa.Integer)) for i, k in enumerate(keys)], else_=0)
     return db.rollout_counters.update().where(where).values(n=_RC.n + change), sa.select(_RC.key).where(where)
 
 
@@ -501,7 +514,8 @@ def _counter_statements(n: int) -> tuple[sa.Update, sa.Select[Any]]:
 
 
 _KNOWN_REPORTS = sa.select(db.reports.c.id).where(
-    db.reports.c.device_id == sa.bindparam("device_id"), db.reports.c.id.in_(sa.bindparam("ids", expanding=True)))
+    db.reports.c.device_id == sa.bindparam("device_id"), db.reports.c.id.in_(sa.bindparam("ids", expanding=True))
+)
 
 
 def known_report_ids(conn: Connection, device_id: str, ids: Sequence[str]) -> set[str]:
@@ -519,8 +533,7 @@ def insert_reports(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
 
 
 def audit(conn: Connection, actor: str, action: str, target: str | None, detail: Any = None) -> None:
-    conn.execute(db.audit.insert().values(time=utcnow(), actor=actor, action=action, target=target,
-                                          detail=detail))
+    conn.execute(db.audit.insert().values(time=utcnow(), actor=actor, action=action, target=target, detail=detail))
 
 
 def audit_log(conn: Connection, *, limit: int = 500) -> list[Row]:

@@ -44,9 +44,7 @@ def write_private(path: Path, data: bytes) -> None:
 
 def generate_key(path: Path) -> Ed25519PrivateKey:
     key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     write_private(path, pem)
     return key
 

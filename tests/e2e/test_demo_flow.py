@@ -65,8 +65,9 @@ def _processes_mentioning(text: str) -> list[str]:
 def quick_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
     out = tmp_path_factory.mktemp("demo") / "out"
     # a bound for a stuck demo, not an expectation of speed: the host may be busy with other work
-    proc = subprocess.run([*DEMO, "--quick", "--agents", "2", "--out", str(out)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [*DEMO, "--quick", "--agents", "2", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=900
+    )
     return out, proc
 
 
@@ -92,7 +93,8 @@ def test_quick_demo_passes_and_halts_the_bad_release(quick_demo: tuple[Path, sub
 
 @pytest.mark.slow
 def test_gate_evidence_of_every_vehicle_comes_from_the_server(
-        quick_demo: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    quick_demo: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
     out, proc = quick_demo
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
@@ -111,15 +113,21 @@ def test_gate_evidence_of_every_vehicle_comes_from_the_server(
 
 
 @pytest.mark.slow
-def test_agents_on_disk_never_activated_the_bad_release(quick_demo: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+def test_agents_on_disk_never_activated_the_bad_release(
+    quick_demo: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
     out, proc = quick_demo
     assert proc.returncode == 0, proc.stderr[-2000:]
     agent_dirs = sorted((out / "agents").iterdir())
     assert len(agent_dirs) == 2
     tried = []
     for d in agent_dirs:
-        status = subprocess.run([str(BIN / "edge-agent"), "status", "--data-dir", str(d), "--json"],
-                                capture_output=True, text=True, timeout=60)
+        status = subprocess.run(
+            [str(BIN / "edge-agent"), "status", "--data-dir", str(d), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert status.returncode == 0, status.stderr
         info = json.loads(status.stdout)
         assert info["model"]["version"] == "1.1.0", f"{d.name} is not on 1.1.0: {info}"
@@ -149,8 +157,13 @@ def test_report_and_charts_are_written(quick_demo: tuple[Path, subprocess.Comple
 @pytest.mark.slow
 def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    proc = subprocess.Popen([*DEMO, "--quick", "--agents", "2", "--out", str(out)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [*DEMO, "--quick", "--agents", "2", "--out", str(out)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     seen = []
     try:
         assert proc.stdout is not None
@@ -174,16 +187,22 @@ def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
 
 def test_demo_refuses_a_foreign_output_directory(tmp_path: Path) -> None:
     (tmp_path / "precious.txt").write_text("keep me")
-    proc = subprocess.run([*DEMO, "--quick", "--out", str(tmp_path)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        [*DEMO, "--quick", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 1
     assert "was not made by the demo" in proc.stderr
     assert (tmp_path / "precious.txt").read_text() == "keep me"
 
 
 def test_demo_rejects_a_fleet_of_one(tmp_path: Path) -> None:
-    proc = subprocess.run([*DEMO, "--quick", "--agents", "1", "--out", str(tmp_path / "o")], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [*DEMO, "--quick", "--agents", "1", "--out", str(tmp_path / "o")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert "--agents must be at least 2" in proc.stderr
 
@@ -194,8 +213,13 @@ def test_a_failing_step_stops_the_demo_with_its_log_tail(tmp_path: Path) -> None
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        proc = subprocess.run([*DEMO, "--quick", "--out", str(tmp_path / "out"), "--port", str(port)], cwd=ROOT,
-                              capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [*DEMO, "--quick", "--out", str(tmp_path / "out"), "--port", str(port)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "FAILED: server" in proc.stderr
     assert f"--- last lines of {tmp_path / 'out' / 'logs' / 'server.log'}" in proc.stderr
@@ -227,47 +251,84 @@ def test_calibration_frames_from_a_file_that_is_not_a_video(tmp_path: Path) -> N
 
 
 def test_optimize_arguments_name_the_camera_frames_and_the_release_replaced(tmp_path: Path) -> None:
-    argv = demo_build.optimize_argv(tmp_path / "run", tmp_path / "b", name="signs", version="1.1.0",
-                                    calib_dir=tmp_path / "calib", calib_samples=360, baseline_release="signs@1.0.0",
-                                    server_url="http://127.0.0.1:1", trusted_root=tmp_path / "root.json")
+    argv = demo_build.optimize_argv(
+        tmp_path / "run",
+        tmp_path / "b",
+        name="signs",
+        version="1.1.0",
+        calib_dir=tmp_path / "calib",
+        calib_samples=360,
+        baseline_release="signs@1.0.0",
+        server_url="http://127.0.0.1:1",
+        trusted_root=tmp_path / "root.json",
+    )
     pairs = dict(zip(argv, argv[1:], strict=False))
     assert pairs["--calib-data"] == str(tmp_path / "calib") and pairs["--calib-samples"] == "360"
     assert pairs["--baseline-release"] == "signs@1.0.0" and pairs["--trusted-root"] == str(tmp_path / "root.json")
-    first = demo_build.optimize_argv(tmp_path / "run", tmp_path / "b", name="signs", version="1.0.0",
-                                     calib_dir=tmp_path / "calib", calib_samples=360)
+    first = demo_build.optimize_argv(
+        tmp_path / "run", tmp_path / "b", name="signs", version="1.0.0", calib_dir=tmp_path / "calib", calib_samples=360
+    )
     assert "--baseline-release" not in first
     with pytest.raises(ValueError, match="server URL"):
-        demo_build.optimize_argv(tmp_path / "run", tmp_path / "b", name="signs", version="1.1.0",
-                                 calib_dir=tmp_path / "calib", calib_samples=1, baseline_release="signs@1.0.0")
+        demo_build.optimize_argv(
+            tmp_path / "run",
+            tmp_path / "b",
+            name="signs",
+            version="1.1.0",
+            calib_dir=tmp_path / "calib",
+            calib_samples=1,
+            baseline_release="signs@1.0.0",
+        )
 
 
 def _row(name: str, version: str = "1.1.0") -> FleetRow:
-    return FleetRow(name=name, device_id=f"dev_{name}", hardware="cpu-x86_64", profile="x86-a", version=version,
-                    state="committed", p95_ms=1.0, fps=10.0, agreement=None, agent_version=f"signs@{version}")
+    return FleetRow(
+        name=name,
+        device_id=f"dev_{name}",
+        hardware="cpu-x86_64",
+        profile="x86-a",
+        version=version,
+        state="committed",
+        p95_ms=1.0,
+        fps=10.0,
+        agreement=None,
+        agent_version=f"signs@{version}",
+    )
 
 
 def _records(good: list[str], bad: list[str]) -> list[RolloutRecord]:
-    recs = [RolloutRecord(label=f"r{v}", version=v, rollout_id=f"ro_{v}", expected=e,
-                          final={"status": e, "failure_reasons": {"LOW_AGREEMENT": 1} if v == "1.2.0" else {}})
-            for v, e in (("1.0.0", "completed"), ("1.1.0", "completed"), ("1.2.0", "halted"))]
+    recs = [
+        RolloutRecord(
+            label=f"r{v}",
+            version=v,
+            rollout_id=f"ro_{v}",
+            expected=e,
+            final={"status": e, "failure_reasons": {"LOW_AGREEMENT": 1} if v == "1.2.0" else {}},
+        )
+        for v, e in (("1.0.0", "completed"), ("1.1.0", "completed"), ("1.2.0", "halted"))
+    ]
     recs[1].gates = {f"dev_v{i}": {"agreement": {"decision": d}} for i, d in enumerate(good)}
     recs[2].gates = {f"dev_v{i}": {"agreement": {"decision": d}} for i, d in enumerate(bad)}
     return recs
 
 
 def _facts(old: float, new: float) -> dict[str, ModelFacts]:
-    return {v: ModelFacts(version=v, source="", top1=t, heldout_frames=500) for v, t in (("1.0.0", old),
-                                                                                        ("1.1.0", new))}
+    return {
+        v: ModelFacts(version=v, source="", top1=t, heldout_frames=500) for v, t in (("1.0.0", old), ("1.1.0", new))
+    }
 
 
-@pytest.mark.parametrize(("top1", "good", "bad", "failing"), [
-    ((0.73, 0.79), ["accept", "accept"], ["refuse"], []),
-    ((0.79, 0.79), ["accept", "accept"], ["refuse"], ["1.1.0 is better than 1.0.0 on the held-out split"]),
-    ((0.73, 0.79), ["accept"], ["refuse"], ["every vehicle's gate accepted 1.1.0 (server's evidence)"]),
-    ((0.73, 0.79), ["accept", "refuse"], ["refuse"], ["every vehicle's gate accepted 1.1.0 (server's evidence)"]),
-    ((0.73, 0.79), ["accept", "accept"], [], ["the vehicles that tried 1.2.0 refused it with evidence"]),
-    ((0.73, 0.79), ["accept", "accept"], ["None"], ["the vehicles that tried 1.2.0 refused it with evidence"]),
-])
+@pytest.mark.parametrize(
+    ("top1", "good", "bad", "failing"),
+    [
+        ((0.73, 0.79), ["accept", "accept"], ["refuse"], []),
+        ((0.79, 0.79), ["accept", "accept"], ["refuse"], ["1.1.0 is better than 1.0.0 on the held-out split"]),
+        ((0.73, 0.79), ["accept"], ["refuse"], ["every vehicle's gate accepted 1.1.0 (server's evidence)"]),
+        ((0.73, 0.79), ["accept", "refuse"], ["refuse"], ["every vehicle's gate accepted 1.1.0 (server's evidence)"]),
+        ((0.73, 0.79), ["accept", "accept"], [], ["the vehicles that tried 1.2.0 refused it with evidence"]),
+        ((0.73, 0.79), ["accept", "accept"], ["None"], ["the vehicles that tried 1.2.0 refused it with evidence"]),
+    ],
+)
 def test_final_checks(top1: tuple[float, float], good: list[str], bad: list[str], failing: list[str]) -> None:
     rows = [_row("v0"), _row("v1")]
     checks = final_checks(rows, _records(good, bad), _facts(*top1))
@@ -275,31 +336,56 @@ def test_final_checks(top1: tuple[float, float], good: list[str], bad: list[str]
 
 
 def test_final_checks_catch_a_vehicle_on_the_bad_release() -> None:
-    checks = final_checks([_row("v0"), _row("v1", "1.2.0")], _records(["accept", "accept"], ["refuse"]),
-                          _facts(0.7, 0.8))
+    checks = final_checks(
+        [_row("v0"), _row("v1", "1.2.0")], _records(["accept", "accept"], ["refuse"]), _facts(0.7, 0.8)
+    )
     failing = {name for name, ok, _ in checks if not ok}
     assert {"no vehicle runs 1.2.0 (server view)", "every vehicle runs 1.1.0"} <= failing
 
 
 def test_gate_table_shows_the_evidence() -> None:
     rec = RolloutRecord(label="bad", version="1.2.0", rollout_id="ro_1", expected="halted")
-    rec.gates = {"dev_a": {"variant": "onnx-int8", "outcome": "failed", "reason_code": "LOW_AGREEMENT",
-                           "agreement": {"decision": "refuse", "frames": 12, "agreement": 0.083,
-                                         "agreement_ci95": [0.01, 0.35], "expected": 0.0, "p0": 0.5,
-                                         "judged_against": "active", "baseline": "signs@1.1.0",
-                                         "confusion": [{"active": "stop", "candidate": "yield", "count": 5}]}}}
+    rec.gates = {
+        "dev_a": {
+            "variant": "onnx-int8",
+            "outcome": "failed",
+            "reason_code": "LOW_AGREEMENT",
+            "agreement": {
+                "decision": "refuse",
+                "frames": 12,
+                "agreement": 0.083,
+                "agreement_ci95": [0.01, 0.35],
+                "expected": 0.0,
+                "p0": 0.5,
+                "judged_against": "active",
+                "baseline": "signs@1.1.0",
+                "confusion": [{"active": "stop", "candidate": "yield", "count": 5}],
+            },
+        }
+    }
     [header, _, row] = gate_table(rec, {"dev_a": "veh-1"})
     assert "decision" in header
-    for needle in ("veh-1", "onnx-int8", "active (signs@1.1.0)", "refuse", "| 12 |", "0.083 [0.01, 0.35]",
-                   "0.000 → 0.500", "failed LOW_AGREEMENT", "stop→yield ×5"):
+    for needle in (
+        "veh-1",
+        "onnx-int8",
+        "active (signs@1.1.0)",
+        "refuse",
+        "| 12 |",
+        "0.083 [0.01, 0.35]",
+        "0.000 → 0.500",
+        "failed LOW_AGREEMENT",
+        "stop→yield ×5",
+    ):
         assert needle in row, (needle, row)
 
 
 def test_demo_repeat_tables_count_passes_per_mode() -> None:
-    runs = [demo_repeat.RunResult("idle", 1, 0, 300.0, 0.5, "o/idle-1"),
-            demo_repeat.RunResult("loaded", 1, 1, 420.0, 1.6, "o/loaded-1", failed_checks=["every vehicle runs 1.1.0"]),
-            demo_repeat.RunResult("idle", 2, 0, 310.0, 0.4, "o/idle-2"),
-            demo_repeat.RunResult("loaded", 2, 0, 400.0, 1.5, "o/loaded-2")]
+    runs = [
+        demo_repeat.RunResult("idle", 1, 0, 300.0, 0.5, "o/idle-1"),
+        demo_repeat.RunResult("loaded", 1, 1, 420.0, 1.6, "o/loaded-1", failed_checks=["every vehicle runs 1.1.0"]),
+        demo_repeat.RunResult("idle", 2, 0, 310.0, 0.4, "o/idle-2"),
+        demo_repeat.RunResult("loaded", 2, 0, 400.0, 1.5, "o/loaded-2"),
+    ]
     by_mode = demo_repeat.mode_summary(runs)
     assert by_mode["idle"] == {"runs": 2, "passed": 2, "median_s": 305.0, "min_s": 300.0, "max_s": 310.0}
     assert by_mode["loaded"]["passed"] == 1

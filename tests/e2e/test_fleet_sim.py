@@ -30,17 +30,49 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
 
 
 def _argv(srv: LiveServer, group: str, *extra: str) -> list[str]:
-    return ["--server", srv.url, "--enroll-token", srv.enrollment_token, "--api-token", srv.tokens["operator"],
-            "--group", group, "--name-prefix", group, "--workers", "8", "--poll-interval", "0.5",
-            "--apply-delay", "0.2", "--duration", "90", *extra]
+    return [
+        "--server",
+        srv.url,
+        "--enroll-token",
+        srv.enrollment_token,
+        "--api-token",
+        srv.tokens["operator"],
+        "--group",
+        group,
+        "--name-prefix",
+        group,
+        "--workers",
+        "8",
+        "--poll-interval",
+        "0.5",
+        "--apply-delay",
+        "0.2",
+        "--duration",
+        "90",
+        *extra,
+    ]
 
 
-def test_staged_rollout_completes_across_the_fleet(server: LiveServer, tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_staged_rollout_completes_across_the_fleet(
+    server: LiveServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "sim.json"
-    code = simulate.main(_argv(server, "fleet-a", "--devices", "40", "--start-rollout", "tiny@1.0.0",
-                                "--stages", "10,50,100", "--hardware-mix", "cpu-x86_64=3,jetson-orin=1",
-                                "--json-out", str(out)))
+    code = simulate.main(
+        _argv(
+            server,
+            "fleet-a",
+            "--devices",
+            "40",
+            "--start-rollout",
+            "tiny@1.0.0",
+            "--stages",
+            "10,50,100",
+            "--hardware-mix",
+            "cpu-x86_64=3,jetson-orin=1",
+            "--json-out",
+            str(out),
+        )
+    )
     assert code == 0, capsys.readouterr()
     summary = json.loads(out.read_text())
     assert summary["rollout"]["status"] == "completed"
@@ -57,10 +89,26 @@ def test_staged_rollout_completes_across_the_fleet(server: LiveServer, tmp_path:
 
 def test_failing_release_halts_and_reaches_no_device(server: LiveServer, tmp_path: Path) -> None:
     out = tmp_path / "sim.json"
-    code = simulate.main(_argv(server, "fleet-b", "--devices", "30", "--start-rollout", "tiny@1.1.0",
-                                "--stages", "10,50,100", "--max-failure-rate", "0.2",
-                                "--version-failure-rates", "1.1.0=1.0", "--failure-reason", "LOW_AGREEMENT",
-                                "--json-out", str(out)))
+    code = simulate.main(
+        _argv(
+            server,
+            "fleet-b",
+            "--devices",
+            "30",
+            "--start-rollout",
+            "tiny@1.1.0",
+            "--stages",
+            "10,50,100",
+            "--max-failure-rate",
+            "0.2",
+            "--version-failure-rates",
+            "1.1.0=1.0",
+            "--failure-reason",
+            "LOW_AGREEMENT",
+            "--json-out",
+            str(out),
+        )
+    )
     assert code == 0
     summary = json.loads(out.read_text())
     rollout = summary["rollout"]

@@ -65,7 +65,7 @@ def _programs(argv: list[str]) -> list[tuple[list[str], list[str]]]:
             module = argv[split + 1]
             # `-m training` is edge-train's entry point: same parser, one interpreter start saved
             base = [str(BIN / "edge-train")] if module == "training" else [sys.executable, "-m", module]
-            out.append((base, argv[split + 2:]))
+            out.append((base, argv[split + 2 :]))
         return out
     return []
 
@@ -79,7 +79,8 @@ def _is_subcommand(token: str, help_out: str) -> bool:
     if any(token in group.split(",") for group in SUBCOMMANDS.findall(section)):
         return True
     return bool(re.match(r"^[a-z][a-z-]*$", token)) and bool(
-        re.search(rf"^ {{2,6}}{re.escape(token)}(?: {{2,}}|\n|$)", section, re.M))
+        re.search(rf"^ {{2,6}}{re.escape(token)}(?: {{2,}}|\n|$)", section, re.M)
+    )
 
 
 @functools.cache
@@ -107,8 +108,11 @@ def help_text(base: tuple[str, ...]) -> str:
         return get_args_parser().format_help()
     if base[0] == sys.executable and base[1] == "-m":
         return _help_subprocess(base)
-    main, args = (_entry_point(base[1]), list(base[2:])) if base[0] == sys.executable else (
-        _entry_point(base[0]), list(base[1:]))
+    main, args = (
+        (_entry_point(base[1]), list(base[2:]))
+        if base[0] == sys.executable
+        else (_entry_point(base[0]), list(base[1:]))
+    )
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         try:

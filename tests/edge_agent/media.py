@@ -53,9 +53,7 @@ class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
 
 
 @contextmanager
-def mjpeg_server(
-    *, frames_per_connection: int, fps: float = 100.0
-) -> Iterator[tuple[str, list[int]]]:
+def mjpeg_server(*, frames_per_connection: int, fps: float = 100.0) -> Iterator[tuple[str, list[int]]]:
     """Serve ``/stream.mjpg`` as multipart JPEGs; each connection is dropped after
     ``frames_per_connection`` frames. Yields (url, connection log)."""
     connections: list[int] = []

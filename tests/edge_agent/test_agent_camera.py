@@ -15,17 +15,40 @@ from tests.live_server import live_server
 def test_camera_update_then_a_disagreeing_model_is_refused(tmp_path: Path) -> None:
     video = write_video(tmp_path / "road.avi", [("red", 30), ("green", 30), ("blue", 30)])
     data = tmp_path / "truck"
-    run = ["run", "--once", "--source", str(video), "--health-window", "1", "--bench-queries", "5",
-           "--bench-duration", "0.05"]
+    run = [
+        "run",
+        "--once",
+        "--source",
+        str(video),
+        "--health-window",
+        "1",
+        "--bench-queries",
+        "5",
+        "--bench-duration",
+        "0.05",
+    ]
     with live_server(tmp_path) as srv:
         out = run_agent(data, "enroll", "--server", srv.url, "--token", srv.enrollment_token, "--group", "cam")
         assert out.returncode == 0, out.stderr
         v1 = make_bundle(tmp_path / "v1", name="cam", version="1.0.0")
         # no floor (min_agreement 0): only the expectation for the release the vehicle runs can refuse it
         v2 = make_bundle(tmp_path / "v2", name="cam", version="2.0.0", behaviour="permuted", min_agreement=0.0)
-        write_bundle(tmp_path / "v2", dataclasses.replace(v2, expectations=(AgreementExpectation(
-            variant="onnx-fp32", baseline=v1.release, baseline_variant="onnx-fp32",
-            baseline_sha256=v1.variants[0].sha256, heldout=0.97, heldout_frames=500),)))
+        write_bundle(
+            tmp_path / "v2",
+            dataclasses.replace(
+                v2,
+                expectations=(
+                    AgreementExpectation(
+                        variant="onnx-fp32",
+                        baseline=v1.release,
+                        baseline_variant="onnx-fp32",
+                        baseline_sha256=v1.variants[0].sha256,
+                        heldout=0.97,
+                        heldout_frames=500,
+                    ),
+                ),
+            ),
+        )
         srv.publish(tmp_path / "v1")
         srv.create_rollout(model="cam", version="1.0.0", group="cam", stages=[100])
         out = run_agent(data, *run)

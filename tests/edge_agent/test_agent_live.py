@@ -38,9 +38,22 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
 
 
 def enroll(server: LiveServer, data: Path, group: str) -> None:
-    out = run_agent(data, "enroll", "--server", server.url, "--token", server.enrollment_token, "--root",
-                    str(server.root_json), "--director-key", str(server.director_key_file), "--group", group,
-                    "--name", data.name)
+    out = run_agent(
+        data,
+        "enroll",
+        "--server",
+        server.url,
+        "--token",
+        server.enrollment_token,
+        "--root",
+        str(server.root_json),
+        "--director-key",
+        str(server.director_key_file),
+        "--group",
+        group,
+        "--name",
+        data.name,
+    )
     assert out.returncode == 0, out.stderr
 
 
@@ -80,8 +93,9 @@ def test_install_replace_and_fleet_rollback(server: LiveServer, tmp_path: Path) 
     assert st["previous_slot"] is not None and st["pending_reports"] == 0
     assert server.rollout(r2["id"])["totals"]["success"] == 1
 
-    code, body, _ = server.api("POST", f"/api/v1/rollouts/{r2['id']}/rollback", json={"to_version": "1.0.0"},
-                               token=server.tokens["operator"])
+    code, body, _ = server.api(
+        "POST", f"/api/v1/rollouts/{r2['id']}/rollback", json={"to_version": "1.0.0"}, token=server.tokens["operator"]
+    )
     assert code == 201, body
     out = once(data)
     assert out.returncode == 0, out.stderr
@@ -103,10 +117,12 @@ def test_the_device_times_the_alternates_and_serves_what_it_finds_faster(server:
     interval rule says it is faster: a slower INT8 is never chosen, a faster one is."""
     data = tmp_path / "truck-duo"
     enroll(server, data, "duo-live")
-    make_multi_bundle(tmp_path / "v1", name="duo-live", version="1.0.0",
-                      variants=(("onnx-fp32", "ok"), ("onnx-int8", "slow")))
-    make_multi_bundle(tmp_path / "v2", name="duo-live", version="1.1.0",
-                      variants=(("onnx-fp32", "slow"), ("onnx-int8", "ok")))
+    make_multi_bundle(
+        tmp_path / "v1", name="duo-live", version="1.0.0", variants=(("onnx-fp32", "ok"), ("onnx-int8", "slow"))
+    )
+    make_multi_bundle(
+        tmp_path / "v2", name="duo-live", version="1.1.0", variants=(("onnx-fp32", "slow"), ("onnx-int8", "ok"))
+    )
     device_id = status(data)["device_id"]
     active = data / "slots" / "current"
     for bundle, served in (("v1", "onnx-fp32"), ("v2", "onnx-int8")):
@@ -115,8 +131,10 @@ def test_the_device_times_the_alternates_and_serves_what_it_finds_faster(server:
         out = once(data, "--bench-queries", "30")
         assert out.returncode == 0, out.stderr
         assert check_slots(data) == f"duo-live@{release['version']}"
-        assert {p.name for p in active.resolve().glob("model-*.onnx")} == {"model-onnx-fp32.onnx",
-                                                                           "model-onnx-int8.onnx"}
+        assert {p.name for p in active.resolve().glob("model-*.onnx")} == {
+            "model-onnx-fp32.onnx",
+            "model-onnx-int8.onnx",
+        }
         assert variant_in(active) == served
         assert status_cli(data)["model"]["variant"] == served
         assert server.rollout(rollout["id"])["totals"]["success"] == 1
@@ -124,8 +142,11 @@ def test_the_device_times_the_alternates_and_serves_what_it_finds_faster(server:
         assert code == 200 and dev["running"]["variant"] == served, dev
         assert dev["gate"]["variant"] == served
         (verdict,) = dev["gate"]["timing"]  # the report carried the timing evidence behind the choice
-        assert (verdict["baseline"], verdict["candidate"], verdict["preferred"]) == \
-            ("onnx-fp32", "onnx-int8", served == "onnx-int8"), dev["gate"]
+        assert (verdict["baseline"], verdict["candidate"], verdict["preferred"]) == (
+            "onnx-fp32",
+            "onnx-int8",
+            served == "onnx-int8",
+        ), dev["gate"]
 
 
 @pytest.fixture(scope="module")
@@ -151,8 +172,9 @@ BAD = [
 
 
 @pytest.mark.parametrize(("behaviour", "reason", "kwargs"), BAD, ids=[b[0] for b in BAD])
-def test_bad_models_are_refused_and_counted(server: LiveServer, device: Path, tmp_path: Path, behaviour: str,
-                                            reason: str, kwargs: dict[str, Any]) -> None:
+def test_bad_models_are_refused_and_counted(
+    server: LiveServer, device: Path, tmp_path: Path, behaviour: str, reason: str, kwargs: dict[str, Any]
+) -> None:
     name = f"bad-{behaviour}"
     if behaviour == "runaway":
         make_bundle_with(tmp_path / name, name=name, version="1.0.0", data=make_runaway_onnx())
@@ -209,8 +231,15 @@ def test_man_in_the_middle_of_the_real_server(server: LiveServer, tmp_path: Path
     proxy = MitmProxy(server.url)
     try:
         config = AgentConfig(tmp_path / "truck-3", health_window_s=0.2, bench_queries=5, bench_duration_s=0.05)
-        enroll_in_process(config.paths, server=proxy.url, token=server.enrollment_token, name="truck-3",
-                          group="mitm", root_file=server.root_json, director_key_file=server.director_key_file)
+        enroll_in_process(
+            config.paths,
+            server=proxy.url,
+            token=server.enrollment_token,
+            name="truck-3",
+            group="mitm",
+            root_file=server.root_json,
+            director_key_file=server.director_key_file,
+        )
         agent = build_agent(config)
         agent.start()
         for version in ("1.0.0", "1.1.0"):
@@ -223,8 +252,10 @@ def test_man_in_the_middle_of_the_real_server(server: LiveServer, tmp_path: Path
         rollout = server.create_rollout(model="mitm", version="1.1.0", group="mitm", stages=[100])
         proxy.tamper_suffix = "model.onnx"
         result = agent.run_once()
-        assert (result.record.state, result.record.outcome.reason.value if result.record.outcome.reason else None) \
-            == (State.REFUSED, "HASH_MISMATCH")
+        assert (result.record.state, result.record.outcome.reason.value if result.record.outcome.reason else None) == (
+            State.REFUSED,
+            "HASH_MISMATCH",
+        )
         assert check_slots(config.data_dir) == "mitm@1.0.0"
         progress = server.rollout(rollout["id"])
         assert progress["totals"]["failure"] == 1 and "HASH_MISMATCH" in str(progress["failure_reasons"])

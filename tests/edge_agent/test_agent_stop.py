@@ -78,8 +78,18 @@ def test_sigterm_during_health_watch_and_shadow_run_exits_promptly_and_resumes(t
         # 1. stop inside a 60 s health window: prompt exit 0, journal still at health-watch
         srv.publish(tmp_path / "v2")
         srv.create_rollout(model="cam", version="2.0.0", group="cam", stages=[100])
-        proc = start_agent(data, "run", "--source", str(video), "--health-window", "60", "--bench-queries", "5",
-                           "--bench-duration", "0.05")
+        proc = start_agent(
+            data,
+            "run",
+            "--source",
+            str(video),
+            "--health-window",
+            "60",
+            "--bench-queries",
+            "5",
+            "--bench-duration",
+            "0.05",
+        )
         took, log = _stop_when_logged(proc, "health watch of cam@2.0.0")
         assert proc.returncode == 0, log[-3000:]
         assert took < STOP_WITHIN_S, f"took {took:.1f} s to stop:\n{log[-3000:]}"
@@ -93,8 +103,9 @@ def test_sigterm_during_health_watch_and_shadow_run_exits_promptly_and_resumes(t
         # 2. stop inside a slow shadow run: prompt exit 0, journal still at benchmarking
         srv.publish(tmp_path / "v3")
         srv.create_rollout(model="cam", version="3.0.0", group="cam", stages=[100], gates={"shadow_frames": 40})
-        proc = start_agent(data, "run", "--source", str(video), "--max-fps", "2", "--bench-queries", "5",
-                           "--bench-duration", "0.05")
+        proc = start_agent(
+            data, "run", "--source", str(video), "--max-fps", "2", "--bench-queries", "5", "--bench-duration", "0.05"
+        )
         took, log = _stop_when_logged(proc, "shadow run of cam@3.0.0")
         assert proc.returncode == 0, log[-3000:]
         assert took < STOP_WITHIN_S, f"took {took:.1f} s to stop:\n{log[-3000:]}"

@@ -49,7 +49,9 @@ def _served(path: Path) -> dict[str, set[str]]:
 
 
 def _builds(log: Path) -> list[tuple[str, str]]:
-    return [(e["onnx_sha256"][:12], e["tensorrt_version"]) for e in fake_tensorrt.read_log(log) if e["event"] == "build"]
+    return [
+        (e["onnx_sha256"][:12], e["tensorrt_version"]) for e in fake_tensorrt.read_log(log) if e["event"] == "build"
+    ]
 
 
 # --------------------------------------------------------------------------- the child-process gate alone
@@ -67,16 +69,30 @@ def fake_trt_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 def test_child_gate_builds_and_times_the_engine(tmp_path: Path, fake_trt_env: Path) -> None:
     make_trt_bundle(tmp_path / "slot", fallback=False)
     opts = EngineOptions(BatchProfile(1, 1, 4))
-    result = check_in_child(tmp_path / "slot", [QDQ_ID], Gates(latency_budget_ms=250.0), LIMITS,
-                            engines_dir=tmp_path / "engines", profile=ORIN, engine=opts)
+    result = check_in_child(
+        tmp_path / "slot",
+        [QDQ_ID],
+        Gates(latency_budget_ms=250.0),
+        LIMITS,
+        engines_dir=tmp_path / "engines",
+        profile=ORIN,
+        engine=opts,
+    )
     assert result.passed, result.detail
     assert result.evidence["variant"] == QDQ_ID
     events = fake_tensorrt.read_log(fake_trt_env)
     assert [e["event"] for e in events] == ["build", "load"]  # built once in the child, then run from the engine
     assert events[0]["flags"] == ["FP16", "INT8"] and events[0]["profile"]["input"][2] == [4, 3, 32, 32]
     assert len(_engines(tmp_path)) == 1
-    again = check_in_child(tmp_path / "slot", [QDQ_ID], Gates(latency_budget_ms=250.0), LIMITS,
-                           engines_dir=tmp_path / "engines", profile=ORIN, engine=opts)
+    again = check_in_child(
+        tmp_path / "slot",
+        [QDQ_ID],
+        Gates(latency_budget_ms=250.0),
+        LIMITS,
+        engines_dir=tmp_path / "engines",
+        profile=ORIN,
+        engine=opts,
+    )
     assert again.passed and [e["event"] for e in fake_tensorrt.read_log(fake_trt_env)] == ["build", "load", "load"]
 
 
@@ -85,13 +101,25 @@ def test_child_gate_reports_a_failed_build_or_falls_back_as_the_selection_allows
 ) -> None:
     monkeypatch.setenv(fake_tensorrt.ENV_FAIL, "1")
     make_trt_bundle(tmp_path / "strict", fallback=False)
-    failed = check_in_child(tmp_path / "strict", [QDQ_ID], Gates(latency_budget_ms=250.0), LIMITS,
-                            engines_dir=tmp_path / "engines", profile=ORIN)
+    failed = check_in_child(
+        tmp_path / "strict",
+        [QDQ_ID],
+        Gates(latency_budget_ms=250.0),
+        LIMITS,
+        engines_dir=tmp_path / "engines",
+        profile=ORIN,
+    )
     assert not failed.passed and failed.reason_code is ReasonCode.ENGINE_BUILD_FAILED
     assert "TensorRT failed to build model.int8.qdq.onnx" in failed.detail
     make_trt_bundle(tmp_path / "open", fallback=True)
-    fell_back = check_in_child(tmp_path / "open", [QDQ_ID, "onnx-fp32"], Gates(latency_budget_ms=250.0), LIMITS,
-                               engines_dir=tmp_path / "engines", profile=ORIN)
+    fell_back = check_in_child(
+        tmp_path / "open",
+        [QDQ_ID, "onnx-fp32"],
+        Gates(latency_budget_ms=250.0),
+        LIMITS,
+        engines_dir=tmp_path / "engines",
+        profile=ORIN,
+    )
     assert fell_back.passed, fell_back.detail
     assert fell_back.evidence["variant"] == "onnx-fp32" and "ENGINE_BUILD_FAILED" in fell_back.detail
     assert _engines(tmp_path) == []
@@ -108,13 +136,40 @@ def test_jetson_agent_builds_caches_serves_swaps_and_rebuilds_engines(tmp_path: 
     trt_10_3 = fake_tensorrt.subprocess_env(version="10.3.0", log=log)
 
     def run(results: str, env: dict[str, str]) -> Any:
-        return run_agent(data, "run", "--once", "--source", str(video), "--results", str(tmp_path / results),
-                         "--health-window", "1", "--bench-queries", "5", "--bench-duration", "0.05",
-                         "--engine-max-batch", "4", env=env, timeout=240)
+        return run_agent(
+            data,
+            "run",
+            "--once",
+            "--source",
+            str(video),
+            "--results",
+            str(tmp_path / results),
+            "--health-window",
+            "1",
+            "--bench-queries",
+            "5",
+            "--bench-duration",
+            "0.05",
+            "--engine-max-batch",
+            "4",
+            env=env,
+            timeout=240,
+        )
 
     with live_server(tmp_path) as srv:
-        out = run_agent(data, "enroll", "--server", srv.url, "--token", srv.enrollment_token, "--group", "orin",
-                        "--hardware-profile", str(profile), env=trt_10_3)
+        out = run_agent(
+            data,
+            "enroll",
+            "--server",
+            srv.url,
+            "--token",
+            srv.enrollment_token,
+            "--group",
+            "orin",
+            "--hardware-profile",
+            str(profile),
+            env=trt_10_3,
+        )
         assert out.returncode == 0, out.stderr
 
         # 1. first install: the child gate builds the Q/DQ engine, the camera serves it from the cache
@@ -139,8 +194,9 @@ def test_jetson_agent_builds_caches_serves_swaps_and_rebuilds_engines(tmp_path: 
         assert _served(tmp_path / "r2.jsonl") == {"cam@1.0.0": {"tensorrt"}, "cam@1.1.0": {"tensorrt"}}
 
         # 3. TensorRT upgraded: the active model's engine and the candidate's are rebuilt for 10.4.0
-        make_trt_bundle(tmp_path / "v12", name="cam", version="1.2.0", fallback=False,
-                        qdq=make_qdq_onnx(seed_tag="-1.2.0"))
+        make_trt_bundle(
+            tmp_path / "v12", name="cam", version="1.2.0", fallback=False, qdq=make_qdq_onnx(seed_tag="-1.2.0")
+        )
         qdq_v12 = read_bundle(tmp_path / "v12").variant(QDQ_ID).sha256[:12]
         srv.publish(tmp_path / "v12")
         srv.create_rollout(model="cam", version="1.2.0", group="orin", stages=[100])
@@ -152,8 +208,9 @@ def test_jetson_agent_builds_caches_serves_swaps_and_rebuilds_engines(tmp_path: 
         assert _served(tmp_path / "r3.jsonl")["cam@1.2.0"] == {"tensorrt"}
 
         # 4. the build fails; the selection lists FP32 after the Q/DQ engine, so FP32 serves
-        make_trt_bundle(tmp_path / "v13", name="cam", version="1.3.0", fallback=True,
-                        qdq=make_qdq_onnx(seed_tag="-1.3.0"))
+        make_trt_bundle(
+            tmp_path / "v13", name="cam", version="1.3.0", fallback=True, qdq=make_qdq_onnx(seed_tag="-1.3.0")
+        )
         srv.publish(tmp_path / "v13")
         srv.create_rollout(model="cam", version="1.3.0", group="orin", stages=[100])
         failing = fake_tensorrt.subprocess_env(version="10.4.0", log=log, fail=True)
@@ -165,8 +222,9 @@ def test_jetson_agent_builds_caches_serves_swaps_and_rebuilds_engines(tmp_path: 
         assert [n[:12] for n in _engines(data)] == [qdq_v12]  # 1.1.0's slot was overwritten: its engines went
 
         # 5. the build fails and the selection allows no other variant: the update fails
-        make_trt_bundle(tmp_path / "v14", name="cam", version="1.4.0", fallback=False,
-                        qdq=make_qdq_onnx(seed_tag="-1.4.0"))
+        make_trt_bundle(
+            tmp_path / "v14", name="cam", version="1.4.0", fallback=False, qdq=make_qdq_onnx(seed_tag="-1.4.0")
+        )
         srv.publish(tmp_path / "v14")
         rollout = srv.create_rollout(model="cam", version="1.4.0", group="orin", stages=[100])
         out = run("r5.jsonl", failing)
@@ -185,14 +243,36 @@ def test_headless_jetson_agent_watches_the_engine_it_built(tmp_path: Path) -> No
     profile.write_text(json.dumps(JETSON_ORIN))
     env = fake_tensorrt.subprocess_env(log=log)
     with live_server(tmp_path) as srv:
-        out = run_agent(data, "enroll", "--server", srv.url, "--token", srv.enrollment_token, "--group", "orin",
-                        "--hardware-profile", str(profile), env=env)
+        out = run_agent(
+            data,
+            "enroll",
+            "--server",
+            srv.url,
+            "--token",
+            srv.enrollment_token,
+            "--group",
+            "orin",
+            "--hardware-profile",
+            str(profile),
+            env=env,
+        )
         assert out.returncode == 0, out.stderr
         make_trt_bundle(tmp_path / "v1", name="box", version="1.0.0", fallback=False)
         srv.publish(tmp_path / "v1")
         srv.create_rollout(model="box", version="1.0.0", group="orin", stages=[100])
-        out = run_agent(data, "run", "--once", "--health-window", "0.5", "--bench-queries", "5",
-                        "--bench-duration", "0.05", env=env, timeout=240)
+        out = run_agent(
+            data,
+            "run",
+            "--once",
+            "--health-window",
+            "0.5",
+            "--bench-queries",
+            "5",
+            "--bench-duration",
+            "0.05",
+            env=env,
+            timeout=240,
+        )
         assert out.returncode == 0, out.stderr
     assert check_slots(data) == "box@1.0.0"
     # built and loaded by the child gate, loaded again (from the cache) by the health watch in the agent

@@ -86,8 +86,16 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     data = tmp / "agent"
     config = AgentConfig(tmp / "agent")
     enroll(config.paths, server=srv.url, token="ef_enroll_sim", name="victim")
-    config = AgentConfig(data, health_window_s=0.2, bench_queries=5, bench_duration_s=0.05, min_rate_bps=2000,
-                         rate_window_s=0.6, max_attempts=2, http_timeout_s=5)
+    config = AgentConfig(
+        data,
+        health_window_s=0.2,
+        bench_queries=5,
+        bench_duration_s=0.05,
+        min_rate_bps=2000,
+        rate_window_s=0.6,
+        max_attempts=2,
+        http_timeout_s=5,
+    )
     agent = build_agent(config)
     agent.start()
     r = Rig(sim, srv, agent, data, tmp)
@@ -271,7 +279,10 @@ def test_an_honest_update_with_an_alternate_stages_both(rig: Rig) -> None:
     assert {p.name for p in active.resolve().glob("model-*.onnx")} == {"model-onnx-fp32.onnx", "model-onnx-int8.onnx"}
     # two variants that compute alike: the device keeps the server's preference
     assert variant_in(active) == "onnx-fp32"
-    gate = next(r for r in rig.srv.reports if r["type"] == "gate" and r["state"] == "benchmarking"
-                and r["release"] == release["counter"])
+    gate = next(
+        r
+        for r in rig.srv.reports
+        if r["type"] == "gate" and r["state"] == "benchmarking" and r["release"] == release["counter"]
+    )
     assert gate["variant"] == "onnx-fp32" and gate["gate"]["variant"] == "onnx-fp32"
     assert [(t["candidate"], t["preferred"]) for t in gate["gate"]["timing"]] == [("onnx-int8", False)]

@@ -30,8 +30,17 @@ from tests.edge_agent.update_harness import (
 )
 from tests.live_server import LiveServer, live_server
 
-STATES = ["checking", "downloading", "verifying", "staging", "preparing", "benchmarking", "swapping",
-          "health-watch", "committed"]
+STATES = [
+    "checking",
+    "downloading",
+    "verifying",
+    "staging",
+    "preparing",
+    "benchmarking",
+    "swapping",
+    "health-watch",
+    "committed",
+]
 MODEL_BYTES = 300_000
 
 
@@ -49,8 +58,18 @@ class Fleet:
         self.data = tmp / f"{group}-agent"
         self.minor = 0
         self.rollout: str | None = None
-        out = run_agent(self.data, "enroll", "--server", server.url, "--token", server.enrollment_token,
-                        "--group", group, "--name", group)
+        out = run_agent(
+            self.data,
+            "enroll",
+            "--server",
+            server.url,
+            "--token",
+            server.enrollment_token,
+            "--group",
+            group,
+            "--name",
+            group,
+        )
         assert out.returncode == 0, out.stderr
 
     def next_release(self, *, behaviour: str = "ok") -> str:
@@ -58,15 +77,21 @@ class Fleet:
         bundle = self.tmp / f"{self.group}-{version}"
         if behaviour == "ok" and self.alternates:
             # the assigned FP32 and its INT8 alternate: killed anywhere, both resume and land in the slot
-            make_duo_with(bundle, name=self.group, version=version, fp32=padded_onnx(MODEL_BYTES, seed=self.minor),
-                          int8=padded_onnx(MODEL_BYTES // 2, seed=1000 + self.minor))
+            make_duo_with(
+                bundle,
+                name=self.group,
+                version=version,
+                fp32=padded_onnx(MODEL_BYTES, seed=self.minor),
+                int8=padded_onnx(MODEL_BYTES // 2, seed=1000 + self.minor),
+            )
         elif behaviour == "ok":
             make_bundle_with(bundle, name=self.group, version=version, data=padded_onnx(MODEL_BYTES, seed=self.minor))
         else:
             make_bundle(bundle, name=self.group, version=version, behaviour=behaviour)
         self.server.publish(bundle)
-        self.rollout = self.server.create_rollout(model=self.group, version=version, group=self.group,
-                                                  stages=[100])["id"]
+        self.rollout = self.server.create_rollout(model=self.group, version=version, group=self.group, stages=[100])[
+            "id"
+        ]
         self.minor += 1
         return f"{self.group}@{version}"
 
@@ -92,8 +117,7 @@ def test_kill_at_every_state_then_resume(server: LiveServer, tmp_path: Path) -> 
     fleet.finish()
     assert check_slots(fleet.data) == wanted
     current = fleet.data / "slots" / "current"
-    assert {p.name for p in current.resolve().glob("model-*.onnx")} == {"model-onnx-fp32.onnx",
-                                                                        "model-onnx-int8.onnx"}
+    assert {p.name for p in current.resolve().glob("model-*.onnx")} == {"model-onnx-fp32.onnx", "model-onnx-int8.onnx"}
     assert variant_in(current) in ("onnx-fp32", "onnx-int8")
     assert not list((fleet.data / "slots").glob(".staging-*"))
     assert not list((fleet.data / "downloads").glob("*.part"))

@@ -138,7 +138,7 @@ def find_cycle(graph: Mapping[str, set[str]]) -> list[str] | None:
                 stack.pop()
                 colour[path.pop()] = done
             elif colour.get(nxt, done) == open_:
-                return [*path[path.index(nxt):], nxt]
+                return [*path[path.index(nxt) :], nxt]
             elif colour.get(nxt, done) == todo:
                 colour[nxt] = open_
                 path.append(nxt)
@@ -154,7 +154,8 @@ def graph() -> dict[str, set[str]]:
 def test_the_graph_sees_the_imports_it_checks(graph: dict[str, set[str]]) -> None:
     # a parser that found nothing would pass every rule below
     assert {"edge_agent.update.core", "edge_agent.trust.assignment", "edge_agent.perception"} <= graph[
-        "edge_agent.update.controller"] | graph["edge_agent.update.core"]
+        "edge_agent.update.controller"
+    ] | graph["edge_agent.update.core"]
     assert "edge_agent.perception.engines" in graph["edge_agent.perception.runtimes"]
     assert "edge_agent.update.prepare" in graph["edge_agent.update.gate"]
     assert {"edge_agent.bench.hostinfo", "edge_agent.bench.plots"} <= graph["edge_agent.bench.cli"]
@@ -195,8 +196,11 @@ def _error_classes() -> dict[str, str]:
     for path in MODULES.values():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ClassDef):
-                names = {b.id if isinstance(b, ast.Name) else b.attr for b in node.bases
-                         if isinstance(b, (ast.Name, ast.Attribute))}
+                names = {
+                    b.id if isinstance(b, ast.Name) else b.attr
+                    for b in node.bases
+                    if isinstance(b, (ast.Name, ast.Attribute))
+                }
                 bases[node.name] = (str(path.relative_to(PACKAGE)), names)
     errors = {"EdgeAgentError"}
     while True:

@@ -71,15 +71,21 @@ def make_runaway_onnx(trip_count: int = 10**12) -> bytes:
     model = onnx.load_from_string(base)
     g = model.graph
     body = helper.make_graph(
-        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
-         helper.make_node("Add", ["v_in", "one"], ["v_sum"]),
-         helper.make_node("Sub", ["v_sum", "one"], ["v_out"])],
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("Add", ["v_in", "one"], ["v_sum"]),
+            helper.make_node("Sub", ["v_sum", "one"], ["v_out"]),
+        ],
         "spin",
-        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
-         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("v_in", TensorProto.FLOAT, None)],
-        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, None)],
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_in", TensorProto.FLOAT, None),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_out", TensorProto.FLOAT, None),
+        ],
         [numpy_helper.from_array(np.array(1.0, dtype=np.float32), "one")],
     )
     # rename the original output and loop over it
@@ -87,8 +93,12 @@ def make_runaway_onnx(trip_count: int = 10**12) -> bytes:
         for i, out in enumerate(node.output):
             if out == "logits":
                 node.output[i] = "logits_pre"
-    g.initializer.extend([numpy_helper.from_array(np.array(trip_count, dtype=np.int64), "TRIPS"),
-                          numpy_helper.from_array(np.array(True), "COND")])
+    g.initializer.extend(
+        [
+            numpy_helper.from_array(np.array(trip_count, dtype=np.int64), "TRIPS"),
+            numpy_helper.from_array(np.array(True), "COND"),
+        ]
+    )
     g.node.append(helper.make_node("Loop", ["TRIPS", "COND", "logits_pre"], ["logits"], body=body))
     return model.SerializeToString()
 
@@ -158,8 +168,12 @@ class RepoSim:
 
     def director_public_key(self) -> dict[str, Any]:
         pub = self.director.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-        return {"keytype": "ed25519", "scheme": "ed25519", "keyid": hashlib.sha256(pub).hexdigest(),
-                "keyval": {"public": pub.hex()}}
+        return {
+            "keytype": "ed25519",
+            "scheme": "ed25519",
+            "keyid": hashlib.sha256(pub).hexdigest(),
+            "keyval": {"public": pub.hex()},
+        }
 
     def add_bundle(self, bundle_dir: Path) -> dict[str, Any]:
         """Publish a bundle's files as targets with edgefleet custom fields; returns the release."""
@@ -171,10 +185,16 @@ class RepoSim:
             path = f"{manifest.name}/{manifest.version}/{name}"
             variant = next((v for v in manifest.variants if v.file == name), None)
             tf = TargetFile.from_data(path, data, ["sha256"])
-            tf.unrecognized_fields["custom"] = {"edgefleet": {
-                "bundle": manifest.name, "version": manifest.version, "release": self.counter,
-                "kind": "variant" if variant else "manifest", "variant": variant.id if variant else None,
-                "requires": variant.requires.to_dict() if variant else None}}
+            tf.unrecognized_fields["custom"] = {
+                "edgefleet": {
+                    "bundle": manifest.name,
+                    "version": manifest.version,
+                    "release": self.counter,
+                    "kind": "variant" if variant else "manifest",
+                    "variant": variant.id if variant else None,
+                    "requires": variant.requires.to_dict() if variant else None,
+                }
+            }
             self.targets.signed.targets[path] = tf
             self.target_files[f"{manifest.name}/{manifest.version}/{tf.hashes['sha256']}.{name}"] = data
             files[name] = tf
@@ -187,9 +207,15 @@ class RepoSim:
             variants = runnable_variants(manifest, detect_profile())
         except NoCompatibleVariant:
             variants = manifest.variants
-        return {"counter": self.counter, "name": manifest.name, "version": manifest.version,
-                "manifest": files["bundle.json"], "target": files[variants[0].file], "variant": variants[0].id,
-                "alternates": [(v.id, files[v.file]) for v in variants[1:]]}
+        return {
+            "counter": self.counter,
+            "name": manifest.name,
+            "version": manifest.version,
+            "manifest": files["bundle.json"],
+            "target": files[variants[0].file],
+            "variant": variants[0].id,
+            "alternates": [(v.id, files[v.file]) for v in variants[1:]],
+        }
 
     def publish(self, *, timestamp_expires: datetime | None = None) -> None:
         self.targets.signed.version += 1
@@ -215,12 +241,23 @@ class RepoSim:
         return {"signed": signed, "signatures": [{"keyid": pub["keyid"], "sig": sig}]}
 
     @staticmethod
-    def assignment_body(release: dict[str, Any], *, device_id: str, nonce: str, expires_in: float = 3600,
-                        gates: dict[str, Any] | None = None) -> dict[str, Any]:
+    def assignment_body(
+        release: dict[str, Any],
+        *,
+        device_id: str,
+        nonce: str,
+        expires_in: float = 3600,
+        gates: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         m, t = release["manifest"], release["target"]
         return {
-            "_type": "edgefleet-assignment", "spec_version": "1", "device_id": device_id, "nonce": nonce,
-            "issued": iso(utc()), "expires": iso(utc(expires_in)), "rollout_id": f"ro_sim{release['counter']}",
+            "_type": "edgefleet-assignment",
+            "spec_version": "1",
+            "device_id": device_id,
+            "nonce": nonce,
+            "issued": iso(utc()),
+            "expires": iso(utc(expires_in)),
+            "rollout_id": f"ro_sim{release['counter']}",
             "release": {"counter": release["counter"], "name": release["name"], "version": release["version"]},
             "manifest": {"path": m.path, "length": m.length, "hashes": dict(m.hashes)},
             "target": _target(t, release["variant"]),
@@ -230,8 +267,13 @@ class RepoSim:
 
 
 def _target(tf: TargetFile, variant: str) -> dict[str, Any]:
-    return {"path": tf.path, "length": tf.length, "hashes": dict(tf.hashes), "custom": copy.deepcopy(tf.custom),
-            "variant": variant}
+    return {
+        "path": tf.path,
+        "length": tf.length,
+        "hashes": dict(tf.hashes),
+        "custom": copy.deepcopy(tf.custom),
+        "variant": variant,
+    }
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -307,7 +349,7 @@ class SimServer:
                         return self._json(404, {"error": {"code": "NOT_FOUND", "message": name}})
                     return self._bytes(data, 0, endless=srv.knobs.endless_metadata, trickle=None)
                 if url.path.startswith("/tuf/targets/"):
-                    data = srv.sim.target_files.get(url.path[len("/tuf/targets/"):])
+                    data = srv.sim.target_files.get(url.path[len("/tuf/targets/") :])
                     if data is None:
                         return self._json(404, {"error": {"code": "NOT_FOUND", "message": url.path}})
                     if srv.knobs.tamper or (srv.knobs.tamper_suffix and url.path.endswith(srv.knobs.tamper_suffix)):
@@ -322,10 +364,24 @@ class SimServer:
                     srv.polls.append(nonce)
                     env = srv.knobs.assign(device, nonce) if srv.knobs.assign else None
                     if env is None:
-                        return self._json(200, srv.sim.sign_assignment({
-                            "_type": "edgefleet-assignment", "spec_version": "1", "device_id": device,
-                            "nonce": nonce, "issued": iso(utc()), "expires": iso(utc(3600)), "rollout_id": None,
-                            "release": None, "manifest": None, "target": None, "gates": None}))
+                        return self._json(
+                            200,
+                            srv.sim.sign_assignment(
+                                {
+                                    "_type": "edgefleet-assignment",
+                                    "spec_version": "1",
+                                    "device_id": device,
+                                    "nonce": nonce,
+                                    "issued": iso(utc()),
+                                    "expires": iso(utc(3600)),
+                                    "rollout_id": None,
+                                    "release": None,
+                                    "manifest": None,
+                                    "target": None,
+                                    "gates": None,
+                                }
+                            ),
+                        )
                     return self._json(200, env)
                 return self._json(404, {"error": {"code": "NOT_FOUND", "message": url.path}})
 
@@ -350,7 +406,7 @@ class SimServer:
                 if trickle:
                     try:
                         for i in range(len(body)):
-                            self.wfile.write(body[i:i + 1])
+                            self.wfile.write(body[i : i + 1])
                             self.wfile.flush()
                             time.sleep(1.0 / trickle)
                     except OSError:
@@ -370,19 +426,32 @@ class SimServer:
                     device_id = f"dev_sim{len(srv.devices) + 1}"
                     token = f"ef_dev_sim{len(srv.devices) + 1}"
                     srv.devices[token] = device_id
-                    return self._json(201, {
-                        "device_id": device_id, "device_token": token,
-                        "director_public_key": srv.sim.director_public_key(),
-                        "image_root": json.loads(srv.sim.root_bytes),
-                        "tuf": {"metadata_url": srv.url + "/tuf/metadata/", "targets_url": srv.url + "/tuf/targets/"}})
+                    return self._json(
+                        201,
+                        {
+                            "device_id": device_id,
+                            "device_token": token,
+                            "director_public_key": srv.sim.director_public_key(),
+                            "image_root": json.loads(srv.sim.root_bytes),
+                            "tuf": {
+                                "metadata_url": srv.url + "/tuf/metadata/",
+                                "targets_url": srv.url + "/tuf/targets/",
+                            },
+                        },
+                    )
                 if url.path.endswith("/reports"):
                     if srv.knobs.fail_reports:
                         return self._json(503, {"error": {"code": "UNAVAILABLE", "message": "down"}})
                     seen = {r["id"] for r in srv.reports}
                     new = [r for r in body["reports"] if r["id"] not in seen]
                     srv.reports.extend(new)
-                    return self._json(200, {"accepted": [r["id"] for r in new],
-                                            "duplicates": [r["id"] for r in body["reports"] if r["id"] in seen]})
+                    return self._json(
+                        200,
+                        {
+                            "accepted": [r["id"] for r in new],
+                            "duplicates": [r["id"] for r in body["reports"] if r["id"] in seen],
+                        },
+                    )
                 return self._json(404, {"error": {"code": "NOT_FOUND", "message": url.path}})
 
         return Handler
@@ -402,18 +471,31 @@ def agent_env(**extra: str) -> dict[str, str]:
 FAST_RUN = ["--health-window", "0.5", "--bench-queries", "5", "--bench-duration", "0.05"]
 
 
-def run_agent(data_dir: Path, *args: str, pause: str | None = None, timeout: float = 120,
-              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_agent(
+    data_dir: Path, *args: str, pause: str | None = None, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """``edge-agent ARGS --data-dir DIR``; ``env`` adds variables (e.g. the fake TensorRT's)."""
     env = agent_env(**({"EDGEFLEET_AGENT_PAUSE_AT": pause} if pause else {}), **(env or {}))
-    return subprocess.run([PY, "-m", "edge_agent", *args, "--data-dir", str(data_dir)], capture_output=True,
-                          text=True, timeout=timeout, env=env, cwd=ROOT)
+    return subprocess.run(
+        [PY, "-m", "edge_agent", *args, "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=ROOT,
+    )
 
 
 def start_agent(data_dir: Path, *args: str, pause: str | None = None) -> subprocess.Popen[str]:
     env = agent_env(**({"EDGEFLEET_AGENT_PAUSE_AT": pause} if pause else {}))
-    return subprocess.Popen([PY, "-m", "edge_agent", *args, "--data-dir", str(data_dir)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+    return subprocess.Popen(
+        [PY, "-m", "edge_agent", *args, "--data-dir", str(data_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
 
 
 def kill_at_pause(proc: subprocess.Popen[str], data_dir: Path, *, timeout: float = 60) -> str | None:
@@ -490,8 +572,9 @@ class MitmProxy:
                 length = int(self.headers.get("Content-Length", "0"))
                 body = self.rfile.read(length) if length else None
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("content-length", "connection")}
-                resp = proxy.http.request(method, proxy.upstream + self.path, body=body, headers=headers,
-                                          redirect=False)
+                resp = proxy.http.request(
+                    method, proxy.upstream + self.path, body=body, headers=headers, redirect=False
+                )
                 data = resp.data
                 if "/assignment" in self.path and resp.status == 200:
                     proxy.assignments.append(data)

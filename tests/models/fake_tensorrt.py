@@ -95,9 +95,9 @@ def parse_engine(data: bytes) -> tuple[dict[str, Any], bytes] | None:
     data = bytes(data)
     if not data.startswith(MAGIC) or len(data) < len(MAGIC) + 4:
         return None
-    (n,) = struct.unpack("<I", data[len(MAGIC):len(MAGIC) + 4])
+    (n,) = struct.unpack("<I", data[len(MAGIC) : len(MAGIC) + 4])
     start = len(MAGIC) + 4
-    return json.loads(data[start:start + n]), data[start + n:]
+    return json.loads(data[start : start + n]), data[start + n :]
 
 
 def onnx_tensors(model: onnx.ModelProto) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -229,12 +229,24 @@ class DataType(IntEnum):
     INT64 = 8
 
 
-_DTYPES = {onnx.TensorProto.FLOAT: DataType.FLOAT, onnx.TensorProto.FLOAT16: DataType.HALF,
-           onnx.TensorProto.INT8: DataType.INT8, onnx.TensorProto.INT32: DataType.INT32,
-           onnx.TensorProto.BOOL: DataType.BOOL, onnx.TensorProto.UINT8: DataType.UINT8,
-           onnx.TensorProto.INT64: DataType.INT64}
-_NP = {DataType.FLOAT: np.float32, DataType.HALF: np.float16, DataType.INT8: np.int8, DataType.INT32: np.int32,
-       DataType.BOOL: np.bool_, DataType.UINT8: np.uint8, DataType.INT64: np.int64}
+_DTYPES = {
+    onnx.TensorProto.FLOAT: DataType.FLOAT,
+    onnx.TensorProto.FLOAT16: DataType.HALF,
+    onnx.TensorProto.INT8: DataType.INT8,
+    onnx.TensorProto.INT32: DataType.INT32,
+    onnx.TensorProto.BOOL: DataType.BOOL,
+    onnx.TensorProto.UINT8: DataType.UINT8,
+    onnx.TensorProto.INT64: DataType.INT64,
+}
+_NP = {
+    DataType.FLOAT: np.float32,
+    DataType.HALF: np.float16,
+    DataType.INT8: np.int8,
+    DataType.INT32: np.int32,
+    DataType.BOOL: np.bool_,
+    DataType.UINT8: np.uint8,
+    DataType.INT64: np.int64,
+}
 
 
 def nptype(dt: DataType) -> type:
@@ -381,15 +393,21 @@ class Runtime:
             return None
         header, onnx_bytes = parsed
         if header["tensorrt_version"] != STATE.version:
-            self.logger.log(err, "IRuntime::deserializeCudaEngine: Error Code 6: The engine plan file is not "
-                            f"compatible with this version of TensorRT, expecting library version {STATE.version} "
-                            f"got {header['tensorrt_version']}")
+            self.logger.log(
+                err,
+                "IRuntime::deserializeCudaEngine: Error Code 6: The engine plan file is not "
+                f"compatible with this version of TensorRT, expecting library version {STATE.version} "
+                f"got {header['tensorrt_version']}",
+            )
             return None
         cc = ".".join(map(str, STATE.compute_capability))
         if header["compute_capability"] != cc:
-            self.logger.log(err, "IRuntime::deserializeCudaEngine: Error Code 6: The engine plan file is generated "
-                            f"on an incompatible device, expecting compute {cc} got compute "
-                            f"{header['compute_capability']}")
+            self.logger.log(
+                err,
+                "IRuntime::deserializeCudaEngine: Error Code 6: The engine plan file is generated "
+                f"on an incompatible device, expecting compute {cc} got compute "
+                f"{header['compute_capability']}",
+            )
             return None
         STATE.record("load", onnx_sha256=header.get("onnx_sha256"), tensorrt_version=STATE.version)
         return ICudaEngine(header, onnx_bytes)
@@ -405,8 +423,14 @@ def populate_tensorrt(trt: types.ModuleType) -> None:
     fake_tensorrt_builder.attach(trt)
 
 
-def configure(*, version: str = "10.3.0", fail_builds: bool = False, log_path: Path | None = None,
-              gpu_name: str = "Orin (nvgpu)", compute_capability: tuple[int, int] = (8, 7)) -> None:
+def configure(
+    *,
+    version: str = "10.3.0",
+    fail_builds: bool = False,
+    log_path: Path | None = None,
+    gpu_name: str = "Orin (nvgpu)",
+    compute_capability: tuple[int, int] = (8, 7),
+) -> None:
     """Set what the fake reports and does, and forget what it did."""
     STATE.version, STATE.fail_builds, STATE.log_path = version, fail_builds, log_path
     STATE.gpu_name, STATE.compute_capability = gpu_name, compute_capability
@@ -414,8 +438,13 @@ def configure(*, version: str = "10.3.0", fail_builds: bool = False, log_path: P
 
 
 @contextlib.contextmanager
-def install(version: str = "10.3.0", *, fail_builds: bool = False, gpu_name: str = "Orin (nvgpu)",
-            compute_capability: tuple[int, int] = (8, 7)) -> Iterator[types.ModuleType]:
+def install(
+    version: str = "10.3.0",
+    *,
+    fail_builds: bool = False,
+    gpu_name: str = "Orin (nvgpu)",
+    compute_capability: tuple[int, int] = (8, 7),
+) -> Iterator[types.ModuleType]:
     """Put fake ``tensorrt``, ``pycuda`` and ``pycuda.driver`` into ``sys.modules`` for the block."""
     names = ("tensorrt", "pycuda", "pycuda.driver")
     saved = {n: sys.modules.get(n) for n in names}

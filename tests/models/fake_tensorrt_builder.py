@@ -97,7 +97,9 @@ class IOptimizationProfile:
         self.shapes: dict[str, tuple[tuple[int, ...], ...]] = {}
 
     def set_shape(self, input: str, min: tuple[int, ...], opt: tuple[int, ...], max: tuple[int, ...]) -> None:  # noqa: A002
-        if not (all(a <= b for a, b in zip(min, opt, strict=True)) and all(a <= b for a, b in zip(opt, max, strict=True))):
+        if not (
+            all(a <= b for a, b in zip(min, opt, strict=True)) and all(a <= b for a, b in zip(opt, max, strict=True))
+        ):
             raise ValueError("min <= opt <= max violated")
         self.shapes[input] = (tuple(min), tuple(opt), tuple(max))
 
@@ -175,8 +177,9 @@ class Builder:
         profile = config.profiles[0].shapes if config.profiles else {}
         for t in network._inputs:
             if -1 in t.shape and t.name not in profile:
-                return ("Error Code 4: Network has dynamic or shape inputs, but no optimization profile "
-                        "has been defined.")
+                return (
+                    "Error Code 4: Network has dynamic or shape inputs, but no optimization profile has been defined."
+                )
             for shape in profile.get(t.name, ()):
                 if len(shape) != len(t.shape) or any(d not in (-1, s) for d, s in zip(t.shape, shape, strict=True)):
                     return f"Error Code 4: profile shape {list(shape)} does not fit input {t.name} {list(t.shape)}"
@@ -212,8 +215,13 @@ class Builder:
             "strongly_typed": typed,
             "onnx_sha256": hashlib.sha256(network.onnx).hexdigest(),
         }
-        STATE.record("build", onnx_sha256=header["onnx_sha256"], tensorrt_version=STATE.version,
-                     flags=header["flags"], profile=header["profile"])
+        STATE.record(
+            "build",
+            onnx_sha256=header["onnx_sha256"],
+            tensorrt_version=STATE.version,
+            flags=header["flags"],
+            profile=header["profile"],
+        )
         return serialize_engine(network.onnx, header)
 
 

@@ -46,8 +46,9 @@ def test_runs_until_both_min_queries_and_min_duration() -> None:
 
 def test_max_duration_wins_over_min_queries() -> None:
     clock = FakeClock([50.0])
-    stats = measure(clock.query, warmup_queries=0, min_queries=1000, min_duration_s=0.0,
-                    max_duration_s=1.0, clock=clock)
+    stats = measure(
+        clock.query, warmup_queries=0, min_queries=1000, min_duration_s=0.0, max_duration_s=1.0, clock=clock
+    )
     assert stats.n == 20
 
 
@@ -69,8 +70,7 @@ def test_statistics_match_numpy() -> None:
 def test_noisy_runs_are_flagged_and_logged(caplog: pytest.LogCaptureFixture) -> None:
     clock = FakeClock([1.0, 1.0, 1.0, 9.0])
     with caplog.at_level(logging.WARNING, logger="models.bench"):
-        stats = measure(clock.query, warmup_queries=0, min_queries=40, min_duration_s=0.0, clock=clock,
-                        label="tiny")
+        stats = measure(clock.query, warmup_queries=0, min_queries=40, min_duration_s=0.0, clock=clock, label="tiny")
     assert stats.noisy and stats.cv > 0.25
     assert "tiny latency is noisy" in caplog.text
     steady = stats_from_samples([5.0, 5.1, 4.9, 5.0])
@@ -87,7 +87,11 @@ def test_speedup_and_config() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"min_queries": 0}, "min_queries"), ({"warmup_queries": -1}, "warm-up"), ({"max_duration_s": 0}, "max_duration_s")],
+    [
+        ({"min_queries": 0}, "min_queries"),
+        ({"warmup_queries": -1}, "warm-up"),
+        ({"max_duration_s": 0}, "max_duration_s"),
+    ],
 )
 def test_bad_settings_are_rejected(kwargs: dict[str, float], message: str) -> None:
     with pytest.raises(ValueError, match=message):

@@ -79,8 +79,9 @@ def _mutate(m: Manifest, path: str, value: Any) -> dict[str, Any]:
         ("provenance.code_version", 3, "provenance.code_version", "expected str, got int"),
     ],
 )
-def test_validation_names_the_field(bundle: tuple[Path, Manifest], path: str, value: Any, field: str,
-                                    message: str) -> None:
+def test_validation_names_the_field(
+    bundle: tuple[Path, Manifest], path: str, value: Any, field: str, message: str
+) -> None:
     _, m = bundle
     with pytest.raises(BundleError, match=message) as err:
         Manifest.from_dict(_mutate(m, path, value))
@@ -146,8 +147,15 @@ def _with_classes(d: Path, m: Manifest) -> Manifest:
     import dataclasses
 
     per_class = (ClassAgreement("red", 0.98, 40), ClassAgreement("green", 0.9, 12))
-    e = AgreementExpectation(variant="onnx-fp32", baseline="tiny@0.9.0", baseline_variant="onnx-fp32",
-                             baseline_sha256="ab" * 32, heldout=0.95, heldout_frames=200, per_class=per_class)
+    e = AgreementExpectation(
+        variant="onnx-fp32",
+        baseline="tiny@0.9.0",
+        baseline_variant="onnx-fp32",
+        baseline_sha256="ab" * 32,
+        heldout=0.95,
+        heldout_frames=200,
+        per_class=per_class,
+    )
     m = dataclasses.replace(m, expectations=(e,))
     write_bundle(d, m)
     return m
@@ -163,18 +171,22 @@ def test_per_class_expectations_round_trip_and_older_manifests_have_none(bundle:
     assert Manifest.from_dict(data).expectations[0].per_class == ()
 
 
-@pytest.mark.parametrize(("path", "value", "field", "message"), [
-    ("expectations.0.per_class.0.label", "purple", "expectations[0].per_class[0].label", "unknown label 'purple'"),
-    ("expectations.0.per_class.1.label", "red", "expectations[0].per_class[1].label", "duplicate class 'red'"),
-    ("expectations.0.per_class.0.agreement", 1.5, "expectations[0].per_class[0].agreement", r"within \[0, 1\]"),
-    ("expectations.0.per_class.0.agreement", "high", "expectations[0].per_class[0].agreement", "expected float"),
-    ("expectations.0.per_class.1.frames", 0, "expectations[0].per_class[1].frames", "must be > 0"),
-    ("expectations.0.per_class.1.frames", KeyError, "expectations[0].per_class[1].frames", "missing required"),
-    ("expectations.0.per_class", {"red": 0.9}, "expectations[0].per_class", "expected list"),
-    ("gates.class_agreement_effect", 0.0, "gates.class_agreement_effect", r"within \[0.05, 0.95\]"),
-])
-def test_per_class_and_gate_validation_names_the_field(bundle: tuple[Path, Manifest], path: str, value: Any,
-                                                       field: str, message: str) -> None:
+@pytest.mark.parametrize(
+    ("path", "value", "field", "message"),
+    [
+        ("expectations.0.per_class.0.label", "purple", "expectations[0].per_class[0].label", "unknown label 'purple'"),
+        ("expectations.0.per_class.1.label", "red", "expectations[0].per_class[1].label", "duplicate class 'red'"),
+        ("expectations.0.per_class.0.agreement", 1.5, "expectations[0].per_class[0].agreement", r"within \[0, 1\]"),
+        ("expectations.0.per_class.0.agreement", "high", "expectations[0].per_class[0].agreement", "expected float"),
+        ("expectations.0.per_class.1.frames", 0, "expectations[0].per_class[1].frames", "must be > 0"),
+        ("expectations.0.per_class.1.frames", KeyError, "expectations[0].per_class[1].frames", "missing required"),
+        ("expectations.0.per_class", {"red": 0.9}, "expectations[0].per_class", "expected list"),
+        ("gates.class_agreement_effect", 0.0, "gates.class_agreement_effect", r"within \[0.05, 0.95\]"),
+    ],
+)
+def test_per_class_and_gate_validation_names_the_field(
+    bundle: tuple[Path, Manifest], path: str, value: Any, field: str, message: str
+) -> None:
     d, m = bundle
     m = _with_classes(d, m)
     with pytest.raises(BundleError, match=message) as err:

@@ -85,12 +85,8 @@ def test_fingerprint_is_stable_and_names_what_changes() -> None:
 
 
 def test_cache_round_trips_and_regenerates_damaged_entries(tmp_path: Path) -> None:
-    spec = DatasetSpec(
-        name="synthetic-scenes", image_size=64, train_size=4, val_size=4, cache_dir=str(tmp_path)
-    )
-    fresh = open_dataset(
-        DatasetSpec(name="synthetic-scenes", image_size=64, train_size=4, val_size=4), "val"
-    )
+    spec = DatasetSpec(name="synthetic-scenes", image_size=64, train_size=4, val_size=4, cache_dir=str(tmp_path))
+    fresh = open_dataset(DatasetSpec(name="synthetic-scenes", image_size=64, train_size=4, val_size=4), "val")
     cached = open_dataset(spec, "val")
     first = cached[2]
     files = list(tmp_path.rglob("*.npz"))
@@ -155,9 +151,7 @@ def test_imagefolder_explicit_train_val_folders(tmp_path: Path) -> None:
 
 def test_imagefolder_missing_dir_names_it(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="does-not-exist"):
-        open_dataset(
-            DatasetSpec(name="imagefolder", root=str(tmp_path / "does-not-exist")), "train"
-        )
+        open_dataset(DatasetSpec(name="imagefolder", root=str(tmp_path / "does-not-exist")), "train")
 
 
 def test_imagefolder_empty_class_is_an_error_naming_it(tmp_path: Path) -> None:
@@ -183,9 +177,7 @@ def test_imagefolder_all_unreadable_is_an_error(tmp_path: Path) -> None:
         for i in range(3):
             (tmp_path / name / f"{i}.jpg").write_bytes(b"garbage")
     with pytest.raises(EmptyDatasetError, match="could be decoded|no readable"):
-        open_dataset(
-            DatasetSpec(name="imagefolder", root=str(tmp_path), val_fraction=0.01), "train"
-        )
+        open_dataset(DatasetSpec(name="imagefolder", root=str(tmp_path), val_fraction=0.01), "train")
 
 
 # --------------------------------------------------------------------------- coco
@@ -205,9 +197,7 @@ def _coco(tmp_path: Path, anns: list[dict[str, object]], *, bad_image: bool = Fa
     }
     for split in ("train", "val"):
         (tmp_path / f"ann_{split}.json").write_text(json.dumps(doc))
-    return DatasetSpec(
-        name="coco", root=str(tmp_path / "img"), ann_file=str(tmp_path / "ann_{split}.json")
-    )
+    return DatasetSpec(name="coco", root=str(tmp_path / "img"), ann_file=str(tmp_path / "ann_{split}.json"))
 
 
 def test_coco_boxes_are_converted_clipped_and_degenerate_dropped(tmp_path: Path) -> None:
@@ -248,9 +238,7 @@ def test_coco_malformed_box_names_the_annotation(tmp_path: Path) -> None:
 def test_coco_unreadable_image_is_skipped_and_missing_file_named(tmp_path: Path) -> None:
     ds = open_dataset(_coco(tmp_path, [], bad_image=True), "val")
     assert len(ds) == 3 and ds.skipped == 1
-    spec = DatasetSpec(
-        name="coco", root=str(tmp_path / "img"), ann_file=str(tmp_path / "nope.json")
-    )
+    spec = DatasetSpec(name="coco", root=str(tmp_path / "img"), ann_file=str(tmp_path / "nope.json"))
     with pytest.raises(DatasetError, match="nope.json does not exist"):
         open_dataset(spec, "train")
     (tmp_path / "bad.json").write_text("{not json")

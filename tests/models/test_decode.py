@@ -89,8 +89,9 @@ def test_decode_boxes_threshold_limit_and_letterbox_mapping() -> None:
 
 def test_decode_boxes_clips_to_the_frame() -> None:
     dec = DecoderSpec(kind=DecoderKind.BOXES, score_threshold=0.1)
-    dets = decode_boxes(np.array([[-5, -5, 70, 40]], np.float32), np.array([[0.9]]), dec,
-                        Transform(1.0, 1.0, 0.0, 0.0), (32, 64))
+    dets = decode_boxes(
+        np.array([[-5, -5, 70, 40]], np.float32), np.array([[0.9]]), dec, Transform(1.0, 1.0, 0.0, 0.0), (32, 64)
+    )
     np.testing.assert_allclose(dets.boxes[0], [0, 0, 64, 32])
 
 
@@ -110,8 +111,10 @@ def test_decode_mask_undoes_letterbox() -> None:
 
 
 def test_pick_outputs_by_meaning_name_and_position() -> None:
-    out = OutputSpec((TensorSpec("o1", (None, 4, 4), "boxes_xyxy"), TensorSpec("o2", (None, 4, 2), "scores")),
-                     DecoderSpec(kind=DecoderKind.BOXES))
+    out = OutputSpec(
+        (TensorSpec("o1", (None, 4, 4), "boxes_xyxy"), TensorSpec("o2", (None, 4, 2), "scores")),
+        DecoderSpec(kind=DecoderKind.BOXES),
+    )
     got = pick_outputs({"o1": np.zeros(1), "o2": np.ones(1)}, out)
     assert got["boxes"][0] == 0 and got["scores"][0] == 1
     cls = OutputSpec((TensorSpec("out", (None, 3)),), DecoderSpec(kind=DecoderKind.TOPK))

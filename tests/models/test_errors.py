@@ -43,8 +43,7 @@ TREE: list[tuple[type[Exception], type[Exception]]] = [
 
 
 @pytest.mark.parametrize(("cls", "base"), TREE, ids=[c.__name__ for c, _ in TREE])
-def test_every_models_error_has_the_one_root_and_its_standard_base(cls: type[Exception],
-                                                                   base: type[Exception]) -> None:
+def test_every_models_error_has_the_one_root_and_its_standard_base(cls: type[Exception], base: type[Exception]) -> None:
     assert issubclass(cls, ModelsError)
     assert issubclass(cls, base)
 

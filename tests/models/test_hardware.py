@@ -56,7 +56,9 @@ def test_can_run_names_what_is_missing(tmp_path: Path) -> None:
     for req, why in cases:
         ok, reason = can_run(_variant(tmp_path, **req), ORIN)
         assert not ok and why in reason, (req, reason)
-    ok, reason = can_run(_variant(tmp_path, accelerators=("cpu",), build_on_device=True), HardwareProfile(arch="x86_64"))
+    ok, reason = can_run(
+        _variant(tmp_path, accelerators=("cpu",), build_on_device=True), HardwareProfile(arch="x86_64")
+    )
     assert not ok and "no TensorRT" in reason
 
 

@@ -172,8 +172,11 @@ def _detection_bundle(directory: Path) -> None:
     """A real ONNX detector with fixed anchors: two overlapping boxes of class 0, one of class 1."""
     boxes = np.array([[[8, 8, 24, 24], [9, 9, 25, 25], [8, 8, 24, 24]]], np.float32)
     scores = np.array([[[0.9, 0.0], [0.8, 0.1], [0.0, 0.7]]], np.float32)
-    inits = [numpy_helper.from_array(boxes, "B"), numpy_helper.from_array(scores, "S"),
-             numpy_helper.from_array(np.zeros((), np.float32), "Z")]
+    inits = [
+        numpy_helper.from_array(boxes, "B"),
+        numpy_helper.from_array(scores, "S"),
+        numpy_helper.from_array(np.zeros((), np.float32), "Z"),
+    ]
     nodes = [
         helper.make_node("ReduceMean", ["input"], ["m"], keepdims=0),
         helper.make_node("Mul", ["m", "Z"], ["zero"]),
@@ -181,10 +184,13 @@ def _detection_bundle(directory: Path) -> None:
         helper.make_node("Add", ["S", "zero"], ["scores"]),
     ]
     graph = helper.make_graph(
-        nodes, "det",
+        nodes,
+        "det",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 32, 32])],
-        [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, 3, 4]),
-         helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 3, 2])],
+        [
+            helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, 3, 4]),
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 3, 2]),
+        ],
         inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -192,8 +198,15 @@ def _detection_bundle(directory: Path) -> None:
     data = model.SerializeToString()
     manifest = make_bundle(directory)
     (directory / "model.onnx").write_bytes(data)
-    variant = Variant("onnx-fp32", Format.ONNX, Precision.FP32, "model.onnx",
-                      hashlib.sha256(data).hexdigest(), len(data), manifest.variants[0].requires)
+    variant = Variant(
+        "onnx-fp32",
+        Format.ONNX,
+        Precision.FP32,
+        "model.onnx",
+        hashlib.sha256(data).hexdigest(),
+        len(data),
+        manifest.variants[0].requires,
+    )
     det = dataclasses.replace(
         manifest,
         task=Task.DETECTION,
@@ -228,8 +241,11 @@ def _fake_engine(onnx_bytes: bytes, *, max_batch: int = 4, version: str = "10.3.
     from models.runtime.trt_build import BatchProfile, EngineSpec, build_serialized_engine
 
     with fake_tensorrt.install(version):
-        return build_serialized_engine(onnx_bytes, EngineSpec("input", (3, 32, 32), BatchProfile(1, 1, max_batch),
-                                                              Precision.FP32), source="model.onnx")
+        return build_serialized_engine(
+            onnx_bytes,
+            EngineSpec("input", (3, 32, 32), BatchProfile(1, 1, max_batch), Precision.FP32),
+            source="model.onnx",
+        )
 
 
 def test_tensorrt_runtime_runs_the_engine_like_onnx_runtime(tmp_path: Path) -> None:
@@ -317,8 +333,11 @@ def test_device_build_of_a_qdq_onnx_on_real_tensorrt(tmp_path: Path) -> None:
 
     qdq = make_qdq_onnx()
     engine = tmp_path / "qdq.engine"
-    engine.write_bytes(build_serialized_engine(qdq, EngineSpec("input", (3, 32, 32), BatchProfile(1, 2, 8),
-                                                                Precision.INT8), source="qdq.onnx"))
+    engine.write_bytes(
+        build_serialized_engine(
+            qdq, EngineSpec("input", (3, 32, 32), BatchProfile(1, 2, 8), Precision.INT8), source="qdq.onnx"
+        )
+    )
     x = np.random.default_rng(0).random((8, 3, 32, 32), dtype=np.float32)
     rt = TrtRuntime(engine)
     assert rt.max_batch == 8

@@ -27,8 +27,14 @@ AGREE, DISAGREE, BOUND = math.log(0.75 / 0.9), math.log(0.25 / 0.1), math.log(99
 
 
 def _test(**kw: float) -> AgreementTest:
-    args: dict[str, float] = {"p0": 0.9, "effect": 0.15, "alpha": 0.01, "beta": 0.01, "min_frames": 10,
-                              "max_frames": 200}
+    args: dict[str, float] = {
+        "p0": 0.9,
+        "effect": 0.15,
+        "alpha": 0.01,
+        "beta": 0.01,
+        "min_frames": 10,
+        "max_frames": 200,
+    }
     args.update(kw)
     return AgreementTest(**args)  # type: ignore[arg-type]
 
@@ -112,11 +118,20 @@ def test_evidence_carries_the_decision_frames_confidence_and_bounds() -> None:
     assert ev["agreement_ci95"][0] == 0.0 and 0.0 < ev["agreement_ci95"][1] < 0.5
 
 
-@pytest.mark.parametrize(("kw", "match"), [
-    ({"p0": 0.0}, "p0"), ({"p0": 1.2}, "p0"), ({"effect": 0.0}, "effect"), ({"effect": 1.0}, "effect"),
-    ({"alpha": 0.0}, "alpha"), ({"alpha": 0.5}, "alpha"), ({"beta": 0.7}, "beta"),
-    ({"min_frames": 0}, "min_frames"), ({"min_frames": 30, "max_frames": 20}, "min_frames"),
-])
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"p0": 0.0}, "p0"),
+        ({"p0": 1.2}, "p0"),
+        ({"effect": 0.0}, "effect"),
+        ({"effect": 1.0}, "effect"),
+        ({"alpha": 0.0}, "alpha"),
+        ({"alpha": 0.5}, "alpha"),
+        ({"beta": 0.7}, "beta"),
+        ({"min_frames": 0}, "min_frames"),
+        ({"min_frames": 30, "max_frames": 20}, "min_frames"),
+    ],
+)
 def test_bad_parameters_raise(kw: dict[str, float], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         _test(**kw)
@@ -158,8 +173,7 @@ def _classes(expected: float = 0.97, frames: int = 100, labels: list[str] = TEN)
 
 def _composite(classes: list[ClassExpectation] | None = None, **kw: float) -> ClassAgreementTest:
     extra = {k: kw.pop(k) for k in ("class_effect", "class_min_frames", "floor") if k in kw}
-    return ClassAgreementTest(_test(**kw), _classes() if classes is None else classes, tolerance=0.05,
-                              **extra)  # type: ignore[arg-type]
+    return ClassAgreementTest(_test(**kw), _classes() if classes is None else classes, tolerance=0.05, **extra)  # type: ignore[arg-type]
 
 
 def _cycle(dead: set[str], frames: int, labels: list[str] = TEN) -> list[tuple[float, str]]:
@@ -211,8 +225,12 @@ def test_the_overall_test_refuses_first_when_every_class_is_wrong() -> None:
 
 
 def test_classes_measured_on_too_few_frames_or_without_room_are_skipped() -> None:
-    classes = [ClassExpectation("ok", 0.9, 10), ClassExpectation("few", 0.9, 9), ClassExpectation("low", 0.08, 50),
-               ClassExpectation("floor", 0.3, 50)]
+    classes = [
+        ClassExpectation("ok", 0.9, 10),
+        ClassExpectation("few", 0.9, 9),
+        ClassExpectation("low", 0.08, 50),
+        ClassExpectation("floor", 0.3, 50),
+    ]
     t = _composite(classes)
     # p1 = max(p0 - 0.5, 0.01): "low" has p0 0.03 and no room below it; "floor" p0 0.25 and p1 0.01
     assert set(t.classes) == {"ok", "floor"} and set(t.skipped) == {"few", "low"}
@@ -266,13 +284,16 @@ def test_composite_evidence_names_the_deciding_test_and_the_worst_classes() -> N
     assert "decided_by" not in undecided.evidence() and undecided.evidence()["classes"] == []
 
 
-@pytest.mark.parametrize(("build", "match"), [
-    (lambda: ClassAgreementTest(_test(), _classes(), tolerance=0.05, class_effect=1.0), "class_effect"),
-    (lambda: ClassAgreementTest(_test(), _classes(), tolerance=0.05, class_min_frames=0), "class_min_frames"),
-    (lambda: ClassAgreementTest(_test(), _classes(labels=["a", "a"]), tolerance=0.05), "at most once"),
-    (lambda: ClassAgreementTest(_test(), _classes(expected=1.2), tolerance=0.05), r"within \[0, 1\]"),
-    (lambda: ClassAgreementTest(_test(), _classes(), tolerance=-0.1), "tolerance"),
-])
+@pytest.mark.parametrize(
+    ("build", "match"),
+    [
+        (lambda: ClassAgreementTest(_test(), _classes(), tolerance=0.05, class_effect=1.0), "class_effect"),
+        (lambda: ClassAgreementTest(_test(), _classes(), tolerance=0.05, class_min_frames=0), "class_min_frames"),
+        (lambda: ClassAgreementTest(_test(), _classes(labels=["a", "a"]), tolerance=0.05), "at most once"),
+        (lambda: ClassAgreementTest(_test(), _classes(expected=1.2), tolerance=0.05), r"within \[0, 1\]"),
+        (lambda: ClassAgreementTest(_test(), _classes(), tolerance=-0.1), "tolerance"),
+    ],
+)
 def test_bad_composite_parameters_raise(build: object, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         build()  # type: ignore[operator]
@@ -290,6 +311,7 @@ def test_a_used_overall_test_or_a_bad_frame_raises() -> None:
 
 
 # ----------------------------------------------------------------------------- regressions and quantile bounds
+
 
 def test_slowed_down_judges_the_lower_bound_of_after_over_before() -> None:
     rng = np.random.default_rng(0)

@@ -34,9 +34,7 @@ def _one_thread() -> Iterator[None]:
         ("lraspp_mobilenet_v3_large", "segmentation", 64, (2, 5, 64, 64)),
     ],
 )
-def test_arch_builds_offline_and_returns_raw_tensor(
-    arch: str, task: str, size: int, shape: tuple[int, ...]
-) -> None:
+def test_arch_builds_offline_and_returns_raw_tensor(arch: str, task: str, size: int, shape: tuple[int, ...]) -> None:
     model = build_model(arch, task, 5, image_size=size).eval()
     with torch.no_grad():
         out = model(torch.randn(2, 3, size, size))
@@ -100,9 +98,7 @@ def test_detector_exports_to_onnx_unchanged(tmp_path: Path) -> None:
 def test_unknown_arch_or_task_lists_what_exists() -> None:
     with pytest.raises(ZooError, match="unknown arch 'vgg99'.*mobilenet_v3_small"):
         build_model("vgg99", "classification", 3)
-    with pytest.raises(
-        ZooError, match=r"supports tasks \['classification'\], got task 'detection'"
-    ):
+    with pytest.raises(ZooError, match=r"supports tasks \['classification'\], got task 'detection'"):
         build_model("resnet18", "detection", 3)
     with pytest.raises(ZooError, match="num_classes"):
         build_model("resnet18", "classification", 0)
@@ -138,9 +134,7 @@ def test_init_weights_skip_the_head_when_the_class_count_differs(
     with caplog.at_level(logging.WARNING, logger="models.zoo"):
         dst = build_model("mobilenet_v3_small", "classification", 4, init_weights=path)
     assert "skipping the classifier head" in caplog.text and "classifier.3.weight" in caplog.text
-    assert torch.equal(
-        dst.state_dict()["features.0.0.weight"], src.state_dict()["features.0.0.weight"]
-    )
+    assert torch.equal(dst.state_dict()["features.0.0.weight"], src.state_dict()["features.0.0.weight"])
     assert dst.state_dict()["classifier.3.weight"].shape == (4, 1024)
 
 
@@ -152,9 +146,7 @@ def test_mismatched_init_weights_list_keys_and_shapes(tmp_path: Path) -> None:
     sd = build_model("mobilenet_v3_small", "classification", 3).state_dict()
     sd["features.0.0.weight"] = torch.zeros(8, 3, 3, 3)
     torch.save(sd, path)
-    with pytest.raises(
-        ZooError, match=r"features.0.0.weight: file \(8, 3, 3, 3\) vs model \(16, 3, 3, 3\)"
-    ):
+    with pytest.raises(ZooError, match=r"features.0.0.weight: file \(8, 3, 3, 3\) vs model \(16, 3, 3, 3\)"):
         build_model("mobilenet_v3_small", "classification", 3, init_weights=path)
     with pytest.raises(ZooError, match="do not exist"):
         build_model("resnet18", "classification", 3, init_weights=tmp_path / "missing.pt")

@@ -21,17 +21,46 @@ from models.preprocess import Preprocessor
 from models.zoo import build_model, default_input_spec
 
 # edge-optimize flags that keep a test run short (few samples, one calibration method, one thread)
-FAST_OPTIMIZE = ["--eval-samples", "48", "--calib-samples", "16", "--calib-methods", "minmax",
-                 "--bench-queries", "5", "--bench-seconds", "0", "--threads", "1", "--quiet"]
+FAST_OPTIMIZE = [
+    "--eval-samples",
+    "48",
+    "--calib-samples",
+    "16",
+    "--calib-methods",
+    "minmax",
+    "--bench-queries",
+    "5",
+    "--bench-seconds",
+    "0",
+    "--threads",
+    "1",
+    "--quiet",
+]
 
 
-def dataset_spec(*, image_size: int = 64, train_size: int = 512, val_size: int = 256, cache_dir: str | None = None) -> DatasetSpec:
-    return DatasetSpec(name="synthetic-signs", seed=0, image_size=image_size, train_size=train_size,
-                       val_size=val_size, cache_dir=cache_dir)
+def dataset_spec(
+    *, image_size: int = 64, train_size: int = 512, val_size: int = 256, cache_dir: str | None = None
+) -> DatasetSpec:
+    return DatasetSpec(
+        name="synthetic-signs",
+        seed=0,
+        image_size=image_size,
+        train_size=train_size,
+        val_size=val_size,
+        cache_dir=cache_dir,
+    )
 
 
-def train_classifier(arch: str, spec: DatasetSpec, *, steps: int, batch: int = 32, lr: float = 2e-3,
-                     image_size: int | None = None, seed: int = 0) -> tuple[nn.Module, dict[str, Any]]:
+def train_classifier(
+    arch: str,
+    spec: DatasetSpec,
+    *,
+    steps: int,
+    batch: int = 32,
+    lr: float = 2e-3,
+    image_size: int | None = None,
+    seed: int = 0,
+) -> tuple[nn.Module, dict[str, Any]]:
     """Train ``arch`` for ``steps`` SGD steps; returns the model and its top-1 on the val split."""
     torch.manual_seed(seed)
     size = image_size or spec.image_size

@@ -31,6 +31,21 @@ def baseline_bundle(trained_run: Path, tmp_path_factory: pytest.TempPathFactory)
     from optimize.__main__ import main
 
     out = tmp_path_factory.mktemp("baseline") / "signs-1.0.0"
-    assert main([str(trained_run), "--out", str(out), "--name", "signs", "--version", "1.0.0",
-                 "--targets", "cpu", *FAST_OPTIMIZE]) == 0
+    assert (
+        main(
+            [
+                str(trained_run),
+                "--out",
+                str(out),
+                "--name",
+                "signs",
+                "--version",
+                "1.0.0",
+                "--targets",
+                "cpu",
+                *FAST_OPTIMIZE,
+            ]
+        )
+        == 0
+    )
     return out

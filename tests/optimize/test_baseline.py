@@ -30,8 +30,19 @@ from tests.optimize.frames import write_frames
 
 
 def _args(run: Path, out: Path, *extra: str, version: str = "1.1.0") -> list[str]:
-    return [str(run), "--out", str(out), "--name", "signs", "--version", version, "--targets", "cpu",
-            *FAST_OPTIMIZE, *extra]
+    return [
+        str(run),
+        "--out",
+        str(out),
+        "--name",
+        "signs",
+        "--version",
+        version,
+        "--targets",
+        "cpu",
+        *FAST_OPTIMIZE,
+        *extra,
+    ]
 
 
 def _nothing_left(parent: Path, out: Path) -> bool:
@@ -56,8 +67,9 @@ def test_frame_folder_reads_both_layouts_and_skips_unreadable(trained_run: Path,
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "unreadable"])
-def test_bad_calib_data_exits_2_and_leaves_nothing(case: str, trained_run: Path, tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_calib_data_exits_2_and_leaves_nothing(
+    case: str, trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     d = tmp_path / "frames"
     if case != "missing":
         d.mkdir()
@@ -66,8 +78,11 @@ def test_bad_calib_data_exits_2_and_leaves_nothing(case: str, trained_run: Path,
     out = tmp_path / "out"
     assert main(_args(trained_run, out, "--calib-data", str(d))) == 2
     err = capsys.readouterr().err
-    assert {"missing": "does not exist", "empty": "holds no image files",
-            "unreadable": "none of the 1 image files could be decoded"}[case] in err
+    assert {
+        "missing": "does not exist",
+        "empty": "holds no image files",
+        "unreadable": "none of the 1 image files could be decoded",
+    }[case] in err
     assert _nothing_left(tmp_path, out)
 
 
@@ -89,38 +104,52 @@ def _bad_baselines(base: Path, tmp: Path) -> dict[str, tuple[Path, str]]:
         "invalid manifest": (junk, "is not a bundle"),
         "another model": (tmp / "tiny", "is a bundle of 'tiny'; expected a release of 'signs'"),
         "same release": (_rewrite(base, tmp / "same", version="1.1.0"), "the very release being built"),
-        "input size": (_rewrite(base, tmp / "size", input=dataclasses.replace(m.input, shape=(None, 3, 64, 64))),
-                       "incompatible input spec (size (C, H, W): baseline (3, 64, 64), new (3, 32, 32))"),
-        "colour order": (_rewrite(base, tmp / "bgr", input=dataclasses.replace(m.input, color_order=ColorOrder.BGR)),
-                         "colour order: baseline BGR, new RGB"),
-        "normalisation": (_rewrite(base, tmp / "std", input=dataclasses.replace(m.input, std=(1.0, 1.0, 1.0))),
-                          "incompatible input spec (std:"),
-        "label order": (_rewrite(base, tmp / "order", labels=tuple(labels[1:2] + labels[:1] + labels[2:])),
-                        "same labels in another order (index 0"),
-        "label set": (_rewrite(base, tmp / "set", labels=tuple(labels[:-1] + ["zebra"])),
-                      "another label set"),
+        "input size": (
+            _rewrite(base, tmp / "size", input=dataclasses.replace(m.input, shape=(None, 3, 64, 64))),
+            "incompatible input spec (size (C, H, W): baseline (3, 64, 64), new (3, 32, 32))",
+        ),
+        "colour order": (
+            _rewrite(base, tmp / "bgr", input=dataclasses.replace(m.input, color_order=ColorOrder.BGR)),
+            "colour order: baseline BGR, new RGB",
+        ),
+        "normalisation": (
+            _rewrite(base, tmp / "std", input=dataclasses.replace(m.input, std=(1.0, 1.0, 1.0))),
+            "incompatible input spec (std:",
+        ),
+        "label order": (
+            _rewrite(base, tmp / "order", labels=tuple(labels[1:2] + labels[:1] + labels[2:])),
+            "same labels in another order (index 0",
+        ),
+        "label set": (_rewrite(base, tmp / "set", labels=tuple(labels[:-1] + ["zebra"])), "another label set"),
         "tampered file": (tampered, "does not match its manifest"),
     }
 
 
 def test_bad_baselines_exit_2_with_a_clear_error_and_leave_nothing(
-        trained_run: Path, baseline_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trained_run: Path, baseline_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cases = _bad_baselines(baseline_bundle, tmp_path / "bad")
     for case, (directory, message) in cases.items():
         out = tmp_path / f"out-{case.replace(' ', '-')}"
         # a good baseline first: one bad one among several still fails the run
-        assert main(_args(trained_run, out, "--baseline", str(baseline_bundle), "--baseline", str(directory))) == 2, case
+        assert main(_args(trained_run, out, "--baseline", str(baseline_bundle), "--baseline", str(directory))) == 2, (
+            case
+        )
         err = capsys.readouterr().err
         assert "edge-optimize: error: --baseline " in err and message in err, (case, err)
         assert _nothing_left(tmp_path, out), case
 
 
 def test_expectations_against_a_baseline_dir_with_calib_frames(
-        trained_run: Path, baseline_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trained_run: Path, baseline_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     frames = write_frames(trained_run, tmp_path / "frames", n=12, layout="flat")
     out = tmp_path / "signs-1.1.0"
-    args = [a for a in _args(trained_run, out, "--baseline", str(baseline_bundle), "--calib-data", str(frames))
-            if a != "--quiet"]
+    args = [
+        a
+        for a in _args(trained_run, out, "--baseline", str(baseline_bundle), "--calib-data", str(frames))
+        if a != "--quiet"
+    ]
     assert main(args) == 0
     m, base = read_bundle(out), read_bundle(baseline_bundle)
     printed = capsys.readouterr().out
@@ -129,8 +158,9 @@ def test_expectations_against_a_baseline_dir_with_calib_frames(
     assert f"agreement expectations: {len(m.expectations)} against signs@1.0.0, signs@1.1.0" in printed
     ids = [v.id for v in m.variants]
     assert ids == ["onnx-fp32", "onnx-int8"]
-    served = list(dict.fromkeys([base.selection["cpu-x86_64"].order[0], base.selection["cpu-aarch64"].order[0],
-                                 "onnx-fp32"]))
+    served = list(
+        dict.fromkeys([base.selection["cpu-x86_64"].order[0], base.selection["cpu-aarch64"].order[0], "onnx-fp32"])
+    )
     keys = {(e.variant, e.baseline, e.baseline_variant) for e in m.expectations}
     assert keys == {(v, "signs@1.1.0", "onnx-fp32") for v in ids} | {(v, "signs@1.0.0", b) for v in ids for b in served}
     own = m.expectation("onnx-fp32", baseline="signs@1.1.0", baseline_sha256=m.variant("onnx-fp32").sha256)
@@ -159,17 +189,29 @@ def test_expectations_against_a_baseline_dir_with_calib_frames(
 
 
 def test_served_variants_ort_cannot_run_are_skipped_with_a_log_line(
-        trained_run: Path, baseline_bundle: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    trained_run: Path, baseline_bundle: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     d = tmp_path / "mixed"
     shutil.copytree(baseline_bundle, d)
     m = read_bundle(d)
     (d / "model.engine").write_bytes(b"engine bytes" * 100)
     (d / "broken.onnx").write_bytes(b"not an onnx model" * 100)
-    extra = (Variant("trt-fp16-sm87", Format.TENSORRT_ENGINE, Precision.FP16, "model.engine",
-                     sha256_file(d / "model.engine"), 1200),
-             Variant("onnx-broken", Format.ONNX, Precision.FP32, "broken.onnx", sha256_file(d / "broken.onnx"), 1700))
-    selection = {**m.selection, "jetson-orin": dataclasses.replace(m.selection["cpu-x86_64"], order=("trt-fp16-sm87", "onnx-fp32")),
-                 "cuda": dataclasses.replace(m.selection["cpu-x86_64"], order=("onnx-broken", "onnx-fp32"))}
+    extra = (
+        Variant(
+            "trt-fp16-sm87",
+            Format.TENSORRT_ENGINE,
+            Precision.FP16,
+            "model.engine",
+            sha256_file(d / "model.engine"),
+            1200,
+        ),
+        Variant("onnx-broken", Format.ONNX, Precision.FP32, "broken.onnx", sha256_file(d / "broken.onnx"), 1700),
+    )
+    selection = {
+        **m.selection,
+        "jetson-orin": dataclasses.replace(m.selection["cpu-x86_64"], order=("trt-fp16-sm87", "onnx-fp32")),
+        "cuda": dataclasses.replace(m.selection["cpu-x86_64"], order=("onnx-broken", "onnx-fp32")),
+    }
     (d / "bundle.json").unlink()
     write_bundle(d, dataclasses.replace(m, variants=m.variants + extra, selection=selection))
     bl = open_baseline(d, origin="--baseline mixed", targets=("jetson-orin", "cuda"), check=lambda _m: None)
@@ -214,7 +256,8 @@ def _permuted(src: Path, dst: Path) -> Path:
 
 
 def test_an_expectation_below_the_floor_is_warned_in_the_log_and_the_report(
-        trained_run: Path, baseline_bundle: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    trained_run: Path, baseline_bundle: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     broken = _permuted(baseline_bundle, tmp_path / "permuted-1.0.0")
     out = tmp_path / "signs-1.1.0"
     with caplog.at_level(logging.WARNING, logger="optimize.pipeline"):

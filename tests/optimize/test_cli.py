@@ -93,8 +93,9 @@ def test_same_inputs_give_byte_identical_models_and_manifest(bundle: Path, train
         ({"--calib-methods": "magic"}, "unknown method 'magic'"),
     ],
 )
-def test_bad_options_exit_2_and_write_nothing(trained_run: Path, tmp_path: Path, change: dict[str, str], message: str,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_options_exit_2_and_write_nothing(
+    trained_run: Path, tmp_path: Path, change: dict[str, str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     args = _args(trained_run, tmp_path / "out")
     for k, v in change.items():
         if k in args:
@@ -118,7 +119,9 @@ def test_bad_sources_exit_2(tmp_path: Path, trained_run: Path, capsys: pytest.Ca
         assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
 
 
-def test_existing_out_is_never_overwritten(trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_existing_out_is_never_overwritten(
+    trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
@@ -127,9 +130,9 @@ def test_existing_out_is_never_overwritten(trained_run: Path, tmp_path: Path, ca
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
 
 
-def test_failure_midway_exits_1_and_leaves_nothing(trained_run: Path, tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_failure_midway_exits_1_and_leaves_nothing(
+    trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     def fail(report: object, what: str) -> None:
         raise ParityError(f"{what} does not match torch on 16 samples: logits: max |onnx - torch| 0.7")
 
@@ -140,10 +143,27 @@ def test_failure_midway_exits_1_and_leaves_nothing(trained_run: Path, tmp_path: 
 
 
 def test_help_explains_and_the_entry_point_runs() -> None:
-    out = subprocess.run([sys.executable, "-m", "optimize", "--help"], capture_output=True, text=True, timeout=120,
-                         cwd=Path(__file__).resolve().parents[2])
+    out = subprocess.run(
+        [sys.executable, "-m", "optimize", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert out.returncode == 0
-    for word in ("RUN_DIR_OR_CHECKPOINT", "--max-accuracy-drop", "--targets", "exit codes", "model-int8-qdq.onnx",
-                 "--baseline BUNDLE_DIR", "--baseline-release NAME@VERSION", "--server URL", "--trusted-root ROOT_JSON",
-                 "--calib-data DIR", "--min-speedup", "lower bound", "ImageFolder root"):
+    for word in (
+        "RUN_DIR_OR_CHECKPOINT",
+        "--max-accuracy-drop",
+        "--targets",
+        "exit codes",
+        "model-int8-qdq.onnx",
+        "--baseline BUNDLE_DIR",
+        "--baseline-release NAME@VERSION",
+        "--server URL",
+        "--trusted-root ROOT_JSON",
+        "--calib-data DIR",
+        "--min-speedup",
+        "lower bound",
+        "ImageFolder root",
+    ):
         assert word in out.stdout

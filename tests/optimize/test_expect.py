@@ -50,9 +50,11 @@ def test_classification_logits_decode_to_top1_and_nan_agrees_with_nothing() -> N
 
 def test_detection_agreement_is_box_f1_per_frame() -> None:
     ref = [_dets((0, 0, 10, 10, 1), (20, 20, 30, 30, 2)), _dets(), _dets((0, 0, 10, 10, 0))]
-    cand = [_dets((1, 1, 10, 10, 1)),  # one of two found: F1 2/3
-            _dets(),  # neither saw a box: full agreement
-            _dets((0, 0, 10, 10, 1))]  # right place, wrong class: 0
+    cand = [
+        _dets((1, 1, 10, 10, 1)),  # one of two found: F1 2/3
+        _dets(),  # neither saw a box: full agreement
+        _dets((0, 0, 10, 10, 1)),
+    ]  # right place, wrong class: 0
     per_frame = [frame_agreement(Task.DETECTION, c, r) for c, r in zip(cand, ref, strict=True)]
     assert per_frame == pytest.approx([2 / 3, 1.0, 0.0])
     assert mean_agreement(Task.DETECTION, cand, ref) == pytest.approx((2 / 3 + 1.0) / 3)
@@ -72,8 +74,11 @@ def test_one_expectation_per_variant_and_reference_keyed_by_release_and_file() -
     old = Reference("signs@1.0.0", "onnx-int8", "cd" * 32, FrameSets((1, 0, 3, 4), ()))
     out = expectations(Task.CLASSIFICATION, cands, [own, old, own], labels=LABELS)  # named twice: kept once
     assert [(e.variant, e.baseline, e.baseline_variant) for e in out] == [
-        ("onnx-fp32", "signs@1.1.0", "onnx-fp32"), ("onnx-int8", "signs@1.1.0", "onnx-fp32"),
-        ("onnx-fp32", "signs@1.0.0", "onnx-int8"), ("onnx-int8", "signs@1.0.0", "onnx-int8")]
+        ("onnx-fp32", "signs@1.1.0", "onnx-fp32"),
+        ("onnx-int8", "signs@1.1.0", "onnx-fp32"),
+        ("onnx-fp32", "signs@1.0.0", "onnx-int8"),
+        ("onnx-int8", "signs@1.0.0", "onnx-int8"),
+    ]
     int8_own = out[1]
     assert (int8_own.heldout, int8_own.calib, int8_own.calib_frames) == (0.75, 0.5, 2)
     assert int8_own.expected == 0.5  # the device must not expect more than the worse of the two
@@ -82,8 +87,10 @@ def test_one_expectation_per_variant_and_reference_keyed_by_release_and_file() -
 
 
 def test_raw_box_outputs_decode_through_the_bundle_decoder_in_frame_pixels() -> None:
-    spec = OutputSpec((TensorSpec("boxes", (None, 2, 4), "boxes_xyxy"), TensorSpec("scores", (None, 2, 2), "scores")),
-                      DecoderSpec(DecoderKind.BOXES, score_threshold=0.3))
+    spec = OutputSpec(
+        (TensorSpec("boxes", (None, 2, 4), "boxes_xyxy"), TensorSpec("scores", (None, 2, 2), "scores")),
+        DecoderSpec(DecoderKind.BOXES, score_threshold=0.3),
+    )
     boxes = np.array([[[0, 0, 8, 8], [8, 8, 16, 16]]], np.float32)
     scores = np.array([[[0.9, 0.0], [0.1, 0.2]]], np.float32)  # the second anchor is under the threshold
     half = Transform(0.5, 0.5, 0.0, 0.0)  # the frame was twice the network input
@@ -113,8 +120,7 @@ def test_every_expectation_carries_its_per_class_figures() -> None:
     int8 = FrameSets((0,) * 10 + (2,) * 10, (0,) * 5)
     own = Reference("signs@1.1.0", "onnx-fp32", SHA, frames)
     no_calib = Reference("signs@1.0.0", "onnx-fp32", "cd" * 32, FrameSets(frames.heldout))
-    out = expectations(Task.CLASSIFICATION, {"onnx-fp32": frames, "onnx-int8": int8}, [own, no_calib],
-                       labels=LABELS)
+    out = expectations(Task.CLASSIFICATION, {"onnx-fp32": frames, "onnx-int8": int8}, [own, no_calib], labels=LABELS)
     by_key = {(e.variant, e.baseline): e.per_class for e in out}
     assert by_key[("onnx-fp32", "signs@1.1.0")] == (ClassAgreement("stop", 1.0, 15), ClassAgreement("yield", 1.0, 10))
     assert by_key[("onnx-int8", "signs@1.1.0")] == (ClassAgreement("stop", 1.0, 15), ClassAgreement("yield", 0.0, 10))
@@ -124,14 +130,29 @@ def test_every_expectation_carries_its_per_class_figures() -> None:
 
 def test_an_expectation_below_the_floor_is_a_warning_naming_who_will_refuse() -> None:
     def e(variant: str, baseline: str, expected: float) -> AgreementExpectation:
-        return AgreementExpectation(variant=variant, baseline=baseline, baseline_variant="onnx-fp32",
-                                    baseline_sha256=SHA, heldout=expected, heldout_frames=100)
+        return AgreementExpectation(
+            variant=variant,
+            baseline=baseline,
+            baseline_variant="onnx-fp32",
+            baseline_sha256=SHA,
+            heldout=expected,
+            heldout_frames=100,
+        )
 
-    warnings = below_floor([e("onnx-fp32", "signs@1.1.0", 0.11), e("onnx-int8", "signs@1.2.0", 0.10),
-                            e("onnx-int8", "signs@1.1.0", 0.5), e("onnx-fp32", "signs@1.2.0", 1.0)],
-                           release="signs@1.2.0", floor=0.5)
+    warnings = below_floor(
+        [
+            e("onnx-fp32", "signs@1.1.0", 0.11),
+            e("onnx-int8", "signs@1.2.0", 0.10),
+            e("onnx-int8", "signs@1.1.0", 0.5),
+            e("onnx-fp32", "signs@1.2.0", 1.0),
+        ],
+        release="signs@1.2.0",
+        floor=0.5,
+    )
     assert len(warnings) == 2
-    assert warnings[0] == ("onnx-fp32 is expected to agree 11.0% with signs@1.1.0/onnx-fp32, below the floor "
-                           "min_agreement 50.0%: devices running signs@1.1.0/onnx-fp32 will refuse this bundle")
+    assert warnings[0] == (
+        "onnx-fp32 is expected to agree 11.0% with signs@1.1.0/onnx-fp32, below the floor "
+        "min_agreement 50.0%: devices running signs@1.1.0/onnx-fp32 will refuse this bundle"
+    )
     assert "a device judging it against its own onnx-fp32 will refuse" in warnings[1]
     assert below_floor([e("onnx-fp32", "signs@1.1.0", 0.11)], release="signs@1.2.0", floor=0.0) == []

@@ -62,8 +62,11 @@ def test_cpu_int8_is_a_valid_per_channel_qdq_model(fp32, tmp_path: Path) -> None
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops and "QLinearConv" not in ops
     model = onnx.load(str(out))
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    weight_dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and inits.get(n.input[0]) is not None
-                 and inits[n.input[0]].ndim == 4]
+    weight_dq = [
+        n
+        for n in model.graph.node
+        if n.op_type == "DequantizeLinear" and inits.get(n.input[0]) is not None and inits[n.input[0]].ndim == 4
+    ]
     assert weight_dq and all(inits[n.input[1]].ndim == 1 and inits[n.input[1]].size > 1 for n in weight_dq)
     assert all(inits[n.input[0]].dtype == np.int8 for n in weight_dq)
     res = OrtRuntime(out).run(val.inputs[:4])["logits"]
@@ -88,6 +91,7 @@ def test_tensorrt_flavour_is_symmetric_and_leaves_biases_float(fp32, tmp_path: P
 
 def test_search_tries_all_methods_then_excludes_sensitive_nodes(fp32, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     src, calib, val, workdir = fp32
+
     # an evaluator that pretends INT8 loses 5 points unless the first layer stays float
     def evaluate(path: Path) -> float:
         graph = onnx.load(str(path)).graph
@@ -95,8 +99,17 @@ def test_search_tries_all_methods_then_excludes_sensitive_nodes(fp32, tmp_path: 
         first_conv = next(n for n in graph.node if n.op_type == "Conv")
         return 0.75 if first_conv.input[1] in dq_outputs else 0.80
 
-    res = search_int8(src, workdir, calib, evaluate, reference=0.80, max_drop_points=1.0,
-                      methods=[CalibMethod.MINMAX, CalibMethod.PERCENTILE], flavor=Int8Flavor.CPU, max_rounds=2)
+    res = search_int8(
+        src,
+        workdir,
+        calib,
+        evaluate,
+        reference=0.80,
+        max_drop_points=1.0,
+        methods=[CalibMethod.MINMAX, CalibMethod.PERCENTILE],
+        flavor=Int8Flavor.CPU,
+        max_rounds=2,
+    )
     methods = [a.settings.method for a in res.attempts]
     assert methods[:2] == [CalibMethod.MINMAX, CalibMethod.PERCENTILE]
     assert len(res.attempts) == 3 and res.within_limit
@@ -108,8 +121,17 @@ def test_search_tries_all_methods_then_excludes_sensitive_nodes(fp32, tmp_path: 
 
 def test_search_reports_when_nothing_meets_the_limit(fp32, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     src, calib, _, workdir = fp32
-    res = search_int8(src, workdir, calib, lambda p: 0.5, reference=0.9, max_drop_points=1.0,
-                      methods=[CalibMethod.MINMAX], flavor=Int8Flavor.CPU, max_rounds=1)
+    res = search_int8(
+        src,
+        workdir,
+        calib,
+        lambda p: 0.5,
+        reference=0.9,
+        max_drop_points=1.0,
+        methods=[CalibMethod.MINMAX],
+        flavor=Int8Flavor.CPU,
+        max_rounds=1,
+    )
     assert not res.within_limit and len(res.attempts) == 2
 
 

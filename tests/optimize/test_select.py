@@ -23,19 +23,57 @@ def _times(median_ms: float, *, spread: float = 0.02, n: int = N, seed: int = 0)
 FP32_CPU = _times(10.0, seed=1)
 
 
-def _cands(int8_speedup: float, int8_delta: float = -0.3, *, spread: float = 0.02,
-           int8_wall: tuple[float, ...] | None = None, fp32_wall: tuple[float, ...] | None = None) -> list[Candidate]:
+def _cands(
+    int8_speedup: float,
+    int8_delta: float = -0.3,
+    *,
+    spread: float = 0.02,
+    int8_wall: tuple[float, ...] | None = None,
+    fp32_wall: tuple[float, ...] | None = None,
+) -> list[Candidate]:
     int8_cpu = _times(10.0 / int8_speedup, spread=spread, seed=2)
     return [
-        Candidate("onnx-fp32", Precision.FP32, accelerators=("cpu", "cuda", "jetson"), accuracy=0.95,
-                  accuracy_delta=0.0, cpu_ms=FP32_CPU, wall_ms=fp32_wall or FP32_CPU, measured_class="cpu-x86_64"),
-        Candidate("onnx-int8", Precision.INT8, accelerators=("cpu",), accuracy=0.947, accuracy_delta=int8_delta,
-                  cpu_ms=int8_cpu, wall_ms=int8_wall or int8_cpu, measured_class="cpu-x86_64"),
-        Candidate("onnx-int8-qdq", Precision.INT8, accelerators=GPU, accuracy=0.946, accuracy_delta=-0.4,
-                  cpu_ms=_times(30.0, seed=3), wall_ms=_times(30.0, seed=3), measured_class="cpu-x86_64",
-                  build_on_device=True),
-        Candidate("onnx-fp16", Precision.FP16, accelerators=GPU, accuracy=0.95, accuracy_delta=0.0,
-                  cpu_ms=_times(9.0, seed=4), wall_ms=_times(9.0, seed=4), measured_class="cpu-x86_64"),
+        Candidate(
+            "onnx-fp32",
+            Precision.FP32,
+            accelerators=("cpu", "cuda", "jetson"),
+            accuracy=0.95,
+            accuracy_delta=0.0,
+            cpu_ms=FP32_CPU,
+            wall_ms=fp32_wall or FP32_CPU,
+            measured_class="cpu-x86_64",
+        ),
+        Candidate(
+            "onnx-int8",
+            Precision.INT8,
+            accelerators=("cpu",),
+            accuracy=0.947,
+            accuracy_delta=int8_delta,
+            cpu_ms=int8_cpu,
+            wall_ms=int8_wall or int8_cpu,
+            measured_class="cpu-x86_64",
+        ),
+        Candidate(
+            "onnx-int8-qdq",
+            Precision.INT8,
+            accelerators=GPU,
+            accuracy=0.946,
+            accuracy_delta=-0.4,
+            cpu_ms=_times(30.0, seed=3),
+            wall_ms=_times(30.0, seed=3),
+            measured_class="cpu-x86_64",
+            build_on_device=True,
+        ),
+        Candidate(
+            "onnx-fp16",
+            Precision.FP16,
+            accelerators=GPU,
+            accuracy=0.95,
+            accuracy_delta=0.0,
+            cpu_ms=_times(9.0, seed=4),
+            wall_ms=_times(9.0, seed=4),
+            measured_class="cpu-x86_64",
+        ),
     ]
 
 
@@ -57,10 +95,24 @@ def test_a_clear_speedup_is_preferred_with_its_interval_as_evidence() -> None:
 def test_a_noisy_1_14x_point_estimate_is_not_preferred() -> None:
     # 40 queries scattered +-40 %: the point estimate says 1.14x, the interval reaches below 1.1x
     cands = _cands(1.14, spread=0.4)
-    cands[0] = Candidate("onnx-fp32", Precision.FP32, accelerators=("cpu",), accuracy=0.95, accuracy_delta=0.0,
-                         cpu_ms=_times(10.0, spread=0.4, n=40, seed=5), measured_class="cpu-x86_64")
-    cands[1] = Candidate("onnx-int8", Precision.INT8, accelerators=("cpu",), accuracy=0.95, accuracy_delta=0.0,
-                         cpu_ms=_times(10.0 / 1.14, spread=0.4, n=40, seed=6), measured_class="cpu-x86_64")
+    cands[0] = Candidate(
+        "onnx-fp32",
+        Precision.FP32,
+        accelerators=("cpu",),
+        accuracy=0.95,
+        accuracy_delta=0.0,
+        cpu_ms=_times(10.0, spread=0.4, n=40, seed=5),
+        measured_class="cpu-x86_64",
+    )
+    cands[1] = Candidate(
+        "onnx-int8",
+        Precision.INT8,
+        accelerators=("cpu",),
+        accuracy=0.95,
+        accuracy_delta=0.0,
+        cpu_ms=_times(10.0 / 1.14, spread=0.4, n=40, seed=6),
+        measured_class="cpu-x86_64",
+    )
     d = choose(cands, baseline_id="onnx-fp32", targets=("cpu-x86_64",), host_class="cpu-x86_64")
     (v,) = d["cpu-x86_64"].evidence
     assert v.interval.point == pytest.approx(1.14, abs=1e-9)
@@ -77,8 +129,7 @@ def test_slower_or_barely_faster_is_never_preferred() -> None:
         d = choose(_cands(speedup), baseline_id="onnx-fp32", targets=("cpu-x86_64",), host_class="cpu-x86_64")
         assert d["cpu-x86_64"].order == ("onnx-fp32",), speedup
         assert "does not clear 1.1x" in d["cpu-x86_64"].rejected["onnx-int8"]
-    d = choose(_cands(1.05), baseline_id="onnx-fp32", targets=("cpu-x86_64",), host_class="cpu-x86_64",
-               min_speedup=1.0)
+    d = choose(_cands(1.05), baseline_id="onnx-fp32", targets=("cpu-x86_64",), host_class="cpu-x86_64", min_speedup=1.0)
     assert d["cpu-x86_64"].order == ("onnx-int8", "onnx-fp32")
 
 
@@ -86,8 +137,12 @@ def test_cpu_time_decides_not_wall_time_inflated_by_a_neighbour() -> None:
     # a neighbour kept stealing the core while FP32 ran: its wall time says INT8 is 1.6x faster,
     # the thread CPU time says they are equal
     spikes = np.array(FP32_CPU) * np.where(np.arange(N) % 3 == 0, 1.0, 1.6)
-    d = choose(_cands(1.0, fp32_wall=tuple(float(x) for x in spikes)), baseline_id="onnx-fp32",
-               targets=("cpu-x86_64",), host_class="cpu-x86_64")
+    d = choose(
+        _cands(1.0, fp32_wall=tuple(float(x) for x in spikes)),
+        baseline_id="onnx-fp32",
+        targets=("cpu-x86_64",),
+        host_class="cpu-x86_64",
+    )
     x86 = d["cpu-x86_64"]
     assert x86.order == ("onnx-fp32",)
     (wall,) = x86.wall
@@ -104,12 +159,22 @@ def test_unmeasured_latency_is_rejected_on_a_measured_class() -> None:
 
 
 def test_accuracy_limit_rejects_and_names_the_drop() -> None:
-    d = choose(_cands(2.5, int8_delta=-1.6), baseline_id="onnx-fp32", targets=("cpu-x86_64",),
-               host_class="cpu-x86_64", max_drop=1.0)
+    d = choose(
+        _cands(2.5, int8_delta=-1.6),
+        baseline_id="onnx-fp32",
+        targets=("cpu-x86_64",),
+        host_class="cpu-x86_64",
+        max_drop=1.0,
+    )
     assert d["cpu-x86_64"].order == ("onnx-fp32",)
     assert d["cpu-x86_64"].rejected["onnx-int8"] == "accuracy drop 1.60 points > limit 1"
-    d = choose(_cands(2.5, int8_delta=-1.6), baseline_id="onnx-fp32", targets=("cpu-x86_64",),
-               host_class="cpu-x86_64", max_drop=2.0)
+    d = choose(
+        _cands(2.5, int8_delta=-1.6),
+        baseline_id="onnx-fp32",
+        targets=("cpu-x86_64",),
+        host_class="cpu-x86_64",
+        max_drop=2.0,
+    )
     assert d["cpu-x86_64"].order[0] == "onnx-int8"
 
 
@@ -124,10 +189,21 @@ def test_gpu_classes_prefer_int8_qdq_then_fp16_and_nano_has_no_int8() -> None:
 
 
 def test_engines_only_for_their_class_and_first() -> None:
-    engine = Candidate("trt-int8-sm87", Precision.INT8, Format.TENSORRT_ENGINE, accelerators=("jetson",),
-                       accuracy=0.946, accuracy_delta=-0.4, engine_class="jetson-orin")
-    d = choose([*_cands(2.5), engine], baseline_id="onnx-fp32", targets=("jetson-orin", "jetson-xavier"),
-               host_class="jetson-orin")
+    engine = Candidate(
+        "trt-int8-sm87",
+        Precision.INT8,
+        Format.TENSORRT_ENGINE,
+        accelerators=("jetson",),
+        accuracy=0.946,
+        accuracy_delta=-0.4,
+        engine_class="jetson-orin",
+    )
+    d = choose(
+        [*_cands(2.5), engine],
+        baseline_id="onnx-fp32",
+        targets=("jetson-orin", "jetson-xavier"),
+        host_class="jetson-orin",
+    )
     assert d["jetson-orin"].order[0] == "trt-int8-sm87"
     assert "trt-int8-sm87" not in d["jetson-xavier"].order
     assert d["jetson-xavier"].rejected["trt-int8-sm87"] == "engine built for jetson-orin"

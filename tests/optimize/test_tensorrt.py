@@ -63,7 +63,10 @@ def test_parse_and_build_failures_are_engine_build_errors(
 ) -> None:
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not onnx")
-    with fake_tensorrt.install(), pytest.raises(EngineBuildError, match="TensorRT cannot parse bad.onnx: ModelImporter"):
+    with (
+        fake_tensorrt.install(),
+        pytest.raises(EngineBuildError, match="TensorRT cannot parse bad.onnx: ModelImporter"),
+    ):
         build_engine(bad, tmp_path / "x.engine", TrtBuildConfig((3, 32, 32)))
     with fake_tensorrt.install(fail_builds=True):  # valid ONNX the builder cannot turn into an engine
         with pytest.raises(EngineBuildError, match="TensorRT failed to build model.onnx"):
@@ -77,8 +80,12 @@ def test_parse_and_build_failures_are_engine_build_errors(
 
 @pytest.mark.tensorrt
 def test_real_tensorrt_build(tmp_path: Path, onnx_path: Path) -> None:
-    info = build_engine(onnx_path, tmp_path / "model.engine",
-                        TrtBuildConfig((3, 32, 32), precision=Precision.FP32, timing_cache=tmp_path / "t.cache"))
+    info = build_engine(
+        onnx_path,
+        tmp_path / "model.engine",
+        TrtBuildConfig((3, 32, 32), precision=Precision.FP32, timing_cache=tmp_path / "t.cache"),
+    )
     x = np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32)
-    np.testing.assert_allclose(TrtRuntime(info.path).run(x)["logits"], OrtRuntime(onnx_path).run(x)["logits"],
-                               atol=1e-3)
+    np.testing.assert_allclose(
+        TrtRuntime(info.path).run(x)["logits"], OrtRuntime(onnx_path).run(x)["logits"], atol=1e-3
+    )

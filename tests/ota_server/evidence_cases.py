@@ -34,11 +34,19 @@ def refusal_gate(*, baseline: str = "m@1.0.0", variant: str = "onnx-fp32") -> di
         if test.add(x) is not Verdict.CONTINUE:
             break
     assert test.verdict is Verdict.REFUSE
-    agreement = dict(test.evidence(), expected=0.94, baseline=baseline, judged_against="active",
-                     confusion=[{"active": "red", "candidate": "green", "count": 7},
-                                {"active": "blue", "candidate": "other", "count": 1}])
-    timing = prefer_faster("onnx-fp32", [1.00, 1.02, 0.98, 1.01] * 10, "onnx-int8", [0.97, 1.0, 0.96, 0.99] * 10,
-                           min_speedup=1.1)
+    agreement = dict(
+        test.evidence(),
+        expected=0.94,
+        baseline=baseline,
+        judged_against="active",
+        confusion=[
+            {"active": "red", "candidate": "green", "count": 7},
+            {"active": "blue", "candidate": "other", "count": 1},
+        ],
+    )
+    timing = prefer_faster(
+        "onnx-fp32", [1.00, 1.02, 0.98, 1.01] * 10, "onnx-int8", [0.97, 1.0, 0.96, 0.99] * 10, min_speedup=1.1
+    )
     return {"agreement": agreement, "variant": variant, "timing": [timing.to_dict()]}
 
 
@@ -52,26 +60,38 @@ def rollback_gate() -> dict[str, Any]:
 def class_refusal_gate(*, classes: int = 12) -> dict[str, Any]:
     """The evidence of a per-class refusal: ``classes`` classes expected at 97 %, class "c3" never predicted."""
     overall = AgreementTest(p0=0.92, effect=0.15, alpha=0.01, beta=0.01, min_frames=10, max_frames=350)
-    test = ClassAgreementTest(overall, [ClassExpectation(f"c{i}", 0.97, 100) for i in range(classes)],
-                              tolerance=0.05)
+    test = ClassAgreementTest(overall, [ClassExpectation(f"c{i}", 0.97, 100) for i in range(classes)], tolerance=0.05)
     for i in range(10 * classes):
         label = f"c{i % classes}"
         if test.add(0.0 if label == "c3" else 1.0, label) is not Verdict.CONTINUE:
             break
     assert test.verdict is Verdict.REFUSE and test.decided_by == "c3"
-    agreement = dict(test.evidence(), expected=0.97, baseline="m@1.0.0", baseline_variant="onnx-int8",
-                     judged_against="active", why="expectation against m@1.0.0/onnx-int8: expected 97.0%",
-                     confusion=[{"active": "c3", "candidate": "c4", "count": 4}])
+    agreement = dict(
+        test.evidence(),
+        expected=0.97,
+        baseline="m@1.0.0",
+        baseline_variant="onnx-int8",
+        judged_against="active",
+        why="expectation against m@1.0.0/onnx-int8: expected 97.0%",
+        confusion=[{"active": "c3", "candidate": "c4", "count": 4}],
+    )
     return {"agreement": agreement, "variant": "onnx-fp32", "timing": refusal_gate()["timing"]}
 
 
-def make_bundle_expecting(directory: Path, *, name: str, version: str,
-                          baselines: Sequence[tuple[str, str]]) -> Manifest:
+def make_bundle_expecting(
+    directory: Path, *, name: str, version: str, baselines: Sequence[tuple[str, str]]
+) -> Manifest:
     """A one-variant test bundle whose ``expectations`` name each (``name@version``, sha256)."""
     manifest = make_bundle(directory, name=name, version=version)
     expectations = tuple(
-        AgreementExpectation(variant="onnx-fp32", baseline=release, baseline_variant="onnx-fp32",
-                             baseline_sha256=sha, heldout=0.97, heldout_frames=200)
+        AgreementExpectation(
+            variant="onnx-fp32",
+            baseline=release,
+            baseline_variant="onnx-fp32",
+            baseline_sha256=sha,
+            heldout=0.97,
+            heldout_frames=200,
+        )
         for release, sha in baselines
     )
     manifest = dataclasses.replace(manifest, expectations=expectations)

@@ -28,9 +28,11 @@ def _snapshot(server: LiveServer) -> dict[str, Any]:
     """Everything a failed request must leave untouched."""
     status, releases, _ = server.api("GET", "/api/v1/releases", token=server.tokens["viewer"])
     assert status == 200
-    files = sorted(str(p.relative_to(server.data_dir)) for p in server.data_dir.rglob("*")
-                   if p.is_file() and "run" not in p.parts and "locks" not in p.parts
-                   and not p.name.startswith("server.db"))
+    files = sorted(
+        str(p.relative_to(server.data_dir))
+        for p in server.data_dir.rglob("*")
+        if p.is_file() and "run" not in p.parts and "locks" not in p.parts and not p.name.startswith("server.db")
+    )
     ts = (server.data_dir / "tuf" / "metadata" / "timestamp.json").read_bytes()
     return {"releases": releases, "files": files, "timestamp": ts}
 
@@ -76,8 +78,13 @@ def test_publish_needs_publisher_and_device_endpoints_need_the_device(server: Li
     make_bundle(tmp_path / "b", name="authz", version="1.0.0")
     tar = bundle_tar(tmp_path / "b")
     for role in ("viewer",):
-        status, body, _ = server.api("POST", "/api/v1/releases", data=tar, token=server.tokens[role],
-                                     headers={"Content-Type": "application/x-tar"})
+        status, body, _ = server.api(
+            "POST",
+            "/api/v1/releases",
+            data=tar,
+            token=server.tokens[role],
+            headers={"Content-Type": "application/x-tar"},
+        )
         _assert_error(status, body, 403)
     a, b = server.enroll(name="a"), server.enroll(name="b")
     nonce = secrets.token_hex(16)
@@ -96,7 +103,9 @@ def test_publish_needs_publisher_and_device_endpoints_need_the_device(server: Li
     # the enrollment token enrolls and does nothing else; API and device tokens cannot enroll
     _assert_error(*server.api("GET", "/api/v1/releases", token=server.enrollment_token)[:2], 403)
     enroll_body = {"name": "x", "hardware": {"arch": "x86_64"}}
-    _assert_error(*server.api("POST", "/api/v1/devices/enroll", json=enroll_body, token=server.tokens["admin"])[:2], 403)
+    _assert_error(
+        *server.api("POST", "/api/v1/devices/enroll", json=enroll_body, token=server.tokens["admin"])[:2], 403
+    )
     _assert_error(*server.api("POST", "/api/v1/devices/enroll", json=enroll_body, token=a["device_token"])[:2], 403)
 
 
@@ -136,10 +145,12 @@ def _bad_tars(bundle: Path) -> dict[str, bytes]:
         "symlink": _tar([file("bundle.json", good["bundle.json"]), (link, None)]),
         "hash-mismatch": _tar([file("bundle.json", good["bundle.json"]), file("model.onnx", bytes(corrupt))]),
         "missing-variant": _tar([file("bundle.json", good["bundle.json"])]),
-        "extra-file": _tar([file("bundle.json", good["bundle.json"]), file("model.onnx", good["model.onnx"]),
-                            file("notes.txt", b"hi")]),
-        "bad-manifest": _tar([file("bundle.json", json.dumps(manifest).encode()),
-                              file("model.onnx", good["model.onnx"])]),
+        "extra-file": _tar(
+            [file("bundle.json", good["bundle.json"]), file("model.onnx", good["model.onnx"]), file("notes.txt", b"hi")]
+        ),
+        "bad-manifest": _tar(
+            [file("bundle.json", json.dumps(manifest).encode()), file("model.onnx", good["model.onnx"])]
+        ),
         "not-a-tar": b"this is not a tar archive" * 40,
     }
 
@@ -148,12 +159,22 @@ def test_bad_uploads_get_400_and_change_nothing(server: LiveServer, tmp_path: Pa
     make_bundle(tmp_path / "b", name="evil", version="1.0.0")
     before = _snapshot(server)
     for case, data in _bad_tars(tmp_path / "b").items():
-        status, body, _ = server.api("POST", "/api/v1/releases", data=data, token=server.tokens["publisher"],
-                                     headers={"Content-Type": "application/x-tar"})
+        status, body, _ = server.api(
+            "POST",
+            "/api/v1/releases",
+            data=data,
+            token=server.tokens["publisher"],
+            headers={"Content-Type": "application/x-tar"},
+        )
         assert status == 400, (case, body)
         _assert_error(status, body, 400)
-    status, body, _ = server.api("POST", "/api/v1/releases", data=bundle_tar(tmp_path / "b"),
-                                 token=server.tokens["publisher"], headers={"Content-Type": "text/plain"})
+    status, body, _ = server.api(
+        "POST",
+        "/api/v1/releases",
+        data=bundle_tar(tmp_path / "b"),
+        token=server.tokens["publisher"],
+        headers={"Content-Type": "text/plain"},
+    )
     _assert_error(status, body, 400, "Content-Type")
     assert _snapshot(server) == before
     assert list((server.data_dir / "tmp").iterdir()) == []
@@ -167,8 +188,13 @@ def test_oversized_upload_gets_413_and_changes_nothing(server: LiveServer, tmp_p
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for path in sorted((tmp_path / "big").iterdir()):
             tar.add(path, arcname=path.name)
-    status, body, _ = server.api("POST", "/api/v1/releases", data=buf.getvalue(),
-                                 token=server.tokens["publisher"], headers={"Content-Type": "application/x-tar"})
+    status, body, _ = server.api(
+        "POST",
+        "/api/v1/releases",
+        data=buf.getvalue(),
+        token=server.tokens["publisher"],
+        headers={"Content-Type": "application/x-tar"},
+    )
     _assert_error(status, body, 413)
     big_json = {"model": "x" * (3 * 1024 * 1024)}
     _assert_error(*server.api("POST", "/api/v1/rollouts", json=big_json, token=server.tokens["operator"])[:2], 413)
@@ -181,22 +207,30 @@ def test_duplicate_and_lower_versions_are_409(server: LiveServer, tmp_path: Path
     before = _snapshot(server)
     for version in ("2.0.0", "1.9.9"):
         make_bundle(tmp_path / version, name="mono", version=version)
-        status, body, _ = server.api("POST", "/api/v1/releases", data=bundle_tar(tmp_path / version),
-                                     token=server.tokens["publisher"], headers={"Content-Type": "application/x-tar"})
+        status, body, _ = server.api(
+            "POST",
+            "/api/v1/releases",
+            data=bundle_tar(tmp_path / version),
+            token=server.tokens["publisher"],
+            headers={"Content-Type": "application/x-tar"},
+        )
         _assert_error(status, body, 409, "version")
     assert _snapshot(server) == before
 
 
-@pytest.mark.parametrize(("body", "field"), [
-    ({"version": "1.0.0"}, "model"),
-    ({"model": "base", "version": "9.9.9"}, "version"),
-    ({"model": "base", "version": "1.0.0", "stages": [10, 5, 100]}, "stages[1]"),
-    ({"model": "base", "version": "1.0.0", "stages": [1, 50]}, "stages"),
-    ({"model": "base", "version": "1.0.0", "max_failure_rate": 3}, "max_failure_rate"),
-    ({"model": "base", "version": "1.0.0", "hardware_classes": ["gpu-x"]}, "hardware_classes[0]"),
-    ({"model": "base", "version": "1.0.0", "colour": "red"}, "colour"),
-    ({"model": "base", "version": "1.0.0", "gates": {"min_agreement": 2}}, "gates.min_agreement"),
-])
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"version": "1.0.0"}, "model"),
+        ({"model": "base", "version": "9.9.9"}, "version"),
+        ({"model": "base", "version": "1.0.0", "stages": [10, 5, 100]}, "stages[1]"),
+        ({"model": "base", "version": "1.0.0", "stages": [1, 50]}, "stages"),
+        ({"model": "base", "version": "1.0.0", "max_failure_rate": 3}, "max_failure_rate"),
+        ({"model": "base", "version": "1.0.0", "hardware_classes": ["gpu-x"]}, "hardware_classes[0]"),
+        ({"model": "base", "version": "1.0.0", "colour": "red"}, "colour"),
+        ({"model": "base", "version": "1.0.0", "gates": {"min_agreement": 2}}, "gates.min_agreement"),
+    ],
+)
 def test_malformed_rollouts_are_400_with_the_field(server: LiveServer, body: dict[str, Any], field: str) -> None:
     before = server.api("GET", "/api/v1/rollouts", token=server.tokens["viewer"])[1]
     status, out, _ = server.api("POST", "/api/v1/rollouts", json=body, token=server.tokens["operator"])
@@ -210,15 +244,25 @@ def test_malformed_device_requests(server: LiveServer) -> None:
     _assert_error(*server.api("GET", f"/api/v1/devices/{did}/assignment?nonce=xyz", token=tok)[:2], 400, "nonce")
     _assert_error(*server.api("POST", f"/api/v1/devices/{did}/reports", data=b"{not json", token=tok)[:2], 400, "body")
     bad_type = {"reports": [{"id": "r1", "time": "2026-11-27T10:00:00Z", "type": "party"}]}
-    _assert_error(*server.api("POST", f"/api/v1/devices/{did}/reports", json=bad_type, token=tok)[:2], 400,
-                  "reports[0].type")
+    _assert_error(
+        *server.api("POST", f"/api/v1/devices/{did}/reports", json=bad_type, token=tok)[:2], 400, "reports[0].type"
+    )
     too_many = {"reports": [{"id": f"r{i}", "time": "2026-11-27T10:00:00Z", "type": "heartbeat"} for i in range(501)]}
     _assert_error(*server.api("POST", f"/api/v1/devices/{did}/reports", json=too_many, token=tok)[:2], 400, "reports")
-    _assert_error(*server.api("PUT", f"/api/v1/devices/{did}/hardware", json={"arch": "x86_64", "accelerator": "tpu"},
-                              token=tok)[:2], 400, "body.accelerator")
+    _assert_error(
+        *server.api("PUT", f"/api/v1/devices/{did}/hardware", json={"arch": "x86_64", "accelerator": "tpu"}, token=tok)[
+            :2
+        ],
+        400,
+        "body.accelerator",
+    )
     enroll = {"name": "x", "group": "bad group!", "hardware": {"arch": "x86_64"}}
-    _assert_error(*server.api("POST", "/api/v1/devices/enroll", json=enroll, token=server.enrollment_token)[:2], 400,
-                  "group")
+    _assert_error(
+        *server.api("POST", "/api/v1/devices/enroll", json=enroll, token=server.enrollment_token)[:2], 400, "group"
+    )
     enroll = {"name": "x", "hardware": {"accelerator": "cpu"}}
-    _assert_error(*server.api("POST", "/api/v1/devices/enroll", json=enroll, token=server.enrollment_token)[:2], 400,
-                  "hardware.arch")
+    _assert_error(
+        *server.api("POST", "/api/v1/devices/enroll", json=enroll, token=server.enrollment_token)[:2],
+        400,
+        "hardware.arch",
+    )

@@ -92,8 +92,9 @@ def test_timestamp_is_resigned_before_expiry(data_dir: Path) -> None:
     assert body["signed"]["version"] == v1 + 1
 
 
-def test_init_refuses_existing_dir_and_writes_private_files_0600(data_dir: Path, tmp_path: Path,
-                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_init_refuses_existing_dir_and_writes_private_files_0600(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     capsys.readouterr()
     assert server_main(["init", "--data-dir", str(data_dir)]) == 1
     assert "already initialized" in capsys.readouterr().err
@@ -130,8 +131,11 @@ def test_fast_poll_path_answers_like_the_flask_view(data_dir: Path) -> None:
     client = app.test_client()
     devs = []
     for name in ("a", "b"):
-        r = client.post("/api/v1/devices/enroll", json={"name": name, "hardware": {"arch": "x86_64"}},
-                        headers={"Authorization": f"Bearer {enroll}"})
+        r = client.post(
+            "/api/v1/devices/enroll",
+            json={"name": name, "hardware": {"arch": "x86_64"}},
+            headers={"Authorization": f"Bearer {enroll}"},
+        )
         assert r.status_code == 201
         devs.append(r.get_json())
     a, b = devs
@@ -160,8 +164,11 @@ def test_another_worker_answers_from_the_shared_spool(data_dir: Path) -> None:
     enroll = create_token(config, role="enroll", name="fleet-3")
     worker_a, worker_b = create_app(config), create_app(config)  # two workers, one data dir
     a, b = worker_a.test_client(), worker_b.test_client()
-    dev = a.post("/api/v1/devices/enroll", json={"name": "s", "hardware": {"arch": "x86_64"}},
-                 headers={"Authorization": f"Bearer {enroll}"}).get_json()
+    dev = a.post(
+        "/api/v1/devices/enroll",
+        json={"name": "s", "hardware": {"arch": "x86_64"}},
+        headers={"Authorization": f"Bearer {enroll}"},
+    ).get_json()
     auth = {"Authorization": f"Bearer {dev['device_token']}"}
     url = f"/api/v1/devices/{dev['device_id']}/assignment?nonce={'cd' * 16}"
     first = a.get(url, headers=auth)

@@ -35,8 +35,10 @@ def _updater(server: LiveServer, tmp: Path, root: dict) -> Updater:
     meta.mkdir(parents=True, exist_ok=True)
     (tmp / "targets").mkdir(exist_ok=True)
     return Updater(
-        metadata_dir=str(meta), metadata_base_url=server.url + "/tuf/metadata/",
-        target_base_url=server.url + "/tuf/targets/", target_dir=str(tmp / "targets"),
+        metadata_dir=str(meta),
+        metadata_base_url=server.url + "/tuf/metadata/",
+        target_base_url=server.url + "/tuf/targets/",
+        target_dir=str(tmp / "targets"),
         bootstrap=json.dumps(root).encode(),  # the pinned root from provisioning
     )
 
@@ -72,8 +74,9 @@ def test_publish_rollout_poll_verify_download(server: LiveServer, tmp_path: Path
     assert signed["gates"]["latency_budget_ms"] == manifest.gates.latency_budget_ms
 
     # unchanged poll: 304 with the same ETag
-    status2, body2, headers2 = server.api("GET", path, token=dev["device_token"],
-                                          headers={"If-None-Match": headers["ETag"]})
+    status2, body2, headers2 = server.api(
+        "GET", path, token=dev["device_token"], headers={"If-None-Match": headers["ETag"]}
+    )
     assert status2 == 304 and body2 is None and headers2["ETag"] == headers["ETag"]
 
     # a stock ngclient refreshes and downloads both targets with matching hashes
@@ -107,8 +110,11 @@ def test_the_director_lists_the_alternates_a_device_can_run(server: LiveServer, 
     server.create_rollout(model="duo", version="1.0.0", group="duo", stages=[100])
 
     def poll(dev: dict) -> dict:
-        status, body, _ = server.api("GET", f"/api/v1/devices/{dev['device_id']}/assignment?nonce={secrets.token_hex(16)}",
-                                     token=dev["device_token"])
+        status, body, _ = server.api(
+            "GET",
+            f"/api/v1/devices/{dev['device_id']}/assignment?nonce={secrets.token_hex(16)}",
+            token=dev["device_token"],
+        )
         assert status == 200, body
         _verify(body, server.director_public_key())
         return dict(body["signed"])
@@ -124,8 +130,11 @@ def test_the_director_lists_the_alternates_a_device_can_run(server: LiveServer, 
     updater.refresh()
     for target in (signed["target"], alt["target"]):
         info = updater.get_targetinfo(target["path"])
-        assert info is not None and (info.length, dict(info.hashes), info.custom) == \
-            (target["length"], target["hashes"], target["custom"])
+        assert info is not None and (info.length, dict(info.hashes), info.custom) == (
+            target["length"],
+            target["hashes"],
+            target["custom"],
+        )
     assert info.custom["edgefleet"]["variant"] == "onnx-int8"
     other = poll(without)  # it cannot run the INT8: only the FP32 is assigned
     assert (other["target"]["variant"], other["alternates"]) == ("onnx-fp32", [])
@@ -135,11 +144,13 @@ def test_poll_for_another_device_is_forbidden(server: LiveServer) -> None:
     a = server.enroll(name="a", group="iso")
     b = server.enroll(name="b", group="iso")
     nonce = secrets.token_hex(16)
-    status, body, _ = server.api("GET", f"/api/v1/devices/{b['device_id']}/assignment?nonce={nonce}",
-                                 token=a["device_token"])
+    status, body, _ = server.api(
+        "GET", f"/api/v1/devices/{b['device_id']}/assignment?nonce={nonce}", token=a["device_token"]
+    )
     assert status == 403 and body["error"]["code"] == "FORBIDDEN"
-    status, body, _ = server.api("GET", f"/api/v1/devices/{a['device_id']}/assignment?nonce={nonce}",
-                                 token=a["device_token"])
+    status, body, _ = server.api(
+        "GET", f"/api/v1/devices/{a['device_id']}/assignment?nonce={nonce}", token=a["device_token"]
+    )
     assert status == 200 and body["signed"]["target"] is None  # no rollout for group "iso"
     assert body["signed"]["alternates"] == []
 
@@ -150,15 +161,25 @@ def test_full_flow_on_postgresql(pg_schema_url: str, tmp_path: Path) -> None:
         release = srv.publish(tmp_path / "b")
         dev = srv.enroll(name="pg-1")
         ro = srv.create_rollout(model="pg", version="1.0.0", group="default", stages=[100])
-        status, body, _ = srv.api("GET", f"/api/v1/devices/{dev['device_id']}/assignment?nonce={secrets.token_hex(16)}",
-                                  token=dev["device_token"])
+        status, body, _ = srv.api(
+            "GET",
+            f"/api/v1/devices/{dev['device_id']}/assignment?nonce={secrets.token_hex(16)}",
+            token=dev["device_token"],
+        )
         assert status == 200 and body["signed"]["release"]["counter"] == release["counter"]
         _verify(body, srv.director_public_key())
-        rep = {"id": "pg-r1", "time": "2026-11-27T10:00:00Z", "type": "transition", "state": "committed",
-               "rollout_id": ro["id"], "release": release["counter"],
-               "running": {"name": "pg", "version": "1.0.0", "release": release["counter"]}}
-        status, out, _ = srv.api("POST", f"/api/v1/devices/{dev['device_id']}/reports", json={"reports": [rep]},
-                                 token=dev["device_token"])
+        rep = {
+            "id": "pg-r1",
+            "time": "2026-11-27T10:00:00Z",
+            "type": "transition",
+            "state": "committed",
+            "rollout_id": ro["id"],
+            "release": release["counter"],
+            "running": {"name": "pg", "version": "1.0.0", "release": release["counter"]},
+        }
+        status, out, _ = srv.api(
+            "POST", f"/api/v1/devices/{dev['device_id']}/reports", json={"reports": [rep]}, token=dev["device_token"]
+        )
         assert status == 200 and out["accepted"] == ["pg-r1"]
         assert srv.rollout(ro["id"])["status"] == "completed"
         assert "postgresql" in json.loads((srv.data_dir / "server.json").read_text())["db_url"]
@@ -199,8 +220,11 @@ def test_metrics_aggregate_across_workers_and_fleet_summary(server: LiveServer) 
     status, text, headers = server.api("GET", "/metrics", token=server.tokens["viewer"])
     assert status == 200 and headers["Content-Type"].startswith("text/plain")
     text = text.decode() if isinstance(text, bytes) else str(text)
-    healthz = [line for line in text.splitlines()
-               if line.startswith("edgefleet_http_requests_total{") and 'route="/healthz"' in line]
+    healthz = [
+        line
+        for line in text.splitlines()
+        if line.startswith("edgefleet_http_requests_total{") and 'route="/healthz"' in line
+    ]
     assert healthz and sum(float(line.rsplit(" ", 1)[1]) for line in healthz) >= 6
     assert 'edgefleet_devices{group="e2e"}' in text and "edgefleet_rollouts{" in text
     status, summary, _ = server.api("GET", "/api/v1/fleet/summary", token=server.tokens["viewer"])

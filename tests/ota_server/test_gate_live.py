@@ -32,25 +32,41 @@ def _ctl(server: LiveServer, role: str, *args: str, capsys: pytest.CaptureFixtur
 
 
 def _poll(server: LiveServer, dev: dict[str, Any]) -> dict[str, Any]:
-    status, body, _ = server.api("GET", f"/api/v1/devices/{dev['device_id']}/assignment?nonce={secrets.token_hex(16)}",
-                                 token=dev["device_token"])
+    status, body, _ = server.api(
+        "GET", f"/api/v1/devices/{dev['device_id']}/assignment?nonce={secrets.token_hex(16)}", token=dev["device_token"]
+    )
     assert status == 200, body
     return dict(body["signed"])
 
 
 def _send(server: LiveServer, dev: dict[str, Any], *reports: dict[str, Any]) -> tuple[int, Any]:
-    status, body, _ = server.api("POST", f"/api/v1/devices/{dev['device_id']}/reports",
-                                 json={"reports": list(reports)}, token=dev["device_token"])
+    status, body, _ = server.api(
+        "POST",
+        f"/api/v1/devices/{dev['device_id']}/reports",
+        json={"reports": list(reports)},
+        token=dev["device_token"],
+    )
     return status, body
 
 
 def _transition(signed: dict[str, Any], state: str, **fields: Any) -> dict[str, Any]:
     release = signed["release"]
-    running = ({"name": release["name"], "version": release["version"], "release": release["counter"]}
-               if state == "committed" else None)
-    return {"id": str(uuid.uuid4()), "time": "2026-11-27T10:00:00Z", "type": "transition", "state": state,
-            "rollout_id": signed["rollout_id"], "release": release["counter"], "reason_code": None,
-            "running": running, **fields}
+    running = (
+        {"name": release["name"], "version": release["version"], "release": release["counter"]}
+        if state == "committed"
+        else None
+    )
+    return {
+        "id": str(uuid.uuid4()),
+        "time": "2026-11-27T10:00:00Z",
+        "type": "transition",
+        "state": state,
+        "rollout_id": signed["rollout_id"],
+        "release": release["counter"],
+        "reason_code": None,
+        "running": running,
+        **fields,
+    }
 
 
 def _run_release(server: LiveServer, devs: list[dict[str, Any]], version: str, group: str) -> None:
@@ -61,7 +77,9 @@ def _run_release(server: LiveServer, devs: list[dict[str, Any]], version: str, g
 
 
 def test_publish_and_rollout_warn_about_releases_without_expectation(
-    server: LiveServer, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    server: LiveServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     eu = [server.enroll(name=f"eu{i}", group="eu") for i in range(3)]
     us = [server.enroll(name="us0", group="us")]
@@ -72,12 +90,25 @@ def test_publish_and_rollout_warn_about_releases_without_expectation(
     rc, out, err = _ctl(server, "publisher", "--json", "publish", str(tmp_path / "own"), capsys=capsys)
     assert rc == 0, err
     assert json.loads(out)["version"] == "1.1.0"
-    assert (f"ota-ctl: warning: 3 devices in group eu run sig@1.0.0 (onnx-fp32, sha256 {FP32_SHA256[:12]}…): "
-            "the bundle has no agreement expectation for it; they will judge it against its own FP32") in err
+    assert (
+        f"ota-ctl: warning: 3 devices in group eu run sig@1.0.0 (onnx-fp32, sha256 {FP32_SHA256[:12]}…): "
+        "the bundle has no agreement expectation for it; they will judge it against its own FP32"
+    ) in err
     assert "1 device in group us runs sig@1.0.0" in err
 
-    rc, out, err = _ctl(server, "operator", "--json", "rollout", "create", "sig@1.1.0", "--group", "eu",
-                        "--stages", "100", capsys=capsys)
+    rc, out, err = _ctl(
+        server,
+        "operator",
+        "--json",
+        "rollout",
+        "create",
+        "sig@1.1.0",
+        "--group",
+        "eu",
+        "--stages",
+        "100",
+        capsys=capsys,
+    )
     assert rc == 0, err
     view = json.loads(out)
     assert [(w["group"], w["devices"], w["release"]) for w in view["warnings"]] == [("eu", 3, "sig@1.0.0")]
@@ -85,24 +116,34 @@ def test_publish_and_rollout_warn_about_releases_without_expectation(
     assert any(e["kind"] == "warning" and "group eu" in e["detail"] for e in view["events"])
 
     # a bundle that was measured against what the fleet runs draws no warning
-    make_bundle_expecting(tmp_path / "cov", name="sig", version="1.2.0",
-                          baselines=[("sig@1.0.0", FP32_SHA256), ("sig@1.2.0", FP32_SHA256)])
-    status, body, _ = server.api("POST", "/api/v1/releases", data=bundle_tar(tmp_path / "cov"),
-                                 token=server.tokens["publisher"], headers={"Content-Type": "application/x-tar"})
+    make_bundle_expecting(
+        tmp_path / "cov",
+        name="sig",
+        version="1.2.0",
+        baselines=[("sig@1.0.0", FP32_SHA256), ("sig@1.2.0", FP32_SHA256)],
+    )
+    status, body, _ = server.api(
+        "POST",
+        "/api/v1/releases",
+        data=bundle_tar(tmp_path / "cov"),
+        token=server.tokens["publisher"],
+        headers={"Content-Type": "application/x-tar"},
+    )
     assert status == 201 and body["warnings"] == [], body
     assert "Traceback" not in server.log_text()
 
 
-def test_gate_evidence_reaches_the_api_and_ota_ctl(server: LiveServer, tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_gate_evidence_reaches_the_api_and_ota_ctl(
+    server: LiveServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     make_bundle_expecting(tmp_path / "g", name="gated", version="1.0.0", baselines=[])
     server.publish(tmp_path / "g")
     a, b = server.enroll(name="ga", group="gated"), server.enroll(name="gb", group="gated")
-    rollout = server.create_rollout(model="gated", version="1.0.0", group="gated", stages=[100],
-                                    max_failure_rate=1.0)
+    rollout = server.create_rollout(model="gated", version="1.0.0", group="gated", stages=[100], max_failure_rate=1.0)
     gate = refusal_gate(baseline="gated@0.9.0")
-    status, body = _send(server, a, _transition(_poll(server, a), "refused", reason_code="LOW_AGREEMENT",
-                                                 variant="onnx-fp32", gate=gate))
+    status, body = _send(
+        server, a, _transition(_poll(server, a), "refused", reason_code="LOW_AGREEMENT", variant="onnx-fp32", gate=gate)
+    )
     assert status == 200, body
     signed = _poll(server, b)
     status, body = _send(server, b, _transition(signed, "committed", variant="onnx-fp32"))

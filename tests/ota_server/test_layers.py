@@ -14,14 +14,49 @@ PACKAGE = ROOT / "ota_server"
 
 # sub-package -> what none of its modules may import (ota_server modules and third-party names)
 FORBIDDEN = {
-    "rules": ("ota_server.storage", "ota_server.serving", "ota_server.api", "ota_server.fleet", "ota_server.trust",
-              "ota_server.app", "ota_server.services", "flask", "werkzeug", "sqlalchemy", "gunicorn"),
-    "storage": ("ota_server.api", "ota_server.serving", "ota_server.fleet", "ota_server.app", "ota_server.services",
-                "flask", "werkzeug", "gunicorn"),
-    "trust": ("ota_server.storage", "ota_server.fleet", "ota_server.api", "ota_server.serving", "ota_server.app",
-              "ota_server.services", "flask", "werkzeug", "sqlalchemy"),
-    "fleet": ("ota_server.api", "ota_server.serving", "ota_server.app", "ota_server.services", "flask", "werkzeug",
-              "gunicorn"),
+    "rules": (
+        "ota_server.storage",
+        "ota_server.serving",
+        "ota_server.api",
+        "ota_server.fleet",
+        "ota_server.trust",
+        "ota_server.app",
+        "ota_server.services",
+        "flask",
+        "werkzeug",
+        "sqlalchemy",
+        "gunicorn",
+    ),
+    "storage": (
+        "ota_server.api",
+        "ota_server.serving",
+        "ota_server.fleet",
+        "ota_server.app",
+        "ota_server.services",
+        "flask",
+        "werkzeug",
+        "gunicorn",
+    ),
+    "trust": (
+        "ota_server.storage",
+        "ota_server.fleet",
+        "ota_server.api",
+        "ota_server.serving",
+        "ota_server.app",
+        "ota_server.services",
+        "flask",
+        "werkzeug",
+        "sqlalchemy",
+    ),
+    "fleet": (
+        "ota_server.api",
+        "ota_server.serving",
+        "ota_server.app",
+        "ota_server.services",
+        "flask",
+        "werkzeug",
+        "gunicorn",
+    ),
 }
 
 
@@ -67,7 +102,7 @@ def _cycle() -> list[str] | None:
         path.append(node)
         for nxt in sorted(GRAPH[node]):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state and (found := visit(nxt)) is not None:
                 return found
         path.pop()
@@ -104,7 +139,10 @@ def test_each_layer_imports_only_what_it_may(layer: str) -> None:
 
 
 def test_the_client_imports_nothing_of_the_server() -> None:
-    offenders = [f"{name} imports {sorted(bad)}" for name in sorted(MODULES) if name.startswith("ota_server.client")
-                 if (bad := {m for m in _imports(name) if m.startswith("ota_server") and not m.startswith(
-                     "ota_server.client")})]
+    offenders = [
+        f"{name} imports {sorted(bad)}"
+        for name in sorted(MODULES)
+        if name.startswith("ota_server.client")
+        if (bad := {m for m in _imports(name) if m.startswith("ota_server") and not m.startswith("ota_server.client")})
+    ]
     assert not offenders, "\n".join(offenders)

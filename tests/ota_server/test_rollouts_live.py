@@ -24,21 +24,45 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> LiveServer:
 
 
 def _poll(server: LiveServer, dev: dict[str, Any]) -> dict[str, Any]:
-    status, body, _ = server.api("GET", f"/api/v1/devices/{dev['device_id']}/assignment?nonce={secrets.token_hex(16)}",
-                                 token=dev["device_token"])
+    status, body, _ = server.api(
+        "GET", f"/api/v1/devices/{dev['device_id']}/assignment?nonce={secrets.token_hex(16)}", token=dev["device_token"]
+    )
     assert status == 200, body
     return dict(body["signed"])
 
 
-def _report(server: LiveServer, dev: dict[str, Any], state: str, signed: dict[str, Any], *,
-            reason: str | None = None, time: str = "2026-11-27T10:00:00Z") -> dict[str, Any]:
-    rep = {"id": str(uuid.uuid4()), "time": time, "type": "transition", "state": state,
-           "rollout_id": signed["rollout_id"], "release": signed["release"]["counter"], "reason_code": reason,
-           "detail": None, "metrics": {"p95_ms": 12.5, "fps": 30.0, "agreement": 0.97},
-           "running": ({"name": signed["release"]["name"], "version": signed["release"]["version"],
-                        "release": signed["release"]["counter"]} if state == "committed" else None)}
-    status, body, _ = server.api("POST", f"/api/v1/devices/{dev['device_id']}/reports",
-                                 json={"reports": [rep]}, token=dev["device_token"])
+def _report(
+    server: LiveServer,
+    dev: dict[str, Any],
+    state: str,
+    signed: dict[str, Any],
+    *,
+    reason: str | None = None,
+    time: str = "2026-11-27T10:00:00Z",
+) -> dict[str, Any]:
+    rep = {
+        "id": str(uuid.uuid4()),
+        "time": time,
+        "type": "transition",
+        "state": state,
+        "rollout_id": signed["rollout_id"],
+        "release": signed["release"]["counter"],
+        "reason_code": reason,
+        "detail": None,
+        "metrics": {"p95_ms": 12.5, "fps": 30.0, "agreement": 0.97},
+        "running": (
+            {
+                "name": signed["release"]["name"],
+                "version": signed["release"]["version"],
+                "release": signed["release"]["counter"],
+            }
+            if state == "committed"
+            else None
+        ),
+    }
+    status, body, _ = server.api(
+        "POST", f"/api/v1/devices/{dev['device_id']}/reports", json={"reports": [rep]}, token=dev["device_token"]
+    )
     assert status == 200, body
     assert body["accepted"] == [rep["id"]]
     return rep
@@ -61,8 +85,9 @@ def test_stages_advance_on_success_and_complete(server: LiveServer) -> None:
     assert final["status"] == "completed" and final["totals"]["success"] == 6
     kinds = [e["kind"] for e in final["events"]]
     assert kinds[0] == "created" and kinds[-1] == "completed"
-    status, body, _ = server.api("GET", "/api/v1/devices?group=stages&model_version=det@1.1.0",
-                                 token=server.tokens["viewer"])
+    status, body, _ = server.api(
+        "GET", "/api/v1/devices?group=stages&model_version=det@1.1.0", token=server.tokens["viewer"]
+    )
     assert status == 200 and len(body["devices"]) == 6
     assert body["devices"][0]["metrics"]["p95_ms"] == 12.5
 
@@ -75,8 +100,9 @@ def test_failures_halt_the_rollout_and_rollback_repoints(server: LiveServer) -> 
         _report(server, d, "committed", _poll(server, d))
     assert server.rollout(base["id"])["status"] == "completed"
 
-    ro = server.create_rollout(model="det", version="1.2.0", group="halt", stages=[100], max_failure_rate=0.25,
-                               min_devices_for_halt=2)
+    ro = server.create_rollout(
+        model="det", version="1.2.0", group="halt", stages=[100], max_failure_rate=0.25, min_devices_for_halt=2
+    )
     signed = [_poll(server, d) for d in devs]
     assert all(s["release"]["version"] == "1.2.0" for s in signed)
     _report(server, devs[0], "failed", signed[0], reason="LATENCY_OVER_BUDGET")
@@ -92,12 +118,17 @@ def test_failures_halt_the_rollout_and_rollback_repoints(server: LiveServer) -> 
     assert kept["rollout_id"] is None and kept["release"]["version"] == "1.1.0"
 
     # another rollout for det/halt is refused while this one is halted
-    status, body, _ = server.api("POST", "/api/v1/rollouts", token=server.tokens["operator"],
-                                 json={"model": "det", "version": "1.2.0", "group": "halt"})
+    status, body, _ = server.api(
+        "POST",
+        "/api/v1/rollouts",
+        token=server.tokens["operator"],
+        json={"model": "det", "version": "1.2.0", "group": "halt"},
+    )
     assert status == 409 and body["error"]["field"] == "group"
 
-    status, body, _ = server.api("POST", f"/api/v1/rollouts/{ro['id']}/rollback", token=server.tokens["operator"],
-                                 json={"to_version": "1.1.0"})
+    status, body, _ = server.api(
+        "POST", f"/api/v1/rollouts/{ro['id']}/rollback", token=server.tokens["operator"], json={"to_version": "1.1.0"}
+    )
     assert status == 201, body
     new_release = body["release"]
     assert new_release["version"] == "1.1.0" and new_release["counter"] > signed[0]["release"]["counter"]
@@ -129,16 +160,16 @@ def test_pause_resume_abort(server: LiveServer) -> None:
 
 def test_reports_are_idempotent(server: LiveServer, tmp_path: Path) -> None:
     dev = server.enroll(name="idem", group="idem")
-    rep = {"id": "r-1", "time": "2026-11-27T10:00:00Z", "type": "heartbeat", "state": None,
-           "metrics": {"fps": 29.0}}
+    rep = {"id": "r-1", "time": "2026-11-27T10:00:00Z", "type": "heartbeat", "state": None, "metrics": {"fps": 29.0}}
     path = f"/api/v1/devices/{dev['device_id']}/reports"
     first = server.api("POST", path, json={"reports": [rep]}, token=dev["device_token"])[1]
     second = server.api("POST", path, json={"reports": [rep, dict(rep, id="r-2")]}, token=dev["device_token"])[1]
     assert first == {"accepted": ["r-1"], "duplicates": []}
     assert second == {"accepted": ["r-2"], "duplicates": ["r-1"]}
     other = server.enroll(name="idem-2", group="idem")  # report ids are per device
-    third = server.api("POST", f"/api/v1/devices/{other['device_id']}/reports", json={"reports": [rep]},
-                       token=other["device_token"])[1]
+    third = server.api(
+        "POST", f"/api/v1/devices/{other['device_id']}/reports", json={"reports": [rep]}, token=other["device_token"]
+    )[1]
     assert third == {"accepted": ["r-1"], "duplicates": []}
     status, body, _ = server.api("GET", f"/api/v1/devices/{dev['device_id']}", token=server.tokens["viewer"])
     assert status == 200 and body["metrics"]["fps"] == 29.0 and body["last_seen"]
@@ -166,14 +197,22 @@ def test_concurrent_publishes_and_reports_across_workers(server: LiveServer, tmp
     devs = [server.enroll(name=f"c{i}", group="conc") for i in range(6)]
 
     def publish(tar: bytes) -> int:
-        return server.api("POST", "/api/v1/releases", data=tar, token=server.tokens["publisher"],
-                          headers={"Content-Type": "application/x-tar"})[0]
+        return server.api(
+            "POST",
+            "/api/v1/releases",
+            data=tar,
+            token=server.tokens["publisher"],
+            headers={"Content-Type": "application/x-tar"},
+        )[0]
 
     def heartbeat(dev: dict[str, Any]) -> int:
-        reps = [{"id": str(uuid.uuid4()), "time": "2026-11-27T10:00:00Z", "type": "heartbeat", "metrics": {"fps": 1}}
-                for _ in range(20)]
-        return server.api("POST", f"/api/v1/devices/{dev['device_id']}/reports", json={"reports": reps},
-                          token=dev["device_token"])[0]
+        reps = [
+            {"id": str(uuid.uuid4()), "time": "2026-11-27T10:00:00Z", "type": "heartbeat", "metrics": {"fps": 1}}
+            for _ in range(20)
+        ]
+        return server.api(
+            "POST", f"/api/v1/devices/{dev['device_id']}/reports", json={"reports": reps}, token=dev["device_token"]
+        )[0]
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         pubs = list(pool.map(publish, tars))
@@ -191,14 +230,21 @@ def test_counters_stay_exact_under_concurrent_reports_across_workers(server: Liv
     make_bundle(tmp_path / "cnt", name="cnt", version="1.0.0")
     server.publish(tmp_path / "cnt")
     devs = [server.enroll(name=f"cnt{i}", group="cnt") for i in range(12)]
-    rollout = server.create_rollout(model="cnt", version="1.0.0", group="cnt", stages=[100],
-                                    max_failure_rate=1.0)
+    rollout = server.create_rollout(model="cnt", version="1.0.0", group="cnt", stages=[100], max_failure_rate=1.0)
 
     def send(dev: dict[str, Any], rid: str, state: str, second: int, reason: str | None = None) -> int:
-        rep = {"id": rid, "time": f"2026-11-27T10:00:{second:02d}Z", "type": "transition", "state": state,
-               "rollout_id": rollout["id"], "release": rollout["release"], "reason_code": reason}
-        return server.api("POST", f"/api/v1/devices/{dev['device_id']}/reports", json={"reports": [rep]},
-                          token=dev["device_token"])[0]
+        rep = {
+            "id": rid,
+            "time": f"2026-11-27T10:00:{second:02d}Z",
+            "type": "transition",
+            "state": state,
+            "rollout_id": rollout["id"],
+            "release": rollout["release"],
+            "reason_code": reason,
+        }
+        return server.api(
+            "POST", f"/api/v1/devices/{dev['device_id']}/reports", json={"reports": [rep]}, token=dev["device_token"]
+        )[0]
 
     # every device fails first; the even ones then commit; every report is also sent twice
     jobs = [(d, f"f-{i}", "failed", 1, "NAN_OUTPUT") for i, d in enumerate(devs)]

@@ -19,9 +19,7 @@ TINY = [
 ]  # fmt: skip
 
 
-def cli(
-    args: list[str], *, timeout: float = 240, new_session: bool = False
-) -> subprocess.Popen[str]:
+def cli(args: list[str], *, timeout: float = 240, new_session: bool = False) -> subprocess.Popen[str]:
     """Start ``python -m training ARGS`` as a real process (its own session if asked)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.Popen(
@@ -60,8 +58,6 @@ def _restore_torch_threads() -> Iterator[None]:
 def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An uninterrupted 2-process gloo run of 3 epochs (the reference for resume)."""
     out = tmp_path_factory.mktemp("runs")
-    code, log = run_cli(
-        [*TINY, "--epochs", "3", "--nproc-per-node", "2", "--output", str(out), "--name", "ref"]
-    )
+    code, log = run_cli([*TINY, "--epochs", "3", "--nproc-per-node", "2", "--output", str(out), "--name", "ref"])
     assert code == 0, log[-4000:]
     return out / "ref"

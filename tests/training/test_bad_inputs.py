@@ -73,9 +73,7 @@ def test_empty_class_is_named(tmp_path: Path, caplog: pytest.LogCaptureFixture) 
     assert "stop has no images" in caplog.text
 
 
-def test_all_images_unreadable_is_an_error(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_all_images_unreadable_is_an_error(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     for name in ("a", "b"):
         (tmp_path / "data" / name).mkdir(parents=True)
         for i in range(6):
@@ -84,9 +82,7 @@ def test_all_images_unreadable_is_an_error(
     assert "could be decoded" in caplog.text or "no readable image" in caplog.text
 
 
-def test_bad_coco_box_names_the_annotation(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_bad_coco_box_names_the_annotation(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     (tmp_path / "img").mkdir()
     assert cv2.imwrite(str(tmp_path / "img" / "a.png"), np.zeros((32, 32, 3), np.uint8))
     ann = {
@@ -110,9 +106,7 @@ def test_bad_coco_box_names_the_annotation(
     assert "annotation 77: bbox must be 4 finite numbers" in caplog.text
 
 
-def test_mismatched_init_weights_list_the_keys(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_mismatched_init_weights_list_the_keys(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     torch.save(build_model("resnet18", "classification", 10).state_dict(), tmp_path / "r18.pt")
     args = [
         "--init-weights",
@@ -124,11 +118,7 @@ def test_mismatched_init_weights_list_the_keys(
         *FAST,
     ]
     assert main(args) == 2
-    assert (
-        "missing keys" in caplog.text
-        and "unexpected keys" in caplog.text
-        and "fc.weight" in caplog.text
-    )
+    assert "missing keys" in caplog.text and "unexpected keys" in caplog.text and "fc.weight" in caplog.text
 
 
 def test_detection_trains_end_to_end_and_reports_map(tmp_path: Path) -> None:
@@ -161,6 +151,4 @@ def test_detection_trains_end_to_end_and_reports_map(tmp_path: Path) -> None:
     side = json.loads((tmp_path / "det" / "checkpoints" / "last.json").read_text())
     assert side["main_metric"] == "map50" and set(side["metrics"]) == {"map50", "map"}
     model = build_model(side["arch"], side["task"], side["num_classes"], **side["model_kwargs"])
-    model.load_state_dict(
-        torch.load(tmp_path / "det" / "checkpoints" / "last.pt", weights_only=True)["model"]
-    )
+    model.load_state_dict(torch.load(tmp_path / "det" / "checkpoints" / "last.pt", weights_only=True)["model"])

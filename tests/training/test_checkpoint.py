@@ -41,9 +41,7 @@ def test_run_dir_layout_matches_the_contract(ddp_run: Path) -> None:
 def test_checkpoint_loads_weights_only_and_sidecar_rebuilds_everything(ddp_run: Path) -> None:
     path = ddp_run / "checkpoints" / "best.pt"
     state = torch.load(path, weights_only=True)
-    assert {"model", "optimizer", "scheduler", "epoch", "rng", "sampler", "best_metric"} <= set(
-        state
-    )
+    assert {"model", "optimizer", "scheduler", "epoch", "rng", "sampler", "best_metric"} <= set(state)
     side = json.loads(path.with_suffix(".json").read_text())
     assert set(side) == CONTRACT_KEYS
     assert side["format"] == "edgefleet.checkpoint/1"
@@ -62,9 +60,7 @@ def test_checkpoint_loads_weights_only_and_sidecar_rebuilds_everything(ddp_run: 
 
 def test_tampered_checkpoint_is_refused(ddp_run: Path, tmp_path: Path) -> None:
     for suffix in (".pt", ".json"):
-        (tmp_path / f"last{suffix}").write_bytes(
-            (ddp_run / "checkpoints" / f"last{suffix}").read_bytes()
-        )
+        (tmp_path / f"last{suffix}").write_bytes((ddp_run / "checkpoints" / f"last{suffix}").read_bytes())
     state, meta = load_checkpoint(tmp_path / "last.pt")
     assert meta["epoch"] == state["epoch"] == 3
     with open(tmp_path / "last.pt", "ab") as fh:

@@ -42,9 +42,7 @@ def test_resolved_config_round_trips_through_yaml(tmp_path: Path) -> None:
     assert again == cfg
 
 
-def test_bad_yaml_key_is_an_error_naming_it(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_bad_yaml_key_is_an_error_naming_it(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("epochs: 3\nlearning_rate: 0.1\n")
     assert main(["--config", str(path)]) == 2
@@ -108,7 +106,9 @@ def test_help_and_bad_flags_answer_without_importing_torch() -> None:
     import subprocess
     import sys
 
-    code = ("import sys\nfrom training.__main__ import main\nrc = main(['--epochs', '0', '--print-config'])\n"
-            "print('torch' in sys.modules, rc)")
+    code = (
+        "import sys\nfrom training.__main__ import main\nrc = main(['--epochs', '0', '--print-config'])\n"
+        "print('torch' in sys.modules, rc)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.stdout.split() == ["False", "2"], out.stderr

@@ -35,16 +35,12 @@ def test_train_augmentation_replays_per_epoch_and_changes_between_epochs() -> No
     assert torch.equal(a[5][0], b[5][0])
     b.set_epoch(4)
     assert not torch.equal(a[5][0], b[5][0])
-    plain = Preprocessor(default_input_spec("mobilenet_v3_small", "classification", 32))(
-        a.reader[5].image
-    )
+    plain = Preprocessor(default_input_spec("mobilenet_v3_small", "classification", 32))(a.reader[5].image)
     assert not np.array_equal(a[5][0].numpy(), plain)
 
 
 def test_detection_targets_are_in_input_pixels_and_collate_keeps_lists() -> None:
-    reader = open_dataset(
-        DatasetSpec(name="synthetic-scenes", image_size=80, train_size=4, val_size=4), "val"
-    )
+    reader = open_dataset(DatasetSpec(name="synthetic-scenes", image_size=80, train_size=4, val_size=4), "val")
     spec = default_input_spec("fcos_mnv3", "detection", 64)
     data = DetectionData(reader, spec, train=False, augment=AugmentConfig(), seed=0)
     x, target = data[1]

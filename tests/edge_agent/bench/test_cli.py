@@ -47,12 +47,7 @@ def test_compare_two_bundles_on_a_video_writes_table_json_csv_and_plots(
     )
     assert rc == 0
     printed = capsys.readouterr().out
-    assert (
-        "host: " in printed
-        and "tiny@1.0.0" in printed
-        and "tiny@1.1.0" in printed
-        and "pipe fps" in printed
-    )
+    assert "host: " in printed and "tiny@1.0.0" in printed and "tiny@1.1.0" in printed and "pipe fps" in printed
     doc = json.loads((out / "results.json").read_text())
     assert doc["host"]["cpu_count"] >= 1 and doc["host"]["versions"]["onnxruntime"]
     first, second = doc["results"]

@@ -125,9 +125,7 @@ def test_summary_over_generations() -> None:
 
 
 def test_sampler_runs_a_subprocess_and_parses_its_lines() -> None:
-    sampler = TegrastatsSampler(
-        interval_ms=20, command=[sys.executable, str(DATA / "fake_tegrastats.py")]
-    )
+    sampler = TegrastatsSampler(interval_ms=20, command=[sys.executable, str(DATA / "fake_tegrastats.py")])
     assert sampler.available()
     with sampler:
         deadline = time.monotonic() + 10

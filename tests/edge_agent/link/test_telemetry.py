@@ -72,8 +72,14 @@ def test_unreachable_server_raises_a_transient_error(tmp_path: Path) -> None:
 def test_a_report_carries_the_reason_code_the_chosen_variant_and_the_gate_evidence(tmp_path: Path) -> None:
     from edge_agent.errors import ReasonCode
 
-    gate = {"agreement": {"decision": "refuse", "frames": 10, "judged_against": "active",
-                          "confusion": [{"active": "red", "candidate": "green", "count": 10}]}}
+    gate = {
+        "agreement": {
+            "decision": "refuse",
+            "frames": 10,
+            "judged_against": "active",
+            "confusion": [{"active": "red", "candidate": "green", "count": 10}],
+        }
+    }
     r = make_report("gate", state="failed", reason_code=ReasonCode.LOW_AGREEMENT, variant="onnx-int8", gate=gate)
     assert (r["reason_code"], r["variant"], r["gate"]) == ("LOW_AGREEMENT", "onnx-int8", gate)
     box = Outbox(tmp_path / "outbox.sqlite")

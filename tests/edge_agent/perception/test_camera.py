@@ -84,9 +84,7 @@ def test_undecodable_file_says_opencv_could_not_decode(tmp_path: Path) -> None:
 
 
 def test_unreachable_stream_and_missing_device_fail_clearly() -> None:
-    with pytest.raises(
-        CameraError, match=r"cannot open stream source 'http://127\.0\.0\.1:9/x\.mjpg'"
-    ):
+    with pytest.raises(CameraError, match=r"cannot open stream source 'http://127\.0\.0\.1:9/x\.mjpg'"):
         open_source("http://127.0.0.1:9/x.mjpg")
     with pytest.raises(CameraError, match=r"device source '63'.*/dev/video63"):
         open_source("/dev/video63")
@@ -103,8 +101,7 @@ def test_synthetic_source_is_deterministic_and_changes() -> None:
     fa = [a.read() for _ in range(40)]
     fb = [b.read() for _ in range(40)]
     assert all(
-        x is not None and y is not None and np.array_equal(x.image, y.image)
-        for x, y in zip(fa, fb, strict=True)
+        x is not None and y is not None and np.array_equal(x.image, y.image) for x, y in zip(fa, fb, strict=True)
     )
     assert not np.array_equal(fa[0].image, fa[35].image)  # type: ignore[union-attr]
 
@@ -123,9 +120,7 @@ def test_dropped_http_stream_reconnects_and_keeps_delivering() -> None:
 
 def test_live_source_gives_up_after_max_attempts() -> None:
     with mjpeg_server(frames_per_connection=3) as (url, _):
-        src = OpenCVSource(
-            parse_source(url), reconnect=ReconnectPolicy(initial_s=0.02, max_attempts=2)
-        )
+        src = OpenCVSource(parse_source(url), reconnect=ReconnectPolicy(initial_s=0.02, max_attempts=2))
         src.open()
         assert [src.read() is not None for _ in range(3)] == [True, True, True]
     # the server is gone: two reconnect attempts fail, then the source ends

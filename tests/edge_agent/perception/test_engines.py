@@ -48,9 +48,14 @@ def slot(tmp_path: Path) -> Path:
 def test_cache_key_names_onnx_tensorrt_gpu_precision_and_profile(tmp_path: Path) -> None:
     key = EngineKey("f" * 64, "10.3.0", "Orin (nvgpu)", "8.7", Precision.INT8, BatchProfile(1, 2, 8))
     assert key.filename() == "f" * 64 + "-trt10.3.0-Orin_nvgpu-sm87-int8-b1-2-8.engine"
-    others = [dataclasses.replace(key, onnx_sha256="e" * 64), dataclasses.replace(key, tensorrt_version="10.4.0"),
-              dataclasses.replace(key, gpu_name="Xavier"), dataclasses.replace(key, compute_capability="7.2"),
-              dataclasses.replace(key, precision=Precision.FP16), dataclasses.replace(key, batch=BatchProfile(1, 1, 8))]
+    others = [
+        dataclasses.replace(key, onnx_sha256="e" * 64),
+        dataclasses.replace(key, tensorrt_version="10.4.0"),
+        dataclasses.replace(key, gpu_name="Xavier"),
+        dataclasses.replace(key, compute_capability="7.2"),
+        dataclasses.replace(key, precision=Precision.FP16),
+        dataclasses.replace(key, batch=BatchProfile(1, 1, 8)),
+    ]
     paths = {engine_cache_path(tmp_path, k) for k in (key, *others)}
     assert len(paths) == 7 and all(p.parent == tmp_path for p in paths)
 
@@ -69,7 +74,9 @@ def test_qdq_variant_is_built_with_int8_and_the_batch_profile_and_serves_like_on
         assert b.config.pools[fake_tensorrt_builder.MemoryPoolType.WORKSPACE] == 256 << 20
         assert b.config.profiles[0].shapes["input"] == ((1, 3, 32, 32), (2, 3, 32, 32), (4, 3, 32, 32))
         assert model.backend is Backend.TENSORRT and model.engine_path is not None
-        assert model.engine_path.parent == engines and "-trt10.3.0-Orin_nvgpu-sm87-int8-b1-2-4" in model.engine_path.name
+        assert (
+            model.engine_path.parent == engines and "-trt10.3.0-Orin_nvgpu-sm87-int8-b1-2-4" in model.engine_path.name
+        )
         served = model.predict_batch(_frames())
         model.close()
     with Model(slot, QDQ_ID, threads=1) as reference:  # ONNX Runtime on the very same Q/DQ graph
@@ -102,8 +109,7 @@ def test_a_cached_engine_that_no_longer_loads_is_rebuilt_once(tmp_path: Path, sl
     engines = tmp_path / "engines"
     manifest = read_bundle(slot)
     with fake_tensorrt.install():
-        path, built = ensure_engine(slot, manifest, manifest.variant(QDQ_ID), cache_dir=engines,
-                                    batch=BatchProfile())
+        path, built = ensure_engine(slot, manifest, manifest.variant(QDQ_ID), cache_dir=engines, batch=BatchProfile())
         assert built
         path.write_bytes(b"truncated by a power cut on another file system")
         model = open_staged(slot, QDQ_ID, engines_dir=engines, profile=ORIN)
@@ -162,10 +168,18 @@ def test_onnx_variants_open_with_onnx_runtime_and_refusals_are_load_errors(tmp_p
 def test_fp16_and_fixed_batch_variants_get_their_own_flags_and_profile(tmp_path: Path, slot: Path) -> None:
     manifest = read_bundle(slot)
     (slot / "model.fp16.onnx").write_bytes((slot / "model.onnx").read_bytes())  # the fake compiles any ONNX
-    fp16 = dataclasses.replace(manifest.variant("onnx-fp32"), id="onnx-fp16", precision=Precision.FP16,
-                               file="model.fp16.onnx", requires=manifest.variant(QDQ_ID).requires)
-    fixed = dataclasses.replace(manifest, input=InputSpec(**{**manifest.input.__dict__, "shape": (2, 3, 32, 32)}),
-                                variants=(*manifest.variants, fp16))
+    fp16 = dataclasses.replace(
+        manifest.variant("onnx-fp32"),
+        id="onnx-fp16",
+        precision=Precision.FP16,
+        file="model.fp16.onnx",
+        requires=manifest.variant(QDQ_ID).requires,
+    )
+    fixed = dataclasses.replace(
+        manifest,
+        input=InputSpec(**{**manifest.input.__dict__, "shape": (2, 3, 32, 32)}),
+        variants=(*manifest.variants, fp16),
+    )
     write_bundle(slot, fixed)
     with fake_tensorrt.install():
         path, _ = ensure_engine(slot, fixed, fp16, cache_dir=tmp_path / "e", batch=BatchProfile(1, 1, 8))

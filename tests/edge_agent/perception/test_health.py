@@ -108,8 +108,11 @@ def test_a_busy_neighbour_inflating_wall_time_is_not_a_regression() -> None:
 def test_the_same_latency_distribution_before_and_after_never_regresses(seed: int) -> None:
     rng = np.random.default_rng(seed)
     before, after = rng.lognormal(1.0, 0.6, 60), rng.lognormal(1.0, 0.6, 60)  # heavy spread, few frames
-    r = judge_health(HealthStats(frames=60, latency=_samples(list(after))), Gates(latency_budget_ms=250.0),
-                     baseline=_samples(list(before)))
+    r = judge_health(
+        HealthStats(frames=60, latency=_samples(list(after))),
+        Gates(latency_budget_ms=250.0),
+        baseline=_samples(list(before)),
+    )
     assert r.passed, r.detail
 
 
@@ -141,8 +144,14 @@ def test_on_tensorrt_wall_time_decides_with_a_floor_for_time_slices() -> None:
 
 def test_latency_samples_are_bounded_and_record_cpu_time() -> None:
     s = LatencySamples()
-    o = Outcome(0, "tiny@1.0.0", 0.0, 0.01, {"preprocess": 1.0, "infer": 2.0, "infer_cpu": 1.5, "postprocess": 0.5},
-                runtime="onnxruntime")
+    o = Outcome(
+        0,
+        "tiny@1.0.0",
+        0.0,
+        0.01,
+        {"preprocess": 1.0, "infer": 2.0, "infer_cpu": 1.5, "postprocess": 0.5},
+        runtime="onnxruntime",
+    )
     for _ in range(MAX_LATENCY_SAMPLES + 10):
         s.add(o)
     assert len(s.wall_ms) == len(s.cpu_ms) == MAX_LATENCY_SAMPLES

@@ -53,9 +53,7 @@ def test_frame_queue_block_waits_for_room() -> None:
     assert q.get(1.0).index == 1  # type: ignore[union-attr]
 
 
-def test_file_pipeline_infers_every_frame_and_writes_jsonl(
-    tmp_path: Path, ok_model: LoadedModel
-) -> None:
+def test_file_pipeline_infers_every_frame_and_writes_jsonl(tmp_path: Path, ok_model: LoadedModel) -> None:
     video = write_video(tmp_path / "clip.avi", [("red", 20), ("green", 20), ("blue", 20)])
     results = tmp_path / "results.jsonl"
     seen: list[Outcome] = []
@@ -110,9 +108,7 @@ def test_max_fps_caps_the_capture_rate(ok_model: LoadedModel) -> None:
     pipe.start()
     time.sleep(1.0)
     c = pipe.stop()
-    assert (
-        5 <= c["captured"] <= 55
-    )  # never above the cap (+1 for the first frame); a busy host may deliver fewer
+    assert 5 <= c["captured"] <= 55  # never above the cap (+1 for the first frame); a busy host may deliver fewer
     assert c["captured"] == c["inferred"] + c["dropped"]
 
 

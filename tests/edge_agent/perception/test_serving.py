@@ -55,9 +55,7 @@ def test_from_options_serves_a_file_and_writes_results(tmp_path: Path, bundle: P
     assert p.counters()["inferred"] == 25  # the last run's totals remain readable after stop
 
 
-def test_unopenable_source_is_a_clear_error_and_leaves_nothing_running(
-    tmp_path: Path, bundle: Path
-) -> None:
+def test_unopenable_source_is_a_clear_error_and_leaves_nothing_running(tmp_path: Path, bundle: Path) -> None:
     p = CameraPerception.from_options(str(tmp_path / "missing.avi"))
     before = threading.active_count()
     with pytest.raises(CameraError, match=r"cannot open file source .*missing\.avi.*no such file"):
@@ -89,9 +87,7 @@ def test_start_twice_is_refused(bundle: Path) -> None:
         p.stop()
 
 
-def test_swap_back_loads_the_previous_model_when_it_is_not_kept(
-    tmp_path: Path, bundle: Path
-) -> None:
+def test_swap_back_loads_the_previous_model_when_it_is_not_kept(tmp_path: Path, bundle: Path) -> None:
     other = tmp_path / "other"
     make_bundle(other, version="3.1.0")
     p = CameraPerception.from_options("synthetic", max_fps=100.0)
@@ -132,10 +128,12 @@ def _two_variant_bundle(directory: Path) -> Path:
     data = make_onnx("permuted")
     (directory / "preferred.onnx").write_bytes(data)
     staged = manifest.variants[0]
-    preferred = dataclasses.replace(staged, id="onnx-preferred", file="preferred.onnx",
-                                    sha256=hashlib.sha256(data).hexdigest(), size=len(data))
-    selection = {hw: SelectionEntry(order=(preferred.id, staged.id), reason="preferred first")
-                 for hw in manifest.selection}
+    preferred = dataclasses.replace(
+        staged, id="onnx-preferred", file="preferred.onnx", sha256=hashlib.sha256(data).hexdigest(), size=len(data)
+    )
+    selection = {
+        hw: SelectionEntry(order=(preferred.id, staged.id), reason="preferred first") for hw in manifest.selection
+    }
     write_bundle(directory, dataclasses.replace(manifest, variants=(preferred, staged), selection=selection))
     return directory
 

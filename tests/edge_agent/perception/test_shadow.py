@@ -54,12 +54,29 @@ def _with_int8(directory: Path, *, version: str, fp32: str, int8: str, expect: f
     model.doc_string = "int8 stand-in"  # other bytes than the FP32 file even when the behaviour is the same
     data = model.SerializeToString()
     (directory / "model-int8.onnx").write_bytes(data)
-    int8_variant = Variant(id="onnx-int8", format=Format.ONNX, precision=Precision.INT8, file="model-int8.onnx",
-                           sha256=hashlib.sha256(data).hexdigest(), size=len(data),
-                           requires=manifest.variants[0].requires)
-    expectations = () if expect is None else (AgreementExpectation(
-        variant="onnx-int8", baseline=manifest.release, baseline_variant="onnx-fp32",
-        baseline_sha256=manifest.variants[0].sha256, heldout=expect, heldout_frames=500),)
+    int8_variant = Variant(
+        id="onnx-int8",
+        format=Format.ONNX,
+        precision=Precision.INT8,
+        file="model-int8.onnx",
+        sha256=hashlib.sha256(data).hexdigest(),
+        size=len(data),
+        requires=manifest.variants[0].requires,
+    )
+    expectations = (
+        ()
+        if expect is None
+        else (
+            AgreementExpectation(
+                variant="onnx-int8",
+                baseline=manifest.release,
+                baseline_variant="onnx-fp32",
+                baseline_sha256=manifest.variants[0].sha256,
+                heldout=expect,
+                heldout_frames=500,
+            ),
+        )
+    )
     manifest = dataclasses.replace(manifest, variants=(*manifest.variants, int8_variant), expectations=expectations)
     write_bundle(directory, manifest)
     return manifest
@@ -89,12 +106,8 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def serving(
-    tmp_path_factory: pytest.TempPathFactory, bundles: dict[str, Path]
-) -> Iterator[CameraPerception]:
-    video = write_video(
-        tmp_path_factory.mktemp("video") / "drive.avi", [("red", 30), ("green", 30), ("blue", 30)]
-    )
+def serving(tmp_path_factory: pytest.TempPathFactory, bundles: dict[str, Path]) -> Iterator[CameraPerception]:
+    video = write_video(tmp_path_factory.mktemp("video") / "drive.avi", [("red", 30), ("green", 30), ("blue", 30)])
     p = CameraPerception.from_options(str(video), loop=True, max_fps=150.0)
     p.start(bundles["ok-1.0.0"])
     yield p
@@ -140,14 +153,26 @@ def test_a_candidate_is_judged_against_its_expectation_for_the_running_release(
     running = read_bundle(bundles["ok-1.0.0"], verify=False)
     cand_dir = tmp_path / "expected"
     cand = make_bundle(cand_dir, version="1.6.0")
-    cand = dataclasses.replace(cand, expectations=(AgreementExpectation(
-        variant="onnx-fp32", baseline=running.release, baseline_variant="onnx-fp32",
-        baseline_sha256=running.variants[0].sha256, heldout=0.96, heldout_frames=400, calib=0.93,
-        calib_frames=120),))
+    cand = dataclasses.replace(
+        cand,
+        expectations=(
+            AgreementExpectation(
+                variant="onnx-fp32",
+                baseline=running.release,
+                baseline_variant="onnx-fp32",
+                baseline_sha256=running.variants[0].sha256,
+                heldout=0.96,
+                heldout_frames=400,
+                calib=0.93,
+                calib_frames=120,
+            ),
+        ),
+    )
     write_bundle(cand_dir, cand)
     gates = Gates(latency_budget_ms=250.0, shadow_frames=60)  # the default floor 0: only the expectation counts
-    context = choose_context(cand, "onnx-fp32", running=running, running_variant="onnx-fp32",
-                             in_slot=lambda v: True, gates=gates)
+    context = choose_context(
+        cand, "onnx-fp32", running=running, running_variant="onnx-fp32", in_slot=lambda v: True, gates=gates
+    )
     assert (context.judged_against, context.expected) == (JudgedAgainst.ACTIVE, 0.93)  # min(held-out, calib)
     result = serving.shadow(cand_dir, gates, timeout_s=20, context=context)
     assert result.passed, result.detail
@@ -163,8 +188,14 @@ def test_without_an_expectation_for_the_running_release_it_is_judged_against_its
     results = {}
     for key in ("own-consistent", "own-broken"):
         cand = read_bundle(bundles[key], verify=False)
-        context = choose_context(cand, "onnx-int8", running=running, running_variant="onnx-fp32",
-                                 in_slot=lambda v, d=bundles[key], m=cand: (d / m.variant(v).file).is_file(), gates=gates)
+        context = choose_context(
+            cand,
+            "onnx-int8",
+            running=running,
+            running_variant="onnx-fp32",
+            in_slot=lambda v, d=bundles[key], m=cand: (d / m.variant(v).file).is_file(),
+            gates=gates,
+        )
         assert (context.judged_against, context.baseline_variant) == (JudgedAgainst.OWN_FP32, "onnx-fp32")
         assert "no expectation for the running release tiny@1.0.0" in context.why
         results[key] = serving.shadow(bundles[key], gates, timeout_s=20, context=context)
@@ -182,10 +213,20 @@ def test_without_an_expectation_for_the_running_release_it_is_judged_against_its
 def _claiming_classes(directory: Path, *, version: str, behaviour: str, running: Manifest) -> Manifest:
     """A candidate claiming the healthy model's expectation against ``running``, per class too."""
     cand = make_bundle(directory, version=version, behaviour=behaviour)
-    cand = dataclasses.replace(cand, expectations=(AgreementExpectation(
-        variant="onnx-fp32", baseline=running.release, baseline_variant="onnx-fp32",
-        baseline_sha256=running.variants[0].sha256, heldout=0.97, heldout_frames=300,
-        per_class=tuple(ClassAgreement(c, 0.97, 100) for c in ("red", "green", "blue"))),))
+    cand = dataclasses.replace(
+        cand,
+        expectations=(
+            AgreementExpectation(
+                variant="onnx-fp32",
+                baseline=running.release,
+                baseline_variant="onnx-fp32",
+                baseline_sha256=running.variants[0].sha256,
+                heldout=0.97,
+                heldout_frames=300,
+                per_class=tuple(ClassAgreement(c, 0.97, 100) for c in ("red", "green", "blue")),
+            ),
+        ),
+    )
     write_bundle(directory, cand)
     return cand
 
@@ -205,8 +246,9 @@ def test_a_candidate_that_never_predicts_one_class_is_refused_by_that_class_test
         for behaviour, version in (("ok", "1.7.0"), ("no-blue", "1.8.0")):
             d = tmp_path / behaviour
             cand = _claiming_classes(d, version=version, behaviour=behaviour, running=running)
-            context = choose_context(cand, "onnx-fp32", running=running, running_variant="onnx-fp32",
-                                     in_slot=lambda v: True, gates=gates)
+            context = choose_context(
+                cand, "onnx-fp32", running=running, running_variant="onnx-fp32", in_slot=lambda v: True, gates=gates
+            )
             assert context.per_class == cand.expectations[0].per_class
             results[behaviour] = p.shadow(d, gates, timeout_s=30, context=context)
     finally:
@@ -229,16 +271,12 @@ def test_a_candidate_that_never_predicts_one_class_is_refused_by_that_class_test
     assert "class 'blue'" in broken.detail and "one of 3 class tests" in broken.detail
 
 
-def test_a_nan_candidate_is_refused_with_nan_output(
-    serving: CameraPerception, bundles: dict[str, Path]
-) -> None:
+def test_a_nan_candidate_is_refused_with_nan_output(serving: CameraPerception, bundles: dict[str, Path]) -> None:
     result = serving.shadow(bundles["nan-1.3.0"], GATES, timeout_s=20)
     assert (result.passed, result.reason_code) == (False, ReasonCode.NAN_OUTPUT)
 
 
-def test_a_slow_candidate_is_refused_over_budget(
-    serving: CameraPerception, bundles: dict[str, Path]
-) -> None:
+def test_a_slow_candidate_is_refused_over_budget(serving: CameraPerception, bundles: dict[str, Path]) -> None:
     gates = Gates(latency_budget_ms=1.0, min_agreement=0.8, shadow_frames=5)
     result = serving.shadow(bundles["slow-1.4.0"], gates, timeout_s=20)
     assert (result.passed, result.reason_code) == (False, ReasonCode.LATENCY_OVER_BUDGET)
@@ -296,8 +334,9 @@ def test_judging_against_the_own_fp32_needs_the_reference_model(bundles: dict[st
 
     candidate = load_model(bundles["ok-1.1.0"], warmup=0)
     try:
-        own = GateContext(expected=0.97, baseline="tiny@1.1.0", judged_against=JudgedAgainst.OWN_FP32,
-                          baseline_variant="onnx-fp32")
+        own = GateContext(
+            expected=0.97, baseline="tiny@1.1.0", judged_against=JudgedAgainst.OWN_FP32, baseline_variant="onnx-fp32"
+        )
         with pytest.raises(ValueError, match="reference model"):
             ShadowRun(candidate, GATES, task=Task.CLASSIFICATION, context=own)
     finally:
@@ -305,6 +344,7 @@ def test_judging_against_the_own_fp32_needs_the_reference_model(bundles: dict[st
 
 
 # ----------------------------------------------------------------------------- the pure decision
+
 
 def _stats(xs: list[float], *, gates: Gates = GATES, **kw: object) -> ShadowStats:
     test = agreement_test(gates, GateContext.floor(gates))
@@ -352,9 +392,11 @@ def test_a_few_frames_delayed_by_a_busy_neighbour_do_not_fail_the_budget() -> No
 
 
 def test_judge_shadow_names_the_class_test_that_refused() -> None:
-    context = GateContext(expected=0.97, baseline="tiny@1.0.0",
-                          per_class=(ClassAgreement("red", 0.97, 50), ClassAgreement("blue", 0.97, 50),
-                                     ClassAgreement("rare", 0.97, 3)))
+    context = GateContext(
+        expected=0.97,
+        baseline="tiny@1.0.0",
+        per_class=(ClassAgreement("red", 0.97, 50), ClassAgreement("blue", 0.97, 50), ClassAgreement("rare", 0.97, 3)),
+    )
     test = agreement_test(GATES, context)
     assert isinstance(test, ClassAgreementTest) and set(test.classes) == {"red", "blue"}  # "rare": 3 frames
     for i in range(30):
@@ -395,6 +437,7 @@ def test_an_unknown_or_missing_reason_code_is_an_error() -> None:
 
 # ----------------------------------------------------------------------------- what to judge against
 
+
 def _manifest(tmp_path: Path, name: str, version: str, *, expect: float | None = 0.97) -> Manifest:
     return _with_int8(tmp_path / f"{name}-{version}", version=version, fp32="ok", int8="ok", expect=expect)
 
@@ -403,31 +446,49 @@ def test_choose_context_prefers_the_expectation_for_the_running_release(tmp_path
     running = _manifest(tmp_path, "tiny", "1.0.0")
     cand = _manifest(tmp_path, "tiny", "1.1.0")
     served = running.variant("onnx-int8").sha256
-    cand = dataclasses.replace(cand, expectations=(*cand.expectations, AgreementExpectation(
-        variant="onnx-int8", baseline=running.release, baseline_variant="onnx-int8", baseline_sha256=served,
-        heldout=0.9, heldout_frames=300)))
+    cand = dataclasses.replace(
+        cand,
+        expectations=(
+            *cand.expectations,
+            AgreementExpectation(
+                variant="onnx-int8",
+                baseline=running.release,
+                baseline_variant="onnx-int8",
+                baseline_sha256=served,
+                heldout=0.9,
+                heldout_frames=300,
+            ),
+        ),
+    )
     gates = Gates(latency_budget_ms=10.0)
-    found = choose_context(cand, "onnx-int8", running=running, running_variant="onnx-int8",
-                           in_slot=lambda v: True, gates=gates)
+    found = choose_context(
+        cand, "onnx-int8", running=running, running_variant="onnx-int8", in_slot=lambda v: True, gates=gates
+    )
     assert (found.judged_against, found.expected, found.baseline) == (JudgedAgainst.ACTIVE, 0.9, "tiny@1.0.0")
     # the same release serving another file (its FP32): the expectation does not apply
-    other = choose_context(cand, "onnx-int8", running=running, running_variant="onnx-fp32",
-                           in_slot=lambda v: True, gates=gates)
+    other = choose_context(
+        cand, "onnx-int8", running=running, running_variant="onnx-fp32", in_slot=lambda v: True, gates=gates
+    )
     assert (other.judged_against, other.expected, other.baseline) == (JudgedAgainst.OWN_FP32, 0.97, "tiny@1.1.0")
 
 
-@pytest.mark.parametrize(("variant", "in_slot", "expect", "why"), [
-    ("onnx-int8", False, 0.97, "its own onnx-fp32 is not in the slot"),
-    ("onnx-fp32", True, 0.97, "the candidate is the bundle's own FP32"),
-    ("onnx-int8", True, None, "none against its own FP32 either"),
-])
-def test_choose_context_falls_back_to_the_floor(tmp_path: Path, variant: str, in_slot: bool,
-                                                 expect: float | None, why: str) -> None:
+@pytest.mark.parametrize(
+    ("variant", "in_slot", "expect", "why"),
+    [
+        ("onnx-int8", False, 0.97, "its own onnx-fp32 is not in the slot"),
+        ("onnx-fp32", True, 0.97, "the candidate is the bundle's own FP32"),
+        ("onnx-int8", True, None, "none against its own FP32 either"),
+    ],
+)
+def test_choose_context_falls_back_to_the_floor(
+    tmp_path: Path, variant: str, in_slot: bool, expect: float | None, why: str
+) -> None:
     running = _manifest(tmp_path, "tiny", "1.0.0")
     cand = _manifest(tmp_path, "tiny", "1.1.0", expect=expect)
     gates = Gates(latency_budget_ms=10.0, min_agreement=0.6)
-    context = choose_context(cand, variant, running=running, running_variant="onnx-fp32",
-                             in_slot=lambda v: in_slot, gates=gates)
+    context = choose_context(
+        cand, variant, running=running, running_variant="onnx-fp32", in_slot=lambda v: in_slot, gates=gates
+    )
     assert (context.judged_against, context.expected, context.baseline) == (JudgedAgainst.ACTIVE, 0.6, "tiny@1.0.0")
     assert why in context.why and "floor min_agreement 60.0%" in context.why
     assert agreement_test(gates, context).p0 == 0.6
@@ -435,13 +496,12 @@ def test_choose_context_falls_back_to_the_floor(tmp_path: Path, variant: str, in
 
 # ----------------------------------------------------------------------------- per-frame agreement
 
+
 def _top1(c: int) -> Outcome:
     return Outcome(0, "m@1.0.0", 0.0, 0.0, {}, top_k=((c, 0.9),))
 
 
-def _dets(
-    boxes: list[list[float]], labels: list[int], scores: list[float] | None = None
-) -> Detections:
+def _dets(boxes: list[list[float]], labels: list[int], scores: list[float] | None = None) -> Detections:
     return Detections(
         np.array(boxes, np.float32).reshape(-1, 4),
         np.array(scores or [0.9] * len(labels), np.float32),
@@ -474,7 +534,10 @@ def test_detection_flips_name_changed_labels_and_missed_boxes() -> None:
     ref = _dets([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]], [1, 2, 0])
     cand = _dets([[0, 0, 10, 10], [20, 20, 30, 30], [70, 70, 80, 80]], [1, 3, 2])
     assert sorted(frame_flips(Task.DETECTION, _det(cand), _det(ref), num_classes=4)) == [
-        (-1, 2, 1), (0, -1, 1), (2, 3, 1)]
+        (-1, 2, 1),
+        (0, -1, 1),
+        (2, 3, 1),
+    ]
     counter = FlipCounter(Task.DETECTION, ("a", "b", "c", "d"), ("a", "b", "c", "d"))
     counter.add(_det(cand), _det(ref))
     assert {"active": "(none)", "candidate": "c", "count": 1} in counter.table()

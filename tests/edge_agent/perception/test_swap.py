@@ -52,9 +52,7 @@ def test_hot_swap_drops_nothing_and_attributes_every_frame(tmp_path: Path, video
     # absorbs the scheduler stalls of a busy 2-core test host (~0.5 s), far more than a swap may take
     p = CameraPerception(
         parse_source(str(video), loop=True),
-        config=PipelineConfig(
-            queue_size=32, drop_policy=DropPolicy.DROP_OLDEST, max_fps=60.0, results_path=results
-        ),
+        config=PipelineConfig(queue_size=32, drop_policy=DropPolicy.DROP_OLDEST, max_fps=60.0, results_path=results),
     )
     p.start(v1)
     _wait_for(p, 20)
@@ -87,9 +85,7 @@ def test_repeated_swaps_never_interleave_versions(tmp_path: Path, video: Path) -
     results = tmp_path / "r.jsonl"
     p = CameraPerception(
         parse_source(str(video), loop=True),
-        config=PipelineConfig(
-            queue_size=32, drop_policy=DropPolicy.DROP_OLDEST, max_fps=60.0, results_path=results
-        ),
+        config=PipelineConfig(queue_size=32, drop_policy=DropPolicy.DROP_OLDEST, max_fps=60.0, results_path=results),
     )
     p.start(dirs[0])
     pipe = p.pipeline

@@ -17,31 +17,57 @@ from models.bundle import canonical_json
 R = ReasonCode
 NOW = datetime(2026, 11, 27, 10, 0, tzinfo=timezone.utc)
 PRIV = Ed25519PrivateKey.generate()
-KEY_DICT = {"keytype": "ed25519", "scheme": "ed25519",
-            "keyval": {"public": PRIV.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()}}
+KEY_DICT = {
+    "keytype": "ed25519",
+    "scheme": "ed25519",
+    "keyval": {"public": PRIV.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()},
+}
 KEY = DirectorKey.from_dict(KEY_DICT)
-CUSTOM = {"edgefleet": {"bundle": "tiny", "version": "1.1.0", "release": 5, "kind": "variant",
-                        "variant": "onnx-fp32", "requires": None}}
+CUSTOM = {
+    "edgefleet": {
+        "bundle": "tiny",
+        "version": "1.1.0",
+        "release": 5,
+        "kind": "variant",
+        "variant": "onnx-fp32",
+        "requires": None,
+    }
+}
 
 
 ALT_CUSTOM = {"edgefleet": {**CUSTOM["edgefleet"], "variant": "onnx-int8"}}
 
 
 def alternate(**over: Any) -> dict[str, Any]:
-    target = {"path": "tiny/1.1.0/model-int8.onnx", "length": 1500, "hashes": {"sha256": "4" * 64},
-              "custom": copy.deepcopy(ALT_CUSTOM), "variant": "onnx-int8"}
+    target = {
+        "path": "tiny/1.1.0/model-int8.onnx",
+        "length": 1500,
+        "hashes": {"sha256": "4" * 64},
+        "custom": copy.deepcopy(ALT_CUSTOM),
+        "variant": "onnx-int8",
+    }
     target.update(over)
     return {"variant": "onnx-int8", "target": target}
 
 
 def signed_body(**over: Any) -> dict[str, Any]:
     body = {
-        "_type": "edgefleet-assignment", "spec_version": "1", "device_id": "dev_1", "nonce": "ab" * 16,
-        "issued": "2026-11-27T09:59:00Z", "expires": "2026-11-27T11:00:00Z", "rollout_id": "ro_1",
+        "_type": "edgefleet-assignment",
+        "spec_version": "1",
+        "device_id": "dev_1",
+        "nonce": "ab" * 16,
+        "issued": "2026-11-27T09:59:00Z",
+        "expires": "2026-11-27T11:00:00Z",
+        "rollout_id": "ro_1",
         "release": {"counter": 5, "name": "tiny", "version": "1.1.0"},
         "manifest": {"path": "tiny/1.1.0/bundle.json", "length": 900, "hashes": {"sha256": "1" * 64}},
-        "target": {"path": "tiny/1.1.0/model.onnx", "length": 4000, "hashes": {"sha256": "2" * 64},
-                   "custom": copy.deepcopy(CUSTOM), "variant": "onnx-fp32"},
+        "target": {
+            "path": "tiny/1.1.0/model.onnx",
+            "length": 4000,
+            "hashes": {"sha256": "2" * 64},
+            "custom": copy.deepcopy(CUSTOM),
+            "variant": "onnx-fp32",
+        },
         "gates": {"latency_budget_ms": 30.0},
     }
     body.update(over)
@@ -86,8 +112,12 @@ ATTACKS = [
     ("tampered body (wrong hash)", _tampered_after_signing(), {}, R.SIGNATURE_INVALID),
     ("signed by another key", envelope(signed_body(), Ed25519PrivateKey.generate()), {}, R.SIGNATURE_INVALID),
     ("no signatures", {"signed": signed_body(), "signatures": []}, {}, R.SIGNATURE_INVALID),
-    ("garbage signature", {"signed": signed_body(), "signatures": [{"keyid": "x", "sig": "zz"}]}, {},
-     R.SIGNATURE_INVALID),
+    (
+        "garbage signature",
+        {"signed": signed_body(), "signatures": [{"keyid": "x", "sig": "zz"}]},
+        {},
+        R.SIGNATURE_INVALID,
+    ),
     ("not an envelope", ["nope"], {}, R.SIGNATURE_INVALID),
     ("wrong _type", envelope(signed_body(_type="root")), {}, R.SIGNATURE_INVALID),
     ("another device", envelope(signed_body(device_id="dev_2")), {}, R.WRONG_DEVICE),
@@ -100,24 +130,64 @@ ATTACKS = [
     ("bad time", envelope(signed_body(expires="tomorrow")), {}, R.SIGNATURE_INVALID),
     ("alternate tampered after signing", _alternate_tampered_after_signing(), {}, R.SIGNATURE_INVALID),
     ("alternates not a list", envelope(signed_body(alternates={"onnx-int8": alternate()})), {}, R.TARGET_MISMATCH),
-    ("alternate without a variant id", envelope(signed_body(alternates=[{"target": alternate()["target"]}])), {},
-     R.TARGET_MISMATCH),
-    ("malformed alternate target", envelope(signed_body(alternates=[{"variant": "onnx-int8",
-                                                                      "target": {"path": "x"}}])), {},
-     R.TARGET_MISMATCH),
-    ("alternate with a bad hash", envelope(signed_body(alternates=[alternate(hashes={"sha256": "ab"})])), {},
-     R.TARGET_MISMATCH),
-    ("alternate names another variant than its target", envelope(signed_body(alternates=[alternate(
-        variant="onnx-fp16")])), {}, R.TARGET_MISMATCH),
-    ("alternate repeats the primary variant", envelope(signed_body(alternates=[
-        {**alternate(variant="onnx-fp32"), "variant": "onnx-fp32"}])), {}, R.TARGET_MISMATCH),
-    ("alternate repeats the primary file", envelope(signed_body(alternates=[alternate(
-        path="tiny/1.1.0/model.onnx")])), {}, R.TARGET_MISMATCH),
-    ("alternates without a target", envelope(signed_body(target=None, alternates=[alternate()])), {},
-     R.TARGET_MISMATCH),
-    ("too many alternates", envelope(signed_body(alternates=[
-        {"variant": f"v{i}", "target": {**alternate()["target"], "path": f"tiny/1.1.0/m{i}.onnx", "variant": f"v{i}"}}
-        for i in range(MAX_ALTERNATES + 1)])), {}, R.TARGET_MISMATCH),
+    (
+        "alternate without a variant id",
+        envelope(signed_body(alternates=[{"target": alternate()["target"]}])),
+        {},
+        R.TARGET_MISMATCH,
+    ),
+    (
+        "malformed alternate target",
+        envelope(signed_body(alternates=[{"variant": "onnx-int8", "target": {"path": "x"}}])),
+        {},
+        R.TARGET_MISMATCH,
+    ),
+    (
+        "alternate with a bad hash",
+        envelope(signed_body(alternates=[alternate(hashes={"sha256": "ab"})])),
+        {},
+        R.TARGET_MISMATCH,
+    ),
+    (
+        "alternate names another variant than its target",
+        envelope(signed_body(alternates=[alternate(variant="onnx-fp16")])),
+        {},
+        R.TARGET_MISMATCH,
+    ),
+    (
+        "alternate repeats the primary variant",
+        envelope(signed_body(alternates=[{**alternate(variant="onnx-fp32"), "variant": "onnx-fp32"}])),
+        {},
+        R.TARGET_MISMATCH,
+    ),
+    (
+        "alternate repeats the primary file",
+        envelope(signed_body(alternates=[alternate(path="tiny/1.1.0/model.onnx")])),
+        {},
+        R.TARGET_MISMATCH,
+    ),
+    (
+        "alternates without a target",
+        envelope(signed_body(target=None, alternates=[alternate()])),
+        {},
+        R.TARGET_MISMATCH,
+    ),
+    (
+        "too many alternates",
+        envelope(
+            signed_body(
+                alternates=[
+                    {
+                        "variant": f"v{i}",
+                        "target": {**alternate()["target"], "path": f"tiny/1.1.0/m{i}.onnx", "variant": f"v{i}"},
+                    }
+                    for i in range(MAX_ALTERNATES + 1)
+                ]
+            )
+        ),
+        {},
+        R.TARGET_MISMATCH,
+    ),
 ]
 
 
@@ -145,15 +215,19 @@ def test_equal_counter_is_accepted_for_resume() -> None:
         ("hash", {"tuf_hashes": {"sha256": "9" * 64}}),
         ("extra hash", {"tuf_hashes": {"sha256": "2" * 64, "sha512": "0" * 128}}),
         ("custom", {"tuf_custom": {"edgefleet": {**CUSTOM["edgefleet"], "release": 2}}}),
-        ("other bundle", {"tuf_custom": {"edgefleet": {**CUSTOM["edgefleet"], "version": "0.9.0"}},
-                          "custom": None}),
+        ("other bundle", {"tuf_custom": {"edgefleet": {**CUSTOM["edgefleet"], "version": "0.9.0"}}, "custom": None}),
     ],
 )
 def test_mix_and_match_is_refused(bad: str, change: dict[str, Any]) -> None:
     a = verify(envelope(signed_body()))
     assert a.target is not None
-    kw: dict[str, Any] = {"tuf_length": 4000, "tuf_hashes": {"sha256": "2" * 64}, "tuf_custom": CUSTOM,
-                          "custom": a.custom, "release": a}
+    kw: dict[str, Any] = {
+        "tuf_length": 4000,
+        "tuf_hashes": {"sha256": "2" * 64},
+        "tuf_custom": CUSTOM,
+        "custom": a.custom,
+        "release": a,
+    }
     match_target(a.target, a.target_hashes, **kw)  # the exact TUF view passes
     kw.update(change)
     with pytest.raises(FatalError) as info:
@@ -161,8 +235,15 @@ def test_mix_and_match_is_refused(bad: str, change: dict[str, Any]) -> None:
     assert info.value.reason is R.TARGET_MISMATCH
 
 
-@pytest.mark.parametrize("bad", [{"keytype": "rsa"}, {"keytype": "ed25519", "keyval": {"public": "zz"}},
-                                 {"keytype": "ed25519", "keyval": {"public": "00" * 8}}, "text"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"keytype": "rsa"},
+        {"keytype": "ed25519", "keyval": {"public": "zz"}},
+        {"keytype": "ed25519", "keyval": {"public": "00" * 8}},
+        "text",
+    ],
+)
 def test_bad_director_key_is_a_config_error(bad: Any) -> None:
     with pytest.raises(ConfigError):
         DirectorKey.from_dict(bad)
@@ -180,7 +261,9 @@ def test_lower_counter_of_the_running_model_is_keep_what_you_run() -> None:
 def test_alternates_are_verified_with_the_assignment() -> None:
     a = verify(envelope(signed_body(alternates=[alternate()])))
     assert [(t.variant, t.ref.path, t.ref.sha256) for t in a.targets()] == [
-        ("onnx-fp32", "tiny/1.1.0/model.onnx", "2" * 64), ("onnx-int8", "tiny/1.1.0/model-int8.onnx", "4" * 64)]
+        ("onnx-fp32", "tiny/1.1.0/model.onnx", "2" * 64),
+        ("onnx-int8", "tiny/1.1.0/model-int8.onnx", "4" * 64),
+    ]
     assert a.alternates[0].custom == ALT_CUSTOM and a.alternates[0].hashes == {"sha256": "4" * 64}
     assert verify(envelope(signed_body())).alternates == ()  # an assignment without alternates
     assert verify(envelope(signed_body(alternates=None))).alternates == ()

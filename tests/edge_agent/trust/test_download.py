@@ -16,8 +16,9 @@ from tests.edge_agent.update_harness import RepoSim, SimServer
 
 DATA = os.urandom(300_000)
 SHA = hashlib.sha256(DATA).hexdigest()
-POLICY = DownloadPolicy(chunk_bytes=16 * 1024, min_rate_bps=2000, rate_window_s=0.6, timeout_s=5,
-                        free_space_margin_bytes=0)
+POLICY = DownloadPolicy(
+    chunk_bytes=16 * 1024, min_rate_bps=2000, rate_window_s=0.6, timeout_s=5, free_space_margin_bytes=0
+)
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,9 @@ def test_resume_after_a_cut_fetches_only_the_rest(server: SimServer, pool: urlli
     verify_file(part, length=len(DATA), sha256=SHA)
 
 
-def test_part_longer_than_signed_length_starts_over(server: SimServer, pool: urllib3.PoolManager, tmp_path: Path) -> None:
+def test_part_longer_than_signed_length_starts_over(
+    server: SimServer, pool: urllib3.PoolManager, tmp_path: Path
+) -> None:
     part = tmp_path / "x.part"
     part.write_bytes(DATA + b"junk")
     fetch(pool, url(server), part, length=len(DATA), policy=POLICY)
@@ -79,7 +82,9 @@ def test_a_target_longer_than_signed_is_refused(server: SimServer, pool: urllib3
     assert info.value.reason is ReasonCode.LENGTH_EXCEEDED
 
 
-def test_trickling_server_is_aborted_and_resumable(server: SimServer, pool: urllib3.PoolManager, tmp_path: Path) -> None:
+def test_trickling_server_is_aborted_and_resumable(
+    server: SimServer, pool: urllib3.PoolManager, tmp_path: Path
+) -> None:
     server.knobs.trickle_bps = 200
     with pytest.raises(TransientError) as info:
         fetch(pool, url(server), tmp_path / "x.part", length=len(DATA), policy=POLICY)
@@ -105,7 +110,9 @@ def test_incomplete_file_is_transient(tmp_path: Path) -> None:
         verify_file(tmp_path / "x.part", length=len(DATA), sha256=SHA)
 
 
-def test_no_space_is_refused_before_the_first_byte(server: SimServer, pool: urllib3.PoolManager, tmp_path: Path) -> None:
+def test_no_space_is_refused_before_the_first_byte(
+    server: SimServer, pool: urllib3.PoolManager, tmp_path: Path
+) -> None:
     huge = DownloadPolicy(free_space_margin_bytes=1 << 60)
     with pytest.raises(FatalError) as info:
         fetch(pool, url(server), tmp_path / "x.part", length=len(DATA), policy=huge)
@@ -113,7 +120,9 @@ def test_no_space_is_refused_before_the_first_byte(server: SimServer, pool: urll
     assert not (tmp_path / "x.part").exists()
 
 
-def test_missing_target_and_dead_server_are_transient(server: SimServer, pool: urllib3.PoolManager, tmp_path: Path) -> None:
+def test_missing_target_and_dead_server_are_transient(
+    server: SimServer, pool: urllib3.PoolManager, tmp_path: Path
+) -> None:
     with pytest.raises(TransientError, match="HTTP 404"):
         fetch(pool, server.url + "/tuf/targets/nope", tmp_path / "y.part", length=10, policy=POLICY)
     with pytest.raises(TransientError):

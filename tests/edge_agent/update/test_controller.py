@@ -70,8 +70,9 @@ class Device:
 def device(tmp_path: Path) -> Iterator[Device]:
     sim = RepoSim()
     srv = SimServer(sim)
-    config = AgentConfig(tmp_path / "agent", health_window_s=0.2, bench_queries=5, bench_duration_s=0.05,
-                         http_timeout_s=5)
+    config = AgentConfig(
+        tmp_path / "agent", health_window_s=0.2, bench_queries=5, bench_duration_s=0.05, http_timeout_s=5
+    )
     enroll(config.paths, server=srv.url, token="ef_enroll_sim", name="dev")
     agent = build_agent(config)
     try:
@@ -86,7 +87,10 @@ def test_an_accepted_update_is_downloaded_verified_and_staged_with_its_release(d
     c = device.controller
     update = device.fetched()
     assert (update.release, update.variant, [a.variant for a in update.alternates]) == (
-        release["counter"], "onnx-fp32", ["onnx-int8"])
+        release["counter"],
+        "onnx-fp32",
+        ["onnx-int8"],
+    )
     parts = {p.name for p in c.config.paths.downloads.glob("*.part")}
     assert parts == {f"{ref.sha256}.part" for ref in (update.manifest, update.target, update.alternates[0].target)}
     staged = c.stage(update)
@@ -96,8 +100,7 @@ def test_an_accepted_update_is_downloaded_verified_and_staged_with_its_release(d
     assert variant_in(slot) == "onnx-fp32"  # the assigned variant until the gate chooses
     assert c.running() is None  # staged is not serving
     c.slots.switch("a")
-    assert c.running() == {"name": "sim", "version": "1.0.0", "release": release["counter"],
-                           "variant": "onnx-fp32"}
+    assert c.running() == {"name": "sim", "version": "1.0.0", "release": release["counter"], "variant": "onnx-fp32"}
 
 
 def test_a_part_file_that_fails_its_hash_is_deleted(device: Device) -> None:
@@ -118,9 +121,18 @@ def test_a_set_stop_event_ends_the_download_and_keeps_the_part_file(device: Devi
     device.publish("1.0.0")
     stop = threading.Event()
     c = device.controller
-    stopped = AgentController(config=c.config, identity=c.identity, client=c.client, tuf=c.tuf, slots=c.slots,
-                              outbox=c.outbox, state=c.state, profile=lambda: c.profile,
-                              director_key=c.intake.director_key, stop=stop)
+    stopped = AgentController(
+        config=c.config,
+        identity=c.identity,
+        client=c.client,
+        tuf=c.tuf,
+        slots=c.slots,
+        outbox=c.outbox,
+        state=c.state,
+        profile=lambda: c.profile,
+        director_key=c.intake.director_key,
+        stop=stop,
+    )
     update = stopped.check()
     assert update is not None
     stop.set()
@@ -252,8 +264,11 @@ def test_reports_carry_the_gate_evidence_and_the_variant_the_slot_serves(device:
     c.report(State.PREPARING, update, StepOutcome(None, "", {"p95_ms": 1.5}, {"variant": "onnx-int8"}))
     c.report(State.SWAPPING, update, StepOutcome())
     reports = c.outbox.pending()
-    assert [(r["type"], r["state"]) for r in reports] == [("gate", "preparing"), ("transition", "preparing"),
-                                                          ("transition", "swapping")]
+    assert [(r["type"], r["state"]) for r in reports] == [
+        ("gate", "preparing"),
+        ("transition", "preparing"),
+        ("transition", "swapping"),
+    ]
     assert [r["variant"] for r in reports] == ["onnx-int8", "onnx-int8", "onnx-fp32"]  # chosen, then the slot's
     assert reports[0]["gate"] == {"variant": "onnx-int8"} and reports[0]["metrics"] == {"p95_ms": 1.5}
     assert {r["release"] for r in reports} == {update.release}

@@ -23,9 +23,15 @@ from edge_agent.update.core import (
 
 R = ReasonCode
 S = State
-UPDATE = Update(release=3, name="tiny", version="1.1.0", rollout_id="ro_1", variant="onnx-fp32",
-                manifest=TargetRef("tiny/1.1.0/bundle.json", 100, "a" * 64),
-                target=TargetRef("tiny/1.1.0/model.onnx", 400, "b" * 64))
+UPDATE = Update(
+    release=3,
+    name="tiny",
+    version="1.1.0",
+    rollout_id="ro_1",
+    variant="onnx-fp32",
+    manifest=TargetRef("tiny/1.1.0/bundle.json", 100, "a" * 64),
+    target=TargetRef("tiny/1.1.0/model.onnx", 400, "b" * 64),
+)
 OK = GateResult(True, None, "ok", {"p95_ms": 1.0})
 
 
@@ -112,34 +118,90 @@ HAPPY = ["check", "download", "verify", "stage", "prepare", "benchmark", "swap",
 # name, faults, final state, reason, calls
 CASES: list[tuple[str, dict[str, Any], State, ReasonCode | None, list[str]]] = [
     ("happy path commits", {}, S.COMMITTED, None, HAPPY),
-    ("bad signature refused at check", {"check": FatalError(R.SIGNATURE_INVALID, "x")}, S.REFUSED,
-     R.SIGNATURE_INVALID, ["check"]),
-    ("hash mismatch refused", {"verify": FatalError(R.HASH_MISMATCH, "x")}, S.REFUSED, R.HASH_MISMATCH,
-     ["check", "download", "verify", "abandon"]),
-    ("endless data refused", {"download": FatalError(R.LENGTH_EXCEEDED, "x")}, S.REFUSED, R.LENGTH_EXCEEDED,
-     ["check", "download", "abandon"]),
-    ("no space fails", {"download": FatalError(R.NO_SPACE, "x")}, S.FAILED, R.NO_SPACE,
-     ["check", "download", "abandon"]),
-    ("invalid bundle refused at staging", {"stage": FatalError(R.BUNDLE_INVALID, "x")}, S.REFUSED,
-     R.BUNDLE_INVALID, ["check", "download", "verify", "stage", "abandon"]),
-    ("NaN model fails at prepare", {"prepare": GateResult(False, R.NAN_OUTPUT, "nan")}, S.FAILED, R.NAN_OUTPUT,
-     ["check", "download", "verify", "stage", "prepare", "abandon"]),
-    ("crashing runtime fails at prepare", {"prepare": GateResult(False, R.RUNTIME_CRASHED, "sig")}, S.FAILED,
-     R.RUNTIME_CRASHED, ["check", "download", "verify", "stage", "prepare", "abandon"]),
-    ("over-budget variant fails at prepare", {"prepare": GateResult(False, R.LATENCY_OVER_BUDGET, "p95")}, S.FAILED,
-     R.LATENCY_OVER_BUDGET, ["check", "download", "verify", "stage", "prepare", "abandon"]),
-    ("low agreement fails at benchmark", {"benchmark": GateResult(False, R.LOW_AGREEMENT, "a")}, S.FAILED,
-     R.LOW_AGREEMENT, HAPPY[:6] + ["abandon"]),
-    ("failed hot swap rolls back", {"swap": FatalError(R.HEALTH_REGRESSION, "x")}, S.ROLLED_BACK,
-     R.HEALTH_REGRESSION, HAPPY[:7] + ["roll_back"]),
-    ("health regression rolls back", {"watch": GateResult(False, R.HEALTH_REGRESSION, "slow")}, S.ROLLED_BACK,
-     R.HEALTH_REGRESSION, HAPPY[:8] + ["roll_back"]),
+    (
+        "bad signature refused at check",
+        {"check": FatalError(R.SIGNATURE_INVALID, "x")},
+        S.REFUSED,
+        R.SIGNATURE_INVALID,
+        ["check"],
+    ),
+    (
+        "hash mismatch refused",
+        {"verify": FatalError(R.HASH_MISMATCH, "x")},
+        S.REFUSED,
+        R.HASH_MISMATCH,
+        ["check", "download", "verify", "abandon"],
+    ),
+    (
+        "endless data refused",
+        {"download": FatalError(R.LENGTH_EXCEEDED, "x")},
+        S.REFUSED,
+        R.LENGTH_EXCEEDED,
+        ["check", "download", "abandon"],
+    ),
+    (
+        "no space fails",
+        {"download": FatalError(R.NO_SPACE, "x")},
+        S.FAILED,
+        R.NO_SPACE,
+        ["check", "download", "abandon"],
+    ),
+    (
+        "invalid bundle refused at staging",
+        {"stage": FatalError(R.BUNDLE_INVALID, "x")},
+        S.REFUSED,
+        R.BUNDLE_INVALID,
+        ["check", "download", "verify", "stage", "abandon"],
+    ),
+    (
+        "NaN model fails at prepare",
+        {"prepare": GateResult(False, R.NAN_OUTPUT, "nan")},
+        S.FAILED,
+        R.NAN_OUTPUT,
+        ["check", "download", "verify", "stage", "prepare", "abandon"],
+    ),
+    (
+        "crashing runtime fails at prepare",
+        {"prepare": GateResult(False, R.RUNTIME_CRASHED, "sig")},
+        S.FAILED,
+        R.RUNTIME_CRASHED,
+        ["check", "download", "verify", "stage", "prepare", "abandon"],
+    ),
+    (
+        "over-budget variant fails at prepare",
+        {"prepare": GateResult(False, R.LATENCY_OVER_BUDGET, "p95")},
+        S.FAILED,
+        R.LATENCY_OVER_BUDGET,
+        ["check", "download", "verify", "stage", "prepare", "abandon"],
+    ),
+    (
+        "low agreement fails at benchmark",
+        {"benchmark": GateResult(False, R.LOW_AGREEMENT, "a")},
+        S.FAILED,
+        R.LOW_AGREEMENT,
+        HAPPY[:6] + ["abandon"],
+    ),
+    (
+        "failed hot swap rolls back",
+        {"swap": FatalError(R.HEALTH_REGRESSION, "x")},
+        S.ROLLED_BACK,
+        R.HEALTH_REGRESSION,
+        HAPPY[:7] + ["roll_back"],
+    ),
+    (
+        "health regression rolls back",
+        {"watch": GateResult(False, R.HEALTH_REGRESSION, "slow")},
+        S.ROLLED_BACK,
+        R.HEALTH_REGRESSION,
+        HAPPY[:8] + ["roll_back"],
+    ),
 ]
 
 
 @pytest.mark.parametrize(("name", "faults", "final", "reason", "calls"), CASES, ids=[c[0] for c in CASES])
-def test_transitions(name: str, faults: dict[str, Any], final: State, reason: ReasonCode | None,
-                     calls: list[str]) -> None:
+def test_transitions(
+    name: str, faults: dict[str, Any], final: State, reason: ReasonCode | None, calls: list[str]
+) -> None:
     c = FakeController(faults=dict(faults))
     journal = MemoryJournal()
     record, retry = run_update(c, journal)
@@ -148,8 +210,11 @@ def test_transitions(name: str, faults: dict[str, Any], final: State, reason: Re
     assert c.reports[-1] == (final.value, reason.value if reason else None)
     assert journal.load().state is S.IDLE  # the cycle always ends idle
     # the journal recorded every state before acting on it, in order
-    expected = ["checking"] + [s for s in ("downloading", "verifying", "staging", "preparing", "benchmarking",
-                                           "swapping", "health-watch") if s in journal.states]
+    expected = ["checking"] + [
+        s
+        for s in ("downloading", "verifying", "staging", "preparing", "benchmarking", "swapping", "health-watch")
+        if s in journal.states
+    ]
     assert [s for s in journal.states if s not in ("idle", final.value)] == expected
 
 
@@ -221,8 +286,14 @@ def test_record_round_trips_through_json() -> None:
 
 def test_alternates_are_journaled_with_the_update() -> None:
     """A crash after the check must resume with every variant the assignment named, in its order."""
-    update = Update.from_dict({**UPDATE.to_dict(), "alternates": [
-        VariantTarget("onnx-int8", TargetRef("tiny/1.1.0/model-int8.onnx", 200, "c" * 64)).to_dict()]})
+    update = Update.from_dict(
+        {
+            **UPDATE.to_dict(),
+            "alternates": [
+                VariantTarget("onnx-int8", TargetRef("tiny/1.1.0/model-int8.onnx", 200, "c" * 64)).to_dict()
+            ],
+        }
+    )
     rec = Record(S.DOWNLOADING, update)
     back = Record.from_dict(rec.to_dict())
     assert back == rec and back.update is not None
@@ -232,9 +303,18 @@ def test_alternates_are_journaled_with_the_update() -> None:
     assert Update.from_dict(old).alternates == ()
 
 
-TIMING = {"variant": "onnx-int8", "timing": [{"candidate": "onnx-int8", "baseline": "onnx-fp32", "metric": "cpu",
-                                              "speedup": {"point": 1.9, "low": 1.7, "high": 2.1,
-                                                          "confidence": 0.95}, "preferred": True}]}
+TIMING = {
+    "variant": "onnx-int8",
+    "timing": [
+        {
+            "candidate": "onnx-int8",
+            "baseline": "onnx-fp32",
+            "metric": "cpu",
+            "speedup": {"point": 1.9, "low": 1.7, "high": 2.1, "confidence": 0.95},
+            "preferred": True,
+        }
+    ],
+}
 
 
 @pytest.mark.parametrize("passed", [True, False])
@@ -242,8 +322,11 @@ def test_a_gate_keeps_its_metrics_and_evidence_in_the_report(passed: bool) -> No
     gate = GateResult(passed, None if passed else R.LATENCY_OVER_BUDGET, "p95", {"p95_ms": 9.0}, TIMING)
     c = FakeController(faults={"prepare": gate})
     record, _ = run_update(c, MemoryJournal())
-    reported = next(o for (state, _), o in zip(c.reports, c.outcomes, strict=True)
-                    if state == ("benchmarking" if passed else "failed"))
+    reported = next(
+        o
+        for (state, _), o in zip(c.reports, c.outcomes, strict=True)
+        if state == ("benchmarking" if passed else "failed")
+    )
     assert dict(reported.evidence) == TIMING and reported.metrics == {"p95_ms": 9.0}
     assert record.state is (S.COMMITTED if passed else S.FAILED)
 

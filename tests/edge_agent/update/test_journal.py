@@ -23,9 +23,16 @@ from edge_agent.update.journal import (
     write_atomic,
 )
 
-UPDATE = Update(release=1, name="tiny", version="1.0.0", rollout_id=None, variant="onnx-fp32",
-                manifest=TargetRef("tiny/1.0.0/bundle.json", 10, "c" * 64),
-                target=TargetRef("tiny/1.0.0/model.onnx", 20, "d" * 64), slot="a")
+UPDATE = Update(
+    release=1,
+    name="tiny",
+    version="1.0.0",
+    rollout_id=None,
+    variant="onnx-fp32",
+    manifest=TargetRef("tiny/1.0.0/bundle.json", 10, "c" * 64),
+    target=TargetRef("tiny/1.0.0/model.onnx", 20, "d" * 64),
+    slot="a",
+)
 
 
 def test_missing_journal_means_idle(tmp_path: Path) -> None:
@@ -51,8 +58,16 @@ def test_corrupt_journal_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_an_unknown_reason_code_in_the_journal_is_an_error_not_a_default(tmp_path: Path) -> None:
     j = Journal(tmp_path / "journal.json")
-    j.save(Record(State.BENCHMARKING, UPDATE, 0, StepOutcome(ReasonCode.NOT_ENOUGH_FRAMES, "timeout", {"frames": 3.0},
-                                                         {"agreement": {"decision": "continue"}})))
+    j.save(
+        Record(
+            State.BENCHMARKING,
+            UPDATE,
+            0,
+            StepOutcome(
+                ReasonCode.NOT_ENOUGH_FRAMES, "timeout", {"frames": 3.0}, {"agreement": {"decision": "continue"}}
+            ),
+        )
+    )
     assert j.load().outcome.reason is ReasonCode.NOT_ENOUGH_FRAMES
     data = json.loads((tmp_path / "journal.json").read_text())
     data["outcome"]["reason"] = "NOT_ENOUGH_FRMAES"

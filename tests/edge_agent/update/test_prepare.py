@@ -91,18 +91,31 @@ def _rounds(base: float, n: int = ROUNDS, *, jitter: float = 0.02, seed: int = 0
     [
         ("identical timings keep the preference", {"fp32": _rounds(1.0), "int8": _rounds(1.0, seed=1)}, "fp32", []),
         ("a clear speedup switches", {"fp32": _rounds(1.0), "int8": _rounds(0.5, seed=1)}, "int8", ["int8"]),
-        ("a speedup below min_speedup keeps the preference", {"fp32": _rounds(1.0), "int8": _rounds(0.95, seed=1)},
-         "fp32", []),
+        (
+            "a speedup below min_speedup keeps the preference",
+            {"fp32": _rounds(1.0), "int8": _rounds(0.95, seed=1)},
+            "fp32",
+            [],
+        ),
         ("a slower alternate is never chosen", {"fp32": _rounds(1.0), "int8": _rounds(3.0, seed=1)}, "fp32", []),
-        ("the fastest of several that clear", {"fp32": _rounds(1.0), "int8": _rounds(0.6, seed=1),
-                                               "fp16": _rounds(0.4, seed=2)}, "fp16", ["int8", "fp16"]),
+        (
+            "the fastest of several that clear",
+            {"fp32": _rounds(1.0), "int8": _rounds(0.6, seed=1), "fp16": _rounds(0.4, seed=2)},
+            "fp16",
+            ["int8", "fp16"],
+        ),
         # a 1.2x point estimate that noise makes uncertain: the lower bound decides, not the point
-        ("a noisy speedup keeps the preference", {"fp32": _rounds(1.0, jitter=0.6),
-                                                  "int8": _rounds(0.83, jitter=0.6, seed=1)}, "fp32", []),
+        (
+            "a noisy speedup keeps the preference",
+            {"fp32": _rounds(1.0, jitter=0.6), "int8": _rounds(0.83, jitter=0.6, seed=1)},
+            "fp32",
+            [],
+        ),
     ],
 )
-def test_the_interval_rule_chooses_on_recorded_timings(name: str, samples: dict[str, list[float]], chosen: str,
-                                                       cleared: list[str]) -> None:
+def test_the_interval_rule_chooses_on_recorded_timings(
+    name: str, samples: dict[str, list[float]], chosen: str, cleared: list[str]
+) -> None:
     order = list(samples)
     choice = choose_variant(order, samples, min_speedup=1.1, metric="cpu")
     assert choice.variant == chosen, choice.reason
@@ -132,8 +145,12 @@ def test_the_gate_times_every_variant_and_serves_a_faster_alternate(tmp_path: Pa
     assert result.passed, result.detail
     assert result.evidence["variant"] == "onnx-int8"
     (verdict,) = result.evidence["timing"]
-    assert (verdict["candidate"], verdict["baseline"], verdict["metric"], verdict["preferred"]) == \
-        ("onnx-int8", "onnx-fp32", "cpu", True)
+    assert (verdict["candidate"], verdict["baseline"], verdict["metric"], verdict["preferred"]) == (
+        "onnx-int8",
+        "onnx-fp32",
+        "cpu",
+        True,
+    )
     assert verdict["speedup"]["low"] >= verdict["min_speedup"] and verdict["queries"] >= ROUNDS
     assert result.metrics["variants_timed"] == 2 and result.metrics["nan_frames"] == 0
 

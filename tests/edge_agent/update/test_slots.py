@@ -77,8 +77,12 @@ def test_a_slot_holds_every_staged_variant_and_records_the_one_it_serves(tmp_pat
     make_multi_bundle(tmp_path / "duo")
     slots = Slots(tmp_path / "slots")
     final = slots.stage("a", _duo_files(tmp_path / "duo"), variant_id="onnx-fp32", alternates=["onnx-int8"])
-    assert {p.name for p in final.iterdir()} == {"bundle.json", "model-onnx-fp32.onnx", "model-onnx-int8.onnx",
-                                                 VARIANT_FILE}
+    assert {p.name for p in final.iterdir()} == {
+        "bundle.json",
+        "model-onnx-fp32.onnx",
+        "model-onnx-int8.onnx",
+        VARIANT_FILE,
+    }
     assert variant_in(final) == "onnx-fp32"  # until the gate has chosen, the assigned variant
     slots.choose("a", "onnx-int8")
     assert variant_in(final) == "onnx-int8"

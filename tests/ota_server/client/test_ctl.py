@@ -40,8 +40,21 @@ def test_publish_rollout_and_read_back(server: LiveServer, tmp_path: Path, capsy
     assert rc == 0 and "ctl" in out and "COUNTER" in out
 
     server.enroll(name="c1", group="ctl-group")
-    rc, out, _ = _ctl(server, "operator", "--json", "rollout", "create", "ctl@1.0.0", "--group", "ctl-group",
-                      "--stages", "50,100", "--max-failure-rate", "10%", capsys=capsys)
+    rc, out, _ = _ctl(
+        server,
+        "operator",
+        "--json",
+        "rollout",
+        "create",
+        "ctl@1.0.0",
+        "--group",
+        "ctl-group",
+        "--stages",
+        "50,100",
+        "--max-failure-rate",
+        "10%",
+        capsys=capsys,
+    )
     assert rc == 0, out
     rollout = json.loads(out)
     assert rollout["stages"] == [50, 100] and rollout["max_failure_rate"] == 0.1
@@ -59,7 +72,10 @@ def test_publish_rollout_and_read_back(server: LiveServer, tmp_path: Path, capsy
 
 
 def test_publish_leaves_out_files_the_manifest_does_not_name(
-    server: LiveServer, tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture,
+    server: LiveServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     bundle = tmp_path / "opt"
     make_bundle(bundle, name="ctl-opt", version="1.0.0")
@@ -78,8 +94,9 @@ def test_publish_leaves_out_files_the_manifest_does_not_name(
     assert server.publish(tmp_path / "opt2")["version"] == "1.0.1"
 
 
-def test_exit_codes(server: LiveServer, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_exit_codes(
+    server: LiveServer, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     rc, _, err = _ctl(server, "viewer", "rollout", "pause", "ro_nope", capsys=capsys)
     assert rc == 1 and "403" in err  # viewer may not pause
     rc, _, err = _ctl(server, "operator", "rollout", "pause", "ro_nope", capsys=capsys)

@@ -17,8 +17,20 @@ import pytest
 import tomllib
 
 ROOT = Path(__file__).resolve().parents[3]
-SERVER_ONLY = ("flask", "gunicorn", "sqlalchemy", "psycopg", "psycopg-binary", "prometheus-client", "torch",
-               "torchvision", "onnxruntime", "onnx", "tuf", "opencv-python-headless")
+SERVER_ONLY = (
+    "flask",
+    "gunicorn",
+    "sqlalchemy",
+    "psycopg",
+    "psycopg-binary",
+    "prometheus-client",
+    "torch",
+    "torchvision",
+    "onnxruntime",
+    "onnx",
+    "tuf",
+    "opencv-python-headless",
+)
 
 
 def _copy_project(dest: Path) -> Path:

@@ -27,10 +27,22 @@ def _publish(s: Services, tmp_path: Path, version: str, baselines: list[tuple[st
 
 
 def _device(i: int, group: str, tags: list[str]) -> dict[str, Any]:
-    return {"id": f"dev_{i}", "token_digest": token_digest(secrets.token_hex(8)), "name": f"d{i}",
-            "group_name": group, "tags": tags, "hardware": {"arch": "x86_64", "accelerator": "cpu"},
-            "hardware_class": "cpu-x86_64", "enrolled_at": st.utcnow(), "last_seen": None, "state": None,
-            "running_name": None, "running_version": None, "running_release": None, "last_metrics": None}
+    return {
+        "id": f"dev_{i}",
+        "token_digest": token_digest(secrets.token_hex(8)),
+        "name": f"d{i}",
+        "group_name": group,
+        "tags": tags,
+        "hardware": {"arch": "x86_64", "accelerator": "cpu"},
+        "hardware_class": "cpu-x86_64",
+        "enrolled_at": st.utcnow(),
+        "last_seen": None,
+        "state": None,
+        "running_name": None,
+        "running_version": None,
+        "running_release": None,
+        "last_metrics": None,
+    }
 
 
 def _runs(s: Services, device_id: str, version: str, release: int, variant: str | None = None) -> None:
@@ -38,18 +50,34 @@ def _runs(s: Services, device_id: str, version: str, release: int, variant: str 
     if variant:
         running["variant"] = variant
     with s.store.tx() as conn:
-        ingest(conn, device_id, [rp.parse_report({"id": secrets.token_hex(8), "time": "2026-11-27T10:00:00Z",
-                                                     "type": "heartbeat", "running": running}, "r")])
+        ingest(
+            conn,
+            device_id,
+            [
+                rp.parse_report(
+                    {
+                        "id": secrets.token_hex(8),
+                        "time": "2026-11-27T10:00:00Z",
+                        "type": "heartbeat",
+                        "running": running,
+                    },
+                    "r",
+                )
+            ],
+        )
 
 
-def test_publish_warns_per_group_release_and_variant(initialized: tuple[ServerConfig, dict[str, str]],
-                                                     tmp_path: Path) -> None:
+def test_publish_warns_per_group_release_and_variant(
+    initialized: tuple[ServerConfig, dict[str, str]], tmp_path: Path
+) -> None:
     config, _ = initialized
     s = build_services(config)
     _publish(s, tmp_path, "1.0.0", [])
     with s.store.tx() as conn:
-        st.insert_devices(conn, [_device(i, "eu", ["eu"] if i else []) for i in range(3)]
-                          + [_device(3, "us", []), _device(4, "us", [])])
+        st.insert_devices(
+            conn,
+            [_device(i, "eu", ["eu"] if i else []) for i in range(3)] + [_device(3, "us", []), _device(4, "us", [])],
+        )
     _runs(s, "dev_0", "1.0.0", 1, "onnx-fp32")  # said which variant it serves
     _runs(s, "dev_1", "1.0.0", 1)  # did not: the director's pick for its hardware
     _runs(s, "dev_2", "1.0.0", 1)
@@ -67,7 +95,8 @@ def test_publish_warns_per_group_release_and_variant(initialized: tuple[ServerCo
     ]
     assert found[0]["message"] == (
         f"3 devices in group eu run m@1.0.0 (onnx-fp32, sha256 {FP32_SHA256[:12]}…): the bundle has no "
-        "agreement expectation for it; they will judge it against its own FP32")
+        "agreement expectation for it; they will judge it against its own FP32"
+    )
     assert found[2]["message"].startswith("1 device in group us runs m@0.9.0 (variant unknown)")
     assert [(w["group"], w["devices"]) for w in in_eu] == [("eu", 2)]  # the rollout's selection only
 

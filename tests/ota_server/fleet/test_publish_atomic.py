@@ -17,8 +17,11 @@ from tests.live_server import bundle_tar
 
 
 def _state(config: ServerConfig) -> dict[str, Any]:
-    files = sorted(str(p.relative_to(config.data_dir)) for p in config.data_dir.rglob("*")
-                   if p.is_file() and p.parts[-2] not in ("locks", "run") and not p.name.startswith("server.db"))
+    files = sorted(
+        str(p.relative_to(config.data_dir))
+        for p in config.data_dir.rglob("*")
+        if p.is_file() and p.parts[-2] not in ("locks", "run") and not p.name.startswith("server.db")
+    )
     return {"files": files, "timestamp": (config.metadata_dir / "timestamp.json").read_bytes()}
 
 
@@ -42,8 +45,9 @@ FAILURES = {
 
 
 @pytest.mark.parametrize("point", sorted(FAILURES))
-def test_failure_midway_leaves_no_trace(point: str, initialized: tuple[ServerConfig, dict[str, str]],
-                                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failure_midway_leaves_no_trace(
+    point: str, initialized: tuple[ServerConfig, dict[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config, _ = initialized
     services = build_services(config)
     make_bundle(tmp_path / "b", name="atomic", version="1.0.0")

@@ -31,14 +31,25 @@ def test_add_counters_moves_several_keys_at_once_and_creates_missing_ones(
     config, _ = initialized
     s = build_services(config)
     with s.store.tx() as conn:
-        st.insert_counters(conn, [{"rollout_id": "ro_x", "stage": k, "key": key, "n": 5}
-                                  for k in (0, 1) for key in ("devices", "pending", "failure")])
+        st.insert_counters(
+            conn,
+            [
+                {"rollout_id": "ro_x", "stage": k, "key": key, "n": 5}
+                for k in (0, 1)
+                for key in ("devices", "pending", "failure")
+            ],
+        )
         st.add_counters(conn, "ro_x", 1, {"pending": -1, "failure": 1, "reason:NAN_OUTPUT": 1})
         st.add_counters(conn, "ro_x", 1, {"reason:NAN_OUTPUT": 2, "devices": 1})
         st.add_counters(conn, "ro_x", 0, {})
         assert _counters(conn, "ro_x") == {
-            (0, "devices"): 5, (0, "pending"): 5, (0, "failure"): 5,  # another stage is left alone
-            (1, "devices"): 6, (1, "pending"): 4, (1, "failure"): 6, (1, "reason:NAN_OUTPUT"): 3,
+            (0, "devices"): 5,
+            (0, "pending"): 5,
+            (0, "failure"): 5,  # another stage is left alone
+            (1, "devices"): 6,
+            (1, "pending"): 4,
+            (1, "failure"): 6,
+            (1, "reason:NAN_OUTPUT"): 3,
         }
     s.store.dispose()
 
@@ -56,13 +67,19 @@ def _target(s: Services, device_id: str) -> tuple[Any, Any]:
     return signed["rollout_id"], (signed["release"] or {}).get("counter")
 
 
-@pytest.mark.parametrize(("case", "bumps"), [
-    ("in-stage device installs its rollout's release", False),
-    ("device outside the stage reports the release it runs", True),
-    ("in-stage device of a paused rollout installs the release", True),
-])
+@pytest.mark.parametrize(
+    ("case", "bumps"),
+    [
+        ("in-stage device installs its rollout's release", False),
+        ("device outside the stage reports the release it runs", True),
+        ("in-stage device of a paused rollout installs the release", True),
+    ],
+)
 def test_a_report_bumps_the_generation_exactly_when_the_assignment_changes(
-    initialized: tuple[ServerConfig, dict[str, str]], tmp_path: Path, case: str, bumps: bool,
+    initialized: tuple[ServerConfig, dict[str, str]],
+    tmp_path: Path,
+    case: str,
+    bumps: bool,
 ) -> None:
     """A changed assignment must never be answered from a cache as unchanged, so a report that
     changes what the director would sign bumps the fleet generation; a rollout's own commits
@@ -86,9 +103,15 @@ def test_a_report_bumps_the_generation_exactly_when_the_assignment_changes(
     before = _target(s, device_id)
     with s.store.tx() as conn:
         gen = st.generation(conn)
-        report = {"id": "r1", "time": "2026-11-27T10:00:00Z", "type": "transition", "state": "committed",
-                  "rollout_id": rollout["id"], "release": new,
-                  "running": {"name": "m", "version": "?", "release": release}}
+        report = {
+            "id": "r1",
+            "time": "2026-11-27T10:00:00Z",
+            "type": "transition",
+            "state": "committed",
+            "rollout_id": rollout["id"],
+            "release": new,
+            "running": {"name": "m", "version": "?", "release": release},
+        }
         ingest(conn, device_id, [rp.parse_report(report, "r")])
         bumped = st.generation(conn) != gen
     assert bumped is bumps, case
@@ -100,37 +123,80 @@ def _targets(s: Services, device_ids: list[str]) -> dict[str, tuple[Any, Any]]:
     return {d: _target(s, d) for d in device_ids}
 
 
-@pytest.mark.parametrize(("stages", "state", "decision", "bumps"), [
-    ([50, 100], "committed", "advance", True),
-    ([100], "committed", "complete", False),  # the last stage completes in place: nothing to re-sign
-    ([100], "failed", "halt", True),  # a halted rollout stops handing out its release
-])
+@pytest.mark.parametrize(
+    ("stages", "state", "decision", "bumps"),
+    [
+        ([50, 100], "committed", "advance", True),
+        ([100], "committed", "complete", False),  # the last stage completes in place: nothing to re-sign
+        ([100], "failed", "halt", True),  # a halted rollout stops handing out its release
+    ],
+)
 def test_a_rollout_decision_bumps_the_generation_exactly_when_assignments_change(
-    initialized: tuple[ServerConfig, dict[str, str]], tmp_path: Path, stages: list[int], state: str,
-    decision: str, bumps: bool,
+    initialized: tuple[ServerConfig, dict[str, str]],
+    tmp_path: Path,
+    stages: list[int],
+    state: str,
+    decision: str,
+    bumps: bool,
 ) -> None:
     config, _ = initialized
     s = build_services(config)
     _publish(s, tmp_path, "1.0.0")
     with s.store.tx() as conn:
         st.insert_devices(conn, [_device(i) for i in range(12)])
-        spec = ro.parse_rollout({"model": "m", "version": "1.0.0", "group": "g", "stages": stages,
-                                 "max_failure_rate": 0.05, "min_devices_for_halt": 1})
+        spec = ro.parse_rollout(
+            {
+                "model": "m",
+                "version": "1.0.0",
+                "group": "g",
+                "stages": stages,
+                "max_failure_rate": 0.05,
+                "min_devices_for_halt": 1,
+            }
+        )
         rollout = service.create_rollout(conn, spec, actor="test")
     ids = sorted(d["id"] for d in _devices(s))
     first = [d for d in ids if ro.in_stage(ro.bucket(d, rollout["id"]), stages[0], rollout["floor_bucket"])]
     with s.store.tx() as conn:  # all but one device of the first stage report; the last one decides
         for d in first[:-1]:
-            ingest(conn, d, [rp.parse_report({"id": f"ok-{d}", "time": "2026-11-27T10:00:00Z",
-                                                 "type": "transition", "state": "committed",
-                                                 "rollout_id": rollout["id"], "release": rollout["release"]}, "r")])
+            ingest(
+                conn,
+                d,
+                [
+                    rp.parse_report(
+                        {
+                            "id": f"ok-{d}",
+                            "time": "2026-11-27T10:00:00Z",
+                            "type": "transition",
+                            "state": "committed",
+                            "rollout_id": rollout["id"],
+                            "release": rollout["release"],
+                        },
+                        "r",
+                    )
+                ],
+            )
     before = _targets(s, ids)
     with s.store.tx() as conn:
         gen = st.generation(conn)
-        ingest(conn, first[-1], [rp.parse_report({
-            "id": "last", "time": "2026-11-27T10:00:01Z", "type": "transition", "state": state,
-            "rollout_id": rollout["id"], "release": rollout["release"],
-            "reason_code": "LOW_AGREEMENT" if state == "failed" else None}, "r")])
+        ingest(
+            conn,
+            first[-1],
+            [
+                rp.parse_report(
+                    {
+                        "id": "last",
+                        "time": "2026-11-27T10:00:01Z",
+                        "type": "transition",
+                        "state": state,
+                        "rollout_id": rollout["id"],
+                        "release": rollout["release"],
+                        "reason_code": "LOW_AGREEMENT" if state == "failed" else None,
+                    },
+                    "r",
+                )
+            ],
+        )
         kinds = [e["kind"] for e in st.events(conn, rollout["id"])]
         bumped = st.generation(conn) != gen
     assert kinds[-1] == {"advance": "stage-advanced", "complete": "completed", "halt": "halted"}[decision], kinds
@@ -147,7 +213,14 @@ def _devices(s: Services) -> list[dict[str, Any]]:
 def test_the_halt_reason_shows_a_rate_just_over_the_limit_as_over_it() -> None:
     """3 failures of 55 finished devices halt a 5 % rollout: the reason must not read "5% exceeds 5%"."""
     counts = [ro.StageCounts(devices=100, success=52, failure=3, pending=0, reasons={"LOW_AGREEMENT": 3})]
-    result = ro.evaluate_counts(status="active", stage=0, stages=[100.0], counts=counts, success_quota=0.9,
-                                max_failure_rate=0.05, min_devices_for_halt=50)
+    result = ro.evaluate_counts(
+        status="active",
+        stage=0,
+        stages=[100.0],
+        counts=counts,
+        success_quota=0.9,
+        max_failure_rate=0.05,
+        min_devices_for_halt=50,
+    )
     assert result.decision is ro.Decision.HALT
     assert result.detail == "failure rate 3/55 = 5.45% exceeds 5% (LOW_AGREEMENT x3)"

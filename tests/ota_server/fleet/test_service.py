@@ -19,15 +19,37 @@ from tests.live_server import bundle_tar
 
 
 def _device(i: int, group: str = "g") -> dict:
-    return {"id": f"dev_{i:04d}", "token_digest": token_digest(secrets.token_hex(8)), "name": f"d{i}",
-            "group_name": group, "tags": ["eu"] if i % 2 else [], "hardware": {"arch": "x86_64"},
-            "hardware_class": "cpu-x86_64", "enrolled_at": st.utcnow(), "last_seen": None, "state": None,
-            "running_name": None, "running_version": None, "running_release": None, "last_metrics": None}
+    return {
+        "id": f"dev_{i:04d}",
+        "token_digest": token_digest(secrets.token_hex(8)),
+        "name": f"d{i}",
+        "group_name": group,
+        "tags": ["eu"] if i % 2 else [],
+        "hardware": {"arch": "x86_64"},
+        "hardware_class": "cpu-x86_64",
+        "enrolled_at": st.utcnow(),
+        "last_seen": None,
+        "state": None,
+        "running_name": None,
+        "running_version": None,
+        "running_release": None,
+        "last_metrics": None,
+    }
 
 
 def _report(rid: str, state: str, rollout: dict, *, reason: str | None = None) -> rp.Report:
-    return rp.parse_report({"id": rid, "time": "2026-11-27T10:00:00Z", "type": "transition", "state": state,
-                            "rollout_id": rollout["id"], "release": rollout["release"], "reason_code": reason}, "r")
+    return rp.parse_report(
+        {
+            "id": rid,
+            "time": "2026-11-27T10:00:00Z",
+            "type": "transition",
+            "state": state,
+            "rollout_id": rollout["id"],
+            "release": rollout["release"],
+            "reason_code": reason,
+        },
+        "r",
+    )
 
 
 def test_rollout_flow_in_the_store(initialized: tuple[ServerConfig, dict[str, str]], tmp_path: Path) -> None:
@@ -41,15 +63,27 @@ def test_rollout_flow_in_the_store(initialized: tuple[ServerConfig, dict[str, st
     with s.store.tx() as conn:
         st.insert_devices(conn, [_device(i) for i in range(20)])
         gen0 = st.generation(conn)
-        spec = ro.parse_rollout({"model": "m", "version": "1.1.0", "group": "g", "tags": ["eu"],
-                                 "stages": [10, 100], "max_failure_rate": 0.3, "min_devices_for_halt": 3})
+        spec = ro.parse_rollout(
+            {
+                "model": "m",
+                "version": "1.1.0",
+                "group": "g",
+                "tags": ["eu"],
+                "stages": [10, 100],
+                "max_failure_rate": 0.3,
+                "min_devices_for_halt": 3,
+            }
+        )
         rollout = service.create_rollout(conn, spec, actor="test")
         assert st.generation(conn) > gen0
     with s.store.read() as conn:
         view = service.rollout_view(conn, rollout)
         assert view["selected_devices"] == 10  # the odd ones carry the "eu" tag
-        first = [d for d in range(20) if ro.in_stage(ro.bucket(f"dev_{d:04d}", rollout["id"]), 10,
-                                                     rollout["floor_bucket"]) and d % 2]
+        first = [
+            d
+            for d in range(20)
+            if ro.in_stage(ro.bucket(f"dev_{d:04d}", rollout["id"]), 10, rollout["floor_bucket"]) and d % 2
+        ]
         assert view["progress"][0]["devices"] == len(first) >= 1
         signed = build_signed(conn, st.get_device(conn, f"dev_{first[0]:04d}"), "ab" * 16, ttl_s=60)
         assert signed["release"]["version"] == "1.1.0" and signed["rollout_id"] == rollout["id"]
@@ -77,12 +111,23 @@ def _counted(conn, rollout: dict) -> ro.StageCounts:  # type: ignore[no-untyped-
 
 
 def _timed(rid: str, state: str, rollout: dict, time: str, reason: str | None = None) -> rp.Report:
-    return rp.parse_report({"id": rid, "time": time, "type": "transition", "state": state,
-                            "rollout_id": rollout["id"], "release": rollout["release"], "reason_code": reason}, "r")
+    return rp.parse_report(
+        {
+            "id": rid,
+            "time": time,
+            "type": "transition",
+            "state": state,
+            "rollout_id": rollout["id"],
+            "release": rollout["release"],
+            "reason_code": reason,
+        },
+        "r",
+    )
 
 
 def test_counters_are_incremental_latest_state_wins_and_idempotent(
-    initialized: tuple[ServerConfig, dict[str, str]], tmp_path: Path,
+    initialized: tuple[ServerConfig, dict[str, str]],
+    tmp_path: Path,
 ) -> None:
     config, _ = initialized
     s = build_services(config)
@@ -91,8 +136,16 @@ def test_counters_are_incremental_latest_state_wins_and_idempotent(
     s.publisher.publish_tar(tmp_path / "b.tar", actor="test")
     with s.store.tx() as conn:
         st.insert_devices(conn, [_device(i) for i in range(40)])
-        spec = ro.parse_rollout({"model": "m", "version": "1.0.0", "group": "g", "stages": [100],
-                                 "max_failure_rate": 1.0, "success_quota": 1.0})
+        spec = ro.parse_rollout(
+            {
+                "model": "m",
+                "version": "1.0.0",
+                "group": "g",
+                "stages": [100],
+                "max_failure_rate": 1.0,
+                "success_quota": 1.0,
+            }
+        )
         rollout = service.create_rollout(conn, spec, actor="test")
         assert _counted(conn, rollout) == ro.StageCounts(40, 0, 0, 0, {})
     t = "2026-11-27T10:00:0{}Z"
@@ -120,15 +173,22 @@ def test_counters_are_incremental_latest_state_wins_and_idempotent(
         assert view["failure_reasons"] == {"HEALTH_REGRESSION": 1} and view["failures"][0]["device_id"] == "dev_0002"
         # the counters agree with a full scan of the device rows
         rows = st.device_outcomes(conn, rollout["id"])
-        scan = ro.count_stages(rollout["stages"], service.selected_buckets(conn, rollout),
-                               {r["device_id"]: r["outcome"] for r in rows}, rollout["floor_bucket"],
-                               {r["device_id"]: r["reason_code"] for r in rows})
+        scan = ro.count_stages(
+            rollout["stages"],
+            service.selected_buckets(conn, rollout),
+            {r["device_id"]: r["outcome"] for r in rows},
+            rollout["floor_bucket"],
+            {r["device_id"]: r["reason_code"] for r in rows},
+        )
         assert service.stage_counts(conn, rollout) == scan
     with s.store.tx() as conn:  # installing the rollout's own release changes no assignment: no bump
         gen = st.generation(conn)
         running = {"name": "m", "version": "1.0.0", "release": rollout["release"]}
-        ingest(conn, "dev_0003", [rp.parse_report({"id": "h1", "time": t.format(5), "type": "heartbeat",
-                                                      "running": running}, "r")])
+        ingest(
+            conn,
+            "dev_0003",
+            [rp.parse_report({"id": "h1", "time": t.format(5), "type": "heartbeat", "running": running}, "r")],
+        )
         assert st.generation(conn) == gen and st.get_device(conn, "dev_0003")["running_release"] == rollout["release"]
     with s.store.tx() as conn:  # devices enrolled later join the counters of their stage
         row = _device(99)
@@ -138,8 +198,9 @@ def test_counters_are_incremental_latest_state_wins_and_idempotent(
     s.store.dispose()
 
 
-def test_newest_rollout_wins_within_one_second(initialized: tuple[ServerConfig, dict[str, str]], tmp_path: Path,
-                                               monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_newest_rollout_wins_within_one_second(
+    initialized: tuple[ServerConfig, dict[str, str]], tmp_path: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
     """Rollouts of different models to one group, created in the same second: the device gets the
     one created last, whatever their (random) ids sort as."""
     config, _ = initialized

@@ -22,8 +22,15 @@ from tests.ota_server.evidence_cases import class_refusal_gate, refusal_gate, ro
 
 
 def _report(**fields: Any) -> dict[str, Any]:
-    base = {"id": secrets.token_hex(8), "time": "2026-11-27T10:00:00Z", "type": "gate", "state": "refused",
-            "rollout_id": "ro_1", "release": 2, "reason_code": "LOW_AGREEMENT"}
+    base = {
+        "id": secrets.token_hex(8),
+        "time": "2026-11-27T10:00:00Z",
+        "type": "gate",
+        "state": "refused",
+        "rollout_id": "ro_1",
+        "release": 2,
+        "reason_code": "LOW_AGREEMENT",
+    }
     return {**base, **fields}
 
 
@@ -33,10 +40,16 @@ def test_gate_evidence_from_the_shared_kernel_is_kept_exactly_and_nothing_else()
     sent["extra"] = "x" * 10_000  # not a field of the contract: dropped, not stored
     sent["agreement"]["history"] = [1.0] * 1000
     sent["timing"][0]["samples"] = [0.5] * 1000
-    r = rp.parse_report(_report(gate=sent, variant="onnx-fp32", junk={"a": 1},
-                                metrics={"p95_ms": 9.5, "counter_x": 3, "fps": "fast"},
-                                running={"name": "m", "version": "1.0.0", "release": 1, "variant": "onnx-int8",
-                                         "more": "x"}), "reports[0]")
+    r = rp.parse_report(
+        _report(
+            gate=sent,
+            variant="onnx-fp32",
+            junk={"a": 1},
+            metrics={"p95_ms": 9.5, "counter_x": 3, "fps": "fast"},
+            running={"name": "m", "version": "1.0.0", "release": 1, "variant": "onnx-int8", "more": "x"},
+        ),
+        "reports[0]",
+    )
     assert r.gate == gate and r.variant == "onnx-fp32" and r.reason_code is ReasonCode.LOW_AGREEMENT
     assert r.body["gate"] == gate and "junk" not in r.body
     assert r.body["metrics"] == {"p95_ms": 9.5}
@@ -79,8 +92,12 @@ def test_the_api_description_and_ota_ctl_know_every_code() -> None:
 
 
 def test_an_unknown_reason_code_is_a_400_naming_the_report() -> None:
-    batch = [_report(reason_code=None), _report(), _report(reason_code="NOT_ENOUGH_FRAMES"),
-             _report(reason_code="LATENCY")]
+    batch = [
+        _report(reason_code=None),
+        _report(),
+        _report(reason_code="NOT_ENOUGH_FRAMES"),
+        _report(reason_code="LATENCY"),
+    ]
     with pytest.raises(BadRequest) as e:
         rp.parse_batch({"reports": batch})
     assert e.value.field == "reports[3].reason_code"
@@ -198,8 +215,9 @@ def test_a_bad_latency_field_is_a_400_naming_it(mutate: Callable[[dict[str, Any]
 
 
 @pytest.mark.parametrize(("mutate", "field"), CLASS_BAD, ids=[f for _, f in CLASS_BAD])
-def test_a_bad_or_oversized_per_class_field_is_a_400_naming_it(mutate: Callable[[dict[str, Any]], None],
-                                                                field: str) -> None:
+def test_a_bad_or_oversized_per_class_field_is_a_400_naming_it(
+    mutate: Callable[[dict[str, Any]], None], field: str
+) -> None:
     report = _report(gate=class_refusal_gate(), variant="onnx-fp32")
     mutate(report)
     with pytest.raises(BadRequest) as e:
@@ -227,9 +245,18 @@ def test_the_largest_evidence_allowed_is_accepted_and_prose_is_cut() -> None:
 
 
 def test_a_headless_agent_reports_agreement_as_not_judged() -> None:
-    gate = {"agreement": {"expected": 0.0, "baseline": "active", "baseline_variant": None, "judged_against": "active",
-                          "why": "no camera: agreement is not judged without live frames", "decision": "not-judged",
-                          "frames": 0}, "variant": "onnx-fp32"}
+    gate = {
+        "agreement": {
+            "expected": 0.0,
+            "baseline": "active",
+            "baseline_variant": None,
+            "judged_against": "active",
+            "why": "no camera: agreement is not judged without live frames",
+            "decision": "not-judged",
+            "frames": 0,
+        },
+        "variant": "onnx-fp32",
+    }
     parsed = rp.parse_report(_report(gate=gate), "r").gate
     assert parsed is not None and parsed["agreement"]["decision"] == "not-judged"
     assert "baseline_variant" not in parsed["agreement"]  # a null is not stored

@@ -42,30 +42,50 @@ def test_small_fleet_first_stage_gets_at_least_one_device() -> None:
     assert ro.floor_of([], "ro") is None
 
 
-def _eval(outcomes: dict[str, str], *, stage: int = 0, status: str = "active", stages: tuple[float, ...] = (50, 100),
-          rate: float = 0.2, min_devices: int = 1, quota: float = 1.0) -> ro.Evaluation:
+def _eval(
+    outcomes: dict[str, str],
+    *,
+    stage: int = 0,
+    status: str = "active",
+    stages: tuple[float, ...] = (50, 100),
+    rate: float = 0.2,
+    min_devices: int = 1,
+    quota: float = 1.0,
+) -> ro.Evaluation:
     buckets = {"a": 10.0, "b": 30.0, "c": 60.0, "d": 90.0}
-    return ro.evaluate(status=status, stage=stage, stages=stages, buckets=buckets, outcomes=outcomes,
-                       reasons={d: "NAN_OUTPUT" for d in outcomes}, floor=None, success_quota=quota,
-                       max_failure_rate=rate, min_devices_for_halt=min_devices)
+    return ro.evaluate(
+        status=status,
+        stage=stage,
+        stages=stages,
+        buckets=buckets,
+        outcomes=outcomes,
+        reasons={d: "NAN_OUTPUT" for d in outcomes},
+        floor=None,
+        success_quota=quota,
+        max_failure_rate=rate,
+        min_devices_for_halt=min_devices,
+    )
 
 
-@pytest.mark.parametrize(("outcomes", "kwargs", "decision", "stage"), [
-    ({}, {}, ro.Decision.NONE, 0),
-    ({"a": "success"}, {}, ro.Decision.NONE, 0),  # b still pending in stage 0
-    ({"a": "success", "b": "success"}, {}, ro.Decision.ADVANCE, 1),
-    ({"a": "success"}, {"quota": 0.5}, ro.Decision.ADVANCE, 1),  # 1 of 2 is enough at 50 %
-    ({"a": "success", "b": "success", "c": "success", "d": "success"}, {}, ro.Decision.COMPLETE, 1),
-    ({"a": "success", "b": "success"}, {"status": "paused"}, ro.Decision.NONE, 0),  # paused: no advance
-    ({"a": "failure"}, {}, ro.Decision.HALT, 0),
-    ({"a": "failure"}, {"min_devices": 2}, ro.Decision.NONE, 0),  # below the minimum sample
-    # stage 0 (a, b) has fully reported and 50 % is not > 50 %: it resolves by advancing
-    ({"a": "failure", "b": "success"}, {"min_devices": 2, "rate": 0.5}, ro.Decision.ADVANCE, 1),
-    ({"a": "failure", "b": "success", "c": "failure"}, {"min_devices": 2, "rate": 0.5}, ro.Decision.HALT, 0),
-    ({"a": "failure"}, {"status": "paused"}, ro.Decision.HALT, 0),  # a paused rollout still halts
-    ({"a": "failure"}, {"status": "halted"}, ro.Decision.NONE, 0),
-    ({"a": "success", "b": "pending"}, {}, ro.Decision.NONE, 0),
-])
+@pytest.mark.parametrize(
+    ("outcomes", "kwargs", "decision", "stage"),
+    [
+        ({}, {}, ro.Decision.NONE, 0),
+        ({"a": "success"}, {}, ro.Decision.NONE, 0),  # b still pending in stage 0
+        ({"a": "success", "b": "success"}, {}, ro.Decision.ADVANCE, 1),
+        ({"a": "success"}, {"quota": 0.5}, ro.Decision.ADVANCE, 1),  # 1 of 2 is enough at 50 %
+        ({"a": "success", "b": "success", "c": "success", "d": "success"}, {}, ro.Decision.COMPLETE, 1),
+        ({"a": "success", "b": "success"}, {"status": "paused"}, ro.Decision.NONE, 0),  # paused: no advance
+        ({"a": "failure"}, {}, ro.Decision.HALT, 0),
+        ({"a": "failure"}, {"min_devices": 2}, ro.Decision.NONE, 0),  # below the minimum sample
+        # stage 0 (a, b) has fully reported and 50 % is not > 50 %: it resolves by advancing
+        ({"a": "failure", "b": "success"}, {"min_devices": 2, "rate": 0.5}, ro.Decision.ADVANCE, 1),
+        ({"a": "failure", "b": "success", "c": "failure"}, {"min_devices": 2, "rate": 0.5}, ro.Decision.HALT, 0),
+        ({"a": "failure"}, {"status": "paused"}, ro.Decision.HALT, 0),  # a paused rollout still halts
+        ({"a": "failure"}, {"status": "halted"}, ro.Decision.NONE, 0),
+        ({"a": "success", "b": "pending"}, {}, ro.Decision.NONE, 0),
+    ],
+)
 def test_evaluate(outcomes: dict[str, str], kwargs: dict, decision: ro.Decision, stage: int) -> None:
     result = _eval(outcomes, **kwargs)
     assert (result.decision, result.stage) == (decision, stage), result
@@ -77,10 +97,24 @@ def _counts(devices: int, success: int, failure: int, pending: int = 0) -> ro.St
     return ro.StageCounts(devices, success, failure, pending, {"NAN_OUTPUT": failure} if failure else {})
 
 
-def _eval_counts(counts: list[ro.StageCounts], *, stage: int = 0, quota: float = 0.95, rate: float = 0.05,
-                 min_devices: int = 50, stages: tuple[float, ...] = (1, 10, 50, 100)) -> ro.Evaluation:
-    return ro.evaluate_counts(status="active", stage=stage, stages=stages, counts=counts, success_quota=quota,
-                              max_failure_rate=rate, min_devices_for_halt=min_devices)
+def _eval_counts(
+    counts: list[ro.StageCounts],
+    *,
+    stage: int = 0,
+    quota: float = 0.95,
+    rate: float = 0.05,
+    min_devices: int = 50,
+    stages: tuple[float, ...] = (1, 10, 50, 100),
+) -> ro.Evaluation:
+    return ro.evaluate_counts(
+        status="active",
+        stage=stage,
+        stages=stages,
+        counts=counts,
+        success_quota=quota,
+        max_failure_rate=rate,
+        min_devices_for_halt=min_devices,
+    )
 
 
 def test_fully_reported_stage_resolves_instead_of_stalling() -> None:
@@ -130,14 +164,19 @@ def test_outcome_of_states() -> None:
     assert {ro.outcome_of(s) for s in ("downloading", "health-watch", None)} == {"pending"}
 
 
-@pytest.mark.parametrize(("body", "field"), [
-    ([], None), ({"model": "m"}, "version"), ({"model": "m", "version": "1", "group": ""}, "group"),
-    ({"model": "m", "version": "1", "stages": []}, "stages"),
-    ({"model": "m", "version": "1", "stages": [0, 100]}, "stages[0]"),
-    ({"model": "m", "version": "1", "min_devices_for_halt": 0}, "min_devices_for_halt"),
-    ({"model": "m", "version": "1", "success_quota": True}, "success_quota"),
-    ({"model": "m", "version": "1", "tags": "eu"}, "tags"),
-])
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ([], None),
+        ({"model": "m"}, "version"),
+        ({"model": "m", "version": "1", "group": ""}, "group"),
+        ({"model": "m", "version": "1", "stages": []}, "stages"),
+        ({"model": "m", "version": "1", "stages": [0, 100]}, "stages[0]"),
+        ({"model": "m", "version": "1", "min_devices_for_halt": 0}, "min_devices_for_halt"),
+        ({"model": "m", "version": "1", "success_quota": True}, "success_quota"),
+        ({"model": "m", "version": "1", "tags": "eu"}, "tags"),
+    ],
+)
 def test_parse_rollout_rejects(body: object, field: str | None) -> None:
     with pytest.raises(BadRequest) as e:
         ro.parse_rollout(body)

@@ -95,8 +95,11 @@ class _Bytes:
 def app_and_device(initialized: tuple[ServerConfig, dict[str, str]]) -> Iterator[tuple[Flask, dict[str, Any]]]:
     config, result = initialized
     app = create_app(config)
-    r = app.test_client().post("/api/v1/devices/enroll", json={"name": "w", "hardware": {"arch": "x86_64"}},
-                               headers={"Authorization": f"Bearer {result['enrollment_token']}"})
+    r = app.test_client().post(
+        "/api/v1/devices/enroll",
+        json={"name": "w", "hardware": {"arch": "x86_64"}},
+        headers={"Authorization": f"Bearer {result['enrollment_token']}"},
+    )
     assert r.status_code == 201
     yield app, r.get_json()
     app.extensions["edgefleet"].store.dispose()
@@ -114,7 +117,8 @@ def _same_answer(ours: tuple[int, dict[str, str], bytes, bool], view: tuple[int,
 
 
 def test_the_worker_answers_unchanged_polls_as_the_flask_view_does(
-    app_and_device: tuple[Flask, dict[str, Any]], tmp_path: Path,
+    app_and_device: tuple[Flask, dict[str, Any]],
+    tmp_path: Path,
 ) -> None:
     app, dev = app_and_device
     gunicorn = _Gunicorn(app, tmp_path)
@@ -144,8 +148,9 @@ def test_the_worker_answers_unchanged_polls_as_the_flask_view_does(
     assert logged.get(path, {**auth, "If-None-Match": etag})[0] == 304 and logged.wsgi_calls == 1
 
 
-def test_a_changed_assignment_is_never_answered_304(app_and_device: tuple[Flask, dict[str, Any]],
-                                                    tmp_path: Path) -> None:
+def test_a_changed_assignment_is_never_answered_304(
+    app_and_device: tuple[Flask, dict[str, Any]], tmp_path: Path
+) -> None:
     app, dev = app_and_device
     gunicorn = _Gunicorn(app, tmp_path)
     path = f"/api/v1/devices/{dev['device_id']}/assignment?nonce={NONCE}"
@@ -160,12 +165,18 @@ def test_a_changed_assignment_is_never_answered_304(app_and_device: tuple[Flask,
     other = create_app(config)
     client = other.test_client()
     make_bundle(tmp_path / "bundle", name="fast", version="1.0.0")
-    r = client.post("/api/v1/releases", data=bundle_tar(tmp_path / "bundle"), content_type="application/x-tar",
-                    headers={"Authorization": f"Bearer {create_token(config, role='publisher', name='ci')}"})
+    r = client.post(
+        "/api/v1/releases",
+        data=bundle_tar(tmp_path / "bundle"),
+        content_type="application/x-tar",
+        headers={"Authorization": f"Bearer {create_token(config, role='publisher', name='ci')}"},
+    )
     assert r.status_code == 201
-    r = client.post("/api/v1/rollouts", json={"model": "fast", "version": "1.0.0", "group": "default",
-                                              "stages": [100]},
-                    headers={"Authorization": f"Bearer {create_token(config, role='operator', name='op')}"})
+    r = client.post(
+        "/api/v1/rollouts",
+        json={"model": "fast", "version": "1.0.0", "group": "default", "stages": [100]},
+        headers={"Authorization": f"Bearer {create_token(config, role='operator', name='op')}"},
+    )
     assert r.status_code == 201
     other.extensions["edgefleet"].store.dispose()
 
@@ -198,10 +209,12 @@ def test_a_lost_postgres_connection_costs_one_slow_read(pg_schema_url: str, tmp_
     try:
         gen = store.generation()
         with store.read_engine.connect() as conn:  # what a database restart does to it
-            killed = conn.execute(sa.text(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE pid <> pg_backend_pid() AND query = 'SELECT value FROM generation WHERE id = 1'"
-            )).scalar()
+            killed = conn.execute(
+                sa.text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE pid <> pg_backend_pid() AND query = 'SELECT value FROM generation WHERE id = 1'"
+                )
+            ).scalar()
             conn.commit()
         assert killed == 1
         with store.tx() as conn:
@@ -212,16 +225,19 @@ def test_a_lost_postgres_connection_costs_one_slow_read(pg_schema_url: str, tmp_
         store.dispose()
 
 
-@pytest.mark.parametrize(("query", "nonce"), [
-    (f"nonce={NONCE}", NONCE),
-    (f"x=1&nonce={NONCE}", NONCE),
-    (f"nonce={NONCE}&x=1", NONCE),
-    (f"nonce={NONCE}&nonce={NONCE}", None),  # repeated: the view decides
-    ("nonce=" + "AB" * 16, None),  # uppercase
-    ("nonce=abc", None),  # too short
-    ("nonce=" + "a" * 129, None),  # too long
-    (f"nonce=%61{NONCE[1:]}", "a" + NONCE[1:]),  # escapes decoded, as Flask's request.args does
-    ("", None),
-])
+@pytest.mark.parametrize(
+    ("query", "nonce"),
+    [
+        (f"nonce={NONCE}", NONCE),
+        (f"x=1&nonce={NONCE}", NONCE),
+        (f"nonce={NONCE}&x=1", NONCE),
+        (f"nonce={NONCE}&nonce={NONCE}", None),  # repeated: the view decides
+        ("nonce=" + "AB" * 16, None),  # uppercase
+        ("nonce=abc", None),  # too short
+        ("nonce=" + "a" * 129, None),  # too long
+        (f"nonce=%61{NONCE[1:]}", "a" + NONCE[1:]),  # escapes decoded, as Flask's request.args does
+        ("", None),
+    ],
+)
 def test_query_nonce(query: str, nonce: str | None) -> None:
     assert query_nonce(query) == nonce
