@@ -86,9 +86,9 @@ def bench_install(tmp: Path) -> dict[str, Any]:
     from edge_agent.update.daemon import build_agent
     from models.tiny import make_bundle
     from ota_server.client import RolloutRequest
-    from ota_server.local import run_local_server
+    from ota_server.local import LocalServer
 
-    with run_local_server(tmp / "ota-data", cwd=ROOT, init_timeout_s=120.0) as srv:
+    with LocalServer.start(tmp / "ota-data", cwd=ROOT, init_timeout_s=120.0) as srv:
         make_bundle(tmp / "b", name="bench", version="1.0.0")
         release = srv.publish(tmp / "b")
         config = AgentConfig(tmp / "agent", health_window_s=0.5, bench_queries=20, bench_duration_s=0.2)
@@ -147,12 +147,12 @@ def big_bundle(directory: Path, data: bytes) -> None:
 
 
 def bench_resume(tmp: Path, size_mb: int, repeats: int) -> dict[str, float]:
-    from ota_server.local import run_local_server
+    from ota_server.local import LocalServer
 
     data = os.urandom(size_mb * MB)
     sha = hashlib.sha256(data).hexdigest()
     big_bundle(tmp / "blob", data)
-    with run_local_server(tmp / "server" / "ota-data", cwd=ROOT, init_timeout_s=120.0) as srv:
+    with LocalServer.start(tmp / "server" / "ota-data", cwd=ROOT, init_timeout_s=120.0) as srv:
         srv.publish(tmp / "blob")
         # the consistent-snapshot target the agent downloads; Range answered by the real server
         return _resume_runs(srv.url + f"/tuf/targets/blob/1.0.0/{sha}.model.onnx", tmp, data, repeats)

@@ -46,7 +46,7 @@ from ota_server.client.simulator import (
 )
 from ota_server.client.watch import format_stage_table
 from ota_server.errors import LocalServerError
-from ota_server.local import LocalServer, run_local_server
+from ota_server.local import LocalServer
 
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("fleet_rollout")
@@ -239,7 +239,7 @@ def write_json(args: argparse.Namespace, rows: list[dict[str, Any]], *, enroll_s
 
 def run(args: argparse.Namespace, modes: list[str], work: Path) -> int:
     stages = [float(s) for s in args.stages.split(",")]
-    with run_local_server(
+    with LocalServer.start(
         work / "server",
         workers=args.server_workers,
         roles=(),

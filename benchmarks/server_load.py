@@ -526,7 +526,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("need devices >= clients >= load-procs", file=sys.stderr)
         return 2
     from ota_server.client import RolloutRequest
-    from ota_server.local import run_local_server
+    from ota_server.local import LocalServer
 
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="ota-bench-") as tmp_name:
@@ -534,7 +534,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with tqdm(total=4, desc="setup", disable=not sys.stderr.isatty()) as bar:
             make_big_bundle(tmp / "bundle", args.artifact_mb)
             bar.update()
-            with run_local_server(
+            with LocalServer.start(
                 tmp / "ota-data",
                 workers=args.workers,
                 threads=args.threads,

@@ -3,7 +3,7 @@
 For the tests, the benchmarks and the demo, which need a real server (gunicorn, a real
 database) rather than a stand-in::
 
-    with run_local_server(work / "ota-data") as srv:
+    with LocalServer.start(work / "ota-data") as srv:
         srv.publish(bundle_dir)
         srv.as_role("operator").create_rollout(RolloutRequest(model="tiny", version="1.0.0", group="default"))
 
@@ -33,8 +33,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -43,7 +43,7 @@ from ota_server.client import ClientError, OtaClient
 from ota_server.client.bundle import make_tar
 from ota_server.errors import LocalServerError
 
-__all__ = ["ROLES", "LocalServer", "free_port", "ota_server_command", "run_local_server"]
+__all__ = ["ROLES", "LocalServer", "free_port", "ota_server_command"]
 
 _S = TypeVar("_S", bound="LocalServer")
 
@@ -245,40 +245,6 @@ class LocalServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-@contextmanager
-def run_local_server(
-    data_dir: Path,
-    *,
-    port: int = 0,
-    db_url: str | None = None,
-    workers: int = 2,
-    threads: int = 2,
-    roles: Sequence[str] = ROLES,
-    init_args: Sequence[str] = (),
-    env: Mapping[str, str] | None = None,
-    cwd: Path | None = None,
-    log_path: Path | None = None,
-    init_timeout_s: float = 300.0,
-    start_timeout_s: float = 60.0,
-) -> Iterator[LocalServer]:
-    """:meth:`LocalServer.start` (same arguments, same errors) as a ``with`` block that stops it."""
-    with LocalServer.start(
-        data_dir,
-        port=port,
-        db_url=db_url,
-        workers=workers,
-        threads=threads,
-        roles=roles,
-        init_args=init_args,
-        env=env,
-        cwd=cwd,
-        log_path=log_path,
-        init_timeout_s=init_timeout_s,
-        start_timeout_s=start_timeout_s,
-    ) as server:
-        yield server
 
 
 def _popen(argv: list[str], log_path: Path, *, env: Mapping[str, str], cwd: Path | None) -> subprocess.Popen[bytes]:
