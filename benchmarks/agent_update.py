@@ -95,7 +95,7 @@ def bench_install(tmp: Path) -> dict[str, Any]:
         enroll(
             config.paths,
             server=srv.url,
-            token=srv.enrollment_token,
+            token=srv.enrollment_credential(group="bench"),
             name="bench",
             group="bench",
             root_file=srv.root_json,

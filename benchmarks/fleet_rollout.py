@@ -253,7 +253,7 @@ def run(args: argparse.Namespace, modes: list[str], work: Path) -> int:
             publish_tiny(server, work, version)
         cfg = SimConfig(
             server=server.url,
-            enroll_token=server.enrollment_token,
+            enroll_token=server.enrollment_credential(group="bench"),
             api_token=server.admin_token,
             devices=args.devices,
             workers=args.workers,

@@ -43,12 +43,16 @@ def _add_enroll(sub: Any) -> None:
     e = sub.add_parser("enroll", help="register this device and pin the trust anchors")
     _data_dir(e)
     e.add_argument("--server", required=True, help="OTA server base URL, e.g. https://ota.example.com")
-    e.add_argument("--token", required=True, help="fleet enrollment token (ef_enroll_...)")
+    e.add_argument(
+        "--token", required=True, help="enrollment credential from ota-server enroll-token create (ef_enroll_...)"
+    )
     e.add_argument("--root", type=Path, help="image root.json from the provisioning dir (must match the server's)")
     e.add_argument("--director-key", type=Path, help="director.pub.json from the provisioning dir (must match)")
     e.add_argument("--name", help="device name (default: the data dir's name)")
-    e.add_argument("--group", default="default", help="fleet group (default: default)")
-    e.add_argument("--tag", action="append", default=[], help="device tag; repeatable")
+    e.add_argument("--group", help="fleet group: must be the one the credential binds (default: the credential's)")
+    e.add_argument(
+        "--tag", action="append", help="device tag, repeatable: must be the credential's (default: the credential's)"
+    )
     e.add_argument(
         "--hardware-profile",
         type=Path,
@@ -173,7 +177,10 @@ def _enroll(args: argparse.Namespace) -> int:
         root_file=args.root,
         director_key_file=args.director_key,
     )
-    print(f"enrolled {identity.device_id} ({identity.name}) with {identity.server}; data in {args.data_dir}")
+    print(
+        f"enrolled {identity.device_id} ({identity.name}, group {identity.group}) with {identity.server}; "
+        f"data in {args.data_dir}"
+    )
     return EXIT_OK
 
 

@@ -7,7 +7,10 @@ raises them name their module (under ``edge_agent/``), the rest are defined here
     ├── ConfigError                   bad flags, a missing or unreadable data dir / identity
     ├── JournalError                  the journal or the agent state file cannot be read or written
     ├── ServerError                   the OTA server answered with an error; ``status`` holds the HTTP status
-    │   └── ServerUnreachable         connection refused, timeout, 5xx: try again later
+    │   ├── ServerUnreachable         connection refused, timeout, 5xx, the request's deadline: try again later
+    │   ├── ProtocolViolation         a reply the protocol does not allow (too large, a content encoding,
+    │   │                             an unsolicited 304): ``PROTOCOL_ERROR``, try again later
+    │   └── RateLimited               429: over the report quota; ``retry_after_s`` says when to send again
     ├── StopRequested                 SIGTERM/SIGINT cut a waiting step short; the journal resumes it
     ├── UpdateError                   one update step failed; ``reason`` is a :class:`ReasonCode`
     │   ├── TransientError            worth retrying later (network, stalled transfer): back off with jitter
@@ -35,6 +38,8 @@ __all__ = [
     "JournalError",
     "ServerError",
     "ServerUnreachable",
+    "ProtocolViolation",
+    "RateLimited",
     "StopRequested",
     "UpdateError",
     "TransientError",
@@ -64,6 +69,20 @@ class ServerError(EdgeAgentError):
 
 class ServerUnreachable(ServerError):
     """The server could not be reached or answered 5xx; retry later."""
+
+
+class ProtocolViolation(ServerError):
+    """The server's reply breaks the device API's rules: larger than the endpoint's cap, in a
+    content encoding the agent did not ask for, a 304 for nothing the agent holds verified."""
+
+
+class RateLimited(ServerError):
+    """The server answered 429: this device is over its report quota; ``retry_after_s`` is how
+    long it asked the device to wait (its ``Retry-After``)."""
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message, status=429)
+        self.retry_after_s = retry_after_s
 
 
 class StopRequested(EdgeAgentError):

@@ -52,6 +52,7 @@ __all__ = [
     "SelectionEntry",
     "ClassAgreement",
     "AgreementExpectation",
+    "GATE_STRICTER",
     "Gates",
     "Provenance",
     "Manifest",
@@ -723,6 +724,42 @@ class Gates:
         merged = {**_clean(self), **{k: v for k, v in overrides.items() if v is not None}}
         return Gates.from_dict(merged, "gates")
 
+    def loosened_by(self, overrides: Mapping[str, Any] | None) -> list[str]:
+        """The gates ``overrides`` would make less strict (see :data:`GATE_STRICTER`), in field order.
+
+        Raises:
+            BundleError: an override is invalid (naming it).
+        """
+        merged = self.with_overrides(overrides)
+        return [k for k, d in GATE_STRICTER.items() if (getattr(merged, k) - getattr(self, k)) * d < 0]
+
+    def tightened_by(self, overrides: Mapping[str, Any] | None) -> Gates:
+        """These gates with every override that makes one stricter; a looser value is ignored.
+
+        Raises:
+            BundleError: an override is invalid (naming it).
+        """
+        merged = self.with_overrides(overrides)
+        return dataclasses.replace(merged, **{k: getattr(self, k) for k in self.loosened_by(overrides)})
+
+
+# which way each gate gets stricter: +1 a higher value, -1 a lower one (rollouts may only tighten)
+GATE_STRICTER: Mapping[str, int] = {
+    "latency_budget_ms": -1,
+    "min_agreement": +1,
+    "agreement_tolerance": -1,
+    "agreement_effect": -1,
+    "class_agreement_effect": -1,
+    "false_refusal_rate": +1,
+    "false_acceptance_rate": -1,
+    "max_nan_frames": -1,
+    "min_shadow_frames": +1,
+    "shadow_frames": +1,
+    "health_window_s": +1,
+    "max_latency_regression": -1,
+    "max_error_rate": -1,
+}
+
 
 @dataclass(frozen=True)
 class Provenance:
@@ -867,10 +904,14 @@ class Manifest:
 
 
 def load_manifest(data: bytes | str) -> Manifest:
-    """Parse and validate manifest JSON text."""
+    """Parse and validate manifest JSON text.
+
+    Raises:
+        BundleError: not JSON (nested past the decoder's depth included), or not a valid manifest.
+    """
     try:
         obj = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise BundleError(f"not valid JSON: {e}", field=MANIFEST_NAME) from e
     return Manifest.from_dict(obj)
 

@@ -14,10 +14,10 @@
     config.py     ServerConfig, the one configuration dataclass, and the data directory layout
     settings.py   server.json: the settings init chose, read back by serve
     provision.py  init a data directory (keys, TUF metadata, schema, first tokens), create tokens
-    cli.py        the ``ota-server`` command line (init, token, serve, root resign)
+    cli.py        the ``ota-server`` command line (init, token, serve, root resign, keys rotate)
     local.py      run a real server on this machine (init + serve as children): tests, benchmarks, demo
     errors.py     the error tree, drawn in its docstring
-    templates/    the dashboard's page; openapi.yaml describes every route
+    templates/    the dashboard's page and its sign-in form; openapi.yaml describes every route
 
 Layer order: ``rules``, ``storage`` and ``trust`` import none of the other sub-packages and no
 Flask (``rules`` no SQLAlchemy either); ``fleet`` builds on those three; ``serving`` and ``api``

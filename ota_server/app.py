@@ -85,7 +85,11 @@ def _register_handlers(app: Flask) -> None:
         if e.code == 413:
             body["error"]["field"] = "body"
             _drain_body()
-        return _error_response(e.code or 500, body)
+        answer = _error_response(e.code or 500, body)
+        allow = dict(e.get_headers()).get("Allow")
+        if allow:  # a 405 names the methods the URL takes (RFC 9110 §15.5.6)
+            answer.headers["Allow"] = allow
+        return answer
 
     @app.errorhandler(Exception)
     def internal_error(e: Exception) -> Response:
@@ -117,8 +121,8 @@ def _drain_body(max_bytes: int = 64 * 1024 * 1024) -> None:
     if length is None or length > max_bytes:
         return
     stream = request.environ.get("wsgi.input")
-    if stream is None:
-        return
+    if stream is None or getattr(request.environ.get("gunicorn.socket"), "drains_in_event_loop", False):
+        return  # ota_server.serving.guarded drains it without holding this thread
     remaining = length
     try:
         while remaining > 0:

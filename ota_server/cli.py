@@ -2,8 +2,17 @@
 
     ota-server init --data-dir DIR [--db-url URL] [--offline-root PATH] [--force] [--json]
     ota-server token create --data-dir DIR --role ROLE --name NAME [--json]
+    ota-server token list --data-dir DIR [--json]
+    ota-server token revoke --data-dir DIR ID|TOKEN
+    ota-server enroll-token create --data-dir DIR [--group G] [--tags a,b] [--uses N] [--expires 7d] [--approval]
+    ota-server enroll-token list|revoke --data-dir DIR [ID]
     ota-server serve --data-dir DIR [--bind 127.0.0.1:8080] [--workers 2] [--threads 2] [--debug]
+                     [--report-retention-days 30] [--report-rate 1] [--report-burst 1000]
+                     [--report-kib-per-s 4] [--report-burst-kib 4096]
+                     [--header-timeout-s 10] [--body-timeout-s 30] [--max-connections-per-ip 32]
+                     [--forwarded-allow-ips ADDRS]
     ota-server root resign --data-dir DIR --root-key PATH [--expires-days 365]
+    ota-server keys rotate --data-dir DIR --role timestamp|snapshot|targets|director [--root-key PATH] [--json]
 
 Exit codes: 0 ok, 1 the operation failed (message on stderr), 2 usage error.
 """
@@ -18,14 +27,18 @@ import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ota_server.config import ServerConfig
 from ota_server.errors import OtaServerError, SetupError
 
-__all__ = ["build_parser", "main"]
+if TYPE_CHECKING:
+    from ota_server.serving.connections import ConnectionLimits
+
+__all__ = ["build_parser", "main", "with_report_limits"]
 
 log = logging.getLogger("ota_server")
+ROTATABLE_ROLES = ("timestamp", "snapshot", "targets", "director")  # ONLINE_ROLES of trust.repository + director
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,6 +78,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tc.add_argument("--name", required=True, help="who or what holds the token (shown in the audit log)")
     tc.add_argument("--json", action="store_true")
+    tl = tsub.add_parser("list", help="list API tokens: id, name, role, created, revoked (never the secret)")
+    tl.add_argument("--data-dir", type=Path, required=True)
+    tl.add_argument("--json", action="store_true")
+    tr = tsub.add_parser("revoke", help="revoke an API token; every worker refuses it within a second")
+    tr.add_argument("--data-dir", type=Path, required=True)
+    tr.add_argument("token_id", metavar="ID", help="the id `token list` shows (or the token itself)")
+
+    e = sub.add_parser("enroll-token", help="manage enrollment credentials (they bind group and tags)")
+    esub = e.add_subparsers(dest="enroll_command", required=True)
+    ec = esub.add_parser("create", help="create an enrollment credential (token shown once)")
+    ec.add_argument("--data-dir", type=Path, required=True)
+    ec.add_argument("--name", default="enrollment", help="what the credential is for (audit log, list)")
+    ec.add_argument("--group", default="default", help="the group its devices join (they cannot choose)")
+    ec.add_argument("--tags", default="", help="comma-separated tags its devices get, e.g. a,b")
+    ec.add_argument("--uses", type=int, help="enrollments it allows (default: unlimited)")
+    ec.add_argument("--expires", help="lifetime like 30m, 12h, 7d (default: none)")
+    ec.add_argument("--approval", action="store_true", help="its devices stay pending until an operator approves")
+    ec.add_argument("--json", action="store_true")
+    el = esub.add_parser("list", help="list enrollment credentials (never their tokens)")
+    el.add_argument("--data-dir", type=Path, required=True)
+    el.add_argument("--json", action="store_true")
+    er = esub.add_parser("revoke", help="revoke an enrollment credential by id or name")
+    er.add_argument("--data-dir", type=Path, required=True)
+    er.add_argument("credential", help="its id (enr_...) or name")
 
     s = sub.add_parser("serve", help="run the HTTP server (gunicorn; --debug: Flask's development server)")
     s.add_argument("--data-dir", type=Path, required=True)
@@ -78,6 +115,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--debug", action="store_true", help="Flask development server, one process")
     s.add_argument("--access-log", action="store_true", help="log every request (gunicorn access log)")
+    _report_limit_flags(s)
+    s.add_argument(
+        "--forwarded-allow-ips",
+        default="",
+        metavar="ADDRS",
+        help="comma-separated proxy addresses or networks (or '*') whose X-Forwarded-For names the "
+        "client for the failed-login throttle; default none: the TCP peer is the client",
+    )
+    s.add_argument(
+        "--header-timeout-s",
+        type=float,
+        default=10.0,
+        help="seconds a client has to send a request's head; then 408 and closed (default 10)",
+    )
+    s.add_argument(
+        "--body-timeout-s",
+        type=float,
+        default=30.0,
+        help="longest pause in sending a request body or reading an answer; then closed (default 30)",
+    )
+    s.add_argument(
+        "--max-connections-per-ip",
+        type=int,
+        default=32,
+        help="open connections per client address (IPv6: /64) in each worker; more get 429 (default 32, 0: no cap)",
+    )
 
     r = sub.add_parser("root", help="root key operations")
     rsub = r.add_subparsers(dest="root_command", required=True)
@@ -85,6 +148,18 @@ def build_parser() -> argparse.ArgumentParser:
     rr.add_argument("--data-dir", type=Path, required=True)
     rr.add_argument("--root-key", type=Path, required=True, help="the (offline) root key file")
     rr.add_argument("--expires-days", type=int, default=365)
+
+    k = sub.add_parser("keys", help="key operations")
+    ksub = k.add_subparsers(dest="keys_command", required=True)
+    kr = ksub.add_parser("rotate", help="replace a role's key: a new root version lists the new key, not the old")
+    kr.add_argument("--data-dir", type=Path, required=True)
+    kr.add_argument("--role", required=True, choices=list(ROTATABLE_ROLES))
+    kr.add_argument(
+        "--root-key",
+        type=Path,
+        help="the (offline) root key file (default: DIR/keys/root.pem when it is there); not for the director",
+    )
+    kr.add_argument("--json", action="store_true")
     return parser
 
 
@@ -128,14 +203,27 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    """``ota-server token create``.
+    """``ota-server token create|list|revoke``.
 
     Raises:
-        SetupError: the data directory is not initialized, or the token cannot be stored.
+        SetupError: the data directory is not initialized, the token cannot be stored, or the
+            one to revoke is unknown, ambiguous or revoked already.
     """
-    from ota_server.provision import create_token
+    from ota_server.provision import create_token, list_tokens, revoke_token
 
     config = _load(args.data_dir)
+    if args.token_command == "list":
+        tokens = list_tokens(config)
+        if args.json:
+            print(json.dumps({"tokens": tokens}, indent=2))
+        for t in [] if args.json else tokens:
+            state = "revoked" if t["revoked"] else "active"
+            print(f"{t['id']}  {t['role']:9}  {state:7}  {t['created_at']}  {t['name']}")
+        return 0
+    if args.token_command == "revoke":
+        revoked = revoke_token(config, args.token_id)
+        print(f"revoked {revoked['role']} token {revoked['id']} ({revoked['name']!r}); refused within a second")
+        return 0
     token = create_token(config, role=args.role, name=args.name)
     if args.json:
         print(json.dumps({"token": token, "role": args.role, "name": args.name}))
@@ -144,10 +232,121 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_enroll_token(args: argparse.Namespace) -> int:
+    """``ota-server enroll-token create|list|revoke``.
+
+    Raises:
+        SetupError: the data directory is not initialized, a bad flag, an unknown credential.
+    """
+    from ota_server import provision
+
+    config = _load(args.data_dir)
+    if args.enroll_command == "create":
+        tags = [t.strip() for t in args.tags.split(",") if t.strip()]
+        expires = provision.parse_duration(args.expires) if args.expires else None
+        cred = provision.create_enroll_credential(
+            config,
+            name=args.name,
+            group=args.group,
+            tags=tags,
+            uses=args.uses,
+            expires_s=expires,
+            approval=args.approval,
+        )
+        if args.json:
+            print(json.dumps(cred))
+        else:
+            print(f"enrollment credential {cred['id']} ({_describe(cred)}); token (shown once):\n{cred['token']}")
+        return 0
+    if args.enroll_command == "list":
+        creds = provision.list_enroll_credentials(config)
+        if args.json:
+            print(json.dumps(creds, indent=2))
+        for c in [] if args.json else creds:
+            print(f"{c['id'] or '-':18} {c['name']:16} {'revoked' if c['revoked'] else 'active':8} {_describe(c)}")
+        return 0
+    provision.revoke_enroll_credential(config, args.credential)
+    print(f"revoked enrollment credential {args.credential}")
+    return 0
+
+
+def _describe(c: dict[str, Any]) -> str:
+    uses = f"{c['uses']}/{c['max_uses']}" if c["max_uses"] is not None else f"{c['uses']}/unlimited"
+    tags = ",".join(c["tags"]) or "-"
+    return f"group {c['group']}, tags {tags}, uses {uses}, expires {c['expires_at'] or 'never'}" + (
+        ", approval" if c["approval"] else ""
+    )
+
+
 def _load(data_dir: Path) -> ServerConfig:
     from ota_server.settings import load_settings
 
     return load_settings(ServerConfig(data_dir=data_dir.resolve()))
+
+
+def _report_limit_flags(s: argparse.ArgumentParser) -> None:
+    """``serve``'s flags of the per-device report quota and the report retention."""
+    d = ServerConfig(data_dir=Path("."))
+    s.add_argument(
+        "--report-retention-days",
+        type=float,
+        default=d.report_retention_days,
+        help=f"delete reports received over this many days ago; 0 keeps them (default {d.report_retention_days:g})",
+    )
+    s.add_argument(
+        "--report-rate",
+        type=float,
+        default=d.report_rate_per_s,
+        help=f"reports per second one device may post, sustained (default {d.report_rate_per_s:g})",
+    )
+    s.add_argument(
+        "--report-burst",
+        type=int,
+        default=d.report_burst,
+        help=f"reports one device may post at once, at least 500 (default {d.report_burst})",
+    )
+    s.add_argument(
+        "--report-kib-per-s",
+        type=float,
+        default=d.report_bytes_per_s / 1024,
+        help=f"KiB of report bodies per second one device may post (default {d.report_bytes_per_s / 1024:g})",
+    )
+    s.add_argument(
+        "--report-burst-kib",
+        type=int,
+        default=d.report_burst_bytes // 1024,
+        help=f"KiB of report bodies one device may post at once, >= 2048 (default {d.report_burst_bytes // 1024})",
+    )
+
+
+def with_report_limits(config: ServerConfig, args: argparse.Namespace) -> ServerConfig:
+    """``config`` with ``serve``'s report quota and retention flags.
+
+    Raises:
+        SetupError: a flag out of range (:class:`ServerConfig` says which).
+    """
+    return config.with_overrides(
+        report_retention_days=args.report_retention_days,
+        report_rate_per_s=args.report_rate,
+        report_burst=args.report_burst,
+        report_bytes_per_s=args.report_kib_per_s * 1024,
+        report_burst_bytes=args.report_burst_kib * 1024,
+    )
+
+
+def _with_proxies(config: ServerConfig, text: str) -> ServerConfig:
+    """``config`` with ``--forwarded-allow-ips``.
+
+    Raises:
+        SetupError: an entry that is not an address, a network or ``*``.
+    """
+    from ota_server.serving.auth import parse_trusted_proxies
+
+    try:
+        parse_trusted_proxies(text)
+    except ValueError as e:
+        raise SetupError(str(e)) from e
+    return config.with_overrides(forwarded_allow_ips=text)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -156,7 +355,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     Raises:
         SetupError: a bad flag, or a data directory or database that cannot be served.
     """
-    config = _load(args.data_dir)
+    config = with_report_limits(_load(args.data_dir), args)
+    config = _with_proxies(config, args.forwarded_allow_ips)
     if args.workers < 1 or args.threads < 1:
         raise SetupError(f"--workers and --threads must be >= 1, got {args.workers} and {args.threads}")
     os.environ["EDGEFLEET_DATA_DIR"] = str(config.data_dir)
@@ -172,7 +372,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(prom_dir)
     from ota_server.serving.gunicorn_app import run_gunicorn
 
-    return run_gunicorn(config, bind=args.bind, workers=args.workers, threads=args.threads, access_log=args.access_log)
+    return run_gunicorn(
+        config,
+        bind=args.bind,
+        workers=args.workers,
+        threads=args.threads,
+        access_log=args.access_log,
+        limits=_limits(args, config),
+    )
+
+
+def _limits(args: argparse.Namespace, config: ServerConfig) -> ConnectionLimits:
+    """The slow-client deadlines and connection cap from ``serve``'s flags.
+
+    Raises:
+        SetupError: a timeout that is not positive, a negative cap.
+    """
+    from ota_server.serving.connections import ConnectionLimits
+
+    try:
+        return ConnectionLimits(
+            header_timeout_s=args.header_timeout_s,
+            body_timeout_s=args.body_timeout_s,
+            max_connections_per_ip=args.max_connections_per_ip,
+            max_buffered_body=config.max_json_bytes + 64 * 1024,  # any JSON body, with room for its head
+        )
+    except ValueError as e:
+        raise SetupError(f"--header-timeout-s, --body-timeout-s, --max-connections-per-ip: {e}") from e
 
 
 def cmd_root(args: argparse.Namespace) -> int:
@@ -190,6 +416,63 @@ def cmd_root(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    """``ota-server keys rotate``.
+
+    Raises:
+        SetupError: the data directory is not initialized, or no root key is given or found.
+            RepositoryError: the key is not this repository's root key, or the repository
+            cannot be written.
+    """
+    from ota_server.trust.repository import rotate_director, rotate_key
+
+    config = _load(args.data_dir)
+    if args.role == "director":
+        result = rotate_director(config, bump_generation=lambda: _bump_generation(config, action="keys.rotate"))
+        if args.json:
+            print(json.dumps(result))
+        else:
+            print(
+                f"rotated the director key: {result['old_keyid'][:12]} -> {result['new_keyid'][:12]}; the TUF "
+                "targets list it alone, devices pick it up on their next TUF refresh"
+            )
+        return 0
+    root_key = args.root_key or config.keys_dir / "root.pem"
+    if not root_key.exists():
+        raise SetupError(f"no root key at {root_key}; pass --root-key with the offline root key file")
+    result = rotate_key(config, args.role, root_key_path=root_key)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"rotated the {result['role']} key: {result['old_keyid'][:12]} -> {result['new_keyid'][:12]} "
+            f"(root version {result['root_version']}); devices pick it up on their next TUF refresh"
+        )
+    return 0
+
+
+def _bump_generation(config: ServerConfig, *, action: str) -> None:
+    """Make every worker drop its cached assignments (they re-sign at the next poll).
+
+    Raises:
+        SetupError: the database cannot be used.
+    """
+    import sqlalchemy as sa
+
+    from ota_server.storage import db
+    from ota_server.storage import store as st
+
+    engine = db.make_engine(config.effective_db_url)
+    try:
+        with engine.begin() as conn:
+            st.bump_generation(conn)
+            st.audit(conn, "cli:ota-server", action, "director")
+    except sa.exc.SQLAlchemyError as e:
+        raise SetupError(f"cannot bump the fleet generation: {e}") from e
+    finally:
+        engine.dispose()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -199,7 +482,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    handlers: dict[str, Any] = {"init": cmd_init, "token": cmd_token, "serve": cmd_serve, "root": cmd_root}
+    handlers: dict[str, Any] = {
+        "init": cmd_init,
+        "token": cmd_token,
+        "enroll-token": cmd_enroll_token,
+        "serve": cmd_serve,
+        "root": cmd_root,
+        "keys": cmd_keys,
+    }
     try:
         return int(handlers[args.command](args))
     except OtaServerError as e:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ota_server.errors import SetupError
+from ota_server.rules.reports import MAX_REPORTS
 
 __all__ = ["ServerConfig"]
 
@@ -29,7 +30,35 @@ class ServerConfig:
     root_ttl_s: int = 365 * 86400  # seconds, TUF root expiry
     token_cache_s: float = 30.0  # seconds an API token lookup is cached per worker
     bad_auth_per_minute: int = 120  # failed authentications per client address before 429
+    # peers whose X-Forwarded-For names the client (``serve --forwarded-allow-ips``); "": none
+    forwarded_allow_ips: str = ""
+    # per-device report quota (ota_server.fleet.telemetry): a token bucket of reports and one of
+    # request bytes, refilled at the rate up to the burst; past it, 429 with Retry-After
+    report_rate_per_s: float = 1.0  # reports per second, sustained
+    report_burst: int = 1000  # reports at once (at least a full batch, 500)
+    report_bytes_per_s: float = 4096.0  # bytes of report bodies per second, sustained
+    report_burst_bytes: int = 4 * 1024 * 1024  # bytes at once (at least max_json_bytes)
+    report_retention_days: float = 30.0  # reports older than this are deleted; 0 keeps them all
     testing: bool = False
+
+    def __post_init__(self) -> None:
+        """Check the report quota and retention.
+
+        Raises:
+            SetupError: a rate that is not positive, a burst smaller than one batch (500 reports,
+                ``max_json_bytes``), or a negative retention.
+        """
+        if not (self.report_rate_per_s > 0 and self.report_bytes_per_s > 0):
+            raise SetupError(
+                f"report rates must be > 0, got {self.report_rate_per_s} reports/s, {self.report_bytes_per_s} bytes/s"
+            )
+        if self.report_burst < MAX_REPORTS or self.report_burst_bytes < self.max_json_bytes:
+            raise SetupError(
+                f"the report burst must hold one batch ({MAX_REPORTS} reports, {self.max_json_bytes} bytes), "
+                f"got {self.report_burst} reports, {self.report_burst_bytes} bytes"
+            )
+        if not self.report_retention_days >= 0:
+            raise SetupError(f"report retention must be >= 0 days, got {self.report_retention_days}")
 
     @property
     def sqlite_path(self) -> Path:

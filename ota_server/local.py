@@ -101,6 +101,7 @@ class LocalServer:
         threads: int = 2,
         roles: Sequence[str] = ROLES,
         init_args: Sequence[str] = (),
+        serve_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
         log_path: Path | None = None,
@@ -111,7 +112,8 @@ class LocalServer:
 
         ``port`` 0 takes a free one; ``db_url`` a PostgreSQL URL instead of the SQLite file;
         ``roles`` the API tokens to make besides admin; ``init_args`` more ``ota-server init``
-        flags (``["--max-upload-mb", "1"]``); ``env`` variables set for both commands, over this
+        flags (``["--max-upload-mb", "1"]``), ``serve_args`` more ``ota-server serve`` flags
+        (``["--forwarded-allow-ips", "127.0.0.1"]``); ``env`` variables set for both commands, over this
         process's environment; ``log_path`` the log of both commands (default
         ``ota-server.log`` beside ``data_dir``, appended to); ``start_timeout_s`` how long
         ``/healthz`` may take to answer (gunicorn starts slowly on a loaded host).
@@ -142,6 +144,7 @@ class LocalServer:
             str(workers),
             "--threads",
             str(threads),
+            *serve_args,
         ]
         server = cls(
             url=f"http://127.0.0.1:{port}",
@@ -177,6 +180,31 @@ class LocalServer:
         """The client with the token of ``role`` (admin, or a role asked for); raises ``KeyError``
         for a role without a token."""
         return self.client.with_token(self.tokens[role])
+
+    def enrollment_credential(
+        self,
+        *,
+        group: str = "default",
+        tags: Sequence[str] = (),
+        uses: int | None = None,
+        expires_s: float | None = None,
+        approval: bool = False,
+    ) -> str:
+        """A new enrollment credential binding ``group`` and ``tags`` (like ``ota-server
+        enroll-token create``, made in this process against the server's database); its token.
+
+        Raises:
+            SetupError: a bad binding, or the database cannot be used.
+        """
+        from ota_server.config import ServerConfig
+        from ota_server.provision import create_enroll_credential
+        from ota_server.settings import load_settings
+
+        config = load_settings(ServerConfig(data_dir=self.data_dir.resolve()))
+        cred = create_enroll_credential(
+            config, name=f"local-{group}", group=group, tags=tags, uses=uses, expires_s=expires_s, approval=approval
+        )
+        return str(cred["token"])
 
     def publish(self, bundle_dir: Path, *, token: str | None = None) -> dict[str, Any]:
         """Publish ``bundle_dir`` as ``ota-ctl publish`` does (``bundle.json`` and the files it

@@ -15,7 +15,7 @@ from ota_server.config import ServerConfig
 from ota_server.errors import SetupError
 from ota_server.fleet.director import Director
 from ota_server.fleet.publish import Publisher
-from ota_server.serving.auth import Authenticator, Principal, PrincipalKind, Role
+from ota_server.serving.auth import Authenticator, Principal, PrincipalKind, Role, parse_trusted_proxies
 from ota_server.serving.metrics import Metrics
 from ota_server.storage import store as st
 from ota_server.storage.migrations import upgrade
@@ -49,7 +49,7 @@ def build_services(config: ServerConfig) -> Services:
 
     Raises:
         SetupError: the data directory is not initialized, its director key cannot be read, or
-            its database cannot be used or migrated.
+            its database cannot be used or migrated, or ``forwarded_allow_ips`` is malformed.
     """
     if not config.metadata_dir.joinpath("1.root.json").is_file():
         raise SetupError(f"{config.data_dir} is not an initialized data directory; run `ota-server init` first")
@@ -58,6 +58,10 @@ def build_services(config: ServerConfig) -> Services:
     repo = Repository(config)
     artifacts = ArtifactStore(config.artifacts_dir)
     director_key = load_private(config.keys_dir / "director.pem")
+    try:
+        trusted = parse_trusted_proxies(config.forwarded_allow_ips)
+    except ValueError as e:
+        raise SetupError(str(e)) from e
 
     def lookup(digest: str) -> Principal | None:
         with store.read() as conn:
@@ -76,11 +80,20 @@ def build_services(config: ServerConfig) -> Services:
         store=store,
         repo=repo,
         artifacts=artifacts,
-        publisher=Publisher(store, repo, artifacts, config.tmp_dir),
+        publisher=Publisher(store, repo, artifacts, config.tmp_dir, max_bytes=config.max_upload_bytes),
         director=Director(
-            director_key, ttl_s=config.assignment_ttl_s, spool_dir=config.data_dir / "run" / "assignments"
+            director_key,
+            ttl_s=config.assignment_ttl_s,
+            spool_dir=config.data_dir / "run" / "assignments",
+            key_path=config.keys_dir / "director.pem",
         ),
         director_public=director_public_json(director_key.public_key()),
-        auth=Authenticator(lookup, api_cache_s=config.token_cache_s, bad_per_minute=config.bad_auth_per_minute),
+        auth=Authenticator(
+            lookup,
+            api_cache_s=config.token_cache_s,
+            bad_per_minute=config.bad_auth_per_minute,
+            revocation_epoch=store.revocations,
+            trusted_proxies=trusted,
+        ),
         metrics=Metrics(),
     )

@@ -106,6 +106,16 @@ def start_server(
 
 
 def enroll_agent(procs: Processes, server: Server, agent: Agent, profile_file: Path) -> None:
+    from ota_server.config import ServerConfig
+    from ota_server.provision import create_enroll_credential
+    from ota_server.settings import load_settings
+
+    # a single-use credential binding the demo group and the vehicle's profile tag, like
+    # `ota-server enroll-token create --uses 1 --group demo --tags PROFILE`
+    config = load_settings(ServerConfig(data_dir=server.data_dir.resolve()))
+    token = create_enroll_credential(config, name=f"demo-{agent.name}", group="demo", tags=[agent.profile], uses=1)[
+        "token"
+    ]
     out = procs.run(
         f"enroll-{agent.name}",
         [
@@ -116,7 +126,7 @@ def enroll_agent(procs: Processes, server: Server, agent: Agent, profile_file: P
             "--server",
             server.url,
             "--token",
-            server.enroll_token,
+            str(token),
             "--name",
             agent.name,
             "--group",

@@ -22,6 +22,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from models.device_reports import public_key_hex, sign_report
 from ota_server.client import BadAnswer, RolloutRequest
 from ota_server.client.bundle import make_tar
 from ota_server.errors import LocalServerError
@@ -74,6 +77,17 @@ class LiveServer(LocalServer):
     def rollout(self, rollout_id: str) -> dict[str, Any]:
         return dict(self.as_role("viewer").rollout(rollout_id))
 
+    def credential(self, group: str = "default", tags: Sequence[str] = ()) -> str:
+        """An enrollment credential binding ``group`` and ``tags`` (init's for the default group
+        without tags; else one made once per binding)."""
+        key = (group, tuple(sorted(set(tags))))
+        if key == ("default", ()):
+            return self.enrollment_token
+        creds: dict[tuple[str, tuple[str, ...]], str] = self.__dict__.setdefault("_credentials", {})
+        if key not in creds:
+            creds[key] = self.enrollment_credential(group=group, tags=list(key[1]))
+        return creds[key]
+
     def enroll(
         self,
         *,
@@ -81,10 +95,35 @@ class LiveServer(LocalServer):
         group: str = "default",
         tags: list[str] | None = None,
         hardware: Mapping[str, Any] | None = None,
+        token: str | None = None,
     ) -> dict[str, Any]:
-        """Enroll a device (x86_64 CPU profile by default); returns the enrollment response."""
+        """Enroll a device (x86_64 CPU profile by default) with a credential binding ``group`` and
+        ``tags`` (or ``token``); returns the enrollment response and ``device_key``, the device's
+        private key (:meth:`post_reports` signs with it)."""
         hw = dict(hardware or {"arch": "x86_64", "accelerator": "cpu", "cpu_features": ["avx2"]})
-        return dict(self.client.enroll(self.enrollment_token, name=name, group=group, tags=tags or [], hardware=hw))
+        key = Ed25519PrivateKey.generate()
+        answer = self.client.enroll(
+            token or self.credential(group, tags or []),
+            name=name,
+            group=group,
+            tags=tags or [],
+            hardware=hw,
+            public_key=public_key_hex(key),
+        )
+        return dict(answer, device_key=key)
+
+    @staticmethod
+    def sign(dev: Mapping[str, Any], reports: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """``reports`` signed with the key of ``dev`` (an :meth:`enroll` answer)."""
+        return [sign_report(dev["device_key"], dev["device_id"], r) for r in reports]
+
+    def post_reports(
+        self, dev: Mapping[str, Any], reports: Sequence[Mapping[str, Any]], *, signed: bool = True
+    ) -> tuple[int, Any, dict[str, str]]:
+        """Post ``reports`` as ``dev``, signed with its key (unless ``signed`` is False)."""
+        body = self.sign(dev, reports) if signed else [dict(r) for r in reports]
+        path = f"/api/v1/devices/{dev['device_id']}/reports"
+        return self.api("POST", path, json={"reports": body}, token=dev["device_token"])
 
 
 @contextmanager
@@ -96,12 +135,13 @@ def live_server(
     threads: int = 2,
     extra_env: Mapping[str, str] | None = None,
     init_args: Sequence[str] = (),
+    serve_args: Sequence[str] = (),
 ) -> Iterator[LiveServer]:
     """Init ``tmp_path/ota-data`` and serve it under gunicorn on 127.0.0.1 (see module doc).
 
     ``db_url``: a PostgreSQL URL instead of the SQLite file; ``init_args``: extra ``ota-server init``
-    flags (e.g. ``["--max-upload-mb", "1"]``). A server that does not start is a RuntimeError
-    holding its log.
+    flags (e.g. ``["--max-upload-mb", "1"]``); ``serve_args``: extra ``ota-server serve`` flags. A
+    server that does not start is a RuntimeError holding its log.
     """
     log_path = Path(tmp_path) / "ota-server.log"
     try:
@@ -111,6 +151,7 @@ def live_server(
             workers=workers,
             threads=threads,
             init_args=init_args,
+            serve_args=serve_args,
             env=extra_env,
             cwd=ROOT,
             log_path=log_path,

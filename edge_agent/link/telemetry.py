@@ -4,8 +4,11 @@ Every transition, gate result and heartbeat is written to ``outbox.sqlite``
 (WAL, synchronous=FULL) before anyone tries to send it. :meth:`Outbox.flush`
 posts the oldest unsent reports in batches; a report leaves the outbox only
 when the server lists its id as accepted or duplicate, so a crash or an
-unreachable server loses nothing and a resend is deduplicated by id. This
-module does not know HTTP (the sender is a callable).
+unreachable server loses nothing and a resend is deduplicated by id. A server
+that answers :class:`~edge_agent.errors.RateLimited` (429, the device is over
+its report quota) is left alone for its ``retry_after_s``: flushes before then
+send nothing and return 0, and the reports wait in the outbox. This module does
+not know HTTP (the sender is a callable).
 """
 
 from __future__ import annotations
@@ -13,13 +16,14 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from edge_agent.errors import JournalError, ReasonCode
+from edge_agent.errors import JournalError, RateLimited, ReasonCode
 
 __all__ = ["Outbox", "make_report", "utc_now_iso"]
 
@@ -72,8 +76,10 @@ def make_report(
 class Outbox:
     """Persisted queue of reports; ``add`` is durable before it returns."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.path = path
+        self._clock = clock
+        self._hold_until = 0.0  # the clock's time before which the server asked not to be sent to
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -105,14 +111,23 @@ class Outbox:
         """Send pending reports oldest first until empty; returns how many left the outbox.
 
         Whatever ``send`` raises (the server is down) propagates after the
-        reports acknowledged so far were removed; the rest stay queued.
+        reports acknowledged so far were removed; the rest stay queued. After a
+        :class:`~edge_agent.errors.RateLimited`, which also propagates, nothing is
+        sent until its ``retry_after_s`` passed: those flushes return 0.
         """
         sent = 0
         while True:
+            if self._clock() < self._hold_until:
+                log.debug("the server asked for %.0f s without reports; %d wait", self.hold_s(), self.count())
+                return sent
             reports = self.pending(batch)
             if not reports:
                 return sent
-            answer = send(reports)
+            try:
+                answer = send(reports)
+            except RateLimited as e:
+                self._hold_until = self._clock() + e.retry_after_s
+                raise
             done = set(answer.get("accepted", ())) | set(answer.get("duplicates", ()))
             ids = [r["id"] for r in reports if r["id"] in done]
             if not ids:
@@ -120,6 +135,10 @@ class Outbox:
                 return sent
             self._db.executemany("DELETE FROM reports WHERE id = ?", [(i,) for i in ids])
             sent += len(ids)
+
+    def hold_s(self) -> float:
+        """Seconds until the server may be sent reports again (0: now)."""
+        return max(0.0, self._hold_until - self._clock())
 
     def close(self) -> None:
         self._db.close()

@@ -1,13 +1,15 @@
 """Director assignment verification: the pure trust core of the update path.
 
 An assignment is accepted only when its Ed25519 signature (over
-``canonical_json(signed)``) verifies with the director key pinned at
-enrollment, its device id and nonce are ours, it has not expired and its
+``canonical_json(signed)``) verifies with a director key the TUF targets
+metadata lists (:func:`director_keys`; the key pinned at enrollment when it
+lists none), its device id and nonce are ours, it has not expired and its
 release counter is not below the highest one accepted. :func:`match_target`
 then requires each assigned target — the primary variant and every alternate
 the device may time against it — to equal the TUF target *exactly* (length,
-every hash, custom fields, variant id) so a director cannot mix an artifact
-with another release's metadata. :class:`TargetRef` is a target as a verified
+every hash, custom fields, variant id, and the release counter the targets key signs in
+``custom.edgefleet.release``) so a director cannot mix an artifact with another
+release's metadata, nor raise the counter on the director key alone. :class:`TargetRef` is a target as a verified
 assignment names it; the update path carries it in its journaled update.
 
 Pure: no network, no files, the clock is a parameter. Every refusal raises
@@ -17,7 +19,8 @@ Pure: no network, no files, the clock is a parameter. Every refusal raises
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, cast
@@ -29,7 +32,11 @@ from edge_agent.errors import ConfigError, FatalError, ReasonCode
 from models.bundle import canonical_json
 
 __all__ = [
+    "DIRECTOR_TARGET",
     "MAX_ALTERNATES",
+    "MAX_DIRECTOR_KEYS",
+    "director_keys",
+    "SHA256_HEX",
     "TargetRef",
     "DirectorKey",
     "AssignedTarget",
@@ -42,6 +49,10 @@ __all__ = [
 
 _R = ReasonCode
 MAX_ALTERNATES = 8  # variants one assignment may name besides the primary (docs/contracts.md §8)
+DIRECTOR_TARGET = "edgefleet/director.json"  # the TUF target whose custom fields list the director keys
+MAX_DIRECTOR_KEYS = 8
+# a sha256 as TUF writes it; it names a file (``<downloads>/<sha256>.part``), so nothing else is taken
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -87,6 +98,27 @@ class DirectorKey:
         except InvalidSignature:
             return False
         return True
+
+
+def director_keys(custom: Mapping[str, Any] | None, *, pinned: DirectorKey) -> tuple[DirectorKey, ...]:
+    """The director keys to verify assignments with: those the TUF target :data:`DIRECTOR_TARGET`
+    lists in ``custom.edgefleet.keys`` (signed by the targets key, so a rotation reaches the device
+    through TUF and a key it drops stops working), or the ``pinned`` one when TUF lists none.
+
+    Raises:
+        FatalError: SIGNATURE_INVALID when the list is malformed, empty or longer than
+            :data:`MAX_DIRECTOR_KEYS`.
+    """
+    if custom is None:
+        return (pinned,)
+    ef = custom.get("edgefleet")
+    keys = ef.get("keys") if isinstance(ef, Mapping) and ef.get("kind") == "director" else None
+    if not isinstance(keys, list) or not 0 < len(keys) <= MAX_DIRECTOR_KEYS:
+        raise FatalError(_R.SIGNATURE_INVALID, f"TUF target {DIRECTOR_TARGET} lists no valid director keys")
+    try:
+        return tuple(DirectorKey.from_dict(k) for k in keys)
+    except ConfigError as e:
+        raise FatalError(_R.SIGNATURE_INVALID, f"TUF target {DIRECTOR_TARGET}: {e}") from e
 
 
 @dataclass(frozen=True)
@@ -157,10 +189,14 @@ def _ref(data: Any, where: str, claimed: dict[str, Any]) -> tuple[TargetRef, dic
     try:
         hashes = {str(k): str(v) for k, v in dict(data["hashes"]).items()}
         ref = TargetRef(path=str(data["path"]), length=int(data["length"]), sha256=hashes["sha256"])
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, OverflowError) as e:  # OverflowError: a length of Infinity
         raise FatalError(_R.TARGET_MISMATCH, f"assignment {where} is malformed: {e!r}", claimed=claimed) from e
-    if ref.length <= 0 or len(ref.sha256) != 64:
-        raise FatalError(_R.TARGET_MISMATCH, f"assignment {where} has a bad length or sha256", claimed=claimed)
+    if ref.length <= 0 or not SHA256_HEX.fullmatch(ref.sha256):
+        raise FatalError(
+            _R.TARGET_MISMATCH,
+            f"assignment {where} has a bad length or a sha256 that is not 64 lowercase hex digits",
+            claimed=claimed,
+        )
     return ref, hashes
 
 
@@ -211,11 +247,14 @@ def _alternates(
     return tuple(out)
 
 
-def _check_signature(envelope: Any, key: DirectorKey, claimed: dict[str, Any]) -> Mapping[str, Any]:
+def _check_signature(envelope: Any, keys: Sequence[DirectorKey], claimed: dict[str, Any]) -> Mapping[str, Any]:
     if not isinstance(envelope, Mapping) or not isinstance(envelope.get("signed"), Mapping):
         raise FatalError(_R.SIGNATURE_INVALID, "assignment is not a {signed, signatures} envelope")
     signed = envelope["signed"]
-    message = canonical_json(signed)
+    try:
+        message = canonical_json(signed)
+    except ValueError:  # a lone surrogate has no UTF-8: no key signed it
+        raise FatalError(_R.SIGNATURE_INVALID, "assignment is not valid UTF-8 JSON", claimed=claimed) from None
     sigs = envelope.get("signatures")
     if not isinstance(sigs, list) or not sigs:
         raise FatalError(_R.SIGNATURE_INVALID, "assignment carries no signatures", claimed=claimed)
@@ -224,17 +263,16 @@ def _check_signature(envelope: Any, key: DirectorKey, claimed: dict[str, Any]) -
             raw = bytes.fromhex(str(sig["sig"]))
         except (KeyError, TypeError, ValueError):
             continue
-        if key.verify(raw, message):
+        if any(key.verify(raw, message) for key in keys):
             return cast(Mapping[str, Any], signed)
-    raise FatalError(
-        _R.SIGNATURE_INVALID, f"no signature verifies with the pinned director key {key.keyid[:12]}", claimed=claimed
-    )
+    ids = ", ".join(key.keyid[:12] for key in keys)
+    raise FatalError(_R.SIGNATURE_INVALID, f"no signature verifies with the director keys {ids}", claimed=claimed)
 
 
 def verify_assignment(
     envelope: Any,
     *,
-    key: DirectorKey,
+    key: DirectorKey | Sequence[DirectorKey],
     device_id: str,
     nonce: str,
     now: datetime,
@@ -243,12 +281,13 @@ def verify_assignment(
 ) -> Assignment:
     """Verify a director assignment envelope for this device; raises FatalError with the reason.
 
+    ``key`` is the director key, or the keys :func:`director_keys` found (any one may sign).
     ``running`` is (release counter, sha256) of the model active now: an
     assignment of exactly that is "keep what you run", even when its counter
     is below the highest accepted (the release that followed failed).
     """
     claimed = claimed_of(envelope)
-    signed = _check_signature(envelope, key, claimed)
+    signed = _check_signature(envelope, (key,) if isinstance(key, DirectorKey) else tuple(key), claimed)
     if signed.get("_type") != "edgefleet-assignment":
         raise FatalError(_R.SIGNATURE_INVALID, f"signed _type is {signed.get('_type')!r}", claimed=claimed)
     if signed.get("device_id") != device_id:
@@ -343,6 +382,13 @@ def match_target(
     got = {k: ef.get(k) for k in expected}
     if got != expected:
         raise FatalError(_R.TARGET_MISMATCH, f"{where}: TUF target is {got}, the assignment's release is {expected}")
+    # the counter is signed by the targets key too: the director key alone cannot raise (or lower) it
+    tuf_counter = ef.get("release")
+    if isinstance(tuf_counter, bool) or not isinstance(tuf_counter, int) or tuf_counter != release.release:
+        raise FatalError(
+            _R.TARGET_MISMATCH,
+            f"{where}: TUF signs release counter {tuf_counter!r} for this target, the assignment {release.release!r}",
+        )
     if variant is not None and ef.get("variant") != variant:
         raise FatalError(
             _R.TARGET_MISMATCH,

@@ -121,6 +121,8 @@ class Update:
     slot: str | None = None  # the slot being staged into
     previous_slot: str | None = None  # the slot active when the update began
     alternates: tuple[VariantTarget, ...] = ()
+    # the digest of the assignment it came from (models.device_reports), signed into its reports
+    assignment_digest: str | None = None
 
     def variant_targets(self) -> tuple[VariantTarget, ...]:
         """The primary variant's target, then the alternates'."""
@@ -139,6 +141,7 @@ class Update:
             "slot": self.slot,
             "previous_slot": self.previous_slot,
             "alternates": [a.to_dict() for a in self.alternates],
+            "assignment_digest": self.assignment_digest,
         }
 
     @classmethod
@@ -155,6 +158,7 @@ class Update:
             slot=data.get("slot"),
             previous_slot=data.get("previous_slot"),
             alternates=tuple(VariantTarget.from_dict(a) for a in data.get("alternates") or ()),
+            assignment_digest=data.get("assignment_digest"),
         )
 
     @property

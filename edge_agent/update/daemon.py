@@ -25,7 +25,7 @@ import urllib3
 from edge_agent.config import AgentConfig
 from edge_agent.errors import ConfigError, JournalError, ReasonCode, ServerError, StopRequested
 from edge_agent.link.client import ServerClient
-from edge_agent.link.identity import load_identity, load_profile
+from edge_agent.link.identity import load_device_key, load_identity, load_profile
 from edge_agent.link.telemetry import Outbox, make_report
 from edge_agent.perception import Perception
 from edge_agent.perception.headless import HeadlessPerception
@@ -167,7 +167,8 @@ def build_agent(
     except (OSError, JournalError) as e:
         raise ConfigError(f"{paths.trust_dir} lacks the pinned trust anchors: {e}") from e
     pool = urllib3.PoolManager(num_pools=4, maxsize=4)
-    client = ServerClient(identity.server, token=identity.device_token, timeout_s=config.http_timeout_s, pool=pool)
+    client = ServerClient(identity.server, token=identity.device_token, timeout_s=config.http_timeout_s)
+    client.device_key = load_device_key(paths)  # every report is signed (docs/contracts.md §7)
     tuf = TufClient(
         metadata_dir=paths.tuf_dir,
         metadata_url=identity.metadata_url,

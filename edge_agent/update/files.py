@@ -2,8 +2,9 @@
 
 :class:`UpdateFiles` fetches the manifest and every variant file of an
 :class:`~edge_agent.update.core.Update` into ``<downloads>/<sha256>.part``
-(resuming, capped at the assigned length: :mod:`edge_agent.trust.download`),
-verifies their lengths and hashes and the manifest's claims against the
+(resuming, capped at the assigned length: :mod:`edge_agent.trust.download`;
+a transfer that arrives corrupted is fetched afresh, up to ``INTEGRITY_ATTEMPTS``
+downloads, before it refuses the update), verifies their lengths and hashes and the manifest's claims against the
 assignment and this device's hardware, and stages them into the inactive slot
 (:class:`~edge_agent.update.slots.Slots`): the assigned variant and each
 alternate this device can run.
@@ -26,7 +27,7 @@ import urllib3
 
 from edge_agent.config import AgentConfig
 from edge_agent.errors import FatalError, ReasonCode, StopRequested
-from edge_agent.trust.assignment import TargetRef
+from edge_agent.trust.assignment import SHA256_HEX, TargetRef
 from edge_agent.trust.download import DownloadPolicy, fetch, verify_file
 from edge_agent.trust.tuf_client import target_url
 from edge_agent.update.core import Update
@@ -34,10 +35,12 @@ from edge_agent.update.slots import Slots
 from models.bundle import BundleError, Gates, Manifest, load_manifest
 from models.hardware import HardwareProfile, can_run
 
-__all__ = ["UpdateFiles", "files_of"]
+__all__ = ["INTEGRITY_ATTEMPTS", "UpdateFiles", "files_of"]
 
 log = logging.getLogger(__name__)
 _R = ReasonCode
+INTEGRITY_ATTEMPTS = 3  # downloads of one file before a corrupted one refuses the update
+_CORRUPTED = frozenset({_R.HASH_MISMATCH, _R.LENGTH_EXCEEDED})  # what a fresh download may cure
 
 
 def files_of(update: Update) -> tuple[TargetRef, ...]:
@@ -65,11 +68,21 @@ class UpdateFiles:
         self.stop = stop
 
     def part(self, sha256: str) -> Path:
-        """Where the file with this sha256 is downloaded to (``<downloads>/<sha256>.part``)."""
+        """Where the file with this sha256 is downloaded to (``<downloads>/<sha256>.part``).
+
+        Raises FatalError(TARGET_MISMATCH) unless ``sha256`` is 64 lowercase hex digits: it never
+        becomes a path otherwise (a journal edited by hand, an assignment checked elsewhere).
+        """
+        if not SHA256_HEX.fullmatch(sha256):
+            raise FatalError(_R.TARGET_MISMATCH, f"sha256 {sha256[:80]!r} is not 64 lowercase hex digits")
         return self.config.paths.downloads / f"{sha256}.part"
 
     def download(self, update: Update) -> None:
-        """Fetch every file of ``update`` (resuming). Raises TransientError, FatalError, StopRequested."""
+        """Fetch every file of ``update`` (resuming), each checked as it arrives.
+
+        Raises TransientError, StopRequested, FatalError (HASH_MISMATCH, LENGTH_EXCEEDED only after
+        ``INTEGRITY_ATTEMPTS`` corrupted downloads of one file; NO_SPACE; TARGET_MISMATCH for a bad sha256).
+        """
         c = self.config
         policy = DownloadPolicy(
             chunk_bytes=c.chunk_bytes,
@@ -79,17 +92,27 @@ class UpdateFiles:
             free_space_margin_bytes=c.free_space_margin_bytes,
         )
         for ref in files_of(update):
-            url = target_url(self.targets_url, ref.path, ref.sha256)
+            self._fetch_intact(ref, policy)
+
+    def _fetch_intact(self, ref: TargetRef, policy: DownloadPolicy) -> None:
+        """Fetch one file and check its length and sha256; a corrupted transfer (``HASH_MISMATCH``,
+        ``LENGTH_EXCEEDED``) is deleted and fetched afresh, up to :data:`INTEGRITY_ATTEMPTS` downloads
+        in all, before it refuses the update (reported once, by the state machine)."""
+        url = target_url(self.targets_url, ref.path, ref.sha256)
+        part = self.part(ref.sha256)
+        for attempt in range(1, INTEGRITY_ATTEMPTS + 1):
             bar = _progress_bar(ref.path, ref.length)
             try:
-                fetch(
-                    self.pool,
-                    url,
-                    self.part(ref.sha256),
-                    length=ref.length,
-                    policy=policy,
-                    on_progress=self._download_hook(bar),
-                )
+                fetch(self.pool, url, part, length=ref.length, policy=policy, on_progress=self._download_hook(bar))
+                verify_file(part, length=ref.length, sha256=ref.sha256)
+                return
+            except FatalError as e:
+                if e.reason not in _CORRUPTED:
+                    raise
+                part.unlink(missing_ok=True)
+                if attempt == INTEGRITY_ATTEMPTS:
+                    raise FatalError(e.reason, f"{e.detail} ({attempt} downloads)", claimed=e.claimed) from e
+                log.warning("%s (download %d of %d); fetching it afresh", e, attempt, INTEGRITY_ATTEMPTS)
             finally:
                 if bar is not None:
                     bar.close()
@@ -148,9 +171,10 @@ class UpdateFiles:
             raise FatalError(_R.BUNDLE_INVALID, f"manifest of {update.label}: {e}") from e
 
     def gates(self, update: Update) -> Gates:
-        """The bundle's gates with the rollout's overrides. Raises FatalError(BUNDLE_INVALID)."""
+        """The bundle's gates, tightened by the rollout's overrides (a looser one is ignored: the
+        director key alone must not switch a gate off). Raises FatalError(BUNDLE_INVALID)."""
         try:
-            return self.manifest(update).gates.with_overrides(update.gates)
+            return self.manifest(update).gates.tightened_by(update.gates)
         except BundleError as e:
             raise FatalError(_R.BUNDLE_INVALID, f"gates of {update.label}: {e}") from e
 

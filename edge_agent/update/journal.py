@@ -63,7 +63,8 @@ class AgentState:
     """What the agent remembers between polls besides the journal."""
 
     nonce: str = ""
-    etag: str | None = None
+    etag: str | None = None  # of a verified assignment: a 304 is taken for it only until ``etag_expires``
+    etag_expires: str | None = None  # ISO-8601: when the assignment that ``etag`` names expires
     highest_release: int = 0  # the release counter never goes below this
     settled: dict[str, str] = field(default_factory=dict)  # "<release>:<sha256>" → final state
     refused: str | None = None  # digest of the last refused assignment (report it once)
@@ -93,6 +94,7 @@ class StateFile:
             return AgentState(
                 nonce=str(data.get("nonce", "")),
                 etag=data.get("etag"),
+                etag_expires=data.get("etag_expires"),
                 highest_release=int(data.get("highest_release", 0)),
                 settled={str(k): str(v) for k, v in (data.get("settled") or {}).items()},
                 refused=data.get("refused"),
@@ -105,6 +107,7 @@ class StateFile:
         body = {
             "nonce": state.nonce,
             "etag": state.etag,
+            "etag_expires": state.etag_expires,
             "highest_release": state.highest_release,
             "settled": state.settled,
             "refused": state.refused,

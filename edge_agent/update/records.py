@@ -4,7 +4,8 @@
   update ended and why) and :func:`set_slot_release` records which release
   each slot holds in it;
 - :class:`Reports` answers what serves now (:meth:`Reports.running`) and
-  queues the transition and gate reports in the telemetry outbox.
+  queues the transition and gate reports in the telemetry outbox, each naming
+  the digest of the assignment it acted on (signed by the client when sent).
 
 This module decides nothing (the state machine does) and sends nothing (the
 daemon flushes the outbox).
@@ -83,7 +84,13 @@ class Reports:
         refusal has no :class:`Update` to take them from. Raises JournalError.
         """
         claimed: Mapping[str, Any] = (
-            refused if update is None else {"rollout_id": update.rollout_id, "release": update.release}
+            refused
+            if update is None
+            else {
+                "rollout_id": update.rollout_id,
+                "release": update.release,
+                "assignment_digest": update.assignment_digest,
+            }
         )
         types = ("gate", "transition") if outcome.metrics or outcome.evidence else ("transition",)
         running = self.running()
@@ -92,17 +99,19 @@ class Reports:
         if variant is None and update is not None and update.slot is not None:
             variant = variant_in(self.slots.path(update.slot))  # recorded in the slot once it is staged
         for type_ in types:
-            self.outbox.add(
-                make_report(
-                    type_,
-                    state=state.value,
-                    rollout_id=claimed.get("rollout_id"),
-                    release=claimed.get("release"),
-                    reason_code=outcome.reason,
-                    detail=outcome.detail or None,
-                    metrics=outcome.metrics,
-                    running=running,
-                    variant=variant,
-                    gate=outcome.evidence or None,
-                )
+            report = make_report(
+                type_,
+                state=state.value,
+                rollout_id=claimed.get("rollout_id"),
+                release=claimed.get("release"),
+                reason_code=outcome.reason,
+                detail=outcome.detail or None,
+                metrics=outcome.metrics,
+                running=running,
+                variant=variant,
+                gate=outcome.evidence or None,
             )
+            # the assignment it acted on: the server counts a rollout's reports only from devices
+            # it issued that assignment to (the client signs this field with the rest)
+            report["assignment_digest"] = claimed.get("assignment_digest")
+            self.outbox.add(report)

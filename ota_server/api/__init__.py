@@ -3,7 +3,7 @@
 ::
 
     common.py     request helpers: the services, the caller's principal, roles, JSON bodies
-    health.py     /healthz and /metrics
+    health.py     /healthz, /api/v1/openapi.yaml and /metrics
     tuf.py        /tuf/metadata and /tuf/targets: the image repository, as files
     devices.py    enrollment, the assignment, reports, hardware; device views
     releases.py   publishing bundles, release views

@@ -1,6 +1,13 @@
-"""``/healthz`` (public) and ``/metrics`` (viewer)."""
+"""``/healthz`` and ``/api/v1/openapi.yaml`` (public), ``/metrics`` (viewer).
+
+The OpenAPI document is the packaged ``ota_server/openapi.yaml``, served as it is: no
+templating, no per-caller view.
+"""
 
 from __future__ import annotations
+
+from functools import cache
+from importlib import resources
 
 import sqlalchemy as sa
 from flask import Blueprint, Response
@@ -22,6 +29,17 @@ def healthz() -> Response:
         return json_response({"status": "ok", "db": "ok"})
     except sa.exc.SQLAlchemyError as e:
         return json_response({"status": "degraded", "db": f"error: {type(e).__name__}"}, 503)
+
+
+@cache
+def _openapi() -> bytes:
+    return resources.files("ota_server").joinpath("openapi.yaml").read_bytes()
+
+
+@bp.get("/api/v1/openapi.yaml")
+def openapi() -> Response:
+    """The API's OpenAPI 3 document (public: it holds no secret, and clients and fuzzers read it)."""
+    return Response(_openapi(), mimetype="application/yaml")
 
 
 @bp.get("/metrics")

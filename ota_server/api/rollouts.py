@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from flask import Blueprint, Response, request
 
 from models.bundle import Manifest
@@ -84,6 +86,13 @@ def abort(rollout_id: str) -> Response:
 @require_role(Role.OPERATOR)
 def rollback(rollout_id: str) -> Response:
     body = json_body()
-    with services().store.tx() as conn:
-        result = service.rollback(conn, rollout_id, body, actor=principal().actor)
+    s, created = services(), list[Path]()
+    with s.repo.locked():  # the rollback re-signs its targets with the new counter
+        try:
+            with s.store.tx() as conn:
+                result = service.rollback(conn, rollout_id, body, actor=principal().actor, repo=s.repo, created=created)
+        except BaseException:
+            if created:
+                s.repo.discard(created)
+            raise
     return json_response(result, 201)

@@ -279,12 +279,19 @@ class OtaClient:
         *,
         name: str,
         hardware: Mapping[str, Any],
-        group: str = "default",
-        tags: Sequence[str] = (),
+        public_key: str,
+        group: str | None = None,
+        tags: Sequence[str] | None = None,
     ) -> Enrollment:
-        """``POST /api/v1/devices/enroll`` with the fleet enrollment token; ``hardware`` is a
-        hardware profile (docs/contracts.md §6)."""
-        body = {"name": name, "group": group, "tags": list(tags), "hardware": dict(hardware)}
+        """``POST /api/v1/devices/enroll`` with an enrollment credential; ``hardware`` is a
+        hardware profile (docs/contracts.md §6), ``public_key`` the device's Ed25519 public key
+        (hex; :func:`models.device_reports.public_key_hex`). ``group`` and ``tags``, when given,
+        must be what the credential binds; left out, the device gets what it binds."""
+        body: dict[str, Any] = {"name": name, "hardware": dict(hardware), "public_key": public_key}
+        if group is not None:
+            body["group"] = group
+        if tags is not None:
+            body["tags"] = list(tags)
         return cast(Enrollment, self._json("POST", "/api/v1/devices/enroll", json_body=body, token=enroll_token))
 
     def assignment(self, device_id: str, *, token: str, nonce: str, etag: str | None = None) -> AssignmentPoll:
@@ -307,6 +314,16 @@ class OtaClient:
                 "POST", f"/api/v1/devices/{_seg(device_id)}/reports", json_body={"reports": list(reports)}, token=token
             ),
         )
+
+    def approve_device(self, device_id: str) -> Device:
+        """``POST /api/v1/devices/<id>/approve`` (operator): accept a device pending approval."""
+        return cast(Device, self._json("POST", f"/api/v1/devices/{_seg(device_id)}/approve"))
+
+    def revoke_device(self, device_id: str, *, reason: str | None = None) -> Device:
+        """``POST /api/v1/devices/<id>/revoke`` (operator): decommission the device; the server
+        refuses its token within a second. ``reason`` (at most 200 characters) goes to the audit log."""
+        body = {"reason": reason} if reason is not None else {}
+        return cast(Device, self._json("POST", f"/api/v1/devices/{_seg(device_id)}/revoke", json_body=body))
 
     def put_hardware(self, device_id: str, hardware: Mapping[str, Any], *, token: str) -> dict[str, Any]:
         """``PUT /api/v1/devices/<id>/hardware``: the device's new hardware profile."""

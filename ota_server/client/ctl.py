@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from ota_server.client.api import OtaClient
 from ota_server.client.bundle import make_tar
-from ota_server.client.ctl_render import render_device, render_failures, render_reasons
+from ota_server.client.ctl_render import printable, render_device, render_failures, render_reasons, sanitize
 from ota_server.client.errors import ClientError, NotABundle, Unreachable
 from ota_server.client.schema import CoverageWarning, RolloutRequest
 
@@ -123,7 +123,7 @@ def cmd_publish(c: OtaClient, a: argparse.Namespace) -> Any:
 def print_warnings(warnings: Sequence[CoverageWarning]) -> None:
     """The server's ``warnings`` on stderr, one line each."""
     for w in warnings:
-        print(f"ota-ctl: warning: {w['message']}", file=sys.stderr)
+        print(f"ota-ctl: warning: {printable(str(w['message']))}", file=sys.stderr)
 
 
 def _model_version(text: str) -> tuple[str, str]:
@@ -194,6 +194,10 @@ def cmd_rollout(c: OtaClient, a: argparse.Namespace) -> Any:
 def cmd_devices(c: OtaClient, a: argparse.Namespace) -> Any:
     if a.devices_command == "show":
         return c.device(a.device_id)
+    if a.devices_command == "revoke":
+        return c.revoke_device(a.device_id, reason=a.reason)
+    if a.devices_command == "approve":
+        return c.approve_device(a.device_id)
     return c.devices(group=a.group, model_version=a.model_version)
 
 
@@ -219,6 +223,9 @@ def _cell(value: Any) -> str:
 
 
 def render(command: str, sub: str | None, data: Any) -> str:
+    """The answer as ``ota-ctl`` prints it without ``--json``; every string it shows is escaped
+    (:func:`ota_server.client.ctl_render.sanitize`)."""
+    data = sanitize(data)
     if command == "releases":
         return table(data, ["counter", "name", "version", "rollback_of", "created_at", "created_by"])
     if command == "publish":
@@ -227,12 +234,16 @@ def render(command: str, sub: str | None, data: Any) -> str:
         )
     if command == "devices" and sub == "show":
         return render_device(data)
+    if command == "devices" and sub == "revoke":
+        return f"device {data['id']} ({data['name']}) revoked at {data['revoked_at']}; its token is refused"
+    if command == "devices" and sub == "approve":
+        return f"device {data['id']} ({data['name']}) approved: it joins group {data['group']}"
     if command == "devices" and sub == "list":
         rows = [
             dict(d, running=(f"{d['running']['name']}@{d['running']['version']}" if d["running"] else None))
             for d in data
         ]
-        return table(rows, ["id", "name", "group", "hardware_class", "state", "running", "last_seen"])
+        return table(rows, ["id", "name", "group", "hardware_class", "state", "running", "last_seen", "status"])
     if command == "audit":
         return table(data, ["time", "actor", "action", "target", "detail"])
     if command == "rollout" and sub == "list":
@@ -252,6 +263,11 @@ def render_rollout(r: dict[str, Any]) -> str:
     )
     if r.get("halt_reason"):
         head += f"\nhalted: {r['halt_reason']}"
+    if r.get("enrolled_since_created"):
+        head += (
+            f"\n{r['enrolled_since_created']} devices of group {r['group']} enrolled since the rollout was "
+            "created: only devices issued its assignment count, but check a spike (ota-server enroll-token list)"
+        )
     out = [head, "", table(r["progress"], ["stage", "percent", "devices", "succeeded", "failed", "in_progress"])]
     if r.get("variants"):
         out += ["", "variants chosen: " + ", ".join(f"{k} x{v}" for k, v in r["variants"].items())]
@@ -308,12 +324,18 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("rollout_id")
     rb.add_argument("--to-version", required=True)
 
-    dev = sub.add_parser("devices", help="list or show devices (viewer)")
+    dev = sub.add_parser("devices", help="list or show devices (viewer), revoke one (operator)")
     dsub = dev.add_subparsers(dest="devices_command", required=True)
     dl = dsub.add_parser("list")
     dl.add_argument("--group")
     dl.add_argument("--model-version", help="VERSION or MODEL@VERSION the device runs")
     dsub.add_parser("show").add_argument("device_id")
+    dr = dsub.add_parser("revoke", help="decommission a device: its token is refused from now on (operator)")
+    dr.add_argument("device_id")
+    dr.add_argument("--reason", help="why, for the audit log (at most 200 characters)")
+    dsub.add_parser(
+        "approve", help="accept a device pending approval (its enrollment credential asks for one; operator)"
+    ).add_argument("device_id")
 
     au = sub.add_parser("audit", help="the audit log (admin)")
     au.add_argument("--limit", type=int, default=100)
@@ -349,7 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with OtaClient(config.server, config.token, timeout_s=config.timeout_s) as client:
             data = dispatch(client, args)
     except (ClientError, UsageError) as e:
-        print(f"ota-ctl: {e}", file=sys.stderr)
+        print(f"ota-ctl: {printable(str(e))}", file=sys.stderr)
         return exit_code(e)
     sub = getattr(args, "rollout_command", None) or getattr(args, "devices_command", None)
     print(json.dumps(data, indent=2) if args.json else render(args.command, sub, data))

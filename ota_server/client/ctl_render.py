@@ -4,6 +4,12 @@ Part of the command-line client: it imports nothing of the server, only
 :mod:`models.reasons` (standard library), and makes no request. Every :class:`~models.reasons.ReasonCode` has a
 one-line meaning here, so an operator reading ``NOT_ENOUGH_FRAMES`` looks at the cameras and
 not at the model. The evidence shapes are those of docs/contracts.md §7 (``gate``).
+
+Devices choose much of what is printed (names, report details, metric keys, gate evidence), so
+every string goes through :func:`printable` before it reaches the terminal: control characters
+(C0, DEL, C1, ESC sequences), line and paragraph separators and bidirectional overrides are
+shown as ``\\x1b``-style escapes. :func:`sanitize` applies it to a whole answer, keys included,
+and ``ota-ctl`` renders only sanitized answers; ``--json`` output is escaped by ``json.dumps``.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from models.reasons import ReasonCode, UnknownReasonCode
 
 __all__ = [
     "REASON_HINTS",
+    "printable",
+    "sanitize",
     "agreement_line",
     "confusion_line",
     "gate_lines",
@@ -41,6 +49,7 @@ REASON_HINTS: Mapping[ReasonCode, str] = {
     ReasonCode.HASH_MISMATCH: "the downloaded bytes do not match the target's hash",
     ReasonCode.SLOW_RETRIEVAL: "the download was slower than the minimum rate",
     ReasonCode.DOWNLOAD_FAILED: "the download failed",
+    ReasonCode.PROTOCOL_ERROR: "a server reply broke the device API (too large, encoded, an unsolicited 304)",
     ReasonCode.NO_SPACE: "not enough free disk space on the device",
     ReasonCode.INCOMPATIBLE_HARDWARE: "no variant of the bundle runs on the device's hardware",
     ReasonCode.BUNDLE_INVALID: "the bundle's manifest did not validate on the device",
@@ -55,6 +64,33 @@ REASON_HINTS: Mapping[ReasonCode, str] = {
     ReasonCode.ENGINE_BUILD_FAILED: "the TensorRT engine build on the device failed",
     ReasonCode.MANUAL_ROLLBACK: "an operator rolled the device back",
 }
+
+
+def printable(text: str) -> str:
+    """``text`` with every character a terminal could act on escaped (``\\x1b``, ``\\x9b``,
+    ``\\u202e``); ordinary text, spaces and tabs included, is returned as it is."""
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if ch.isprintable() or ch in " \t":
+            out.append(ch)
+        elif ord(ch) < 0x100:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(f"\\u{ord(ch):04x}" if ord(ch) < 0x10000 else f"\\U{ord(ch):08x}")
+    return "".join(out)
+
+
+def sanitize(value: Any) -> Any:
+    """A copy of a decoded JSON answer whose strings, keys included, went through :func:`printable`."""
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, Mapping):
+        return {sanitize(k): sanitize(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [sanitize(v) for v in value]
+    return value
 
 
 def reason_hint(code: str | None) -> str:
@@ -188,6 +224,8 @@ def render_device(d: Mapping[str, Any]) -> str:
         f"device {d['id']} ({d['name']}) in group {d['group']}, hardware class {d['hardware_class']}",
         f"state {d.get('state') or '-'}, runs {runs}, last seen {d.get('last_seen') or 'never'}",
     ]
+    if d.get("revoked_at"):
+        out.append(f"REVOKED (decommissioned) at {d['revoked_at']}: the server refuses its token")
     metrics = {k: v for k, v in (d.get("metrics") or {}).items() if k != "time"}
     if metrics:
         out.append(

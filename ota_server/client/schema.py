@@ -199,6 +199,7 @@ class Rollout(TypedDict):
     progress: list[StageProgress]
     totals: Totals
     failure_reasons: dict[str, int]
+    enrolled_since_created: int  # devices of its group enrolled since it was created (a spike is suspicious)
     variants: dict[str, int]
     failures: list[RolloutFailure]
     events: list[RolloutEvent]
@@ -242,6 +243,9 @@ class Device(TypedDict):
     running: RunningRelease | None
     metrics: dict[str, Any] | None
     gate: dict[str, Any] | None  # the last gate record: time, rollout_id, release, state, ...
+    status: str  # active | pending (waits for an operator's approval) | revoked (decommissioned)
+    credential: str | None  # the enrollment credential it enrolled with
+    revoked_at: str | None  # when an operator revoked it (its token is refused since)
 
 
 class FleetSummary(TypedDict):
@@ -291,6 +295,9 @@ class Enrollment(TypedDict):
     director_public_key: PublicKey
     image_root: dict[str, Any]
     tuf: TufUrls
+    status: str  # active | pending
+    group: str  # what the credential bound
+    tags: list[str]
 
 
 class ReleaseRef(TypedDict):
@@ -366,8 +373,11 @@ class Report(_ReportRequired, total=False):
 
     variant: str | None
     gate: dict[str, Any] | None
+    assignment_digest: str | None  # the assignment acted on (models.device_reports)
+    signature: str  # the device's Ed25519 signature (hex) over its signed fields
 
 
-class ReportsResult(TypedDict):
+class ReportsResult(TypedDict, total=False):
     accepted: list[str]
     duplicates: list[str]
+    not_counted: list[str]  # stored, but not counted: no assignment of their rollout was issued

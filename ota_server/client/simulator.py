@@ -1,12 +1,14 @@
 """The fleet simulator's engine: thousands of lightweight devices against a real OTA server.
 
-Each simulated device enrolls with a fleet enrollment token, polls the
+Each simulated device makes its own Ed25519 key, enrolls with an enrollment
+credential (which binds its group and tags), polls the
 director for its signed assignment (one nonce kept until an assignment is
 accepted, ``If-None-Match`` with the last ETag, so unchanged polls are cheap
 304s), verifies the assignment's Ed25519 signature, device id and nonce,
 optionally downloads the assigned target from the TUF targets and checks its
 length and sha256, and reports ``committed`` or ``failed`` with a reason code
-at configurable rates (docs/contracts.md §7–§8). Every request goes through
+at configurable rates, each report signed with its key and naming the digest of
+the assignment it acted on (docs/contracts.md §7–§8). Every request goes through
 :class:`~ota_server.client.api.OtaClient`.
 
 Devices are plain records on per-thread schedules; a small pool of worker
@@ -15,7 +17,6 @@ metadata refresh, no model, no camera — the real agent does those. The simulat
 decides nothing about rollouts either; the server stages, advances and halts
 them, and :class:`~ota_server.client.watch.RolloutWatcher` only records what it did
 and when. The command line is :mod:`ota_server.client.simulate` (``edge-fleet-sim``).
-Checking signatures needs the ``cryptography`` package (imported on first use).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from typing import Any, Protocol
 from tqdm import tqdm
 
 from models.bundle import canonical_json
+from models.device_reports import assignment_digest, sign_report
 from ota_server.client.api import OtaClient
 from ota_server.client.errors import ClientError, Refused
 from ota_server.client.schema import (
@@ -180,6 +182,7 @@ class SimDevice:
     device_id: str = ""
     token: str = ""
     director_key: str = ""  # hex Ed25519 public key
+    key: Any = None  # the device's own Ed25519 private key: signs its reports
     nonce: str = ""
     etag: str | None = None
     release: int = 0
@@ -258,13 +261,18 @@ def enroll_all(client: OtaClient, cfg: SimConfig, devices: list[SimDevice]) -> N
     """Enroll every device (a thread pool; tqdm shows progress). Raises
     :class:`~ota_server.client.errors.ClientError` when an enrollment fails."""
 
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from models.device_reports import public_key_hex
+
     def enroll(dev: SimDevice) -> None:
+        dev.key = Ed25519PrivateKey.generate()
         data = client.enroll(
             cfg.enroll_token,
             name=dev.name,
-            group=cfg.group,
-            tags=["sim", dev.hardware],
+            group=cfg.group,  # the credential must bind it (and binds the tags)
             hardware=PROFILES[dev.hardware],
+            public_key=public_key_hex(dev.key),
         )
         dev.device_id = data["device_id"]
         dev.token = data["device_token"]
@@ -319,7 +327,10 @@ class Simulator:
             "detail": f"simulated {state}" + (f": {reason}" if reason else ""),
             "metrics": metrics or {},
             "running": running,
+            "assignment_digest": assignment_digest(assignment),
         }
+        if dev.key is not None:  # signed like an agent's: unsigned reports are refused
+            report["signature"] = sign_report(dev.key, dev.device_id, report)["signature"]
         self.client.post_reports(dev.device_id, [report], token=dev.token)
         self.stats.add("reports")
 

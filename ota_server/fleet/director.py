@@ -1,12 +1,20 @@
 """The director: which release each device must run, as a signed assignment (contract §8).
 
 Unchanged polls must be cheap: the signed assignment is cached per (device, nonce) in this
-worker together with the fleet *generation* it was computed at; the generation is one row that
-every change able to alter an assignment bumps (publish, rollout change, a device's installed
-release). A poll whose generation still matches is answered from the cache — no signing, no
-write — and with ``If-None-Match`` as 304. Issue times sit on a grid of half the lifetime, so
+worker together with the *version* it was computed at: the fleet *generation*, one row that
+every change able to alter many devices' assignments bumps (publish, rollout change, a rollout's
+floor pinned by an enrollment, a device's installed release outside every rollout), and the
+device's own *assignment revision*, bumped by a change that alters that device's assignment
+alone (its hardware). So one device's ``PUT /hardware``, or an enrollment, re-signs that
+device's assignment and nobody else's. A poll whose version still matches — both read in one
+statement, :meth:`ota_server.storage.store.Store.poll_version` — is answered from the cache — no
+signing, no write — and with ``If-None-Match`` as 304. Issue times sit on a grid of half the lifetime, so
 all workers produce byte-identical assignments (and ETags) within a window; an assignment is
 re-signed when its window ends.
+
+A freshly signed assignment of a rollout names its digest (:func:`models.device_reports.assignment_digest`,
+the same for every re-signing): the assignment endpoint records it per device and rollout, and
+only reports naming a recorded digest count in the rollout (:mod:`ota_server.fleet.ingest`).
 """
 
 from __future__ import annotations
@@ -28,11 +36,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.engine import Connection
 
 from models.bundle import Manifest
+from models.device_reports import assignment_digest
 from models.hardware import HardwareProfile, NoCompatibleVariant, runnable_variants
 from ota_server.errors import RecordNotFound
 from ota_server.rules import rollouts as ro
 from ota_server.storage import store as st
-from ota_server.trust.keys import sign_envelope
+from ota_server.trust.keys import load_private, sign_envelope
 
 __all__ = [
     "MAX_ALTERNATES",
@@ -40,12 +49,14 @@ __all__ = [
     "Director",
     "Signed",
     "Target",
+    "Version",
     "build_signed",
     "pick_release",
     "validity_start",
 ]
 
 log = logging.getLogger(__name__)
+Version = tuple[int, int]  # (fleet generation, the device's assignment revision) a cached assignment is valid at
 MAX_ALTERNATES = 8  # alternates one assignment names at most; the agent refuses more (docs/contracts.md §8)
 
 
@@ -54,6 +65,10 @@ class Signed:
     etag: str  # quoted, as sent in the ETag header
     body: bytes
     renew_at: float  # time.time() after which the assignment is re-signed
+    # the rollout it assigns and its digest (models.device_reports), set when freshly signed:
+    # the caller records the issue (the device's reports for the rollout count only then)
+    rollout_id: str | None = None
+    digest: str | None = None
 
 
 @dataclass(frozen=True)
@@ -165,7 +180,7 @@ def build_signed(
         return signed
     mfile = next(f for f in files if f["kind"] == "manifest")
     by_variant = {f["variant"]: f for f in files if f["kind"] == "variant"}
-    gates = manifest.gates.with_overrides(choice.gates)
+    gates = manifest.gates.tightened_by(choice.gates)  # an older rollout may hold looser overrides
     signed.update(
         rollout_id=choice.rollout_id,
         release={"counter": release["counter"], "name": release["name"], "version": release["version"]},
@@ -202,59 +217,103 @@ class Director:
     """
 
     def __init__(
-        self, key: Ed25519PrivateKey, *, ttl_s: int, spool_dir: Path | None = None, max_cache: int = 200_000
+        self,
+        key: Ed25519PrivateKey,
+        *,
+        ttl_s: int,
+        spool_dir: Path | None = None,
+        max_cache: int = 200_000,
+        key_path: Path | None = None,
     ) -> None:
         self._key = key
+        self._key_path = key_path  # re-read when it changes: `ota-server keys rotate --role director`
+        self._key_file = _file_id(key_path)
         self._ttl_s = ttl_s
         self._spool = spool_dir
         self._max_cache = max_cache
-        self._cache: dict[str, tuple[str, int, Signed]] = {}  # device id -> (nonce, gen, signed)
+        self._cache: dict[str, tuple[str, Version, Signed]] = {}  # device id -> (nonce, (gen, rev), signed)
         self._lock = threading.Lock()
+        self._issued: set[tuple[str, str, str]] = set()  # (device, rollout, digest) recorded here
         self.signatures = 0
         self.catalog = Catalog()
         if spool_dir is not None:
             spool_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
 
-    def cached(self, device_id: str, nonce: str, gen: int) -> Signed | None:
+    def issue_recorded(self, device_id: str, rollout_id: str, digest: str) -> bool:
+        """Whether this worker recorded that issue already (:meth:`remember_issue`); a record
+        made twice, by two workers, changes nothing."""
+        return (device_id, rollout_id, digest) in self._issued
+
+    def remember_issue(self, device_id: str, rollout_id: str, digest: str) -> None:
+        """Note that the issue is recorded in the store (bounded: forgotten past ``max_cache``)."""
+        with self._lock:
+            if len(self._issued) >= self._max_cache:
+                self._issued.clear()
+            self._issued.add((device_id, rollout_id, digest))
+
+    def cached(self, device_id: str, nonce: str, gen: int, rev: int = 0) -> Signed | None:
+        """The assignment signed for this device and nonce at fleet generation ``gen`` and device
+        revision ``rev`` (:meth:`ota_server.storage.store.Store.poll_version`), if it is still
+        within its window; None otherwise."""
+        version = (gen, rev)
         hit = self._cache.get(device_id)
-        if hit is None or hit[0] != nonce or hit[1] != gen:
+        if hit is None or hit[0] != nonce or hit[1] != version:
             hit = self._from_spool(device_id)
-            if hit is None or hit[0] != nonce or hit[1] != gen:
+            if hit is None or hit[0] != nonce or hit[1] != version:
                 return None
             self._remember(device_id, hit)
         if hit[2].renew_at < time.time():
             return None
         return hit[2]
 
-    def sign(self, conn: Connection, device: Mapping[str, Any], nonce: str, gen: int) -> Signed:
+    def sign(self, conn: Connection, device: Mapping[str, Any], nonce: str, gen: int, rev: int = 0) -> Signed:
+        """Sign the device's assignment for ``nonce`` and cache it at ``(gen, rev)``, read before
+        ``device`` was (a change after that read bumps one of them again)."""
         signed = build_signed(conn, device, nonce, ttl_s=self._ttl_s, catalog=self.catalog, gen=gen)
-        envelope = sign_envelope(self._key, signed)
+        envelope = sign_envelope(self._signing_key(), signed)
         body = json.dumps(envelope, sort_keys=True, separators=(",", ":")).encode()
+        rollout_id = signed.get("rollout_id")
         result = Signed(
             etag=_etag(body),
             body=body,
             renew_at=validity_start(time.time(), self._ttl_s) + max(1, self._ttl_s // 2),
+            rollout_id=rollout_id,
+            digest=assignment_digest(signed) if rollout_id else None,
         )
-        self._remember(device["id"], (nonce, gen, result))
-        self._to_spool(device["id"], (nonce, gen, result))
+        self._remember(device["id"], (nonce, (gen, rev), result))
+        self._to_spool(device["id"], (nonce, (gen, rev), result))
         with self._lock:
             self.signatures += 1
         return result
 
-    def _remember(self, device_id: str, entry: tuple[str, int, Signed]) -> None:
+    def _signing_key(self) -> Ed25519PrivateKey:
+        """The director key, re-read when its file was replaced (a rotation); the rotation bumps
+        the fleet generation, so nothing the old key signed is served from the caches after it.
+
+        Raises:
+            SetupError: the replaced key file cannot be read.
+        """
+        current = _file_id(self._key_path)
+        if self._key_path is not None and current is not None and current != self._key_file:
+            key = load_private(self._key_path)
+            with self._lock:
+                self._key, self._key_file = key, current
+        return self._key
+
+    def _remember(self, device_id: str, entry: tuple[str, Version, Signed]) -> None:
         with self._lock:
             if len(self._cache) >= self._max_cache:
                 self._cache.clear()
             self._cache[device_id] = entry  # one live nonce per device
 
-    def _to_spool(self, device_id: str, entry: tuple[str, int, Signed]) -> None:
+    def _to_spool(self, device_id: str, entry: tuple[str, Version, Signed]) -> None:
         """Replace the device's spool file: unlink, then create exclusively. Not a rename — ext4
         flushes data on rename-over and truncate (auto_da_alloc), costing milliseconds per poll;
         a reader that catches a half-written file fails the ETag check and treats it as a miss."""
         if self._spool is None:
             return
-        nonce, gen, s = entry
-        header = json.dumps({"nonce": nonce, "gen": gen, "etag": s.etag, "renew_at": s.renew_at}).encode()
+        nonce, (gen, rev), s = entry
+        header = json.dumps({"nonce": nonce, "gen": gen, "rev": rev, "etag": s.etag, "renew_at": s.renew_at}).encode()
         path = self._spool / device_id
         try:
             path.unlink(missing_ok=True)
@@ -267,7 +326,7 @@ class Director:
         with os.fdopen(fd, "wb") as fh:
             fh.write(header + b"\n" + s.body)
 
-    def _from_spool(self, device_id: str) -> tuple[str, int, Signed] | None:
+    def _from_spool(self, device_id: str) -> tuple[str, Version, Signed] | None:
         if self._spool is None:
             return None
         try:
@@ -277,10 +336,22 @@ class Director:
             etag = str(header["etag"])
             if etag != _etag(body):
                 return None  # torn read while another worker rewrites it
-            return str(header["nonce"]), int(header["gen"]), Signed(etag, body, float(header["renew_at"]))
+            version = (int(header["gen"]), int(header.get("rev", 0)))
+            return str(header["nonce"]), version, Signed(etag, body, float(header["renew_at"]))
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
 
 def _etag(body: bytes) -> str:
     return '"' + hashlib.sha256(body).hexdigest()[:40] + '"'
+
+
+def _file_id(path: Path | None) -> tuple[int, int] | None:
+    """(inode, mtime) of ``path``: a replaced file has another; None when it cannot be read."""
+    if path is None:
+        return None
+    try:
+        st_ = path.stat()
+    except OSError:
+        return None
+    return st_.st_ino, st_.st_mtime_ns

@@ -6,23 +6,52 @@ outcome in that rollout — the latest state per device wins — after which the
 advance/halt rules run (:func:`ota_server.fleet.service.decide`). Reports are stored once: a
 duplicate id changes nothing.
 
+A transition counts in a rollout only when the device was issued that rollout's assignment:
+the report's (signed) ``assignment_digest`` must be one the director recorded for the device and
+rollout; other reports are stored and listed as ``not_counted``. :func:`verify_signatures` checks
+each report's device signature before a batch is ingested.
+
 Validation is not done here: batches come parsed by :mod:`ota_server.rules.reports`.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from ota_server.errors import RecordNotFound
+from models.device_reports import verify_report
+from ota_server.errors import RecordNotFound, Unauthorized
 from ota_server.fleet import director, service
 from ota_server.rules import rollouts as ro
 from ota_server.rules.reports import Report
 from ota_server.storage import store as st
 
-__all__ = ["EVIDENCE", "ingest"]
+__all__ = ["EVIDENCE", "ingest", "verify_signatures"]
+
+log = logging.getLogger(__name__)
+
+
+def verify_signatures(device: Mapping[str, Any], raw: Sequence[Any]) -> None:
+    """Check that every report of a posted batch is signed by the device's key, before anything
+    of it is stored or counted (:mod:`models.device_reports`).
+
+    Raises:
+        Unauthorized: a report is unsigned or its signature does not verify (``field`` names it,
+            like ``reports[3].signature``), or the device has no key (enrolled by an older server).
+    """
+    key = device.get("public_key")
+    if not key:
+        raise Unauthorized(f"device {device['id']} has no key to verify its reports: re-enroll it", field="reports")
+    for i, report in enumerate(raw):
+        if not isinstance(report, Mapping) or not report.get("signature"):
+            raise Unauthorized("the report is not signed by the device's key", field=f"reports[{i}].signature")
+        if not verify_report(key, device["id"], report):
+            raise Unauthorized(
+                "the report's signature does not verify with the device's key", field=f"reports[{i}].signature"
+            )
 
 
 def _counts(r: Report) -> bool:
@@ -60,6 +89,10 @@ def ingest(conn: Connection, device_id: str, reports: Sequence[Report]) -> dict[
         except RecordNotFound:
             continue  # a report about an unknown rollout is stored, not counted
         service.ensure_counters(conn, rollouts[rollout_id])
+    # a report counts for a rollout only when it names an assignment of that rollout the director
+    # issued to this device (issued only once the rollout's stage reached it)
+    issued = st.issued_digests(conn, device_id, sorted(rollouts))
+    received = st.utcnow()  # retention goes by when the server stored a report, not its own time
     st.insert_reports(
         conn,
         [
@@ -73,6 +106,7 @@ def ingest(conn: Connection, device_id: str, reports: Sequence[Report]) -> dict[
                 "release": r.release,
                 "reason_code": r.body["reason_code"],
                 "body": dict(r.body),
+                "received_at": received,
             }
             for r in fresh
         ],
@@ -80,14 +114,28 @@ def ingest(conn: Connection, device_id: str, reports: Sequence[Report]) -> dict[
     ordered = sorted(fresh, key=lambda r: r.time)
     device = _update_device(conn, device_id, ordered, rollouts.values())
     touched: dict[str, dict[str, Any]] = {}
+    ignored: list[str] = []
     for r in ordered:
         rollout = rollouts.get(r.rollout_id or "") if _counts(r) else None
+        if rollout is not None and (rollout["id"], r.assignment_digest) not in issued:
+            ignored.append(r.id)
+            continue  # stored, not counted: this device was never issued that assignment
         # only finished outcomes can advance or halt a rollout; progress states just get recorded
         if rollout is not None and _record_outcome(conn, device, rollout, r) and ro.outcome_of(r.state) != "pending":
             touched[rollout["id"]] = rollout
     for rollout_id in sorted(touched):
         service.decide(conn, touched[rollout_id])
-    return {"accepted": [r.id for r in fresh], "duplicates": duplicates}
+    if ignored:
+        log.warning(
+            "device %s: %d report(s) not counted: no issued assignment of their rollout named (%s)",
+            device_id,
+            len(ignored),
+            ", ".join(ignored[:5]),
+        )
+    answer = {"accepted": [r.id for r in fresh], "duplicates": duplicates}
+    if ignored:
+        answer["not_counted"] = ignored
+    return answer
 
 
 def _update_device(
@@ -123,7 +171,8 @@ def _update_device(
     # the installed release only shapes the assignment of a device outside every assigning
     # rollout's current stage (it then points at what the device runs): a device installing its
     # rollout's release leaves every cached assignment valid, so a rollout's commits do not
-    # invalidate the whole fleet's caches one by one
+    # invalidate the whole fleet's caches one by one; and it shapes that device's assignment
+    # alone, so only its cached one is invalidated
     if "running_release" in values and values["running_release"] != device["running_release"]:
         updated = dict(device, **values)
         # the reported rollouts are at hand; only when none of them assigns to the device does it
@@ -132,7 +181,7 @@ def _update_device(
             not any(ro.assigns(rollout, updated) for rollout in rollouts)
             and director.pick_release(conn, updated, director.Catalog(), None).rollout_id is None
         ):
-            st.bump_generation(conn)
+            st.bump_device_assignment(conn, device_id)
     return device
 
 

@@ -1,11 +1,18 @@
 """Publishing a release: receive a bundle tar, extract it safely, validate, commit atomically.
 
 The upload is streamed to ``tmp/`` with a byte limit (413 past it), extracted member by member
-(regular files with plain names only: no paths, no links, no devices), and the manifest is
+(plain regular files with plain names only: no paths, no links, no devices, no sparse or
+contiguous members, which can extract to far more than they take in the tar; at most
+:data:`MAX_MEMBERS` of them and, together, no more bytes than the upload limit), and the manifest is
 validated with :mod:`models.bundle`, which checks every variant's length and sha256. Then, under
 the repository lock and in one database transaction, the artifacts are moved into the content
 store, the release row is written and the TUF targets/snapshot/timestamp are re-signed. Any
-failure undoes the file moves and the metadata writes, so a failed publish leaves no trace.
+failure undoes the file moves and the metadata writes, so a failed publish leaves no trace:
+nothing in ``tmp/``, the artifact store or the metadata. Error messages name tar members and
+bundle files, never a path of the server's own.
+
+Not here: the HTTP side (the route in :mod:`ota_server.api.releases`) and the manifest rules
+(:mod:`models.bundle`).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from ota_server.trust.artifacts import ArtifactStore
 from ota_server.trust.repository import NewTarget, Repository
 
 __all__ = [
+    "MAX_MEMBERS",
     "FileSpec",
     "Publisher",
     "custom_fields",
@@ -38,10 +46,13 @@ __all__ = [
     "receive",
     "release_view",
     "validate",
+    "with_counter",
 ]
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20  # bytes read per step of the upload
+MAX_MEMBERS = 256  # tar members one bundle may hold (the manifest and its variants)
+_PLAIN = (tarfile.REGTYPE, tarfile.AREGTYPE)  # not GNUTYPE_SPARSE or CONTTYPE, which tarfile also calls files
 
 
 @dataclass(frozen=True)
@@ -92,7 +103,9 @@ def _member_name(member: tarfile.TarInfo) -> str | None:
         return None
     if member.issym() or member.islnk():
         raise BadRequest(f"tar member {member.name!r} is a link; bundles hold regular files only", field="body")
-    if not member.isfile():
+    if member.issparse() or member.type == tarfile.GNUTYPE_SPARSE:
+        raise BadRequest(f"tar member {member.name!r} is a sparse file; bundles hold regular files only", field="body")
+    if member.type not in _PLAIN:
         raise BadRequest(f"tar member {member.name!r} is not a regular file", field="body")
     if not name or "/" in name or "\\" in name or name in ("..", ".") or name.startswith("."):
         raise BadRequest(
@@ -101,30 +114,55 @@ def _member_name(member: tarfile.TarInfo) -> str | None:
     return name
 
 
-def extract(tar_path: Path, dest: Path) -> None:
+def extract(tar_path: Path, dest: Path, *, limit: int | None = None) -> None:
     """Extract a bundle tar into ``dest`` (which must be empty) refusing anything unsafe.
 
+    ``limit``: the most bytes all members may extract to together (default: the tar's own
+    size, which regular members cannot outgrow).
+
     Raises:
-        BadRequest: not an uncompressed tar, or a member that is a link, not a regular file,
-            not a plain file name at the top of the archive, or there twice.
+        BadRequest: not an uncompressed tar, more than :data:`MAX_MEMBERS` members, or a
+            member that is a link, not a plain regular file (sparse included), not a plain file
+            name at the top of the archive, or there twice. PayloadTooLarge: the members
+            extract to more than ``limit`` bytes.
     """
+    budget = tar_path.stat().st_size if limit is None else limit
+    total = 0
     try:
         with tarfile.open(tar_path, mode="r:") as tar:
             seen: set[str] = set()
-            for member in tar:
+            for count, member in enumerate(tar, 1):
+                if count > MAX_MEMBERS:
+                    raise BadRequest(f"tar holds more than {MAX_MEMBERS} members", field="body")
                 name = _member_name(member)
                 if name is None:
                     continue
                 if name in seen:
                     raise BadRequest(f"tar holds {name!r} twice", field="body")
                 seen.add(name)
+                total += member.size
+                if total > budget:
+                    raise PayloadTooLarge(
+                        f"tar member {member.name!r} takes the bundle past the limit of {budget} bytes", field="body"
+                    )
                 src = tar.extractfile(member)
                 if src is None:
                     raise BadRequest(f"cannot read tar member {member.name!r}", field="body")
                 with src, open(dest / name, "xb") as out:
-                    shutil.copyfileobj(src, out, CHUNK)
+                    _copy(src, out, member)
     except tarfile.TarError as e:
         raise BadRequest(f"body is not a valid uncompressed tar archive: {e}", field="body") from e
+
+
+def _copy(src: IO[bytes], out: IO[bytes], member: tarfile.TarInfo) -> None:
+    """Copy one member, never more than the size its header declares (already counted)."""
+    left = member.size
+    while left > 0:
+        chunk = src.read(min(CHUNK, left))
+        if not chunk:
+            raise BadRequest(f"tar member {member.name!r} ends before its {member.size} bytes", field="body")
+        out.write(chunk)
+        left -= len(chunk)
 
 
 def validate(dest: Path) -> Manifest:
@@ -133,10 +171,14 @@ def validate(dest: Path) -> Manifest:
     Raises:
         BadRequest: an invalid manifest (naming its field) or a file the manifest does not name.
     """
+    if not (dest / MANIFEST_NAME).is_file():
+        raise BadRequest(f"the bundle holds no {MANIFEST_NAME}", field=MANIFEST_NAME)
     try:
         manifest = read_bundle(dest, verify=True)
     except BundleError as e:
-        raise BadRequest(f"invalid bundle: {e}", field=e.field or MANIFEST_NAME) from e
+        # the message may name the staging directory: the bundle's files are named relative to it
+        message = str(e).replace(f" from {dest}", " from the bundle").replace(str(dest), "the bundle")
+        raise BadRequest(f"invalid bundle: {message}", field=e.field or MANIFEST_NAME) from e
     expected = {MANIFEST_NAME} | {v.file for v in manifest.variants}
     extra = sorted(p.name for p in dest.iterdir() if p.name not in expected)
     if extra:
@@ -158,6 +200,13 @@ def custom_fields(manifest: Manifest, counter: int, variant_id: str | None) -> d
     }
 
 
+def with_counter(custom: dict[str, Any], counter: int) -> dict[str, Any]:
+    """``custom`` of a release file re-pointed at release ``counter`` (a rollback re-signs its targets so)."""
+    edgefleet = dict(custom.get("edgefleet") or {})
+    edgefleet["release"] = counter
+    return {**custom, "edgefleet": edgefleet}
+
+
 def file_specs(manifest: Manifest, dest: Path) -> list[FileSpec]:
     base = f"{manifest.name}/{manifest.version}"
     mpath = dest / MANIFEST_NAME
@@ -170,24 +219,34 @@ def file_specs(manifest: Manifest, dest: Path) -> list[FileSpec]:
 class Publisher:
     """Turns an uploaded tar into a release; see the module docstring for the guarantees."""
 
-    def __init__(self, store: Store, repo: Repository, artifacts: ArtifactStore, tmp_dir: Path) -> None:
+    def __init__(
+        self,
+        store: Store,
+        repo: Repository,
+        artifacts: ArtifactStore,
+        tmp_dir: Path,
+        *,
+        max_bytes: int | None = None,
+    ) -> None:
         self.store = store
         self.repo = repo
         self.artifacts = artifacts
         self.tmp_dir = tmp_dir
+        self.max_bytes = max_bytes  # what a bundle may extract to; None: its tar's size
 
     def publish_tar(self, tar_path: Path, *, actor: str) -> dict[str, Any]:
         """Publish the bundle in ``tar_path`` (removed afterwards) as the next release.
 
         Raises:
-            BadRequest: not a tar, or an invalid bundle. Conflict: the release exists, or its
+            BadRequest: not a tar, or an invalid bundle. PayloadTooLarge: the members extract
+                to more than ``max_bytes``. Conflict: the release exists, or its
                 version is not above the model's latest. RepositoryError: the artifact store or
                 the TUF repository could not be written; nothing of the release is left.
         """
         staging = self.tmp_dir / f"bundle.{uuid.uuid4().hex}"
-        staging.mkdir(parents=True)
         try:
-            extract(tar_path, staging)
+            staging.mkdir(parents=True)
+            extract(tar_path, staging, limit=self.max_bytes)
             manifest = validate(staging)
             return self._commit(manifest, staging, actor=actor)
         finally:

@@ -12,16 +12,18 @@ import logging
 import secrets
 from collections import Counter
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from models.bundle import semver_key
+from models.bundle import Manifest, semver_key
 from models.reasons import ReasonCode
 from ota_server.errors import BadRequest, Conflict
-from ota_server.fleet.publish import release_view
+from ota_server.fleet.publish import release_view, with_counter
 from ota_server.rules import rollouts as ro
 from ota_server.storage import store as st
+from ota_server.trust.repository import NewTarget, Repository
 
 __all__ = [
     "act",
@@ -138,8 +140,8 @@ def create_rollout(
     """Insert a rollout of ``spec.model@spec.version`` (or of ``release``).
 
     Raises:
-        BadRequest: no such release. Conflict: a rollout of the model to the group is still
-            active, paused or halted.
+        BadRequest: no such release, or a gate override that loosens the bundle's gates.
+            Conflict: a rollout of the model to the group is still active, paused or halted.
     """
     st.lock(conn, f"rollouts:{spec.model}:{spec.group}")
     if release is None:
@@ -147,6 +149,9 @@ def create_rollout(
         if row is None:
             raise BadRequest(f"no release {spec.model}@{spec.version}; publish it first", field="version")
         release = row["counter"]
+    else:
+        row = st.get_release(conn, release)
+    ro.check_gates_tighten(Manifest.from_dict(row["manifest"]).gates, spec.gates)
     for other in st.list_rollouts(conn, group=spec.group, model=spec.model):
         if other["id"] == supersede:
             continue
@@ -199,9 +204,12 @@ def create_rollout(
     return row_out
 
 
-def on_enrolled(conn: Connection, device: Mapping[str, Any]) -> None:
+def on_enrolled(conn: Connection, device: Mapping[str, Any]) -> bool:
     """A rollout created before any selected device existed pins its floor on the first one, so
-    its first stage is never empty (see :mod:`ota_server.rules.rollouts`)."""
+    its first stage is never empty (see :mod:`ota_server.rules.rollouts`). Whether a floor was
+    pinned: that changes the rollout for every device (the caller bumps the generation);
+    counting the device changes nobody's assignment."""
+    pinned = False
     for rollout in st.list_rollouts(conn, statuses=list(ro.BLOCKING), group=device["group_name"]):
         if rollout["floor_bucket"] is None and ro.is_selected(
             device, tags=rollout["tags"], hardware_classes=rollout["hardware_classes"]
@@ -210,11 +218,13 @@ def on_enrolled(conn: Connection, device: Mapping[str, Any]) -> None:
             st.update_rollout(conn, rollout["id"], floor_bucket=floor)
             rollout = dict(rollout, floor_bucket=floor)
             st.add_event(conn, rollout["id"], "first-device", f"{device['id']} pins the first stage", None)
+            pinned = True
         stage = stage_of(device, rollout)
         if stage is not None:
             st.lock(conn, f"rollout:{rollout['id']}")
             if st.has_counters(conn, rollout["id"]):
                 st.add_counters(conn, rollout["id"], stage, {"devices": 1})
+    return pinned
 
 
 _TRANSITIONS = {
@@ -247,12 +257,19 @@ def act(conn: Connection, rollout_id: str, action: str, *, actor: str) -> dict[s
     return st.get_rollout(conn, rollout_id)
 
 
-def rollback(conn: Connection, rollout_id: str, body: Any, *, actor: str) -> dict[str, Any]:
+def rollback(
+    conn: Connection, rollout_id: str, body: Any, *, actor: str, repo: Repository, created: list[Path]
+) -> dict[str, Any]:
     """A new release (next counter) pointing at an older release's artifacts, rolled out at once.
+
+    The older release's TUF targets are re-signed with the new counter (devices require the
+    director's counter to be the one the targets key signs); the caller holds ``repo``'s lock and,
+    when its transaction fails, passes the files added to ``created`` to ``repo.discard``.
 
     Raises:
         BadRequest: the body names no older release of the model, or bad stages. RecordNotFound:
-            no such rollout. Conflict: as :func:`create_rollout`.
+            no such rollout. Conflict: as :func:`create_rollout`. RepositoryError: the TUF
+            targets could not be re-signed.
     """
     if not isinstance(body, Mapping) or not isinstance(body.get("to_version"), str):
         raise BadRequest('body must be {"to_version": "1.0.0"}', field="to_version")
@@ -274,8 +291,11 @@ def rollback(conn: Connection, rollout_id: str, body: Any, *, actor: str) -> dic
         "created_at": st.utcnow(),
         "created_by": actor,
     }
-    files = st.release_files(conn, old["counter"])
-    st.insert_release(conn, new_release, [{k: f[k] for k in f if k != "release"} for f in files])
+    files = [
+        {**{k: f[k] for k in f if k != "release"}, "custom": with_counter(f["custom"], counter)}
+        for f in st.release_files(conn, old["counter"])
+    ]
+    st.insert_release(conn, new_release, files)
     if rollout["status"] not in (ro.Status.ABORTED.value, ro.Status.SUPERSEDED.value):
         st.update_rollout(conn, rollout_id, status=ro.Status.ROLLED_BACK.value)
     st.add_event(conn, rollout_id, "rolled-back", f"to {old['version']} as release {counter}", actor)
@@ -290,11 +310,23 @@ def rollback(conn: Connection, rollout_id: str, body: Any, *, actor: str) -> dic
         max_failure_rate=rollout["max_failure_rate"],
         success_quota=rollout["success_quota"],
         min_devices_for_halt=rollout["min_devices_for_halt"],
-        gates=rollout["gates"] or {},
+        # the older bundle may be stricter: keep only the overrides that still tighten it
+        gates=_still_tightening(Manifest.from_dict(old["manifest"]), rollout["gates"] or {}),
     )
     new = create_rollout(conn, spec, actor=actor, release=counter, supersede=rollout_id)
     st.audit(conn, actor, "rollout.rollback", rollout_id, {"release": counter, "rollout": new["id"]})
+    created += repo.add_targets(
+        [
+            NewTarget(f["path"], repo.target_file(f["path"], f["sha256"]), f["length"], f["sha256"], f["custom"])
+            for f in files
+        ]
+    )
     return {"release": release_view(new_release, files), "rollout": rollout_view(conn, new)}
+
+
+def _still_tightening(manifest: Manifest, gates: Mapping[str, Any]) -> dict[str, Any]:
+    loosened = set(manifest.gates.loosened_by(gates))
+    return {k: v for k, v in gates.items() if k not in loosened}
 
 
 def evaluate(conn: Connection, rollout_id: str, *, actor: str = "system") -> str:
@@ -388,6 +420,8 @@ def rollout_view(conn: Connection, rollout: Mapping[str, Any]) -> dict[str, Any]
         "progress": [p.__dict__ for p in progress],
         "totals": {"success": total.success, "failure": total.failure, "pending": total.pending},
         "failure_reasons": dict(failures.most_common()),
+        # an enrollment spike in the rollout's group during it is suspicious (ota-ctl shows it)
+        "enrolled_since_created": st.count_enrolled_since(conn, rollout["group_name"], rollout["created_at"]),
         "variants": st.variant_counts(conn, rollout["id"]),
         "failures": [
             {

@@ -39,6 +39,7 @@ __all__ = [
     "Status",
     "assigns",
     "bucket",
+    "check_gates_tighten",
     "count_stages",
     "cumulative",
     "evaluate",
@@ -183,6 +184,25 @@ def parse_rollout(body: Any) -> RolloutSpec:
         min_devices_for_halt=min_devices,
         gates=dict(gates),
     )
+
+
+def check_gates_tighten(bundle: Gates, overrides: Mapping[str, Any]) -> None:
+    """A rollout's gate overrides may only make the bundle's gates stricter.
+
+    Raises:
+        BadRequest: an override loosens a gate (naming ``gates.<name>``) or is invalid.
+    """
+    try:
+        loosened = bundle.loosened_by(overrides)
+    except BundleError as e:
+        raise BadRequest(f"invalid gates: {e}", field=e.field or "gates") from e
+    if loosened:
+        name = loosened[0]
+        raise BadRequest(
+            f"gates.{name} {overrides[name]!r} loosens the bundle's {getattr(bundle, name)!r}; "
+            "a rollout may only tighten the bundle's gates",
+            field=f"gates.{name}",
+        )
 
 
 def bucket(device_id: str, rollout_id: str) -> float:

@@ -3,7 +3,8 @@
 Almost every request a fleet makes is a device re-polling an assignment that has not changed.
 When everything needed is already in this worker's memory — the device token in the
 authenticator's cache, the signed assignment in the director's cache at the current fleet
-generation — :meth:`FastPoll.answer` answers it (304, or the cached 200) from the path, the
+generation and device revision (one read, :meth:`ota_server.storage.store.Store.poll_version`)
+— :meth:`FastPoll.answer` answers it (304, or the cached 200) from the path, the
 query and two headers. It is reached in two ways:
 
 * as a WSGI middleware around the Flask app, so any WSGI server (and the Flask test client)
@@ -117,7 +118,7 @@ class FastPoll:
         nonce = query_nonce(query)
         if nonce is None:
             return None
-        signed = s.director.cached(device_id, nonce, s.store.generation())
+        signed = s.director.cached(device_id, nonce, *s.store.poll_version(device_id))
         if signed is None:
             return None
         if etag_matches(if_none_match, signed.etag):

@@ -1,7 +1,9 @@
 """Running the app under gunicorn (``BaseApplication``): gthread workers with keep-alive,
 each building its own app with :func:`ota_server.app.create_app`.
 
-The workers are :class:`PollWorker`, gunicorn's gthread worker with one addition: unchanged
+The workers are :class:`PollWorker`, gunicorn's gthread worker with two additions: its event
+loop reads whole requests and writes answers, so slow clients hold no thread, under deadlines
+and a per-address connection cap (see :mod:`ota_server.serving.guarded`); and unchanged
 assignment polls are answered from gunicorn's parsed request, before the WSGI layer (see
 :mod:`ota_server.serving.fastpath`). Everything else is gunicorn's own code path.
 """
@@ -18,10 +20,11 @@ from gunicorn import SERVER
 from gunicorn import __version__ as gunicorn_version
 from gunicorn.app.base import BaseApplication
 from gunicorn.util import http_date
-from gunicorn.workers.gthread import ThreadWorker
 
 from ota_server.config import ServerConfig
+from ota_server.serving.connections import ConnectionLimits
 from ota_server.serving.fastpath import Answer, FastPoll
+from ota_server.serving.guarded import GuardedWorker
 
 __all__ = ["PollWorker", "heartbeat_dir", "render_response", "run_gunicorn"]
 
@@ -41,8 +44,8 @@ def render_response(answer: Answer, *, date: str) -> bytes:
     return "".join(lines).encode("latin-1") + answer.body
 
 
-class PollWorker(ThreadWorker):  # type: ignore[misc]
-    """gunicorn's gthread worker that answers unchanged assignment polls itself.
+class PollWorker(GuardedWorker):
+    """The guarded gthread worker (:class:`GuardedWorker`), answering unchanged assignment polls itself.
 
     Under load almost every request is an unchanged poll, and on it gunicorn's WSGI layer (the
     environ, the response object and its header checks) costs more CPU than answering does.
@@ -75,10 +78,10 @@ class PollWorker(ThreadWorker):  # type: ignore[misc]
             return
         self._fast = app
 
-    def handle_request(self, req: Any, conn: Any) -> bool:
+    def answer(self, req: Any, conn: Any) -> bool:
         answer = self._fast_answer(req)
         if answer is None:
-            return bool(super().handle_request(req, conn))
+            return bool(super().answer(req, conn))
         self.nr += 1
         conn.sock.sendall(render_response(answer, date=self._http_date()))
         return True
@@ -155,8 +158,19 @@ class _App(BaseApplication):  # type: ignore[misc]
         return create_app(self._config)
 
 
-def run_gunicorn(config: ServerConfig, *, bind: str, workers: int, threads: int, access_log: bool) -> int:
+def run_gunicorn(
+    config: ServerConfig,
+    *,
+    bind: str,
+    workers: int,
+    threads: int,
+    access_log: bool,
+    limits: ConnectionLimits | None = None,
+) -> int:
     """Serve the app on ``bind`` until gunicorn's master exits; returns the exit status (0).
+
+    ``limits``: the slow-client deadlines and the per-address connection cap (default
+    :class:`ConnectionLimits`).
 
     Raises:
         SetupError: the data directory or its database cannot be used (from ``create_app`` in
@@ -173,6 +187,7 @@ def run_gunicorn(config: ServerConfig, *, bind: str, workers: int, threads: int,
         "child_exit": _child_exit,
         "accesslog": "-" if access_log else None,
         "errorlog": "-",
+        "logger_class": "ota_server.serving.accesslog.RedactingLogger",  # no token in the access log
         "loglevel": "info",
         "proc_name": "ota-server",
         "control_socket_disable": True,  # several servers on one host must not share a socket
@@ -182,6 +197,7 @@ def run_gunicorn(config: ServerConfig, *, bind: str, workers: int, threads: int,
         # connection or SQLite handle crosses the fork.
         "preload_app": True,
     }
+    PollWorker.limits = limits or ConnectionLimits()  # class attribute: the forked workers inherit it
     log.info("serving %s on http://%s with %d workers x %d threads", config.data_dir, bind, workers, threads)
     _App(config, options).run()
     return 0

@@ -39,6 +39,16 @@ class Metrics:
             registry=self.registry,
         )
         self.bad_auth = Counter("edgefleet_auth_failures_total", "failed authentications", registry=self.registry)
+        self.enrolled_during_rollout = Counter(
+            "edgefleet_enrollments_in_active_rollout_total",
+            "devices that joined the selection of an active rollout (enrolled or approved during it)",
+            registry=self.registry,
+        )
+        self.signatures = Counter(
+            "edgefleet_assignment_signatures_total",
+            "assignments the director signed (a poll answered from the caches signs none)",
+            registry=self.registry,
+        )
         # (route, method, status) -> its two children: ``labels()`` validates and locks on every
         # call, which costs more than the increments on a 304 that takes a few hundred µs
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}

@@ -21,10 +21,12 @@ __all__ = [
     "device_rollouts",
     "devices",
     "generation",
+    "issued_assignments",
     "make_engine",
     "metadata",
     "release_files",
     "releases",
+    "report_quota",
     "reports",
     "rollout_counters",
     "rollout_events",
@@ -43,6 +45,15 @@ api_tokens = sa.Table(
     sa.Column("name", sa.String(128), nullable=False),
     sa.Column("created_at", sa.String(32), nullable=False),
     sa.Column("revoked", sa.Boolean, nullable=False, default=False),
+    # enrollment credentials (kind "enroll") bind what an enrollee gets; null on other tokens.
+    # group_name null: an old unbound enrollment token, which binds the group "default", no tags
+    sa.Column("group_name", sa.String(64), nullable=True),
+    sa.Column("tags", sa.JSON, nullable=True),
+    sa.Column("max_uses", sa.Integer, nullable=True),  # null: unlimited
+    sa.Column("uses", sa.Integer, nullable=True),
+    sa.Column("expires_at", sa.String(32), nullable=True),  # null: never
+    sa.Column("approval", sa.Boolean, nullable=True),  # devices it enrolls wait for an operator
+    sa.Column("cred_id", sa.String(40), nullable=True),  # the id `enroll-token list/revoke` name
 )
 
 devices = sa.Table(
@@ -66,6 +77,27 @@ devices = sa.Table(
     # director's pick for its hardware); the latest gate evidence it reported
     sa.Column("running_variant", sa.String(64), nullable=True),
     sa.Column("last_gate", sa.JSON, nullable=True),
+    # the device's Ed25519 public key (hex), made at enrollment: every report is signed with it
+    sa.Column("public_key", sa.String(64), nullable=True),
+    # "pending" until an operator approves it (credentials with approval); null: active
+    sa.Column("status", sa.String(16), nullable=True),
+    sa.Column("credential", sa.String(40), nullable=True),  # the enrollment credential it used
+    # when an operator revoked (decommissioned) it: its token is refused from then on; null: not revoked
+    sa.Column("revoked_at", sa.String(32), nullable=True),
+    # bumped on a change of this device alone that alters its assignment (its hardware): its
+    # cached assignment is valid at one (fleet generation, this revision); null reads as 0
+    sa.Column("assignment_rev", sa.Integer, nullable=True),
+)
+
+# The rollout assignments the director issued, by their digest (models.device_reports): a report
+# counts for a rollout only when it names one issued to its device for that rollout.
+issued_assignments = sa.Table(
+    "issued_assignments",
+    metadata,
+    sa.Column("device_id", sa.String(40), primary_key=True),
+    sa.Column("rollout_id", sa.String(40), primary_key=True),
+    sa.Column("digest", sa.String(64), primary_key=True),
+    sa.Column("issued_at", sa.String(32), nullable=False),
 )
 
 releases = sa.Table(
@@ -171,6 +203,21 @@ reports = sa.Table(
     sa.Column("release", sa.Integer, nullable=True),
     sa.Column("reason_code", sa.String(64), nullable=True),
     sa.Column("body", sa.JSON, nullable=False),
+    # when the server stored it (the device's ``time`` is the device's word): retention deletes
+    # by it; null on rows stored before schema version 6, which retention judges by ``time``
+    sa.Column("received_at", sa.String(32), nullable=True),
+    sa.Index("ix_reports_received_at", "received_at"),
+)
+
+# One row per device that posted reports: its report quota's buckets (ota_server.rules.quota),
+# shared by every worker and host, so the quota is one hard bound whatever serves the device.
+report_quota = sa.Table(
+    "report_quota",
+    metadata,
+    sa.Column("device_id", sa.String(40), primary_key=True),
+    sa.Column("reports", sa.Float, nullable=False),
+    sa.Column("bytes", sa.Float, nullable=False),
+    sa.Column("at", sa.Float, nullable=False),  # seconds since the epoch
 )
 
 audit = sa.Table(
@@ -184,8 +231,10 @@ audit = sa.Table(
     sa.Column("detail", sa.JSON, nullable=True),
 )
 
-# One row: bumped on every change that can alter an assignment, so workers can
-# invalidate their cached signed assignments with one cheap read.
+# Counters workers poll with one cheap read. Row 1, the fleet generation: bumped on every change
+# that can alter an assignment (workers drop their cached signed assignments). Row 2, the
+# revocation epoch: bumped on every revocation of a token or a device (workers drop their cached
+# credentials).
 generation = sa.Table(
     "generation",
     metadata,

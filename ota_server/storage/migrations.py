@@ -12,7 +12,7 @@ not SQLite's ``user_version``, so SQLite and PostgreSQL read it alike). :func:`m
 Version 1 is the first schema. A database from before schema versions has tables and no version
 row: it is version 1, possibly with some later columns already (the server that made it added
 the columns it knew), so every migration adds only what is missing. All migrations so far add
-nullable columns or new tables, which rows already stored satisfy.
+nullable columns, new tables or indexes, which rows already stored satisfy.
 
 This module changes the schema only; rows are the business of :mod:`ota_server.storage.store`.
 """
@@ -35,16 +35,17 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Migration:
-    """The step from ``version - 1`` to ``version``: tables to create and nullable columns to
-    add, each as :mod:`ota_server.storage.db` defines it now."""
+    """The step from ``version - 1`` to ``version``: tables to create, nullable columns to
+    add and indexes to build, each as :mod:`ota_server.storage.db` defines it now."""
 
     version: int
     summary: str
     tables: tuple[str, ...] = ()
     columns: tuple[tuple[str, str], ...] = ()  # (table, column)
+    indexes: tuple[tuple[str, str], ...] = ()  # (table, index name), built after the columns
 
     def apply(self, conn: Connection) -> None:
-        """Create the tables and add the columns this database lacks."""
+        """Create the tables, add the columns and build the indexes this database lacks."""
         for name in self.tables:
             db.metadata.tables[name].create(conn, checkfirst=True)
         inspector = sa.inspect(conn)
@@ -54,6 +55,9 @@ class Migration:
             column = db.metadata.tables[table_name].c[column_name]
             ddl = column.type.compile(dialect=conn.dialect)  # JSON, BIGINT, VARCHAR(64) as this dialect says
             conn.execute(sa.text(f"ALTER TABLE {table_name} ADD COLUMN {column_name} {ddl}"))
+        for table_name, index_name in self.indexes:
+            (index,) = (i for i in db.metadata.tables[table_name].indexes if i.name == index_name)
+            index.create(conn, checkfirst=True)
 
 
 MIGRATIONS = (
@@ -70,6 +74,33 @@ MIGRATIONS = (
             ("device_rollouts", "gate"),
         ),
     ),
+    Migration(
+        5,
+        "device keys, issued assignments, bound enrollment credentials, device approval",
+        tables=("issued_assignments",),
+        columns=(
+            ("devices", "public_key"),
+            ("devices", "status"),
+            ("devices", "credential"),
+            ("api_tokens", "group_name"),
+            ("api_tokens", "tags"),
+            ("api_tokens", "max_uses"),
+            ("api_tokens", "uses"),
+            ("api_tokens", "expires_at"),
+            ("api_tokens", "approval"),
+            ("api_tokens", "cred_id"),
+        ),
+    ),
+    Migration(
+        6,
+        "report retention and per-device report quotas",
+        tables=("report_quota",),
+        columns=(("reports", "received_at"),),
+        indexes=(("reports", "ix_reports_received_at"),),
+    ),
+    # the revocation epoch is row 2 of generation, made below on every database that lacks it
+    Migration(7, "device revocation", columns=(("devices", "revoked_at"),)),
+    Migration(8, "per-device assignment revision", columns=(("devices", "assignment_rev"),)),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -115,6 +146,8 @@ def migrate(engine: Engine) -> int:
                 _write_version(conn)
             if conn.execute(sa.select(db.generation.c.value).where(db.generation.c.id == 1)).first() is None:
                 conn.execute(db.generation.insert().values(id=1, value=1))
+            if conn.execute(sa.select(db.generation.c.value).where(db.generation.c.id == 2)).first() is None:
+                conn.execute(db.generation.insert().values(id=2, value=1))  # the revocation epoch
     except sa.exc.SQLAlchemyError as e:
         raise SetupError(f"cannot migrate the schema at {engine.url!r}: {e}") from e
     return found

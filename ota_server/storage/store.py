@@ -25,6 +25,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection
 
 from ota_server.errors import RecordNotFound
@@ -37,12 +39,17 @@ __all__ = [
     "add_event",
     "audit",
     "audit_log",
+    "bump_device_assignment",
     "bump_generation",
+    "bump_revocations",
     "count_devices",
+    "count_enrolled_since",
     "counters",
+    "delete_reports_before",
     "device_by_token",
     "device_outcome",
     "device_outcomes",
+    "enroll_credential",
     "devices_in_group",
     "devices_running",
     "events",
@@ -59,24 +66,36 @@ __all__ = [
     "insert_reports",
     "insert_rollout",
     "insert_token",
+    "issued_digests",
     "known_report_ids",
     "latest_release",
+    "list_credentials",
+    "list_api_tokens",
     "list_devices",
     "list_releases",
     "list_rollouts",
     "lock",
     "next_counter",
     "next_rollout_seq",
+    "pending_devices",
+    "record_issued",
     "release_by_version",
     "release_files",
+    "report_quota",
+    "revoke_api_tokens",
+    "revoke_credential",
+    "revoke_device",
+    "revocations",
     "rollout_counts",
     "running_versions",
     "set_device_stage",
     "update_device",
     "update_rollout",
+    "use_credential",
     "utcnow",
     "variant_counts",
     "write_device_outcome",
+    "write_report_quota",
 ]
 
 Row = dict[str, Any]
@@ -110,18 +129,46 @@ class Store:
         on SQLite a WAL read that never blocks. A connection that fails is dropped and this
         read goes through the pool instead, which raises if the database is gone.
         """
+        return self._read_counter(_GENERATION_SQL)
+
+    def poll_version(self, device_id: str) -> tuple[int, int]:
+        """The fleet generation and the device's assignment revision (:func:`bump_device_assignment`;
+        0 for a device that has none, or no such device), in one statement read like
+        :meth:`generation`: a cached assignment is valid while both are what it was signed at."""
+        conn = getattr(self._local, "gen_conn", None)
+        params = (device_id,)
+        try:
+            if conn is None:
+                conn = self._local.gen_conn = self._connect_generation_reader()
+            cur = conn.cursor()
+            cur.execute(_POLL_SQL_SQLITE if self._sqlite_path else _POLL_SQL_PG, params)
+            row = cur.fetchone()
+            return (int(row[0] or 0), int(row[1] or 0)) if row else (0, 0)
+        except self.engine.dialect.loaded_dbapi.Error:
+            self._drop_generation_reader()
+        sql = _POLL_SQL_SQLITE if self.read_engine.dialect.paramstyle == "qmark" else _POLL_SQL_PG
+        with self.read_engine.connect() as c:
+            found = c.exec_driver_sql(sql, params).first()
+            return (int(found[0] or 0), int(found[1] or 0)) if found else (0, 0)
+
+    def revocations(self) -> int:
+        """The revocation epoch (:func:`bump_revocations`), read like :meth:`generation`; each
+        worker's authenticator reads it about twice a second and empties its cache when it changed."""
+        return self._read_counter(_REVOCATIONS_SQL)
+
+    def _read_counter(self, sql: str) -> int:
         conn = getattr(self._local, "gen_conn", None)
         try:
             if conn is None:
                 conn = self._local.gen_conn = self._connect_generation_reader()
             cur = conn.cursor()
-            cur.execute(_GENERATION_SQL)
+            cur.execute(sql)
             row = cur.fetchone()
             return int(row[0]) if row else 0
         except self.engine.dialect.loaded_dbapi.Error:
             self._drop_generation_reader()
         with self.read_engine.connect() as c:
-            return int(c.exec_driver_sql(_GENERATION_SQL).scalar() or 0)
+            return int(c.exec_driver_sql(sql).scalar() or 0)
 
     def _connect_generation_reader(self) -> Any:
         """A DB-API connection in autocommit for :meth:`generation`, used by one thread only."""
@@ -159,6 +206,10 @@ class Store:
 
 
 _GENERATION_SQL = "SELECT value FROM generation WHERE id = 1"
+_REVOCATIONS_SQL = "SELECT value FROM generation WHERE id = 2"
+_POLL_SQL = "SELECT (SELECT value FROM generation WHERE id = 1), (SELECT assignment_rev FROM devices WHERE id = {})"
+_POLL_SQL_SQLITE = _POLL_SQL.format("?")  # sqlite3: qmark
+_POLL_SQL_PG = _POLL_SQL.format("%s")  # psycopg: format
 
 
 def lock(conn: Connection, name: str) -> None:
@@ -188,15 +239,69 @@ def bump_generation(conn: Connection) -> None:
     conn.execute(db.generation.update().where(db.generation.c.id == 1).values(value=db.generation.c.value + 1))
 
 
+def bump_device_assignment(conn: Connection, device_id: str) -> None:
+    """Invalidate this one device's cached assignment (a change of its own, like its hardware),
+    leaving every other device's valid; see :meth:`Store.poll_version`."""
+    c = db.devices.c
+    conn.execute(
+        db.devices.update().where(c.id == device_id).values(assignment_rev=sa.func.coalesce(c.assignment_rev, 0) + 1)
+    )
+
+
+def revocations(conn: Connection) -> int:
+    """The revocation epoch (row 2 of ``generation``)."""
+    value = conn.execute(sa.select(db.generation.c.value).where(db.generation.c.id == 2)).scalar()
+    return int(value or 0)
+
+
+def bump_revocations(conn: Connection) -> None:
+    """Tell every worker that a credential was revoked: they empty their credential caches
+    (:class:`ota_server.serving.auth.Authenticator`) within a second of the commit."""
+    g = db.generation
+    if not conn.execute(g.update().where(g.c.id == 2).values(value=g.c.value + 1)).rowcount:
+        conn.execute(g.insert().values(id=2, value=1))
+
+
 # ---------------------------------------------------------------- tokens
 
 
-def insert_token(conn: Connection, *, digest: str, kind: str, role: str, name: str) -> None:
+def insert_token(conn: Connection, *, digest: str, kind: str, role: str, name: str, **bound: Any) -> None:
+    """Store a token's digest; ``bound``: an enrollment credential's binding (group_name, tags,
+    max_uses, uses, expires_at, approval, cred_id)."""
     conn.execute(
         db.api_tokens.insert().values(
-            digest=digest, kind=kind, role=role, name=name, created_at=utcnow(), revoked=False
+            digest=digest, kind=kind, role=role, name=name, created_at=utcnow(), revoked=False, **bound
         )
     )
+
+
+def enroll_credential(conn: Connection, digest: str) -> Row | None:
+    """The enrollment credential with that digest, revoked or not, locked for this transaction
+    on PostgreSQL (``FOR UPDATE``: two enrollments never both take its last use)."""
+    stmt = sa.select(db.api_tokens).where(db.api_tokens.c.digest == digest, db.api_tokens.c.kind == "enroll")
+    if conn.dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    return _one(conn, stmt)
+
+
+def use_credential(conn: Connection, digest: str) -> None:
+    """Count one enrollment against a credential."""
+    t = db.api_tokens
+    conn.execute(t.update().where(t.c.digest == digest).values(uses=sa.func.coalesce(t.c.uses, 0) + 1))
+
+
+def list_credentials(conn: Connection) -> list[Row]:
+    """Every enrollment credential, oldest first (digests included: callers drop them)."""
+    t = db.api_tokens
+    stmt = sa.select(t).where(t.c.kind == "enroll").order_by(t.c.created_at, t.c.name)
+    return [dict(r) for r in conn.execute(stmt).mappings()]
+
+
+def revoke_credential(conn: Connection, cred: str) -> int:
+    """Revoke the enrollment credential with id (or name) ``cred``; returns how many were."""
+    t = db.api_tokens
+    stmt = t.update().where(t.c.kind == "enroll", (t.c.cred_id == cred) | (t.c.name == cred)).values(revoked=True)
+    return int(conn.execute(stmt).rowcount or 0)
 
 
 def find_token(conn: Connection, digest: str) -> Row | None:
@@ -204,6 +309,20 @@ def find_token(conn: Connection, digest: str) -> Row | None:
         conn,
         sa.select(db.api_tokens).where(db.api_tokens.c.digest == digest, db.api_tokens.c.revoked.is_(False)),
     )
+
+
+def list_api_tokens(conn: Connection) -> list[Row]:
+    """Every API token (kind ``api``), oldest first: digest, role, name, created_at, revoked."""
+    t = db.api_tokens
+    stmt = sa.select(t.c.digest, t.c.role, t.c.name, t.c.created_at, t.c.revoked).where(t.c.kind == "api")
+    return [dict(r) for r in conn.execute(stmt.order_by(t.c.created_at, t.c.name)).mappings()]
+
+
+def revoke_api_tokens(conn: Connection, digests: Sequence[str]) -> int:
+    """Revoke the API tokens with these digests; returns how many were not revoked before."""
+    t = db.api_tokens
+    stmt = t.update().where(t.c.kind == "api", t.c.digest.in_(list(digests)), t.c.revoked.is_(False))
+    return int(conn.execute(stmt.values(revoked=True)).rowcount or 0)
 
 
 # ---------------------------------------------------------------- devices
@@ -216,7 +335,9 @@ def insert_devices(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
 
 
 _DEVICE = sa.select(db.devices).where(db.devices.c.id == sa.bindparam("device_id"))
-_DEVICE_BY_TOKEN = sa.select(db.devices).where(db.devices.c.token_digest == sa.bindparam("digest"))
+_DEVICE_BY_TOKEN = sa.select(db.devices).where(
+    db.devices.c.token_digest == sa.bindparam("digest"), db.devices.c.revoked_at.is_(None)
+)
 # SET clause from the parameters' keys, so one statement serves any set of columns
 _UPDATE_DEVICE = db.devices.update().where(db.devices.c.id == sa.bindparam("_device_id"))
 
@@ -234,7 +355,21 @@ def get_device(conn: Connection, device_id: str) -> Row:
 
 
 def device_by_token(conn: Connection, digest: str) -> Row | None:
+    """The device whose token has that digest, unless it is revoked."""
     return _one(conn, _DEVICE_BY_TOKEN, {"digest": digest})
+
+
+def revoke_device(conn: Connection, device_id: str) -> bool:
+    """Decommission the device: its token stops working (see :func:`bump_revocations`). Returns
+    False when it was revoked already.
+
+    Raises:
+        RecordNotFound: no device has that id (``field="device_id"``).
+    """
+    get_device(conn, device_id)
+    c = db.devices.c
+    stmt = db.devices.update().where(c.id == device_id, c.revoked_at.is_(None)).values(revoked_at=utcnow())
+    return bool(conn.execute(stmt).rowcount)
 
 
 def list_devices(
@@ -258,8 +393,11 @@ def list_devices(
 
 
 def devices_in_group(conn: Connection, group: str) -> list[Row]:
-    cols = [db.devices.c.id, db.devices.c.tags, db.devices.c.hardware_class]
-    stmt = sa.select(*cols).where(db.devices.c.group_name == group)
+    """The devices of ``group`` that rollouts select from: not those pending approval."""
+    c = db.devices.c
+    stmt = sa.select(c.id, c.tags, c.hardware_class).where(
+        c.group_name == group, sa.or_(c.status.is_(None), c.status != "pending")
+    )
     return [dict(r) for r in conn.execute(stmt).mappings()]
 
 
@@ -279,6 +417,41 @@ def devices_running(conn: Connection, name: str, *, group: str | None = None) ->
 
 def update_device(conn: Connection, device_id: str, **values: Any) -> None:
     conn.execute(_UPDATE_DEVICE, {"_device_id": device_id, **values})
+
+
+def pending_devices(conn: Connection, *, limit: int = 1000) -> list[Row]:
+    """Devices waiting for an operator's approval, oldest first."""
+    stmt = sa.select(db.devices).where(db.devices.c.status == "pending").order_by(db.devices.c.enrolled_at)
+    return [dict(r) for r in conn.execute(stmt.limit(limit)).mappings()]
+
+
+def count_enrolled_since(conn: Connection, group: str, since: str) -> int:
+    """How many devices of ``group`` enrolled at or after ``since``."""
+    c = db.devices.c
+    stmt = sa.select(sa.func.count()).where(c.group_name == group, c.enrolled_at >= since)
+    return int(conn.execute(stmt).scalar() or 0)
+
+
+_ISSUED = sa.select(db.issued_assignments.c.rollout_id, db.issued_assignments.c.digest).where(
+    db.issued_assignments.c.device_id == sa.bindparam("device_id"),
+    db.issued_assignments.c.rollout_id.in_(sa.bindparam("rollout_ids", expanding=True)),
+)
+
+
+def record_issued(conn: Connection, device_id: str, rollout_id: str, digest: str) -> None:
+    """Record that the director issued the assignment ``digest`` of ``rollout_id`` to the device
+    (once: a second record of the same one changes nothing)."""
+    values = {"device_id": device_id, "rollout_id": rollout_id, "digest": digest, "issued_at": utcnow()}
+    insert = pg_dialect.insert if conn.dialect.name == "postgresql" else sqlite_dialect.insert
+    conn.execute(insert(db.issued_assignments).values(**values).on_conflict_do_nothing())
+
+
+def issued_digests(conn: Connection, device_id: str, rollout_ids: Sequence[str]) -> set[tuple[str, str]]:
+    """The (rollout id, digest) pairs of the rollouts' assignments issued to the device."""
+    if not rollout_ids:
+        return set()
+    rows = conn.execute(_ISSUED, {"device_id": device_id, "rollout_ids": list(rollout_ids)})
+    return {(str(r), str(d)) for r, d in rows}
 
 
 def count_devices(conn: Connection) -> dict[str, int]:
@@ -527,6 +700,41 @@ def known_report_ids(conn: Connection, device_id: str, ids: Sequence[str]) -> se
 def insert_reports(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
     if rows:
         conn.execute(db.reports.insert(), [dict(r) for r in rows])
+
+
+def delete_reports_before(conn: Connection, cutoff: str, *, limit: int = 10_000) -> int:
+    """Delete up to ``limit`` reports the server received before ``cutoff`` (ISO-8601 UTC, like
+    :func:`utcnow`); rows stored before schema version 6 are judged by their own ``time``.
+    Returns how many were deleted (fewer than ``limit``: none older is left)."""
+    r = db.reports.c
+    old = sa.or_(r.received_at < cutoff, sa.and_(r.received_at.is_(None), r.time < cutoff))
+    doomed = sa.select(r.device_id, r.id).where(old).limit(limit)
+    return int(conn.execute(db.reports.delete().where(sa.tuple_(r.device_id, r.id).in_(doomed))).rowcount)
+
+
+_QUOTA = sa.select(db.report_quota).where(db.report_quota.c.device_id == sa.bindparam("device_id"))
+_QUOTA_UPDATE = (
+    db.report_quota.update()
+    .where(db.report_quota.c.device_id == sa.bindparam("_device_id"))
+    .values(reports=sa.bindparam("reports"), bytes=sa.bindparam("bytes"), at=sa.bindparam("at"))
+)
+
+
+def report_quota(conn: Connection, device_id: str) -> Row | None:
+    """The device's report quota buckets (``reports``, ``bytes``, ``at``), None before its first batch."""
+    row = conn.execute(_QUOTA, {"device_id": device_id}).mappings().first()
+    return dict(row) if row is not None else None
+
+
+def write_report_quota(
+    conn: Connection, device_id: str, *, reports: float, nbytes: float, at: float, exists: bool
+) -> None:
+    """Store the device's buckets; ``exists`` says whether :func:`report_quota` found a row
+    (the caller holds the device's ``quota:`` lock, so no other writer made one since)."""
+    if exists:
+        conn.execute(_QUOTA_UPDATE, {"_device_id": device_id, "reports": reports, "bytes": nbytes, "at": at})
+    else:
+        conn.execute(db.report_quota.insert().values(device_id=device_id, reports=reports, bytes=nbytes, at=at))
 
 
 # ---------------------------------------------------------------- audit

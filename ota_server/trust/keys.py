@@ -21,7 +21,9 @@ from models.fsio import write_atomic
 from ota_server.errors import SetupError
 
 __all__ = [
+    "DIRECTOR_TARGET",
     "TUF_ROLES",
+    "director_keys_custom",
     "director_public_json",
     "generate_key",
     "load_private",
@@ -34,6 +36,9 @@ __all__ = [
 ]
 
 TUF_ROLES = ("root", "targets", "snapshot", "timestamp")
+# the TUF target that lists the director's public keys (signed by the targets key): devices accept
+# assignments signed by these keys only, so rotating the director key is a TUF operation
+DIRECTOR_TARGET = "edgefleet/director.json"
 
 
 def write_private(path: Path, data: bytes) -> None:
@@ -94,6 +99,11 @@ def director_public_json(public: Ed25519PublicKey) -> dict[str, Any]:
         "keyid": hashlib.sha256(bytes.fromhex(hex_pub)).hexdigest(),
         "keyval": {"public": hex_pub},
     }
+
+
+def director_keys_custom(publics: list[dict[str, Any]]) -> dict[str, Any]:
+    """The custom fields of :data:`DIRECTOR_TARGET`: ``{"edgefleet": {"kind": "director", "keys": [...]}}``."""
+    return {"edgefleet": {"kind": "director", "keys": publics}}
 
 
 def sign_envelope(key: Ed25519PrivateKey, signed: dict[str, Any]) -> dict[str, Any]:

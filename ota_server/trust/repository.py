@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -41,9 +42,28 @@ from tuf.api.serialization.json import JSONSerializer
 from models.fsio import write_atomic
 from ota_server.config import ServerConfig
 from ota_server.errors import RepositoryError
-from ota_server.trust.keys import load_private, tuf_public, tuf_signer
+from ota_server.trust.keys import (
+    DIRECTOR_TARGET,
+    director_keys_custom,
+    director_public_json,
+    generate_key,
+    load_private,
+    tuf_public,
+    tuf_signer,
+)
 
-__all__ = ["NewTarget", "Repository", "create_repository", "file_lock", "resign_root"]
+__all__ = [
+    "ONLINE_ROLES",
+    "NewTarget",
+    "Repository",
+    "create_repository",
+    "file_lock",
+    "resign_root",
+    "rotate_director",
+    "rotate_key",
+]
+
+ONLINE_ROLES = ("timestamp", "snapshot", "targets")  # keys that sign online and ``rotate_key`` rotates
 
 _SERIALIZER = JSONSerializer(compact=True)
 
@@ -84,6 +104,7 @@ class Repository:
         self.targets_dir = config.targets_dir
         self._lock_path = config.locks_dir / "repository.lock"
         self._ts_cache: tuple[int, datetime] | None = None  # (mtime_ns, expires)
+        self._also_sign: dict[str, Sequence[Signer]] = {}
 
     # ------------------------------------------------------------------ reading
     def _load(self, name: str) -> Metadata[Any]:
@@ -129,9 +150,15 @@ class Repository:
     def _write(self, md: Metadata[Any], name: str, role: str) -> Path:
         md.signatures.clear()
         md.sign(self._signer(role))
+        for extra in self._also_sign.get(role, ()):  # a key rotation signs with the old key too
+            md.sign(extra, append=True)
         path = self.metadata_dir / name
         write_atomic(path, md.to_bytes(_SERIALIZER))
         return path
+
+    def target_file(self, path: str, sha256: str) -> Path:
+        """Where the consistent-snapshot file of target ``path`` with digest ``sha256`` lies."""
+        return self.targets_dir / Path(path).parent / f"{sha256}.{Path(path).name}"
 
     def add_targets(self, new: Sequence[NewTarget]) -> list[Path]:
         """Link target files and write targets, snapshot, timestamp (caller holds the lock).
@@ -145,7 +172,7 @@ class Repository:
         try:
             targets = self.targets()
             for t in new:
-                dest = self.targets_dir / Path(t.path).parent / f"{t.sha256}.{Path(t.path).name}"
+                dest = self.target_file(t.path, t.sha256)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 if not dest.exists():
                     try:
@@ -164,6 +191,21 @@ class Repository:
             self.discard(created)
             raise
         return created
+
+    def director_target(self, publics: list[dict[str, Any]]) -> NewTarget:
+        """:data:`DIRECTOR_TARGET` listing ``publics``, its file written into the targets directory."""
+        data = json.dumps({"keys": publics}, sort_keys=True, indent=2).encode() + b"\n"
+        sha = hashlib.sha256(data).hexdigest()
+        dest = self.target_file(DIRECTOR_TARGET, sha)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(dest, data)
+        return NewTarget(DIRECTOR_TARGET, dest, len(data), sha, director_keys_custom(publics))
+
+    def director_keys(self) -> list[dict[str, Any]]:
+        """The director keys the current targets metadata lists (empty when it lists none)."""
+        target = self.targets().signed.targets.get(DIRECTOR_TARGET)
+        custom = target.custom if target is not None else {}
+        return list((custom.get("edgefleet") or {}).get("keys") or [])
 
     def _bump_targets(self, targets: Metadata[Targets], created: list[Path]) -> None:
         targets.signed.version += 1
@@ -243,6 +285,10 @@ def create_repository(config: ServerConfig, *, root_key_path: Path) -> Metadata[
 
     repo = Repository(config)
     targets = Metadata(Targets(expires=now + timedelta(seconds=config.targets_ttl_s)))
+    director = config.keys_dir / "director.pem"
+    if director.exists():  # devices learn the director key from TUF (see rotate_director)
+        t = repo.director_target([director_public_json(load_private(director).public_key())])
+        targets.signed.targets[t.path] = TargetFile(t.length, {"sha256": t.sha256}, t.path, {"custom": t.custom})
     repo._write(targets, "1.targets.json", "targets")
     traw = (config.metadata_dir / "1.targets.json").read_bytes()
     snapshot = Metadata(Snapshot(expires=now + timedelta(seconds=config.snapshot_ttl_s)))
@@ -268,18 +314,101 @@ def resign_root(config: ServerConfig, *, root_key_path: Path, expires_days: int)
     """
     repo = Repository(config)
     with repo.locked():
-        root = repo.root()
-        root_key = load_private(root_key_path)
-        keyid = tuf_public(root_key).keyid
-        if keyid not in root.signed.roles["root"].keyids:
-            raise RepositoryError(f"{root_key_path} is not this repository's root key (keyid {keyid})")
-        root.signed.version += 1
-        root.signed.expires = _now() + timedelta(days=expires_days)
-        root.signatures.clear()
-        try:
-            root.sign(tuf_signer(root_key))
-        except TufRepositoryError as e:
-            raise RepositoryError(f"cannot sign root: {e}") from e
+        root = _signed_root(repo.root(), root_key_path, expires_days)
         path = config.metadata_dir / f"{root.signed.version}.root.json"
         write_atomic(path, root.to_bytes(_SERIALIZER))
     return path
+
+
+def _signed_root(root: Metadata[Root], root_key_path: Path, expires_days: int | None) -> Metadata[Root]:
+    """``root`` as version N+1 signed by the root key at ``root_key_path``.
+
+    Raises:
+        SetupError: the key file cannot be loaded. RepositoryError: it is not this repository's
+            root key, or root cannot be signed.
+    """
+    root_key = load_private(root_key_path)
+    keyid = tuf_public(root_key).keyid
+    if keyid not in root.signed.roles["root"].keyids:
+        raise RepositoryError(f"{root_key_path} is not this repository's root key (keyid {keyid})")
+    root.signed.version += 1
+    if expires_days is not None:
+        root.signed.expires = _now() + timedelta(days=expires_days)
+    root.signatures.clear()
+    try:
+        root.sign(tuf_signer(root_key))
+    except TufRepositoryError as e:
+        raise RepositoryError(f"cannot sign root: {e}") from e
+    return root
+
+
+def rotate_key(config: ServerConfig, role: str, *, root_key_path: Path) -> dict[str, Any]:
+    """Replace the online key of ``role`` (timestamp, snapshot or targets) with a new one.
+
+    Root version N+1, signed by the root key, lists the new key and no longer the old one;
+    devices reach it through TUF's root chain. The role's metadata (and what depends on it:
+    snapshot, timestamp) is re-signed first with both keys, so a device verifies it under root N
+    and N+1 alike while the new root spreads; from the next re-signing on only the new key
+    signs, and metadata signed by the old key alone no longer verifies under root N+1. The new
+    key file replaces the old one (0600). Returns the role, both keyids and the new root version.
+
+    Raises:
+        SetupError: the root key file cannot be loaded. RepositoryError: ``role`` is not an
+            online role, the key is not this repository's root key, or the repository cannot
+            be written.
+    """
+    if role not in ONLINE_ROLES:
+        raise RepositoryError(f"role must be one of {list(ONLINE_ROLES)}, got {role!r}")
+    repo = Repository(config)
+    key_path = config.keys_dir / f"{role}.pem"
+    staged = config.keys_dir / f"{role}.pem.new"
+    with repo.locked():
+        root = repo.root()
+        old_signer = repo._signer(role)
+        old_keyid = old_signer.public_key.keyid
+        new_key = generate_key(staged)
+        new_public = tuf_public(new_key)
+        root.signed.revoke_key(old_keyid, role)
+        root.signed.add_key(new_public, role)
+        root = _signed_root(root, root_key_path, None)
+        os.replace(staged, key_path)  # from now on every worker signs with the new key
+        repo._also_sign = {role: [old_signer]}
+        try:
+            if role == "targets":
+                repo._bump_targets(repo.targets(), [])
+            elif role == "snapshot":
+                repo._bump_snapshot(repo.snapshot(), [])
+            else:
+                snapshot = repo.snapshot()
+                raw = (config.metadata_dir / f"{snapshot.signed.version}.snapshot.json").read_bytes()
+                repo._bump_timestamp(snapshot.signed.version, raw)
+        finally:
+            repo._also_sign = {}
+        write_atomic(config.metadata_dir / f"{root.signed.version}.root.json", root.to_bytes(_SERIALIZER))
+    return {"role": role, "old_keyid": old_keyid, "new_keyid": new_public.keyid, "root_version": root.signed.version}
+
+
+def rotate_director(config: ServerConfig, *, bump_generation: Callable[[], None]) -> dict[str, Any]:
+    """Replace the director key; devices learn the new one from TUF (:data:`DIRECTOR_TARGET`).
+
+    The targets metadata first lists the old and the new key, then the new key file replaces the
+    old one (every worker signs with it from its next assignment; ``bump_generation`` makes them
+    drop the assignments the old key signed), then the targets metadata lists the new key alone:
+    an assignment the old key signs no longer verifies on a device that refreshed TUF.
+    Returns both keyids.
+
+    Raises:
+        RepositoryError: the repository cannot be written. SetupError: the key cannot be read.
+    """
+    repo = Repository(config)
+    key_path = config.keys_dir / "director.pem"
+    staged = config.keys_dir / "director.pem.new"
+    with repo.locked():
+        old = director_public_json(load_private(key_path).public_key())
+        new = director_public_json(generate_key(staged).public_key())
+        repo.add_targets([repo.director_target([new, old])])
+        os.replace(staged, key_path)
+        bump_generation()
+        repo.add_targets([repo.director_target([new])])
+    write_atomic(config.provisioning_dir / "director.pub.json", json.dumps(new, indent=2).encode() + b"\n")
+    return {"role": "director", "old_keyid": old["keyid"], "new_keyid": new["keyid"]}

@@ -34,7 +34,7 @@ def _argv(srv: LiveServer, group: str, *extra: str) -> list[str]:
         "--server",
         srv.url,
         "--enroll-token",
-        srv.enrollment_token,
+        srv.credential(group),
         "--api-token",
         srv.tokens["operator"],
         "--group",

@@ -28,7 +28,7 @@ def test_camera_update_then_a_disagreeing_model_is_refused(tmp_path: Path) -> No
         "0.05",
     ]
     with live_server(tmp_path) as srv:
-        out = run_agent(data, "enroll", "--server", srv.url, "--token", srv.enrollment_token, "--group", "cam")
+        out = run_agent(data, "enroll", "--server", srv.url, "--token", srv.credential("cam"), "--group", "cam")
         assert out.returncode == 0, out.stderr
         v1 = make_bundle(tmp_path / "v1", name="cam", version="1.0.0")
         # no floor (min_agreement 0): only the expectation for the release the vehicle runs can refuse it

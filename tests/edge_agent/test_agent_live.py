@@ -44,7 +44,7 @@ def enroll(server: LiveServer, data: Path, group: str) -> None:
         "--server",
         server.url,
         "--token",
-        server.enrollment_token,
+        server.credential(group),
         "--root",
         str(server.root_json),
         "--director-key",
@@ -234,7 +234,7 @@ def test_man_in_the_middle_of_the_real_server(server: LiveServer, tmp_path: Path
         enroll_in_process(
             config.paths,
             server=proxy.url,
-            token=server.enrollment_token,
+            token=server.credential("mitm"),
             name="truck-3",
             group="mitm",
             root_file=server.root_json,

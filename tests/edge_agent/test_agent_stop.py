@@ -64,7 +64,7 @@ def test_sigterm_during_health_watch_and_shadow_run_exits_promptly_and_resumes(t
     video = write_video(tmp_path / "road.avi", [("red", 30), ("green", 30), ("blue", 30)])
     data = tmp_path / "truck"
     with live_server(tmp_path) as srv:
-        out = run_agent(data, "enroll", "--server", srv.url, "--token", srv.enrollment_token, "--group", "cam")
+        out = run_agent(data, "enroll", "--server", srv.url, "--token", srv.credential("cam"), "--group", "cam")
         assert out.returncode == 0, out.stderr
         make_bundle(tmp_path / "v1", name="cam", version="1.0.0")
         make_bundle(tmp_path / "v2", name="cam", version="2.0.0")

@@ -9,12 +9,17 @@ that misbehaves on demand. Every test starts from a device running
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from tuf.api.metadata import TargetFile
 
 from edge_agent.config import AgentConfig
 from edge_agent.link.identity import enroll
@@ -209,6 +214,78 @@ def test_slow_retrieval_is_retried_then_abandoned(rig: Rig) -> None:
     rig.refused(second, "SLOW_RETRIEVAL", state=State.FAILED)
 
 
+def test_the_director_key_alone_cannot_raise_the_release_counter(rig: Rig) -> None:
+    """With only the director key: a real target under counter 10^15, every gate off. TUF's signed
+    counter for the target differs, so it is refused, and later real releases are not "counter decreased"."""
+    release = rig.release()
+    forged = {"counter": 10**15, "name": release["name"], "version": release["version"]}
+    off = {"latency_budget_ms": 1e9, "max_nan_frames": 10**9, "max_error_rate": 1.0, "max_latency_regression": 1e3}
+
+    def forge(device: str, nonce: str) -> dict[str, Any]:
+        body = rig.sim.assignment_body(release, device_id=device, nonce=nonce, gates=off)
+        return rig.sim.sign_assignment({**body, "release": forged})
+
+    rig.refused(rig.attempt(forge), "TARGET_MISMATCH")
+    assert StateFile(rig.data / "agent-state.json").load().highest_release < 10**15
+    honest = rig.release()
+    result = rig.attempt(rig.assign(honest))
+    assert result.record.state is State.COMMITTED, result.record
+    rig.active = f"sim@{honest['version']}"
+    assert check_slots(rig.data) == rig.active
+
+
+def test_the_director_key_alone_cannot_loosen_the_bundles_gates(rig: Rig) -> None:
+    """The genuine counter but the latency budget switched off: the bundle's budget still holds."""
+    rig.minor += 1
+    bundle = rig.tmp / f"sim-1.{rig.minor}.0"
+    make_bundle(bundle, name="sim", version=f"1.{rig.minor}.0", latency_budget_ms=1e-6)
+    release = rig.sim.add_bundle(bundle)
+    result = rig.attempt(rig.assign(release, gates={"latency_budget_ms": 1e9}))
+    rig.refused(result, "LATENCY_OVER_BUDGET", state=State.FAILED)
+
+
+def _list_director_keys(sim: RepoSim, *keys: Ed25519PrivateKey) -> None:
+    """The targets key signs the director keys devices must use (``edgefleet/director.json``); none: no list."""
+    path = "edgefleet/director.json"
+    if not keys:
+        sim.targets.signed.targets.pop(path, None)
+        sim.publish()
+        return
+    publics = []
+    for key in keys:
+        raw = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        publics.append(
+            {
+                "keytype": "ed25519",
+                "scheme": "ed25519",
+                "keyid": sha256(raw).hexdigest(),
+                "keyval": {"public": raw.hex()},
+            }
+        )
+    data = json.dumps({"keys": publics}).encode()
+    target = TargetFile.from_data(path, data, ["sha256"])
+    target.unrecognized_fields["custom"] = {"edgefleet": {"kind": "director", "keys": publics}}
+    sim.targets.signed.targets[path] = target
+    sim.publish()
+
+
+def test_a_director_key_that_tuf_no_longer_lists_stops_working(rig: Rig) -> None:
+    """A director rotation is a TUF operation: once the targets metadata lists only the new key, the
+    key pinned at enrollment no longer signs assignments, and the new one does."""
+    release, pinned, new = rig.release(), rig.sim.director, Ed25519PrivateKey.generate()
+    _list_director_keys(rig.sim, new)
+    try:
+        rig.refused(rig.attempt(rig.assign(release)), "SIGNATURE_INVALID")
+        rig.sim.director = new
+        result = rig.attempt(rig.assign(release))
+        assert result.record.state is State.COMMITTED, result.record
+        rig.active = f"sim@{release['version']}"
+        assert check_slots(rig.data) == rig.active
+    finally:
+        rig.sim.director = pinned
+        _list_director_keys(rig.sim)
+
+
 def test_an_honest_update_still_installs_after_all_that(rig: Rig) -> None:
     release = rig.release()
     result = rig.attempt(rig.assign(release))
@@ -286,3 +363,104 @@ def test_an_honest_update_with_an_alternate_stages_both(rig: Rig) -> None:
     )
     assert gate["variant"] == "onnx-fp32" and gate["gate"]["variant"] == "onnx-fp32"
     assert [(t["candidate"], t["preferred"]) for t in gate["gate"]["timing"]] == [("onnx-int8", False)]
+
+
+def test_a_model_file_corrupted_once_is_downloaded_afresh_and_installs(rig: Rig) -> None:
+    """One flipped byte on the wire is not a verdict on the release: the file is fetched again."""
+    release = rig.release()
+    served, refused = len(rig.srv.served), len(rig.srv.reasons())
+    result = rig.attempt(rig.assign(release), tamper_first=1)
+    assert result.record.state is State.COMMITTED, result.record
+    rig.active = f"sim@{release['version']}"
+    assert check_slots(rig.data) == rig.active
+    model = [p for p in rig.srv.served[served:] if p.endswith(".onnx")]
+    assert len(model) == 2 and model[0] == model[1]  # the corrupted transfer, then the good one
+    assert len(rig.srv.reasons()) == refused  # nothing refused, nothing counted against the rollout
+
+
+def test_a_model_file_corrupted_every_time_is_refused_after_three_downloads_reported_once(rig: Rig) -> None:
+    served, before = len(rig.srv.served), rig.srv.reasons().count("HASH_MISMATCH")
+    rig.refused(rig.attempt(rig.assign(rig.release()), tamper_suffix=".onnx"), "HASH_MISMATCH")
+    assert len([p for p in rig.srv.served[served:] if p.endswith(".onnx")]) == 3
+    assert rig.srv.reasons().count("HASH_MISMATCH") == before + 1
+    assert not list((rig.data / "downloads").glob("*.part"))
+
+
+def test_a_signed_target_hash_that_is_a_path_is_refused_before_any_download(rig: Rig) -> None:
+    release = rig.release()
+    target = copy.deepcopy(rig.sim.assignment_body(release, device_id="x", nonce="x")["target"])
+    target["hashes"] = {"sha256": ("../" * 22)[:64]}
+    served = len(rig.srv.served)
+    rig.refused(rig.attempt(rig.assign(release, target=target)), "TARGET_MISMATCH")
+    assert rig.srv.served[served:] == []
+    assert not list((rig.data / "downloads").glob("*.part"))
+
+
+def _fresh_agent(rig: Rig, tmp: Path) -> Agent:
+    """A newly enrolled agent on the rig's server: it has never verified an assignment."""
+    config = AgentConfig(tmp / "fresh", http_timeout_s=5, max_attempts=2)
+    enroll(config.paths, server=rig.srv.url, token="ef_enroll_sim", name="fresh")
+    agent = build_agent(config)
+    agent.start()
+    return agent
+
+
+def _poll(rig: Rig, agent: Agent, **knobs: Any) -> CycleResult:
+    for k, v in knobs.items():
+        setattr(rig.srv.knobs, k, v)
+    try:
+        return agent.run_once()
+    finally:
+        rig.srv.knobs = type(rig.srv.knobs)()
+
+
+def test_a_304_to_an_agent_that_verified_nothing_is_a_protocol_error(rig: Rig, tmp_path: Path) -> None:
+    """An unauthenticated 304 must not freeze a fresh agent as "nothing to do"."""
+    from models.reasons import ReasonCode
+
+    agent = _fresh_agent(rig, tmp_path)
+    try:
+        for _ in range(2):
+            result = _poll(rig, agent, not_modified=True)
+            assert result.retry and result.record.state is State.IDLE  # backs off, polls again
+            assert result.record.outcome.reason is ReasonCode.PROTOCOL_ERROR, result.record
+    finally:
+        agent.controller.outbox.close()
+
+
+def test_a_304_holds_only_for_a_verified_assignment_until_it_expires(rig: Rig, tmp_path: Path) -> None:
+    import time
+
+    from models.reasons import ReasonCode
+    from tests.edge_agent.update_harness import iso
+
+    agent = _fresh_agent(rig, tmp_path)
+
+    def keep(device: str, nonce: str) -> dict[str, Any]:  # "keep what you run", valid for 2 s
+        body = {
+            "_type": "edgefleet-assignment",
+            "spec_version": "1",
+            "device_id": device,
+            "nonce": nonce,
+            "issued": iso(utc()),
+            "expires": iso(utc(2)),
+            "rollout_id": None,
+            "release": None,
+            "manifest": None,
+            "target": None,
+            "gates": None,
+        }
+        return rig.sim.sign_assignment(body)
+
+    try:
+        first = _poll(rig, agent, etags=True, assign=keep)
+        assert first.record.state is State.IDLE and not first.retry, first.record
+        seen = rig.srv.not_modified
+        second = _poll(rig, agent, etags=True, assign=keep)  # names the verified assignment's ETag: 304
+        assert rig.srv.not_modified == seen + 1
+        assert second.record.state is State.IDLE and not second.retry and second.record.outcome.reason is None
+        time.sleep(2.2)  # the verified assignment has expired: its ETag vouches for nothing now
+        third = _poll(rig, agent, not_modified=True)
+        assert third.retry and third.record.outcome.reason is ReasonCode.PROTOCOL_ERROR, third.record
+    finally:
+        agent.controller.outbox.close()

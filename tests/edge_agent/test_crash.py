@@ -64,7 +64,7 @@ class Fleet:
             "--server",
             server.url,
             "--token",
-            server.enrollment_token,
+            server.credential(group),
             "--group",
             group,
             "--name",

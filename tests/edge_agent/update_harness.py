@@ -46,6 +46,7 @@ from tuf.api.metadata import (
 )
 
 from models.bundle import Manifest, canonical_json, read_bundle, verify_bundle, write_bundle
+from models.device_reports import verify_report
 from tests.bundles import make_bundle, make_multi_bundle, make_onnx
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -292,11 +293,14 @@ class Knobs:
     assign: Callable[[str, str], dict[str, Any] | None] | None = None  # (device, nonce) → envelope
     tamper: bool = False  # flip a byte in served targets
     tamper_suffix: str | None = None  # ... only in those whose file name ends so
+    tamper_first: int = 0  # flip a byte in the next N model files (*.onnx) served, then serve them intact
     endless: bool = False  # keep sending after the target's length
     endless_metadata: bool = False  # the same for metadata files
     trickle_bps: float | None = None  # bytes per second (targets)
     metadata_override: dict[str, bytes] = field(default_factory=dict)
     fail_reports: bool = False  # answer reports with 503
+    etags: bool = False  # assignments carry an ETag, and a poll naming it is answered 304 (like the director)
+    not_modified: bool = False  # answer every assignment poll 304, whatever it names (a hostile middlebox)
 
 
 class SimServer:
@@ -307,8 +311,12 @@ class SimServer:
         self.knobs = Knobs()
         self.reports: list[dict[str, Any]] = []
         self.devices: dict[str, str] = {}  # token → device id
+        self.device_keys: dict[str, str] = {}  # device id → its public key (hex), from enrollment
+        self.unsigned_reports = 0  # report batches refused for a missing or bad signature
         self.polls: list[str] = []  # nonces seen
         self.served: list[str] = []  # target URL paths answered
+        self.not_modified = 0  # assignment polls answered 304
+        self._envelopes: dict[str, tuple[str, dict[str, Any]]] = {}  # nonce → (ETag, envelope) with knobs.etags
         handler = self._handler()
         self.httpd = _QuietServer(("127.0.0.1", 0), handler)
         self.httpd.daemon_threads = True
@@ -332,10 +340,12 @@ class SimServer:
             def log_message(self, format: str, *args: Any) -> None:  # quiet
                 pass
 
-            def _json(self, status: int, body: Any) -> None:
+            def _json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
                 data = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
@@ -352,7 +362,13 @@ class SimServer:
                     data = srv.sim.target_files.get(url.path[len("/tuf/targets/") :])
                     if data is None:
                         return self._json(404, {"error": {"code": "NOT_FOUND", "message": url.path}})
-                    if srv.knobs.tamper or (srv.knobs.tamper_suffix and url.path.endswith(srv.knobs.tamper_suffix)):
+                    tamper = srv.knobs.tamper or bool(
+                        srv.knobs.tamper_suffix and url.path.endswith(srv.knobs.tamper_suffix)
+                    )
+                    if srv.knobs.tamper_first > 0 and url.path.endswith(".onnx"):
+                        srv.knobs.tamper_first -= 1
+                        tamper = True
+                    if tamper:
                         data = data[:-1] + bytes([data[-1] ^ 0xFF])
                     srv.served.append(url.path)
                     rng = self.headers.get("Range", "")
@@ -362,27 +378,41 @@ class SimServer:
                     device = url.path.split("/")[4]
                     nonce = parse_qs(url.query).get("nonce", [""])[0]
                     srv.polls.append(nonce)
+                    if srv.knobs.not_modified or (
+                        srv.knobs.etags
+                        and nonce in srv._envelopes
+                        and self.headers.get("If-None-Match") == srv._envelopes[nonce][0]
+                    ):
+                        srv.not_modified += 1
+                        self.send_response(304)
+                        if nonce in srv._envelopes:
+                            self.send_header("ETag", srv._envelopes[nonce][0])
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return None
                     env = srv.knobs.assign(device, nonce) if srv.knobs.assign else None
                     if env is None:
-                        return self._json(
-                            200,
-                            srv.sim.sign_assignment(
-                                {
-                                    "_type": "edgefleet-assignment",
-                                    "spec_version": "1",
-                                    "device_id": device,
-                                    "nonce": nonce,
-                                    "issued": iso(utc()),
-                                    "expires": iso(utc(3600)),
-                                    "rollout_id": None,
-                                    "release": None,
-                                    "manifest": None,
-                                    "target": None,
-                                    "gates": None,
-                                }
-                            ),
+                        env = srv.sim.sign_assignment(
+                            {
+                                "_type": "edgefleet-assignment",
+                                "spec_version": "1",
+                                "device_id": device,
+                                "nonce": nonce,
+                                "issued": iso(utc()),
+                                "expires": iso(utc(3600)),
+                                "rollout_id": None,
+                                "release": None,
+                                "manifest": None,
+                                "target": None,
+                                "gates": None,
+                            }
                         )
-                    return self._json(200, env)
+                    if not srv.knobs.etags:
+                        return self._json(200, env)
+                    etag, env = srv._envelopes.setdefault(
+                        nonce, ('"' + hashlib.sha256(json.dumps(env).encode()).hexdigest()[:20] + '"', env)
+                    )
+                    return self._json(200, env, headers={"ETag": etag})
                 return self._json(404, {"error": {"code": "NOT_FOUND", "message": url.path}})
 
             def _bytes(self, data: bytes, start: int, *, endless: bool, trickle: float | None) -> None:
@@ -426,6 +456,7 @@ class SimServer:
                     device_id = f"dev_sim{len(srv.devices) + 1}"
                     token = f"ef_dev_sim{len(srv.devices) + 1}"
                     srv.devices[token] = device_id
+                    srv.device_keys[device_id] = str(body.get("public_key"))
                     return self._json(
                         201,
                         {
@@ -442,6 +473,12 @@ class SimServer:
                 if url.path.endswith("/reports"):
                     if srv.knobs.fail_reports:
                         return self._json(503, {"error": {"code": "UNAVAILABLE", "message": "down"}})
+                    # like the server: every report must be signed with the key the device enrolled
+                    device_id = url.path.split("/")[-2]
+                    key = srv.device_keys.get(device_id, "")
+                    if not all(verify_report(key, device_id, r) for r in body["reports"]):
+                        srv.unsigned_reports += 1
+                        return self._json(401, {"error": {"code": "UNAUTHORIZED", "message": "bad report signature"}})
                     seen = {r["id"] for r in srv.reports}
                     new = [r for r in body["reports"] if r["id"] not in seen]
                     srv.reports.extend(new)

@@ -229,6 +229,10 @@ def test_duplicate_and_lower_versions_are_409(server: LiveServer, tmp_path: Path
         ({"model": "base", "version": "1.0.0", "hardware_classes": ["gpu-x"]}, "hardware_classes[0]"),
         ({"model": "base", "version": "1.0.0", "colour": "red"}, "colour"),
         ({"model": "base", "version": "1.0.0", "gates": {"min_agreement": 2}}, "gates.min_agreement"),
+        # overrides may only tighten the bundle's gates (budget 250 ms, error rate 0.01, health 3 s)
+        ({"model": "base", "version": "1.0.0", "gates": {"latency_budget_ms": 1000}}, "gates.latency_budget_ms"),
+        ({"model": "base", "version": "1.0.0", "gates": {"max_error_rate": 1.0}}, "gates.max_error_rate"),
+        ({"model": "base", "version": "1.0.0", "gates": {"health_window_s": 0}}, "gates.health_window_s"),
     ],
 )
 def test_malformed_rollouts_are_400_with_the_field(server: LiveServer, body: dict[str, Any], field: str) -> None:

@@ -20,6 +20,9 @@ from ota_server.trust.repository import Repository
 OPENAPI = Path(__file__).resolve().parents[2] / "ota_server" / "openapi.yaml"
 
 
+KEY = "ab" * 32  # a device public key (these tests post no reports)
+
+
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     d = tmp_path / "data"
@@ -56,8 +59,9 @@ def test_metrics_dashboard_and_fleet_gauges(data_dir: Path) -> None:
     assert 'edgefleet_http_requests_total{method="GET",route="/healthz",status="200"} 1.0' in text
     assert "edgefleet_auth_failures_total 1.0" in text
     assert "# TYPE edgefleet_rollouts gauge" in text
-    page = client.get(f"/dashboard?token={viewer}")
+    page = client.get("/dashboard", headers={"Authorization": f"Bearer {viewer}"})
     assert page.status_code == 200 and b"edgefleet fleet" in page.data
+    assert client.get(f"/dashboard?token={viewer}").status_code == 401  # never a token in a URL
 
 
 def test_a_missing_row_in_the_store_is_a_404_naming_its_key(data_dir: Path) -> None:
@@ -133,7 +137,7 @@ def test_fast_poll_path_answers_like_the_flask_view(data_dir: Path) -> None:
     for name in ("a", "b"):
         r = client.post(
             "/api/v1/devices/enroll",
-            json={"name": name, "hardware": {"arch": "x86_64"}},
+            json={"name": name, "hardware": {"arch": "x86_64"}, "public_key": KEY},
             headers={"Authorization": f"Bearer {enroll}"},
         )
         assert r.status_code == 201
@@ -166,7 +170,7 @@ def test_another_worker_answers_from_the_shared_spool(data_dir: Path) -> None:
     a, b = worker_a.test_client(), worker_b.test_client()
     dev = a.post(
         "/api/v1/devices/enroll",
-        json={"name": "s", "hardware": {"arch": "x86_64"}},
+        json={"name": "s", "hardware": {"arch": "x86_64"}, "public_key": KEY},
         headers={"Authorization": f"Bearer {enroll}"},
     ).get_json()
     auth = {"Authorization": f"Bearer {dev['device_token']}"}

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from tuf.ngclient import Updater
 
 from models.bundle import canonical_json
+from models.device_reports import assignment_digest
 from tests.bundles import make_bundle, make_multi_bundle
 from tests.live_server import LiveServer, live_server
 
@@ -176,10 +177,9 @@ def test_full_flow_on_postgresql(pg_schema_url: str, tmp_path: Path) -> None:
             "rollout_id": ro["id"],
             "release": release["counter"],
             "running": {"name": "pg", "version": "1.0.0", "release": release["counter"]},
+            "assignment_digest": assignment_digest(body["signed"]),
         }
-        status, out, _ = srv.api(
-            "POST", f"/api/v1/devices/{dev['device_id']}/reports", json={"reports": [rep]}, token=dev["device_token"]
-        )
+        status, out, _ = srv.post_reports(dev, [rep])
         assert status == 200 and out["accepted"] == ["pg-r1"]
         assert srv.rollout(ro["id"])["status"] == "completed"
         assert "postgresql" in json.loads((srv.data_dir / "server.json").read_text())["db_url"]

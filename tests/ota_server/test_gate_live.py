@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from models.device_reports import assignment_digest
 from ota_server.client.ctl import main
 from tests.live_server import LiveServer, bundle_tar, live_server
 from tests.ota_server.evidence_cases import FP32_SHA256, make_bundle_expecting, refusal_gate
@@ -40,12 +41,7 @@ def _poll(server: LiveServer, dev: dict[str, Any]) -> dict[str, Any]:
 
 
 def _send(server: LiveServer, dev: dict[str, Any], *reports: dict[str, Any]) -> tuple[int, Any]:
-    status, body, _ = server.api(
-        "POST",
-        f"/api/v1/devices/{dev['device_id']}/reports",
-        json={"reports": list(reports)},
-        token=dev["device_token"],
-    )
+    status, body, _ = server.post_reports(dev, reports)
     return status, body
 
 
@@ -65,6 +61,7 @@ def _transition(signed: dict[str, Any], state: str, **fields: Any) -> dict[str, 
         "release": release["counter"],
         "reason_code": None,
         "running": running,
+        "assignment_digest": assignment_digest(signed),
         **fields,
     }
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from models.device_reports import assignment_digest
 from tests.bundles import make_bundle
 from tests.live_server import LiveServer, live_server
 
@@ -50,6 +51,7 @@ def _report(
         "reason_code": reason,
         "detail": None,
         "metrics": {"p95_ms": 12.5, "fps": 30.0, "agreement": 0.97},
+        "assignment_digest": assignment_digest(signed),
         "running": (
             {
                 "name": signed["release"]["name"],
@@ -60,9 +62,7 @@ def _report(
             else None
         ),
     }
-    status, body, _ = server.api(
-        "POST", f"/api/v1/devices/{dev['device_id']}/reports", json={"reports": [rep]}, token=dev["device_token"]
-    )
+    status, body, _ = server.post_reports(dev, [rep])
     assert status == 200, body
     assert body["accepted"] == [rep["id"]]
     return rep
@@ -161,15 +161,12 @@ def test_pause_resume_abort(server: LiveServer) -> None:
 def test_reports_are_idempotent(server: LiveServer, tmp_path: Path) -> None:
     dev = server.enroll(name="idem", group="idem")
     rep = {"id": "r-1", "time": "2026-11-27T10:00:00Z", "type": "heartbeat", "state": None, "metrics": {"fps": 29.0}}
-    path = f"/api/v1/devices/{dev['device_id']}/reports"
-    first = server.api("POST", path, json={"reports": [rep]}, token=dev["device_token"])[1]
-    second = server.api("POST", path, json={"reports": [rep, dict(rep, id="r-2")]}, token=dev["device_token"])[1]
+    first = server.post_reports(dev, [rep])[1]
+    second = server.post_reports(dev, [rep, dict(rep, id="r-2")])[1]
     assert first == {"accepted": ["r-1"], "duplicates": []}
     assert second == {"accepted": ["r-2"], "duplicates": ["r-1"]}
     other = server.enroll(name="idem-2", group="idem")  # report ids are per device
-    third = server.api(
-        "POST", f"/api/v1/devices/{other['device_id']}/reports", json={"reports": [rep]}, token=other["device_token"]
-    )[1]
+    third = server.post_reports(other, [rep])[1]
     assert third == {"accepted": ["r-1"], "duplicates": []}
     status, body, _ = server.api("GET", f"/api/v1/devices/{dev['device_id']}", token=server.tokens["viewer"])
     assert status == 200 and body["metrics"]["fps"] == 29.0 and body["last_seen"]
@@ -210,9 +207,7 @@ def test_concurrent_publishes_and_reports_across_workers(server: LiveServer, tmp
             {"id": str(uuid.uuid4()), "time": "2026-11-27T10:00:00Z", "type": "heartbeat", "metrics": {"fps": 1}}
             for _ in range(20)
         ]
-        return server.api(
-            "POST", f"/api/v1/devices/{dev['device_id']}/reports", json={"reports": reps}, token=dev["device_token"]
-        )[0]
+        return server.post_reports(dev, reps)[0]
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         pubs = list(pool.map(publish, tars))
@@ -231,6 +226,7 @@ def test_counters_stay_exact_under_concurrent_reports_across_workers(server: Liv
     server.publish(tmp_path / "cnt")
     devs = [server.enroll(name=f"cnt{i}", group="cnt") for i in range(12)]
     rollout = server.create_rollout(model="cnt", version="1.0.0", group="cnt", stages=[100], max_failure_rate=1.0)
+    digests = {d["device_id"]: assignment_digest(_poll(server, d)) for d in devs}  # each is issued it
 
     def send(dev: dict[str, Any], rid: str, state: str, second: int, reason: str | None = None) -> int:
         rep = {
@@ -241,10 +237,9 @@ def test_counters_stay_exact_under_concurrent_reports_across_workers(server: Liv
             "rollout_id": rollout["id"],
             "release": rollout["release"],
             "reason_code": reason,
+            "assignment_digest": digests[dev["device_id"]],
         }
-        return server.api(
-            "POST", f"/api/v1/devices/{dev['device_id']}/reports", json={"reports": [rep]}, token=dev["device_token"]
-        )[0]
+        return server.post_reports(dev, [rep])[0]
 
     # every device fails first; the even ones then commit; every report is also sent twice
     jobs = [(d, f"f-{i}", "failed", 1, "NAN_OUTPUT") for i, d in enumerate(devs)]

@@ -300,3 +300,20 @@ def test_serving_an_alternate_of_a_lower_counter_is_keep_what_you_run() -> None:
     with pytest.raises(FatalError) as info:
         verify(env, highest_release=9, running=(5, "7" * 64))
     assert info.value.reason is R.RELEASE_COUNTER_DECREASED
+
+
+_NOT_A_HASH = ["../../etc", "../" * 21 + "a", "A" * 64, "g" * 64, "2" * 63 + "/", "2" * 65, " " + "2" * 63]
+
+
+@pytest.mark.parametrize("bad", _NOT_A_HASH)
+@pytest.mark.parametrize("where", ["target", "manifest", "alternate"])
+def test_a_sha256_that_is_not_64_lowercase_hex_digits_is_refused(where: str, bad: str) -> None:
+    """The sha256 becomes a file name (``<downloads>/<sha256>.part``): a signed "../../etc" is refused."""
+    body = signed_body()
+    if where == "alternate":
+        body["alternates"] = [alternate(hashes={"sha256": bad})]
+    else:
+        body[where]["hashes"] = {"sha256": bad}
+    with pytest.raises(FatalError) as e:
+        verify(envelope(body))
+    assert e.value.reason is R.TARGET_MISMATCH

@@ -23,6 +23,7 @@ from ota_server.storage import store as st
 from tests.bundles import make_bundle
 from tests.live_server import bundle_tar
 from tests.ota_server.evidence_cases import refusal_gate, rollback_gate
+from tests.ota_server.fleet.issued import DIGEST, issue
 from tests.ota_server.rules.test_reports import _report
 
 
@@ -50,6 +51,7 @@ def _transition(rollout: dict[str, Any], state: str, second: int, **fields: Any)
         _report(
             id=f"{state}-{second}-{secrets.token_hex(4)}",
             type="transition",
+            assignment_digest=DIGEST,
             state=state,
             time=f"2026-11-27T10:00:{second:02d}Z",
             rollout_id=rollout["id"],
@@ -75,6 +77,7 @@ def test_evidence_and_reason_codes_are_stored_and_shown(
             {"model": "m", "version": "1.0.0", "group": "g", "stages": [100], "max_failure_rate": 1.0}
         )
         rollout = service.create_rollout(conn, spec, actor="test")
+        issue(conn, rollout)
     with s.store.tx() as conn:
         ingest(
             conn,

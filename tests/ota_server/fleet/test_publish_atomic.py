@@ -11,6 +11,7 @@ from ota_server.config import ServerConfig
 from ota_server.errors import RepositoryError
 from ota_server.services import build_services
 from ota_server.storage import store as st
+from ota_server.trust.keys import DIRECTOR_TARGET
 from ota_server.trust.repository import Repository
 from tests.bundles import make_bundle
 from tests.live_server import bundle_tar
@@ -83,12 +84,16 @@ def test_failure_midway_leaves_no_trace(
         assert [a["action"] for a in st.audit_log(conn)] == ["server.init"]
     # TUF still loads and verifies the same versions as before
     repo = Repository(config)
-    assert repo.timestamp().signed.version == 1 and repo.targets().signed.targets == {}
+    assert repo.timestamp().signed.version == 1 and set(repo.targets().signed.targets) == {DIRECTOR_TARGET}
 
     # and the next publish works, taking counter 1
     release = services.publisher.publish_tar(_upload(tmp_path, tmp_path / "b"), actor="test")
     assert release["counter"] == 1
-    assert set(repo.targets().signed.targets) == {"atomic/1.0.0/bundle.json", "atomic/1.0.0/model.onnx"}
+    assert set(repo.targets().signed.targets) == {
+        "atomic/1.0.0/bundle.json",
+        "atomic/1.0.0/model.onnx",
+        DIRECTOR_TARGET,
+    }
     services.store.dispose()
 
 

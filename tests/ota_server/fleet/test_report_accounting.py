@@ -18,6 +18,7 @@ from ota_server.services import Services, build_services
 from ota_server.storage import store as st
 from tests.bundles import make_bundle
 from tests.live_server import bundle_tar
+from tests.ota_server.fleet.issued import DIGEST, issue
 from tests.ota_server.fleet.test_service import _device
 
 
@@ -82,8 +83,9 @@ def test_a_report_bumps_the_generation_exactly_when_the_assignment_changes(
     bumps: bool,
 ) -> None:
     """A changed assignment must never be answered from a cache as unchanged, so a report that
-    changes what the director would sign bumps the fleet generation; a rollout's own commits
-    must not (every cached assignment of the fleet would be re-signed, one commit at a time)."""
+    changes what the director would sign for its device invalidates that device's cached
+    assignment (its revision); a rollout's own commits must not, and no report bumps the fleet
+    generation (every cached assignment of the fleet would be re-signed, one commit at a time)."""
     config, _ = initialized
     s = build_services(config)
     old, new = _publish(s, tmp_path, "1.0.0"), _publish(s, tmp_path, "1.1.0")
@@ -92,6 +94,7 @@ def test_a_report_bumps_the_generation_exactly_when_the_assignment_changes(
         # a first stage of about 15 devices: one commit does not advance it (which would bump)
         spec = ro.parse_rollout({"model": "m", "version": "1.1.0", "group": "g", "stages": [50, 100]})
         rollout = service.create_rollout(conn, spec, actor="test")
+        issue(conn, rollout)
         devices = {d["id"]: d for d in st.devices_in_group(conn, "g")}
     inside = sorted(d for d in devices if ro.in_stage(ro.bucket(d, rollout["id"]), 50, rollout["floor_bucket"]))
     assert len(inside) >= 2
@@ -102,21 +105,28 @@ def test_a_report_bumps_the_generation_exactly_when_the_assignment_changes(
             service.act(conn, rollout["id"], "pause", actor="test")
     before = _target(s, device_id)
     with s.store.tx() as conn:
-        gen = st.generation(conn)
+        gen, rev = st.generation(conn), _assignment_rev(conn, device_id)
         report = {
             "id": "r1",
             "time": "2026-11-27T10:00:00Z",
             "type": "transition",
+            "assignment_digest": DIGEST,
             "state": "committed",
             "rollout_id": rollout["id"],
             "release": new,
             "running": {"name": "m", "version": "?", "release": release},
         }
         ingest(conn, device_id, [rp.parse_report(report, "r")])
-        bumped = st.generation(conn) != gen
+        fleet_bumped = st.generation(conn) != gen
+        bumped = fleet_bumped or _assignment_rev(conn, device_id) != rev
     assert bumped is bumps, case
-    assert bumped or _target(s, device_id) == before, "an assignment changed without a generation bump"
+    assert not fleet_bumped, "a report changes one device's assignment at most: the fleet's caches stay valid"
+    assert bumped or _target(s, device_id) == before, "an assignment changed without invalidating its cache"
     s.store.dispose()
+
+
+def _assignment_rev(conn: Any, device_id: str) -> int:
+    return int(st.get_device(conn, device_id)["assignment_rev"] or 0)
 
 
 def _targets(s: Services, device_ids: list[str]) -> dict[str, tuple[Any, Any]]:
@@ -155,6 +165,7 @@ def test_a_rollout_decision_bumps_the_generation_exactly_when_assignments_change
             }
         )
         rollout = service.create_rollout(conn, spec, actor="test")
+        issue(conn, rollout)
     ids = sorted(d["id"] for d in _devices(s))
     first = [d for d in ids if ro.in_stage(ro.bucket(d, rollout["id"]), stages[0], rollout["floor_bucket"])]
     with s.store.tx() as conn:  # all but one device of the first stage report; the last one decides
@@ -168,6 +179,7 @@ def test_a_rollout_decision_bumps_the_generation_exactly_when_assignments_change
                             "id": f"ok-{d}",
                             "time": "2026-11-27T10:00:00Z",
                             "type": "transition",
+                            "assignment_digest": DIGEST,
                             "state": "committed",
                             "rollout_id": rollout["id"],
                             "release": rollout["release"],
@@ -188,6 +200,7 @@ def test_a_rollout_decision_bumps_the_generation_exactly_when_assignments_change
                         "id": "last",
                         "time": "2026-11-27T10:00:01Z",
                         "type": "transition",
+                        "assignment_digest": DIGEST,
                         "state": state,
                         "rollout_id": rollout["id"],
                         "release": rollout["release"],

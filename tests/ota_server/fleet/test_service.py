@@ -16,6 +16,7 @@ from ota_server.serving.auth import token_digest
 from ota_server.storage import store as st
 from tests.bundles import make_bundle
 from tests.live_server import bundle_tar
+from tests.ota_server.fleet.issued import DIGEST, issue
 
 
 def _device(i: int, group: str = "g") -> dict:
@@ -43,6 +44,7 @@ def _report(rid: str, state: str, rollout: dict, *, reason: str | None = None) -
             "id": rid,
             "time": "2026-11-27T10:00:00Z",
             "type": "transition",
+            "assignment_digest": DIGEST,
             "state": state,
             "rollout_id": rollout["id"],
             "release": rollout["release"],
@@ -75,6 +77,7 @@ def test_rollout_flow_in_the_store(initialized: tuple[ServerConfig, dict[str, st
             }
         )
         rollout = service.create_rollout(conn, spec, actor="test")
+        issue(conn, rollout)
         assert st.generation(conn) > gen0
     with s.store.read() as conn:
         view = service.rollout_view(conn, rollout)
@@ -116,6 +119,7 @@ def _timed(rid: str, state: str, rollout: dict, time: str, reason: str | None = 
             "id": rid,
             "time": time,
             "type": "transition",
+            "assignment_digest": DIGEST,
             "state": state,
             "rollout_id": rollout["id"],
             "release": rollout["release"],
@@ -147,6 +151,7 @@ def test_counters_are_incremental_latest_state_wins_and_idempotent(
             }
         )
         rollout = service.create_rollout(conn, spec, actor="test")
+        issue(conn, rollout)
         assert _counted(conn, rollout) == ro.StageCounts(40, 0, 0, 0, {})
     t = "2026-11-27T10:00:0{}Z"
     with s.store.tx() as conn:

@@ -260,3 +260,36 @@ def test_a_headless_agent_reports_agreement_as_not_judged() -> None:
     parsed = rp.parse_report(_report(gate=gate), "r").gate
     assert parsed is not None and parsed["agreement"]["decision"] == "not-judged"
     assert "baseline_variant" not in parsed["agreement"]  # a null is not stored
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"release": 2**31}, "r.release"),
+        ({"release": -1}, "r.release"),
+        ({"release": 10**400}, "r.release"),
+        ({"running": {"name": "m", "version": "1", "release": 2**63}}, "r.running.release"),
+        ({"time": "2026-11-27T10:00:00." + "1" * 100_000 + "Z"}, "r.time"),
+        ({"id": "i" * 1_000_000}, "r.id"),
+        ({"type": "t" * 1_000_000}, "r.type"),
+        ({"state": "s" * 1_000_000}, "r.state"),
+    ],
+)
+def test_an_unbounded_report_field_is_a_400_naming_it_and_quoting_little(fields: dict[str, Any], field: str) -> None:
+    with pytest.raises(BadRequest) as e:
+        rp.parse_report(_report(**fields), "r")
+    assert e.value.field == field and len(e.value.message) < 300
+
+
+def test_what_is_stored_of_a_report_is_bounded_whatever_the_device_adds() -> None:
+    import json
+
+    junk = {
+        "detail": "d" * 1_000_000,
+        "metrics": {**{f"m{i}": float(i) for i in range(10_000)}, "p95_ms": 3.0},
+        "extra_field": "x" * 1_000_000,
+        "time": "2026-11-27T10:00:00.123456789Z",
+    }
+    stored = rp.parse_report(_report(**junk), "r").body
+    assert len(json.dumps(stored)) < rp.MAX_DETAIL + 1000
+    assert stored["metrics"] == {"p95_ms": 3.0} and "extra_field" not in stored

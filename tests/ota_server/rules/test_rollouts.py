@@ -194,3 +194,22 @@ def test_selection_by_tags_and_hardware_class() -> None:
     assert ro.is_selected(dev, tags=["eu"], hardware_classes=["jetson-orin", "cuda"])
     assert not ro.is_selected(dev, tags=["eu", "us"], hardware_classes=[])  # every tag is required
     assert not ro.is_selected(dev, tags=[], hardware_classes=["cpu-x86_64"])
+
+
+def test_gate_overrides_may_only_tighten_the_bundles_gates() -> None:
+    from models.bundle import GATE_STRICTER, Gates
+
+    bundle = Gates(latency_budget_ms=50.0, min_agreement=0.8, health_window_s=30.0)
+    ro.check_gates_tighten(bundle, {"latency_budget_ms": 20.0, "min_agreement": 0.9, "health_window_s": 60.0})
+    ro.check_gates_tighten(bundle, {"latency_budget_ms": 50.0})  # equal is not looser
+    for name, looser in (("latency_budget_ms", 51.0), ("min_agreement", 0.5), ("health_window_s", 0.0)):
+        with pytest.raises(BadRequest) as e:
+            ro.check_gates_tighten(bundle, {name: looser})
+        assert e.value.field == f"gates.{name}"
+    with pytest.raises(BadRequest) as e:
+        ro.check_gates_tighten(bundle, {"min_agreement": 2})
+    assert e.value.field == "gates.min_agreement"
+    # every gate has a direction; tightened_by keeps the stricter side of each
+    assert set(GATE_STRICTER) == set(Gates.__dataclass_fields__)
+    merged = bundle.tightened_by({"latency_budget_ms": 1e9, "min_agreement": 0.95, "max_error_rate": 1.0})
+    assert (merged.latency_budget_ms, merged.min_agreement, merged.max_error_rate) == (50.0, 0.95, 0.01)

@@ -97,7 +97,7 @@ def app_and_device(initialized: tuple[ServerConfig, dict[str, str]]) -> Iterator
     app = create_app(config)
     r = app.test_client().post(
         "/api/v1/devices/enroll",
-        json={"name": "w", "hardware": {"arch": "x86_64"}},
+        json={"name": "w", "hardware": {"arch": "x86_64"}, "public_key": "ab" * 32},
         headers={"Authorization": f"Bearer {result['enrollment_token']}"},
     )
     assert r.status_code == 201

@@ -34,6 +34,8 @@ def _downgrade(engine: Engine, version: int) -> None:
     with engine.begin() as conn:
         for step in migrations.MIGRATIONS:
             if step.version > version:
+                for _table, index in step.indexes:
+                    conn.execute(sa.text(f"DROP INDEX {index}"))
                 for table, column in step.columns:
                     conn.execute(sa.text(f"ALTER TABLE {table} DROP COLUMN {column}"))
                 for table in step.tables:
@@ -68,6 +70,7 @@ def test_the_schema_of_an_older_server_gains_the_new_columns(engine: Engine, sta
     assert migrations.migrate(engine) == start
     assert migrations.migrate(engine) == migrations.SCHEMA_VERSION  # idempotent
     assert _columns(engine) == latest  # the same schema as an empty database gets
+    assert "ix_reports_received_at" in {i["name"] for i in sa.inspect(engine).get_indexes("reports")}
     with engine.begin() as conn:  # and the JSON column takes JSON
         assert migrations.schema_version(conn) == migrations.SCHEMA_VERSION
         st.insert_devices(conn, [dict(_device(9), last_gate={"agreement": {"frames": 3}})])

@@ -1,0 +1,1 @@
+"""atheris harnesses of the parsers that read what the network sends (see common.py)."""
