@@ -142,6 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="a variant beats FP32 only when its speedup's lower 95%% bound is >= X (default: %(default)s)",
     )
     p.add_argument(
+        "--latency-budget-ms",
+        type=float,
+        default=None,
+        metavar="MS",
+        help="the bundle's p95 latency budget on the device; rollouts may only tighten it "
+        "(default: 4x the FP32 p95 measured here, at least 5 ms)",
+    )
+    p.add_argument(
         "--eval-samples",
         type=int,
         default=300,
@@ -234,6 +242,7 @@ def config_from_args(args: argparse.Namespace) -> OptimizeConfig:
             max_duration_s=max(15.0, args.bench_seconds * 3),
         ),
         min_speedup=args.min_speedup,
+        latency_budget_ms=args.latency_budget_ms,
         baselines=tuple(args.baseline),
         baseline_release=args.baseline_release,
         server=args.server,

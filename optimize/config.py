@@ -90,6 +90,7 @@ class OptimizeConfig:
     min_speedup: float = 1.1  # a variant beats FP32 only when its speedup's lower bound clears this
     speedup_confidence: float = 0.95  # two-sided confidence of the bootstrap speedup interval
     latency_headroom: float = 4.0  # gates: budget = measured p95 * headroom (slower devices)
+    latency_budget_ms: float | None = None  # gates: the p95 budget itself, instead of the headroom rule
     min_agreement: float = 0.5  # gates: floor under every agreement expectation
     baselines: tuple[Path, ...] = ()  # --baseline bundle directories (the releases this one replaces)
     baseline_release: str | None = None  # --baseline-release NAME@VERSION, fetched through TUF
@@ -123,6 +124,8 @@ class OptimizeConfig:
             raise InputError(f"speedup_confidence must be within [0.5, 1), got {self.speedup_confidence}")
         if not 0.0 <= self.min_agreement <= 1.0:
             raise InputError(f"min_agreement must be within [0, 1], got {self.min_agreement}")
+        if self.latency_budget_ms is not None and not 0.0 < self.latency_budget_ms <= 60_000.0:
+            raise InputError(f"--latency-budget-ms must be within (0, 60000], got {self.latency_budget_ms}")
         self._check_baseline_release()
 
     def _check_baseline_release(self) -> None:

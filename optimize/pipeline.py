@@ -385,7 +385,10 @@ def _finish(
     for hw, d in decisions.items():
         log.info("selection %s: %s — %s", hw, " > ".join(d.order), d.reason)
     gates = default_gates(
-        fp32.latency.p95_ms if fp32.latency else 50.0, headroom=cfg.latency_headroom, min_agreement=cfg.min_agreement
+        fp32.latency.p95_ms if fp32.latency else 50.0,
+        headroom=cfg.latency_headroom,
+        min_agreement=cfg.min_agreement,
+        budget_ms=cfg.latency_budget_ms,
     )
     # every built variant ships (devices download only theirs), so the file list does not
     # depend on latency measurements; selection decides which one each class runs

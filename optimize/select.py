@@ -261,12 +261,13 @@ def default_gates(
     min_agreement: float = 0.5,
     shadow_frames: int = Gates.shadow_frames,
     health_window_s: float = 30.0,
+    budget_ms: float | None = None,
 ) -> Gates:
-    """Gates for the manifest: a latency budget of ``headroom`` x the FP32 p95 (wall) measured
-    here (devices are slower than a build host), and ``min_agreement`` as the floor under the
-    agreement expectations. What agreement to expect is the expectations' job
+    """Gates for the manifest: a latency budget of ``budget_ms``, else ``headroom`` x the FP32 p95
+    (wall) measured here (devices are slower than a build host), and ``min_agreement`` as the
+    floor under the agreement expectations. What agreement to expect is the expectations' job
     (:mod:`optimize.expect`), judged on the device by a sequential test."""
-    budget = max(5.0, math.ceil(baseline_p95_ms * headroom * 10) / 10)
+    budget = budget_ms if budget_ms is not None else max(5.0, math.ceil(baseline_p95_ms * headroom * 10) / 10)
     return Gates(
         latency_budget_ms=budget,
         min_agreement=min_agreement,

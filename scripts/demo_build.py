@@ -91,6 +91,7 @@ def optimize_argv(
     version: str,
     calib_dir: Path,
     calib_samples: int,
+    latency_budget_ms: float,
     baseline_release: str | None = None,
     server_url: str | None = None,
     trusted_root: Path | None = None,
@@ -110,6 +111,8 @@ def optimize_argv(
         str(calib_dir),
         "--calib-samples",
         str(calib_samples),
+        "--latency-budget-ms",
+        str(latency_budget_ms),
     ]
     if baseline_release is not None:
         if server_url is None or trusted_root is None:

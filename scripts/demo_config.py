@@ -32,5 +32,7 @@ class DemoConfig:
     health_window_s: float | None = 10.0  # agents' health watch after a swap; None = the bundle's gate
     stages: tuple[int, ...] = (25, 50, 100)
     max_failure_rate: float = 0.2
-    latency_budget_ms: float = 250.0  # rollout gate: generous, this host is shared and CPU-only
+    latency_budget_ms: float = (
+        250.0  # the bundles' p95 budget (edge-optimize): generous, this host is shared and CPU-only
+    )
     min_agreement: float | None = None  # None = the bundle's own gate (set by edge-optimize)

@@ -157,6 +157,7 @@ def _optimize_argv(
         version=version,
         calib_dir=cfg.out / "calib",
         calib_samples=calib_frames,
+        latency_budget_ms=cfg.latency_budget_ms,
         baseline_release=baseline,
         server_url=server.url if server else None,
         trusted_root=server.root_json if server else None,
@@ -221,7 +222,7 @@ def rollout(
         version=version,
         stages=stages,
         max_failure_rate=cfg.max_failure_rate,
-        gates={"latency_budget_ms": cfg.latency_budget_ms, "min_agreement": cfg.min_agreement},
+        gates={"min_agreement": cfg.min_agreement},
     )
     print(f"    ota-ctl rollout create {MODEL} {version} stages {stages} -> {rid}")
     rec = RolloutRecord(label=label, version=version, rollout_id=rid, expected=expected)

@@ -258,6 +258,7 @@ def test_optimize_arguments_name_the_camera_frames_and_the_release_replaced(tmp_
         version="1.1.0",
         calib_dir=tmp_path / "calib",
         calib_samples=360,
+        latency_budget_ms=250.0,
         baseline_release="signs@1.0.0",
         server_url="http://127.0.0.1:1",
         trusted_root=tmp_path / "root.json",
@@ -265,8 +266,15 @@ def test_optimize_arguments_name_the_camera_frames_and_the_release_replaced(tmp_
     pairs = dict(zip(argv, argv[1:], strict=False))
     assert pairs["--calib-data"] == str(tmp_path / "calib") and pairs["--calib-samples"] == "360"
     assert pairs["--baseline-release"] == "signs@1.0.0" and pairs["--trusted-root"] == str(tmp_path / "root.json")
+    assert pairs["--latency-budget-ms"] == "250.0"  # the bundle's gate: a rollout may only tighten it
     first = demo_build.optimize_argv(
-        tmp_path / "run", tmp_path / "b", name="signs", version="1.0.0", calib_dir=tmp_path / "calib", calib_samples=360
+        tmp_path / "run",
+        tmp_path / "b",
+        name="signs",
+        version="1.0.0",
+        calib_dir=tmp_path / "calib",
+        calib_samples=360,
+        latency_budget_ms=250.0,
     )
     assert "--baseline-release" not in first
     with pytest.raises(ValueError, match="server URL"):
@@ -277,6 +285,7 @@ def test_optimize_arguments_name_the_camera_frames_and_the_release_replaced(tmp_
             version="1.1.0",
             calib_dir=tmp_path / "calib",
             calib_samples=1,
+            latency_budget_ms=250.0,
             baseline_release="signs@1.0.0",
         )
 

@@ -91,6 +91,7 @@ def test_same_inputs_give_byte_identical_models_and_manifest(bundle: Path, train
         ({"--name": "Bad Name"}, "--name must match"),
         ({"--calib-samples": "0"}, "--calib-samples must be a positive integer"),
         ({"--calib-methods": "magic"}, "unknown method 'magic'"),
+        ({"--latency-budget-ms": "0"}, "--latency-budget-ms must be within (0, 60000]"),
     ],
 )
 def test_bad_options_exit_2_and_write_nothing(

@@ -225,5 +225,6 @@ def test_default_gates_have_headroom_and_an_agreement_floor() -> None:
     assert g.latency_budget_ms == pytest.approx(49.4) and g.min_agreement == 0.5
     assert default_gates(0.2).latency_budget_ms == 5.0
     assert default_gates(10, min_agreement=0.7).min_agreement == 0.7
+    assert default_gates(12.34, budget_ms=250.0).latency_budget_ms == 250.0  # --latency-budget-ms wins
     # the floor is under the expectation, not a fixed pass mark: p0 follows what is expected
     assert g.agreement_threshold(0.96) == pytest.approx(0.91) and g.agreement_threshold(0.3) == 0.5
