@@ -14,7 +14,7 @@ from pathlib import Path
 from models.bundle import Format, HardwareRequirements, InputSpec, Precision
 from models.hardware import detect_profile, hardware_class
 from optimize.config import OptimizeConfig
-from optimize.errors import EngineBuildError
+from optimize.errors import EngineCompileError
 from optimize.select import CLASS_ACCELERATOR
 from optimize.tensorrt import TrtBuildConfig, build_engine, tensorrt_available
 from optimize.variants import BuiltVariant
@@ -56,7 +56,7 @@ def build_engines(
         )
         try:
             info = build_engine(src.path, engine, tcfg)
-        except EngineBuildError as e:
+        except EngineCompileError as e:
             note(f"engine from {src.id} failed: {e}")
             continue
         req = HardwareRequirements(

@@ -9,9 +9,9 @@
     │   └── ParityError               ONNX Runtime disagrees with torch beyond the tolerance
     ├── QuantizationError             calibration or INT8 quantization failed, or no INT8 variant
     │                                 stayed within the accuracy limit
-    └── EngineBuildError              TensorRT could not build (or is not installed for) an engine
-                                      on this host (not :class:`models.runtime.errors.EngineBuildError`,
-                                      the device-side build's)
+    └── EngineCompileError            TensorRT could not build (or is not installed for) an engine
+                                      on this host (the device-side build raises
+                                      :class:`models.runtime.errors.EngineBuildError`)
 
     from models (models.errors.ModelsError), raised through unwrapped:
     └── BundleError (ValueError)      models.bundle: a manifest breaks the contract (the bundle this run writes)
@@ -27,7 +27,7 @@ came. The CLI maps ``InputError`` to exit code 2 and every other
 
 from __future__ import annotations
 
-__all__ = ["OptimizeError", "InputError", "ExportError", "ParityError", "QuantizationError", "EngineBuildError"]
+__all__ = ["OptimizeError", "InputError", "ExportError", "ParityError", "QuantizationError", "EngineCompileError"]
 
 
 class OptimizeError(Exception):
@@ -50,5 +50,5 @@ class QuantizationError(OptimizeError):
     """INT8 calibration/quantization failed or could not meet the accuracy limit."""
 
 
-class EngineBuildError(OptimizeError):
+class EngineCompileError(OptimizeError):
     """TensorRT is unavailable or failed to build an engine."""

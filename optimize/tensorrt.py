@@ -25,7 +25,7 @@ from typing import Any
 
 from models.bundle import Precision
 from models.fsio import write_atomic
-from optimize.errors import EngineBuildError
+from optimize.errors import EngineCompileError
 
 __all__ = ["TrtBuildConfig", "EngineInfo", "tensorrt_available", "gpu_compute_capability", "build_engine"]
 
@@ -81,7 +81,7 @@ def _import_trt() -> Any:
     try:
         import tensorrt as trt  # type: ignore[import-not-found,unused-ignore]
     except ImportError as e:
-        raise EngineBuildError("TensorRT is not installed (pip install 'edgefleet[tensorrt]')") from e
+        raise EngineCompileError("TensorRT is not installed (pip install 'edgefleet[tensorrt]')") from e
     return trt
 
 
@@ -95,7 +95,7 @@ def _network(trt: Any, builder: Any, logger: Any, onnx_path: Path, config: TrtBu
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(onnx_path.read_bytes()):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise EngineBuildError(f"TensorRT cannot parse {onnx_path.name}: {'; '.join(errors) or 'unknown error'}")
+        raise EngineCompileError(f"TensorRT cannot parse {onnx_path.name}: {'; '.join(errors) or 'unknown error'}")
     return network, parser, strongly
 
 
@@ -121,7 +121,7 @@ def _builder_config(trt: Any, builder: Any, config: TrtBuildConfig, strongly: bo
 
 
 def build_engine(onnx_path: Path, engine_path: Path, config: TrtBuildConfig) -> EngineInfo:
-    """Build and write a serialized engine. Raises :class:`EngineBuildError`."""
+    """Build and write a serialized engine. Raises :class:`EngineCompileError`."""
     trt = _import_trt()
     logger = trt.Logger(trt.Logger.WARNING)
     try:
@@ -132,12 +132,12 @@ def build_engine(onnx_path: Path, engine_path: Path, config: TrtBuildConfig) -> 
         cache = cfg.create_timing_cache(cache_blob)
         cfg.set_timing_cache(cache, ignore_mismatch=False)
         serialized = builder.build_serialized_network(network, cfg)
-    except EngineBuildError:
+    except EngineCompileError:
         raise
     except Exception as e:  # noqa: BLE001 - TensorRT raises RuntimeError/TypeError variants
-        raise EngineBuildError(f"TensorRT failed to build {onnx_path.name}: {e}") from e
+        raise EngineCompileError(f"TensorRT failed to build {onnx_path.name}: {e}") from e
     if serialized is None:
-        raise EngineBuildError(f"TensorRT failed to build {onnx_path.name} (see the TensorRT log above)")
+        raise EngineCompileError(f"TensorRT failed to build {onnx_path.name} (see the TensorRT log above)")
     data = bytes(serialized)
     write_atomic(engine_path, data)
     if config.timing_cache is not None:

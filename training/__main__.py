@@ -24,7 +24,7 @@ from typing import Any
 from models.archs import ARCHS, ZooError
 from models.datasets import DatasetError
 from training.config import Device, Optimizer, TrainConfig, load_yaml, merge, read_run_config
-from training.errors import ConfigError, LaunchError, TrainingError
+from training.errors import LaunchError, TrainingConfigError, TrainingError
 
 __all__ = ["build_parser", "config_from_args", "main"]
 
@@ -134,7 +134,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         try:
             flags["model_kwargs"] = json.loads(flags["model_kwargs"])
         except json.JSONDecodeError as e:
-            raise ConfigError(f"--model-kwargs must be a JSON object: {e}") from e
+            raise TrainingConfigError(f"--model-kwargs must be a JSON object: {e}") from e
     if flags.get("clip_grad_norm") == 0:
         flags["clip_grad_norm"] = None
     layers: list[dict[str, Any]] = []
@@ -168,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from training import train  # torch is imported here, not for --help or a bad flag
 
         summary = train.main(cfg, verbose=args.verbose)
-    except (ConfigError, DatasetError, ZooError) as e:
+    except (TrainingConfigError, DatasetError, ZooError) as e:
         log.error("%s", e)
         return 2
     except LaunchError as e:

@@ -23,7 +23,7 @@ import yaml
 from models.archs import ARCHS
 from models.datasets import DatasetName, DatasetSpec, dataset_task
 from models.fsio import write_atomic
-from training.errors import ConfigError
+from training.errors import TrainingConfigError
 
 __all__ = [
     "Optimizer",
@@ -125,20 +125,20 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "config") -> TrainConfig:
-        """Build from a mapping; an unknown key or a wrong type raises :class:`ConfigError`."""
+        """Build from a mapping; an unknown key or a wrong type raises :class:`TrainingConfigError`."""
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - set(fields))
         if unknown:
-            raise ConfigError(f"{source}: unknown key(s) {unknown}; known keys: {sorted(fields)}")
+            raise TrainingConfigError(f"{source}: unknown key(s) {unknown}; known keys: {sorted(fields)}")
         kwargs: dict[str, Any] = {}
         for key, value in data.items():
             kwargs[key] = _coerce(key, value, fields[key].type, source)
         try:
             return cls(**kwargs)
         except (ValueError, TypeError) as e:
-            if isinstance(e, ConfigError):
+            if isinstance(e, TrainingConfigError):
                 raise
-            raise ConfigError(f"{source}: {e}") from e
+            raise TrainingConfigError(f"{source}: {e}") from e
 
 
 _ENUMS: dict[str, type[Enum]] = {"optimizer": Optimizer, "device": Device}
@@ -148,55 +148,55 @@ def _coerce(key: str, value: Any, typ: Any, source: str) -> Any:
     if key in _ENUMS:
         allowed = [m.value for m in _ENUMS[key]]
         if value not in allowed and not isinstance(value, _ENUMS[key]):
-            raise ConfigError(f"{source}: {key} must be one of {allowed}, got {value!r}")
+            raise TrainingConfigError(f"{source}: {key} must be one of {allowed}, got {value!r}")
         return _ENUMS[key](value)
     t = str(typ)
     if value is None:
         if "None" not in t:
-            raise ConfigError(f"{source}: {key} must not be null")
+            raise TrainingConfigError(f"{source}: {key} must not be null")
         return None
     if t.startswith("int") and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ConfigError(f"{source}: {key} must be an int, got {value!r}")
+        raise TrainingConfigError(f"{source}: {key} must be an int, got {value!r}")
     if t.startswith("float") and (isinstance(value, bool) or not isinstance(value, (int, float))):
-        raise ConfigError(f"{source}: {key} must be a number, got {value!r}")
+        raise TrainingConfigError(f"{source}: {key} must be a number, got {value!r}")
     if t.startswith("float"):
         return float(value)
     if t == "bool" and not isinstance(value, bool):
-        raise ConfigError(f"{source}: {key} must be true or false, got {value!r}")
+        raise TrainingConfigError(f"{source}: {key} must be true or false, got {value!r}")
     if t.startswith("str") and not isinstance(value, str):
-        raise ConfigError(f"{source}: {key} must be a string, got {value!r}")
+        raise TrainingConfigError(f"{source}: {key} must be a string, got {value!r}")
     if t.startswith("dict") and not isinstance(value, Mapping):
-        raise ConfigError(f"{source}: {key} must be a mapping, got {value!r}")
+        raise TrainingConfigError(f"{source}: {key} must be a mapping, got {value!r}")
     return dict(value) if isinstance(value, Mapping) else value
 
 
 def _validate(c: TrainConfig) -> None:
     allowed = [n.value for n in DatasetName]
     if c.data not in allowed:
-        raise ConfigError(f"data must be one of {allowed}, got {c.data!r}")
+        raise TrainingConfigError(f"data must be one of {allowed}, got {c.data!r}")
     if c.arch not in ARCHS:
-        raise ConfigError(f"arch must be one of {sorted(ARCHS)}, got {c.arch!r}")
+        raise TrainingConfigError(f"arch must be one of {sorted(ARCHS)}, got {c.arch!r}")
     positive = ("image_size", "epochs", "batch_size", "nproc_per_node", "nnodes")
     for key in positive:
         if getattr(c, key) < 1:
-            raise ConfigError(f"{key} must be >= 1, got {getattr(c, key)}")
+            raise TrainingConfigError(f"{key} must be >= 1, got {getattr(c, key)}")
     if c.bn_momentum is not None and not 0 < c.bn_momentum <= 1:
-        raise ConfigError(f"bn_momentum must be in (0, 1] or null, got {c.bn_momentum}")
+        raise TrainingConfigError(f"bn_momentum must be in (0, 1] or null, got {c.bn_momentum}")
     if c.lr <= 0:
-        raise ConfigError(f"lr must be > 0, got {c.lr}")
+        raise TrainingConfigError(f"lr must be > 0, got {c.lr}")
     if c.warmup_epochs < 0 or not 0 <= c.min_lr_ratio <= 1:
-        raise ConfigError("warmup_epochs must be >= 0 and min_lr_ratio in [0, 1]")
+        raise TrainingConfigError("warmup_epochs must be >= 0 and min_lr_ratio in [0, 1]")
     if c.clip_grad_norm is not None and c.clip_grad_norm <= 0:
-        raise ConfigError(f"clip_grad_norm must be > 0 or null, got {c.clip_grad_norm}")
+        raise TrainingConfigError(f"clip_grad_norm must be > 0 or null, got {c.clip_grad_norm}")
     if c.workers < 0 or (c.threads is not None and c.threads < 1):
-        raise ConfigError("workers must be >= 0 and threads >= 1")
+        raise TrainingConfigError("workers must be >= 0 and threads >= 1")
     if not 0 <= c.node_rank < c.nnodes:
-        raise ConfigError(f"node_rank must be in [0, nnodes), got {c.node_rank} with nnodes={c.nnodes}")
+        raise TrainingConfigError(f"node_rank must be in [0, nnodes), got {c.node_rank} with nnodes={c.nnodes}")
     if c.nnodes > 1 and not c.rdzv_endpoint:
-        raise ConfigError("a multi-node run (nnodes > 1) needs rdzv_endpoint=host:port")
+        raise TrainingConfigError("a multi-node run (nnodes > 1) needs rdzv_endpoint=host:port")
     task = dataset_task(c.dataset_spec())  # also validates the dataset fields
     if task not in ARCHS[c.arch].tasks:
-        raise ConfigError(
+        raise TrainingConfigError(
             f"arch {c.arch!r} does not support the {task} task of dataset {c.data!r} "
             f"(archs for {task}: {sorted(a for a, i in ARCHS.items() if task in i.tasks)})"
         )
@@ -208,13 +208,13 @@ def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
-        raise ConfigError(f"config file {p} does not exist") from e
+        raise TrainingConfigError(f"config file {p} does not exist") from e
     except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"config file {p} is not readable YAML: {e}") from e
+        raise TrainingConfigError(f"config file {p} is not readable YAML: {e}") from e
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {p}: expected a mapping of keys, got {type(data).__name__}")
+        raise TrainingConfigError(f"config file {p}: expected a mapping of keys, got {type(data).__name__}")
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
@@ -236,5 +236,5 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
     """The ``config.yaml`` of an existing run (for ``--resume``)."""
     path = run_dir / "config.yaml"
     if not path.is_file():
-        raise ConfigError(f"cannot resume: {path} does not exist (is {run_dir} a run directory?)")
+        raise TrainingConfigError(f"cannot resume: {path} does not exist (is {run_dir} a run directory?)")
     return load_yaml(path)

@@ -3,7 +3,7 @@
 ::
 
     TrainingError (Exception)     base: the run cannot start, continue or finish
-    ├── ConfigError               a bad YAML file, an unknown key, a value of the wrong type/range
+    ├── TrainingConfigError       a bad YAML file, an unknown key, a value of the wrong type/range
     ├── CheckpointError           a checkpoint that cannot be read, written or resumed from
     └── LaunchError               the distributed workers failed (the message names the rank)
 
@@ -13,7 +13,7 @@
                                   that do not fit
 
 No other module of this package defines an error. The CLI reports
-``ConfigError``, ``CheckpointError``, ``DatasetError`` and ``ZooError`` as bad
+``TrainingConfigError``, ``CheckpointError``, ``DatasetError`` and ``ZooError`` as bad
 input (exit code 2), ``LaunchError`` and any other ``TrainingError`` as a
 failed run (exit code 1). A ``TypeError`` from :mod:`training.data` (a sample
 without the label or boxes its task needs) is a mismatch between the dataset
@@ -22,14 +22,14 @@ and the task, not an input the CLI reports.
 
 from __future__ import annotations
 
-__all__ = ["TrainingError", "ConfigError", "CheckpointError", "LaunchError"]
+__all__ = ["TrainingError", "TrainingConfigError", "CheckpointError", "LaunchError"]
 
 
 class TrainingError(Exception):
     """Base class of the training stage's errors."""
 
 
-class ConfigError(TrainingError):
+class TrainingConfigError(TrainingError):
     """The run configuration is invalid; the message names the key."""
 
 

@@ -11,7 +11,7 @@ import pytest
 from models.bundle import Precision
 from models.runtime.onnxrt import OrtRuntime
 from models.runtime.tensorrt import TrtRuntime
-from optimize.errors import EngineBuildError
+from optimize.errors import EngineCompileError
 from optimize.tensorrt import TrtBuildConfig, build_engine, tensorrt_available
 from tests.bundles import make_onnx
 from tests.models import fake_tensorrt, fake_tensorrt_builder
@@ -65,15 +65,15 @@ def test_parse_and_build_failures_are_engine_build_errors(
     bad.write_bytes(b"not onnx")
     with (
         fake_tensorrt.install(),
-        pytest.raises(EngineBuildError, match="TensorRT cannot parse bad.onnx: ModelImporter"),
+        pytest.raises(EngineCompileError, match="TensorRT cannot parse bad.onnx: ModelImporter"),
     ):
         build_engine(bad, tmp_path / "x.engine", TrtBuildConfig((3, 32, 32)))
     with fake_tensorrt.install(fail_builds=True):  # valid ONNX the builder cannot turn into an engine
-        with pytest.raises(EngineBuildError, match="TensorRT failed to build model.onnx"):
+        with pytest.raises(EngineCompileError, match="TensorRT failed to build model.onnx"):
             build_engine(onnx_path, tmp_path / "x.engine", TrtBuildConfig((3, 32, 32)))
         assert not (tmp_path / "x.engine").exists()
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # as on a host without TensorRT
-    with pytest.raises(EngineBuildError, match="TensorRT is not installed"):
+    with pytest.raises(EngineCompileError, match="TensorRT is not installed"):
         build_engine(onnx_path, tmp_path / "y.engine", TrtBuildConfig((3, 32, 32)))
     assert not tensorrt_available()
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from training.__main__ import build_parser, config_from_args, main
-from training.config import ConfigError, Optimizer, TrainConfig, merge, write_config
+from training.config import Optimizer, TrainConfig, TrainingConfigError, merge, write_config
 
 
 def _cfg(*argv: str) -> TrainConfig:
@@ -63,7 +63,7 @@ def test_bad_yaml_key_is_an_error_naming_it(tmp_path: Path, caplog: pytest.LogCa
 def test_bad_config_values_are_named(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "c.yaml"
     path.write_text(text)
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(TrainingConfigError) as info:
         _cfg("--config", str(path))
     assert message in str(info.value)
 
