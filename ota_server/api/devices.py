@@ -426,5 +426,6 @@ def revoke(device_id: str) -> Response:
         if st.revoke_device(conn, device_id):
             st.bump_revocations(conn)
             st.audit(conn, principal().actor, "device.revoke", device_id, {"reason": reason})
+            service.on_revoked(conn, st.get_device(conn, device_id), actor=principal().actor)
         row = st.get_device(conn, device_id)
     return json_response(device_view(row))

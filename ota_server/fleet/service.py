@@ -34,6 +34,7 @@ __all__ = [
     "ensure_counters",
     "evaluate",
     "on_enrolled",
+    "on_revoked",
     "rollback",
     "rollout_view",
     "selected_buckets",
@@ -225,6 +226,36 @@ def on_enrolled(conn: Connection, device: Mapping[str, Any]) -> bool:
             if st.has_counters(conn, rollout["id"]):
                 st.add_counters(conn, rollout["id"], stage, {"devices": 1})
     return pinned
+
+
+def on_revoked(conn: Connection, device: Mapping[str, Any], *, actor: str) -> list[str]:
+    """A revoked device leaves every blocking rollout that selects it: its stage's device count
+    and its outcome are taken back, so a decommissioned vehicle neither holds a stage below its
+    success quota nor keeps a failure counting towards a halt. Each rollout it left is then
+    evaluated again (the stage may now advance). Returns the ids of those rollouts."""
+    left = []
+    for rollout in st.list_rollouts(conn, statuses=list(ro.BLOCKING), group=device["group_name"]):
+        stage = stage_of(device, rollout)
+        if stage is None:
+            continue
+        st.lock(conn, f"rollout:{rollout['id']}")
+        if st.has_counters(conn, rollout["id"]):
+            st.add_counters(conn, rollout["id"], stage, {"devices": -1})
+            existing = st.device_outcome(conn, rollout["id"], device["id"])
+            if (
+                existing is not None
+                and existing["stage"] is not None
+                and existing["outcome"] in ("success", "failure", "pending")
+            ):
+                deltas = {existing["outcome"]: -1}
+                if existing["outcome"] == "failure":
+                    deltas[f"reason:{ro.reason_key(existing['reason_code'])}"] = -1
+                st.add_counters(conn, rollout["id"], existing["stage"], deltas)
+        st.add_event(conn, rollout["id"], "device-revoked", f"{device['id']} left the rollout: revoked", actor)
+        left.append(rollout["id"])
+    for rollout_id in left:
+        evaluate(conn, rollout_id, actor=actor)
+    return left
 
 
 _TRANSITIONS = {

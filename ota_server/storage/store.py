@@ -393,10 +393,10 @@ def list_devices(
 
 
 def devices_in_group(conn: Connection, group: str) -> list[Row]:
-    """The devices of ``group`` that rollouts select from: not those pending approval."""
+    """The devices of ``group`` that rollouts select from: not those pending approval, nor revoked ones."""
     c = db.devices.c
     stmt = sa.select(c.id, c.tags, c.hardware_class).where(
-        c.group_name == group, sa.or_(c.status.is_(None), c.status != "pending")
+        c.group_name == group, sa.or_(c.status.is_(None), c.status != "pending"), c.revoked_at.is_(None)
     )
     return [dict(r) for r in conn.execute(stmt).mappings()]
 

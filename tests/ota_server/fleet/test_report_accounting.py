@@ -237,3 +237,42 @@ def test_the_halt_reason_shows_a_rate_just_over_the_limit_as_over_it() -> None:
     )
     assert result.decision is ro.Decision.HALT
     assert result.detail == "failure rate 3/55 = 5.45% exceeds 5% (LOW_AGREEMENT x3)"
+
+
+def test_a_revoked_device_leaves_the_rollout_and_the_stage_goes_on_without_it(
+    initialized: tuple[ServerConfig, dict[str, str]], tmp_path: Path
+) -> None:
+    """A decommissioned vehicle that never reports would hold its stage below the success quota
+    for ever, and a failure of one that was revoked would keep counting towards a halt."""
+    config, _ = initialized
+    s = build_services(config)
+    new = _publish(s, tmp_path, "1.0.0")
+    with s.store.tx() as conn:
+        st.insert_devices(conn, [_device(i) for i in range(4)])
+        spec = ro.parse_rollout({"model": "m", "version": "1.0.0", "group": "g", "stages": [100], "success_quota": 1.0})
+        rollout = service.create_rollout(conn, spec, actor="test")
+        issue(conn, rollout)
+        ids = sorted(d["id"] for d in st.devices_in_group(conn, "g"))
+        for n, device_id in enumerate(ids[:3]):
+            report = {
+                "id": f"r{n}",
+                "time": f"2026-11-27T10:00:0{n}Z",
+                "type": "transition",
+                "assignment_digest": DIGEST,
+                "state": "committed",
+                "rollout_id": rollout["id"],
+                "release": new,
+            }
+            ingest(conn, device_id, [rp.parse_report(report, "r")])
+    with s.store.read() as conn:
+        assert st.get_rollout(conn, rollout["id"])["status"] == "active"  # 3 of 4: the quota is 100 %
+        assert _counters(conn, rollout["id"])[(0, "devices")] == 4
+    with s.store.tx() as conn:
+        assert st.revoke_device(conn, ids[3])
+        left = service.on_revoked(conn, st.get_device(conn, ids[3]), actor="test")
+    with s.store.read() as conn:
+        assert left == [rollout["id"]]
+        assert _counters(conn, rollout["id"])[(0, "devices")] == 3
+        assert st.get_rollout(conn, rollout["id"])["status"] == "completed"
+        assert ids[3] not in {d["id"] for d in st.devices_in_group(conn, "g")}  # later rollouts skip it too
+    s.store.dispose()
