@@ -218,6 +218,12 @@ def _alternates(
             _R.TARGET_MISMATCH, f"assignment names {len(raw)} alternates, at most {MAX_ALTERNATES}", claimed=claimed
         )
     primary_variant = (signed.get("target") or {}).get("variant")
+    if primary_variant is not None and (not isinstance(primary_variant, str) or not primary_variant):
+        raise FatalError(
+            _R.TARGET_MISMATCH,
+            f"assignment target.variant must be a variant id, got {type(primary_variant).__name__}",
+            claimed=claimed,
+        )
     seen_variants, seen_paths = {primary_variant}, {primary.path}
     out: list[AssignedTarget] = []
     for i, entry in enumerate(raw):
