@@ -20,6 +20,7 @@ from tests.edge_agent.update_harness import (
     FAST_RUN,
     MitmProxy,
     check_slots,
+    enroll_agent,
     make_bundle_with,
     make_runaway_onnx,
     run_agent,
@@ -35,26 +36,6 @@ UNKNOWN_ENROLL_TOKEN = "ef_enroll_" + "x" * 43
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     with live_server(tmp_path_factory.mktemp("live")) as srv:
         yield srv
-
-
-def enroll(server: LiveServer, data: Path, group: str) -> None:
-    out = run_agent(
-        data,
-        "enroll",
-        "--server",
-        server.url,
-        "--token",
-        server.credential(group),
-        "--root",
-        str(server.root_json),
-        "--director-key",
-        str(server.director_key_file),
-        "--group",
-        group,
-        "--name",
-        data.name,
-    )
-    assert out.returncode == 0, out.stderr
 
 
 def once(data: Path, *extra: str) -> Any:
@@ -73,7 +54,7 @@ def status_cli(data: Path) -> dict[str, Any]:
 
 def test_install_replace_and_fleet_rollback(server: LiveServer, tmp_path: Path) -> None:
     data = tmp_path / "truck-1"
-    enroll(server, data, "flow")
+    enroll_agent(server, data, "flow")
     assert (data / "identity.json").stat().st_mode & 0o777 == 0o600
     make_bundle(tmp_path / "v1", name="flow", version="1.0.0")
     make_bundle(tmp_path / "v2", name="flow", version="1.1.0")
@@ -116,7 +97,7 @@ def test_the_device_times_the_alternates_and_serves_what_it_finds_faster(server:
     device stages both, times them interleaved in its child gate and serves INT8 only when the
     interval rule says it is faster: a slower INT8 is never chosen, a faster one is."""
     data = tmp_path / "truck-duo"
-    enroll(server, data, "duo-live")
+    enroll_agent(server, data, "duo-live")
     make_multi_bundle(
         tmp_path / "v1", name="duo-live", version="1.0.0", variants=(("onnx-fp32", "ok"), ("onnx-int8", "slow"))
     )
@@ -154,7 +135,7 @@ def device(server: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> Path
     """A device in group "bad" running base@1.0.0."""
     tmp = tmp_path_factory.mktemp("bad")
     data = tmp / "truck-2"
-    enroll(server, data, "bad")
+    enroll_agent(server, data, "bad")
     make_bundle(tmp / "base", name="base", version="1.0.0")
     server.publish(tmp / "base")
     server.create_rollout(model="base", version="1.0.0", group="bad", stages=[100])
@@ -215,7 +196,7 @@ def test_server_down_keeps_the_model_and_queues_reports(server: LiveServer, devi
 
 def test_manual_rollback_and_its_errors(server: LiveServer, tmp_path: Path, device: Path) -> None:
     fresh = tmp_path / "fresh"
-    enroll(server, fresh, "nothing")
+    enroll_agent(server, fresh, "nothing")
     out = run_agent(fresh, "rollback")
     assert out.returncode == 2 and "no previous model" in out.stderr
     out = run_agent(tmp_path / "not-enrolled", "status")

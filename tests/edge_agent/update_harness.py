@@ -523,6 +523,28 @@ def run_agent(
     )
 
 
+def enroll_agent(server: Any, data_dir: Path, group: str) -> None:
+    """``edge-agent enroll`` against a live server (:class:`tests.live_server.LiveServer`) into
+    ``group``, with a credential bound to it and the server's trust anchors."""
+    out = run_agent(
+        data_dir,
+        "enroll",
+        "--server",
+        server.url,
+        "--token",
+        server.credential(group),
+        "--root",
+        str(server.root_json),
+        "--director-key",
+        str(server.director_key_file),
+        "--group",
+        group,
+        "--name",
+        data_dir.name,
+    )
+    assert out.returncode == 0, out.stderr
+
+
 def start_agent(data_dir: Path, *args: str, pause: str | None = None) -> subprocess.Popen[str]:
     env = agent_env(**({"EDGEFLEET_AGENT_PAUSE_AT": pause} if pause else {}))
     return subprocess.Popen(

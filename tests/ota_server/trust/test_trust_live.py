@@ -16,7 +16,7 @@ from tuf.api.metadata import Metadata, Root
 from ota_server.cli import main as server_main
 from ota_server.trust.keys import load_private, tuf_signer
 from tests.bundles import make_bundle
-from tests.edge_agent.update_harness import FAST_RUN, check_slots, run_agent
+from tests.edge_agent.update_harness import FAST_RUN, check_slots, enroll_agent, run_agent
 from tests.live_server import LiveServer, live_server
 
 
@@ -59,26 +59,6 @@ def _latest(server: LiveServer, role: str) -> Metadata[Any]:
     return Metadata.from_bytes((meta / f"{latest}.{role}.json").read_bytes())
 
 
-def _enroll(server: LiveServer, data: Path, group: str) -> None:
-    out = run_agent(
-        data,
-        "enroll",
-        "--server",
-        server.url,
-        "--token",
-        server.credential(group),
-        "--root",
-        str(server.root_json),
-        "--director-key",
-        str(server.director_key_file),
-        "--group",
-        group,
-        "--name",
-        data.name,
-    )
-    assert out.returncode == 0, out.stderr
-
-
 def _run(data: Path, expected: str) -> None:
     out = run_agent(data, "run", "--once", *FAST_RUN)
     assert out.returncode == 0, out.stderr
@@ -97,7 +77,7 @@ def _tuf_release(server: LiveServer, path: str) -> int:
 
 def test_a_fleet_rollback_re_signs_its_targets_with_the_new_counter(server: LiveServer, tmp_path: Path) -> None:
     data = tmp_path / "van"
-    _enroll(server, data, "back")
+    enroll_agent(server, data, "back")
     for version in ("1.0.0", "1.1.0"):
         make_bundle(tmp_path / version, name="back", version=version)
         server.publish(tmp_path / version)
@@ -120,7 +100,7 @@ def test_every_role_rotates_and_updates_continue(
     server: LiveServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data = tmp_path / "truck"
-    _enroll(server, data, "rot")
+    enroll_agent(server, data, "rot")
 
     def update(version: str) -> None:
         make_bundle(tmp_path / version, name="rot", version=version)
