@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
@@ -15,10 +16,10 @@ from ota_server.config import ServerConfig
 from ota_server.provision import init_data_dir
 
 
-@pytest.fixture
-def pg_schema_url(postgres_url: str) -> Iterator[str]:
-    """A PostgreSQL URL whose search_path is a new, empty schema."""
-    schema = "ota_test_" + secrets.token_hex(6)
+@contextmanager
+def pg_schema(postgres_url: str, prefix: str = "ota_test_") -> Iterator[str]:
+    """A PostgreSQL URL whose search_path is a new, empty schema, dropped on exit."""
+    schema = prefix + secrets.token_hex(6)
     engine = sa.create_engine(postgres_url)
     with engine.begin() as conn:
         conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
@@ -29,6 +30,13 @@ def pg_schema_url(postgres_url: str) -> Iterator[str]:
         with engine.begin() as conn:
             conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
         engine.dispose()
+
+
+@pytest.fixture
+def pg_schema_url(postgres_url: str) -> Iterator[str]:
+    """A PostgreSQL URL whose search_path is a new, empty schema."""
+    with pg_schema(postgres_url) as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -26,13 +26,11 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
-import secrets
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import pytest
 import sqlalchemy as sa
@@ -42,6 +40,7 @@ from ota_server.app import create_app
 from ota_server.cli import main as server_main
 from tests.bundles import make_bundle
 from tests.live_server import LiveServer, live_server
+from tests.ota_server.conftest import pg_schema
 
 schemathesis = pytest.importorskip("schemathesis")
 schemathesis.serializer.alias("application/x-tar", "application/octet-stream")  # POST /api/v1/releases
@@ -208,17 +207,8 @@ def _fleet_ids(
 @pytest.fixture(scope="module")
 def pg_module_url(postgres_url: str) -> Iterator[str]:
     """A PostgreSQL URL whose search_path is a new, empty schema, for this module's server."""
-    name = "ota_fuzz_" + secrets.token_hex(6)
-    engine = sa.create_engine(postgres_url)
-    with engine.begin() as conn:
-        conn.execute(sa.text(f"CREATE SCHEMA {name}"))
-    sep = "&" if "?" in postgres_url else "?"
-    try:
-        yield f"{postgres_url}{sep}options={quote(f'-csearch_path={name}')}"
-    finally:
-        with engine.begin() as conn:
-            conn.execute(sa.text(f"DROP SCHEMA {name} CASCADE"))
-        engine.dispose()
+    with pg_schema(postgres_url, "ota_fuzz_") as url:
+        yield url
 
 
 @pytest.fixture(scope="module", params=DATABASES)
