@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, cast
 
@@ -183,6 +183,17 @@ def claimed_of(envelope: Any) -> dict[str, Any]:
     return {"rollout_id": signed.get("rollout_id"), "release": counter if isinstance(counter, int) else None}
 
 
+def _object(value: Any, where: str, claimed: dict[str, Any]) -> dict[str, Any]:
+    """An optional JSON object of the signed assignment (absent or null: empty); anything else is refused."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise FatalError(
+            _R.TARGET_MISMATCH, f"assignment {where} must be an object, got {type(value).__name__}", claimed=claimed
+        )
+    return dict(value)
+
+
 def _ref(data: Any, where: str, claimed: dict[str, Any]) -> tuple[TargetRef, dict[str, str]] | None:
     if data is None:
         return None
@@ -201,7 +212,7 @@ def _ref(data: Any, where: str, claimed: dict[str, Any]) -> tuple[TargetRef, dic
 
 
 def _alternates(
-    signed: Mapping[str, Any], primary: TargetRef | None, claimed: dict[str, Any]
+    signed: Mapping[str, Any], primary: TargetRef | None, primary_variant: str | None, claimed: dict[str, Any]
 ) -> tuple[AssignedTarget, ...]:
     """Parse ``alternates``: each a distinct variant and file, shaped like the primary target."""
     raw = signed.get("alternates")
@@ -216,13 +227,6 @@ def _alternates(
     if len(raw) > MAX_ALTERNATES:
         raise FatalError(
             _R.TARGET_MISMATCH, f"assignment names {len(raw)} alternates, at most {MAX_ALTERNATES}", claimed=claimed
-        )
-    primary_variant = (signed.get("target") or {}).get("variant")
-    if primary_variant is not None and (not isinstance(primary_variant, str) or not primary_variant):
-        raise FatalError(
-            _R.TARGET_MISMATCH,
-            f"assignment target.variant must be a variant id, got {type(primary_variant).__name__}",
-            claimed=claimed,
         )
     seen_variants, seen_paths = {primary_variant}, {primary.path}
     out: list[AssignedTarget] = []
@@ -249,7 +253,8 @@ def _alternates(
             )
         seen_variants.add(variant)
         seen_paths.add(ref.path)
-        out.append(AssignedTarget(variant, ref, hashes, dict(target.get("custom") or {})))
+        custom = _object(target.get("custom"), f"{where}.target.custom", claimed)
+        out.append(AssignedTarget(variant, ref, hashes, custom))
     return tuple(out)
 
 
@@ -309,11 +314,20 @@ def verify_assignment(
     expires = parse_time(signed.get("expires"), where="expires")
     if expires <= now:
         raise FatalError(_R.ASSIGNMENT_EXPIRED, f"assignment expired at {signed.get('expires')}", claimed=claimed)
-    release = signed.get("release")
-    counter = release.get("counter") if isinstance(release, Mapping) else None
+    rollout_id = signed.get("rollout_id")
+    if rollout_id is not None and not isinstance(rollout_id, str):
+        raise FatalError(_R.TARGET_MISMATCH, "assignment rollout_id must be a string", claimed=claimed)
+    release = _object(signed.get("release"), "release", claimed)
+    counter = release.get("counter")
     target = _ref(signed.get("target"), "target", claimed)
     manifest = _ref(signed.get("manifest"), "manifest", claimed)
-    alternates = _alternates(signed, target[0] if target else None, claimed)
+    raw_target = signed.get("target") or {}  # a mapping once _ref has accepted it
+    variant = raw_target.get("variant")
+    if variant is not None and (not isinstance(variant, str) or not variant):
+        raise FatalError(
+            _R.TARGET_MISMATCH, f"assignment target.variant must be a variant id, got {variant!r:.40}", claimed=claimed
+        )
+    alternates = _alternates(signed, target[0] if target else None, variant, claimed)
     if target is not None:
         if not isinstance(counter, int) or isinstance(counter, bool) or manifest is None:
             raise FatalError(_R.TARGET_MISMATCH, "a target needs a release counter and a manifest", claimed=claimed)
@@ -325,37 +339,30 @@ def verify_assignment(
                 f"release counter {counter} is below {highest_release}, the highest accepted",
                 claimed=claimed,
             )
-    return replace(_assignment(signed, device_id, nonce, expires, counter, target, manifest), alternates=alternates)
-
-
-def _assignment(
-    signed: Mapping[str, Any],
-    device_id: str,
-    nonce: str,
-    expires: datetime,
-    counter: Any,
-    target: tuple[TargetRef, dict[str, str]] | None,
-    manifest: tuple[TargetRef, dict[str, str]] | None,
-) -> Assignment:
-    release = signed.get("release")
-    raw_target = signed.get("target") or {}
     return Assignment(
         device_id=device_id,
         nonce=nonce,
         expires=expires,
-        rollout_id=signed.get("rollout_id"),
-        release=counter if isinstance(counter, int) else None,
-        name=release.get("name") if isinstance(release, Mapping) else None,
-        version=release.get("version") if isinstance(release, Mapping) else None,
+        rollout_id=rollout_id,
+        release=counter if isinstance(counter, int) and not isinstance(counter, bool) else None,
+        name=_text(release.get("name"), "release.name", claimed),
+        version=_text(release.get("version"), "release.version", claimed),
         manifest=manifest[0] if manifest else None,
         target=target[0] if target else None,
-        variant=raw_target.get("variant") if isinstance(raw_target, Mapping) else None,
+        variant=variant,
         target_hashes=target[1] if target else {},
         manifest_hashes=manifest[1] if manifest else {},
-        custom=dict(raw_target.get("custom") or {}) if isinstance(raw_target, Mapping) else {},
-        gates=dict(signed.get("gates") or {}),
+        custom=_object(raw_target.get("custom"), "target.custom", claimed),
+        gates=_object(signed.get("gates"), "gates", claimed),
         digest=hashlib.sha256(canonical_json(signed)).hexdigest(),
+        alternates=alternates,
     )
+
+
+def _text(value: Any, where: str, claimed: dict[str, Any]) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise FatalError(_R.TARGET_MISMATCH, f"assignment {where} must be a string", claimed=claimed)
+    return value
 
 
 def match_target(
