@@ -14,7 +14,8 @@
     config.py     ServerConfig, the one configuration dataclass, and the data directory layout
     settings.py   server.json: the settings init chose, read back by serve
     provision.py  init a data directory (keys, TUF metadata, schema, first tokens), create tokens
-    cli.py        the ``ota-server`` command line (init, token, serve, root resign, keys rotate)
+    cli.py        the ``ota-server`` command line (init, token, enroll-token, serve)
+    cli_trust.py  its key commands: root resign, keys rotate, targets (the offline targets key)
     local.py      run a real server on this machine (init + serve as children): tests, benchmarks, demo
     errors.py     the error tree, drawn in its docstring
     templates/    the dashboard's page and its sign-in form; openapi.yaml describes every route

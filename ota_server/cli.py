@@ -1,6 +1,6 @@
 """``ota-server``: initialize a data directory, create API tokens, serve under gunicorn.
 
-    ota-server init --data-dir DIR [--db-url URL] [--offline-root PATH] [--force] [--json]
+    ota-server init --data-dir DIR [--db-url URL] [--offline-root PATH] [--offline-targets PATH] [--force] [--json]
     ota-server token create --data-dir DIR --role ROLE --name NAME [--json]
     ota-server token list --data-dir DIR [--json]
     ota-server token revoke --data-dir DIR ID|TOKEN
@@ -13,8 +13,18 @@
                      [--forwarded-allow-ips ADDRS]
     ota-server root resign --data-dir DIR --root-key PATH [--expires-days 365]
     ota-server keys rotate --data-dir DIR --role timestamp|snapshot|targets|director [--root-key PATH] [--json]
+                           [--targets-key OLD --new-key-out PATH]   (targets, with the targets key offline)
+    ota-server targets status --data-dir DIR [--warn-days 30] [--json]
+    ota-server targets stage-refresh --data-dir DIR                      (stage unchanged targets: renew the expiry)
+    ota-server targets sign --data-dir DIR --targets-key PATH            (the key plugged into the server)
+    ota-server targets export --data-dir DIR --out FILE                  (air-gapped: on the server)
+    ota-server targets sign FILE --targets-key PATH --out SIGNED         (air-gapped: on the offline machine)
+    ota-server targets import --data-dir DIR SIGNED                      (air-gapped: back on the server)
 
-Exit codes: 0 ok, 1 the operation failed (message on stderr), 2 usage error.
+Exit codes: 0 ok, 1 the operation failed (message on stderr), 2 usage error, 3 nothing is staged
+(``targets sign`` / ``export``: the signed targets are current).
+
+The key commands (``root``, ``keys``, ``targets``) are :mod:`ota_server.cli_trust`'s.
 """
 
 from __future__ import annotations
@@ -29,8 +39,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ota_server.cli_trust import HANDLERS as TRUST_HANDLERS
+from ota_server.cli_trust import add_parsers as add_trust_parsers
 from ota_server.config import ServerConfig
-from ota_server.errors import OtaServerError, SetupError
+from ota_server.errors import NothingStaged, OtaServerError, RepositoryError, SetupError
 
 if TYPE_CHECKING:
     from ota_server.serving.connections import ConnectionLimits
@@ -38,7 +50,6 @@ if TYPE_CHECKING:
 __all__ = ["build_parser", "main", "with_report_limits"]
 
 log = logging.getLogger("ota_server")
-ROTATABLE_ROLES = ("timestamp", "snapshot", "targets", "director")  # ONLINE_ROLES of trust.repository + director
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="PATH",
         help="write the TUF root key to PATH instead of the data dir; move it to offline storage",
+    )
+    p.add_argument(
+        "--offline-targets",
+        type=Path,
+        metavar="PATH",
+        help="write the TUF targets key to PATH instead of the data dir: publishes are staged until "
+        "`ota-server targets sign` signs them with it; move it to offline storage",
     )
     p.add_argument("--max-upload-mb", type=float, default=512.0, help="largest bundle upload (default 512 MiB)")
     p.add_argument("--force", action="store_true", help="wipe and re-create an existing data directory")
@@ -142,24 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="open connections per client address (IPv6: /64) in each worker; more get 429 (default 32, 0: no cap)",
     )
 
-    r = sub.add_parser("root", help="root key operations")
-    rsub = r.add_subparsers(dest="root_command", required=True)
-    rr = rsub.add_parser("resign", help="write root version N+1 with a fresh expiry, signed by the root key")
-    rr.add_argument("--data-dir", type=Path, required=True)
-    rr.add_argument("--root-key", type=Path, required=True, help="the (offline) root key file")
-    rr.add_argument("--expires-days", type=int, default=365)
-
-    k = sub.add_parser("keys", help="key operations")
-    ksub = k.add_subparsers(dest="keys_command", required=True)
-    kr = ksub.add_parser("rotate", help="replace a role's key: a new root version lists the new key, not the old")
-    kr.add_argument("--data-dir", type=Path, required=True)
-    kr.add_argument("--role", required=True, choices=list(ROTATABLE_ROLES))
-    kr.add_argument(
-        "--root-key",
-        type=Path,
-        help="the (offline) root key file (default: DIR/keys/root.pem when it is there); not for the director",
-    )
-    kr.add_argument("--json", action="store_true")
+    add_trust_parsers(sub)
     return parser
 
 
@@ -180,7 +181,9 @@ def cmd_init(args: argparse.Namespace) -> int:
         public_url=args.public_url,
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
     )
-    result = init_data_dir(config, offline_root=args.offline_root, force=args.force)
+    result = init_data_dir(
+        config, offline_root=args.offline_root, offline_targets=args.offline_targets, force=args.force
+    )
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -197,6 +200,14 @@ def cmd_init(args: argparse.Namespace) -> int:
             "It is needed only to re-sign root (before it expires, or to rotate keys):\n"
             f"  ota-server root resign --data-dir {config.data_dir} --root-key /media/offline-usb/"
             f"{Path(result['root_key']).name}"
+        )
+    if args.offline_targets:
+        print(
+            f"\nThe TUF targets key is at {result['targets_key']}. Move it to offline storage now. Publishes are "
+            "staged until it signs them:\n"
+            f"  ota-server targets status --data-dir {config.data_dir}\n"
+            f"  ota-server targets sign --data-dir {config.data_dir} --targets-key /media/offline-usb/"
+            f"{Path(result['targets_key']).name}"
         )
     print(f"\nNext: ota-server serve --data-dir {config.data_dir} --bind 127.0.0.1:8080")
     return 0
@@ -360,6 +371,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.workers < 1 or args.threads < 1:
         raise SetupError(f"--workers and --threads must be >= 1, got {args.workers} and {args.threads}")
     os.environ["EDGEFLEET_DATA_DIR"] = str(config.data_dir)
+    _warn_targets_expiry(config)
     if args.debug:
         from ota_server.app import create_app
 
@@ -382,6 +394,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
 
 
+def _warn_targets_expiry(config: ServerConfig) -> None:
+    """Log a warning at start when the signed TUF targets expire within 30 days (or have)."""
+    from ota_server.trust.offline import targets_expiry
+    from ota_server.trust.repository import Repository
+
+    try:
+        warning = targets_expiry(Repository(config))["warning"]
+    except RepositoryError as e:
+        log.warning("cannot check when the TUF targets expire: %s", e)
+        return
+    if warning:
+        log.warning("%s", warning)
+
+
 def _limits(args: argparse.Namespace, config: ServerConfig) -> ConnectionLimits:
     """The slow-client deadlines and connection cap from ``serve``'s flags.
 
@@ -401,78 +427,6 @@ def _limits(args: argparse.Namespace, config: ServerConfig) -> ConnectionLimits:
         raise SetupError(f"--header-timeout-s, --body-timeout-s, --max-connections-per-ip: {e}") from e
 
 
-def cmd_root(args: argparse.Namespace) -> int:
-    """``ota-server root resign``.
-
-    Raises:
-        SetupError: the data directory is not initialized. RepositoryError: the key is not this
-            repository's root key, or root cannot be signed.
-    """
-    from ota_server.trust.repository import resign_root
-
-    config = _load(args.data_dir)
-    path = resign_root(config, root_key_path=args.root_key, expires_days=args.expires_days)
-    print(f"wrote {path}; devices pick it up on their next TUF refresh")
-    return 0
-
-
-def cmd_keys(args: argparse.Namespace) -> int:
-    """``ota-server keys rotate``.
-
-    Raises:
-        SetupError: the data directory is not initialized, or no root key is given or found.
-            RepositoryError: the key is not this repository's root key, or the repository
-            cannot be written.
-    """
-    from ota_server.trust.repository import rotate_director, rotate_key
-
-    config = _load(args.data_dir)
-    if args.role == "director":
-        result = rotate_director(config, bump_generation=lambda: _bump_generation(config, action="keys.rotate"))
-        if args.json:
-            print(json.dumps(result))
-        else:
-            print(
-                f"rotated the director key: {result['old_keyid'][:12]} -> {result['new_keyid'][:12]}; the TUF "
-                "targets list it alone, devices pick it up on their next TUF refresh"
-            )
-        return 0
-    root_key = args.root_key or config.keys_dir / "root.pem"
-    if not root_key.exists():
-        raise SetupError(f"no root key at {root_key}; pass --root-key with the offline root key file")
-    result = rotate_key(config, args.role, root_key_path=root_key)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(
-            f"rotated the {result['role']} key: {result['old_keyid'][:12]} -> {result['new_keyid'][:12]} "
-            f"(root version {result['root_version']}); devices pick it up on their next TUF refresh"
-        )
-    return 0
-
-
-def _bump_generation(config: ServerConfig, *, action: str) -> None:
-    """Make every worker drop its cached assignments (they re-sign at the next poll).
-
-    Raises:
-        SetupError: the database cannot be used.
-    """
-    import sqlalchemy as sa
-
-    from ota_server.storage import db
-    from ota_server.storage import store as st
-
-    engine = db.make_engine(config.effective_db_url)
-    try:
-        with engine.begin() as conn:
-            st.bump_generation(conn)
-            st.audit(conn, "cli:ota-server", action, "director")
-    except sa.exc.SQLAlchemyError as e:
-        raise SetupError(f"cannot bump the fleet generation: {e}") from e
-    finally:
-        engine.dispose()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -487,11 +441,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "token": cmd_token,
         "enroll-token": cmd_enroll_token,
         "serve": cmd_serve,
-        "root": cmd_root,
-        "keys": cmd_keys,
+        **TRUST_HANDLERS,
     }
     try:
         return int(handlers[args.command](args))
+    except NothingStaged as e:
+        print(f"ota-server {args.command}: {e}", file=sys.stderr)
+        return 3
     except OtaServerError as e:
         print(f"ota-server {args.command}: error: {e}", file=sys.stderr)
         return 1

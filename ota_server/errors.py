@@ -6,6 +6,7 @@
     ├── SetupError                 init/serve/key files: a data dir that is missing, exists, or is unsafe
     │   └── LocalServerError       a local server (ota_server.local) did not start; its log_path explains
     ├── RepositoryError            the TUF repository or artifact store could not be read or written
+    │   └── NothingStaged          an offline targets signing found no staged change (exit code 3)
     ├── StoreError                 the SQL store (ota_server.storage) could not do what was asked
     │   └── RecordNotFound         no row with that key; the app answers it as a 404 NotFound
     └── ApiError                   answered to an HTTP client as {"error": {"code", "message", "field"}}
@@ -37,6 +38,7 @@ __all__ = [
     "Conflict",
     "Forbidden",
     "LocalServerError",
+    "NothingStaged",
     "NotFound",
     "OtaServerError",
     "PayloadTooLarge",
@@ -68,6 +70,10 @@ class LocalServerError(SetupError):
 
 class RepositoryError(OtaServerError):
     """The TUF repository or the artifact store could not be read or written."""
+
+
+class NothingStaged(RepositoryError):
+    """An offline targets signing or export found nothing staged: the signed targets are current."""
 
 
 class StoreError(OtaServerError):

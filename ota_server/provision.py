@@ -6,7 +6,9 @@ one ``init`` makes binds group ``default`` with unlimited uses).
 
 Directories are 0700, private keys and ``server.db`` 0600. With ``offline_root`` the root key is
 written only to that path (for the operator to move to offline storage); the data directory then
-holds no root key and re-signing root needs it back (``ota-server root resign``).
+holds no root key and re-signing root needs it back (``ota-server root resign``). With
+``offline_targets`` the TUF targets key is written only to that path: the data directory holds no
+``keys/targets.pem``, publishes stage their targets and ``ota-server targets sign`` signs them.
 """
 
 from __future__ import annotations
@@ -80,12 +82,18 @@ def _wipe(config: ServerConfig) -> None:
             engine.dispose()
 
 
-def init_data_dir(config: ServerConfig, *, offline_root: Path | None = None, force: bool = False) -> dict[str, Any]:
+def init_data_dir(
+    config: ServerConfig,
+    *,
+    offline_root: Path | None = None,
+    offline_targets: Path | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
     """Create everything a server needs; refuses an initialized directory unless ``force``.
 
     Raises:
-        SetupError: the directory is initialized (without ``force``), ``offline_root`` exists,
-            or the database cannot be used.
+        SetupError: the directory is initialized (without ``force``), ``offline_root`` or
+            ``offline_targets`` exists or both name one file, or the database cannot be used.
     """
     if _is_initialized(config):
         if not force:
@@ -96,16 +104,22 @@ def init_data_dir(config: ServerConfig, *, offline_root: Path | None = None, for
         _wipe(config)
     if offline_root is not None and offline_root.exists():
         raise SetupError(f"{offline_root} already exists; refusing to overwrite a root key")
+    if offline_targets is not None and offline_targets.exists():
+        raise SetupError(f"{offline_targets} already exists; refusing to overwrite a targets key")
+    if offline_root is not None and offline_targets is not None and offline_root.resolve() == offline_targets.resolve():
+        raise SetupError("--offline-root and --offline-targets must be two files: root and targets keys differ")
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(config.data_dir, 0o700)
     for d in (config.keys_dir, config.tmp_dir, config.locks_dir, config.artifacts_dir, config.data_dir / "run"):
         d.mkdir(mode=0o700, exist_ok=True)
-    for role in ("targets", "snapshot", "timestamp"):
+    targets_key = offline_targets.resolve() if offline_targets else config.keys_dir / "targets.pem"
+    generate_key(targets_key)
+    for role in ("snapshot", "timestamp"):
         generate_key(config.keys_dir / f"{role}.pem")
     director = generate_key(config.keys_dir / "director.pem")
     root_key = offline_root.resolve() if offline_root else config.keys_dir / "root.pem"
     generate_key(root_key)
-    create_repository(config, root_key_path=root_key)
+    create_repository(config, root_key_path=root_key, targets_key_path=targets_key)
 
     engine = db.make_engine(config.effective_db_url)
     try:
@@ -121,7 +135,8 @@ def init_data_dir(config: ServerConfig, *, offline_root: Path | None = None, for
                 name="fleet",
                 **_binding(group="default", tags=(), uses=None, expires_s=None, approval=False),
             )
-            st.audit(conn, "cli:ota-server", "server.init", str(config.data_dir), {"offline_root": bool(offline_root)})
+            detail = {"offline_root": bool(offline_root), "offline_targets": bool(offline_targets)}
+            st.audit(conn, "cli:ota-server", "server.init", str(config.data_dir), detail)
     finally:
         engine.dispose()
     if config.sqlite_path.exists() and config.db_url is None:
@@ -140,6 +155,8 @@ def init_data_dir(config: ServerConfig, *, offline_root: Path | None = None, for
         "director_keyid": public["keyid"],
         "root_key": str(root_key),
         "offline_root": offline_root is not None,
+        "targets_key": str(targets_key),
+        "offline_targets": offline_targets is not None,
     }
 
 

@@ -31,7 +31,16 @@ from tqdm import tqdm
 
 from ota_server.client.api import OtaClient
 from ota_server.client.bundle import make_tar
-from ota_server.client.ctl_render import printable, render_device, render_failures, render_reasons, sanitize
+from ota_server.client.ctl_render import (
+    awaiting_note,
+    printable,
+    render_device,
+    render_failures,
+    render_reasons,
+    render_release,
+    sanitize,
+    signed_cell,
+)
 from ota_server.client.errors import ClientError, NotABundle, Unreachable
 from ota_server.client.schema import CoverageWarning, RolloutRequest
 
@@ -144,6 +153,14 @@ def _names(text: str | None) -> list[str]:
     return [x for x in (text or "").split(",") if x]
 
 
+def cmd_releases(c: OtaClient, a: argparse.Namespace) -> Any:
+    if a.model_version is None:
+        return c.releases(name=a.name)
+    if a.name is not None:
+        raise UsageError("give MODEL@VERSION or --name, not both")
+    return c.release(*_model_version(a.model_version))
+
+
 def cmd_rollout_create(c: OtaClient, a: argparse.Namespace) -> Any:
     model, version = _model_version(a.model_version)
     try:
@@ -226,11 +243,17 @@ def render(command: str, sub: str | None, data: Any) -> str:
     """The answer as ``ota-ctl`` prints it without ``--json``; every string it shows is escaped
     (:func:`ota_server.client.ctl_render.sanitize`)."""
     data = sanitize(data)
+    if command == "releases" and isinstance(data, dict):
+        return render_release(data, table)
     if command == "releases":
-        return table(data, ["counter", "name", "version", "rollback_of", "created_at", "created_by"])
+        rows = [dict(r, signed=signed_cell(r)) for r in data]
+        return table(rows, ["counter", "name", "version", "signed", "rollback_of", "created_at", "created_by"])
     if command == "publish":
-        return f"published {data['name']}@{data['version']} as release {data['counter']}\n" + table(
-            [dict(f, sha256=f["hashes"]["sha256"][:16]) for f in data["files"]], ["path", "length", "sha256"]
+        note = awaiting_note(data)
+        return (
+            f"published {data['name']}@{data['version']} as release {data['counter']}\n"
+            + (note + "\n" if note else "")
+            + table([dict(f, sha256=f["hashes"]["sha256"][:16]) for f in data["files"]], ["path", "length", "sha256"])
         )
     if command == "devices" and sub == "show":
         return render_device(data)
@@ -251,7 +274,9 @@ def render(command: str, sub: str | None, data: Any) -> str:
     if command == "rollout" and isinstance(data, dict) and "progress" in data:
         return render_rollout(data)
     if command == "rollout" and isinstance(data, dict) and "rollout" in data:
-        return f"rollback release {data['release']['counter']}\n" + render_rollout(data["rollout"])
+        note = awaiting_note(data["release"])
+        head = f"rollback release {data['release']['counter']}\n" + (note + "\n" if note else "")
+        return head + render_rollout(data["rollout"])
     return json.dumps(data, indent=2)
 
 
@@ -295,7 +320,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     pub = sub.add_parser("publish", help="upload a bundle directory as a new release (publisher)")
     pub.add_argument("bundle_dir")
-    rel = sub.add_parser("releases", help="list releases (viewer)")
+    rel = sub.add_parser(
+        "releases",
+        help="list releases, or show one (viewer)",
+        description="List releases with their counters and whether the TUF targets key has signed them (with the "
+        "targets key offline, a release awaits the signature: devices cannot see it, rollouts of it are refused); "
+        "with MODEL@VERSION, show that release and its files.",
+    )
+    rel.add_argument("model_version", nargs="?", metavar="MODEL@VERSION", help="show this release")
     rel.add_argument("--name", help="only this model")
 
     ro = sub.add_parser("rollout", help="create and steer rollouts (operator; viewer to read)")
@@ -345,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
 def dispatch(c: OtaClient, a: argparse.Namespace) -> Any:
     handlers: dict[str, Callable[[OtaClient, argparse.Namespace], Any]] = {
         "publish": cmd_publish,
-        "releases": lambda c, a: c.releases(name=a.name),
+        "releases": cmd_releases,
         "rollout": cmd_rollout,
         "devices": cmd_devices,
         "audit": lambda c, a: c.audit(limit=a.limit),

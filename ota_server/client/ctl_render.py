@@ -1,4 +1,4 @@
-"""How ``ota-ctl`` prints reason codes and gate evidence: what a device decided, and why.
+"""How ``ota-ctl`` prints reason codes, gate evidence and releases: what a device decided, and why.
 
 Part of the command-line client: it imports nothing of the server, only
 :mod:`models.reasons` (standard library), and makes no request. Every :class:`~models.reasons.ReasonCode` has a
@@ -20,10 +20,12 @@ from typing import Any
 from models.reasons import ReasonCode, UnknownReasonCode
 
 __all__ = [
+    "AWAITING",
     "REASON_HINTS",
     "printable",
     "sanitize",
     "agreement_line",
+    "awaiting_note",
     "confusion_line",
     "gate_lines",
     "latency_line",
@@ -31,6 +33,8 @@ __all__ = [
     "render_device",
     "render_failures",
     "render_reasons",
+    "render_release",
+    "signed_cell",
     "timing_lines",
 ]
 
@@ -242,4 +246,38 @@ def render_device(d: Mapping[str, Any]) -> str:
             f"{outcome}, at {gate.get('time')}"
         )
         out += gate_lines(gate)
+    return "\n".join(out)
+
+
+AWAITING = "no: awaiting the offline targets signature"  # a release TUF does not list yet
+
+
+def signed_cell(release: Mapping[str, Any]) -> str:
+    """``yes``, or why devices cannot see the release yet (a server without offline targets says nothing)."""
+    return AWAITING if release.get("awaiting_signature") else "yes"
+
+
+def awaiting_note(release: Mapping[str, Any]) -> str | None:
+    """What an operator does about a release awaiting the offline targets signature, or None."""
+    if not release.get("awaiting_signature"):
+        return None
+    return (
+        f"release {release.get('counter')} awaits the offline TUF targets signature: devices cannot see it and "
+        "rollouts of it are refused (409) until the key holder runs `ota-server targets sign` on the server"
+    )
+
+
+def render_release(r: Mapping[str, Any], table: Callable[..., str]) -> str:
+    """``ota-ctl releases MODEL@VERSION``: the release, whether it is signed, its files."""
+    rollback = f", rollback of release {r['rollback_of']}" if r.get("rollback_of") else ""
+    out = [
+        f"release {r['counter']}: {r['name']}@{r['version']}{rollback}",
+        f"signed: {signed_cell(r)}",
+        f"created {r.get('created_at')} by {r.get('created_by')}",
+    ]
+    note = awaiting_note(r)
+    if note:
+        out.append(note)
+    files = [dict(f, sha256=(f.get("hashes") or {}).get("sha256", "")[:16]) for f in r.get("files") or []]
+    out += ["", table(files, ["path", "kind", "variant", "length", "sha256"])]
     return "\n".join(out)

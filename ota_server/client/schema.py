@@ -76,6 +76,7 @@ class Release(TypedDict):
     name: str
     version: str
     rollback_of: int | None
+    awaiting_signature: bool  # the offline TUF targets key has not signed it: devices cannot see it, no rollout
     created_at: str
     created_by: str
     files: list[ReleaseFile]

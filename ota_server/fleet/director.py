@@ -91,8 +91,9 @@ def _iso(t: datetime) -> str:
 
 
 class Catalog:
-    """Per-worker read cache: releases are immutable (cached for good), the assigning rollouts of
-    a group are cached for one fleet generation."""
+    """Per-worker read cache: releases are immutable once signed (cached for good; one awaiting
+    the offline targets signature is read again), the assigning rollouts of a group are cached
+    for one fleet generation."""
 
     def __init__(self) -> None:
         self._releases: dict[int, tuple[dict[str, Any], Manifest, list[dict[str, Any]]]] = {}
@@ -110,8 +111,9 @@ class Catalog:
         if hit is None:
             row = st.get_release(conn, counter)
             hit = (row, Manifest.from_dict(row["manifest"]), st.release_files(conn, counter))
-            with self._lock:
-                self._releases[counter] = hit
+            if not row.get("awaiting_signature"):
+                with self._lock:
+                    self._releases[counter] = hit
         return hit
 
     def rollouts(self, conn: Connection, group: str, gen: int | None) -> list[dict[str, Any]]:
@@ -130,13 +132,24 @@ class Catalog:
 
 
 def pick_release(conn: Connection, device: Mapping[str, Any], catalog: Catalog, gen: int | None) -> Target:
-    """The newest assigning rollout whose current stage includes the device, else what it runs."""
+    """The newest assigning rollout whose current stage includes the device and whose release TUF
+    lists (not one awaiting the offline targets signature), else what it runs."""
     for rollout in reversed(catalog.rollouts(conn, device["group_name"], gen)):
-        if ro.assigns(rollout, device):
+        if ro.assigns(rollout, device) and not _awaits_signature(conn, catalog, rollout["release"]):
             return Target(rollout["id"], rollout["release"], rollout["gates"])
     if device["running_release"] is not None:
         return Target(None, device["running_release"], None)
     return Target(None, None, None)
+
+
+def _awaits_signature(conn: Connection, catalog: Catalog, counter: int) -> bool:
+    try:
+        awaiting = bool(catalog.release(conn, counter)[0].get("awaiting_signature"))
+    except RecordNotFound:
+        return False  # build_signed logs the unknown release
+    if awaiting:
+        log.debug("release %s awaits the offline targets signature: the director holds it back", counter)
+    return awaiting
 
 
 def build_signed(
@@ -172,6 +185,8 @@ def build_signed(
         release, manifest, files = catalog.release(conn, choice.release)
     except RecordNotFound:
         log.warning("device %s runs release %s, which this server does not know", device["id"], choice.release)
+        return signed
+    if release.get("awaiting_signature"):  # TUF does not list it yet: no device could verify it
         return signed
     try:
         variants = runnable_variants(manifest, HardwareProfile.from_dict(device["hardware"]))

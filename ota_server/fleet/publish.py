@@ -11,6 +11,13 @@ failure undoes the file moves and the metadata writes, so a failed publish leave
 nothing in ``tmp/``, the artifact store or the metadata. Error messages name tar members and
 bundle files, never a path of the server's own.
 
+With the targets key offline the targets change is staged instead of signed (same lock, same
+undo): the release is stored *awaiting signature* until ``ota-server targets sign`` (or
+``import``) installs signed targets that list it (:func:`settle_signed`); no rollout may use it
+before then. The flag lives in the release row so rollouts and the director read it in their own
+transaction; :func:`settle_signed` derives it again from the signed targets, so a signing that
+stopped before the database caught up is settled by the next ``targets sign`` or ``status``.
+
 Not here: the HTTP side (the route in :mod:`ota_server.api.releases`) and the manifest rules
 (:mod:`models.bundle`).
 """
@@ -22,19 +29,20 @@ import shutil
 import tarfile
 import tempfile
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 from models.bundle import MANIFEST_NAME, BundleError, Manifest, read_bundle, semver_key, sha256_file
 from ota_server.errors import BadRequest, Conflict, PayloadTooLarge
 from ota_server.storage import store as st
 from ota_server.storage.store import Store
 from ota_server.trust.artifacts import ArtifactStore
-from ota_server.trust.repository import NewTarget, Repository
+from ota_server.trust.repository import OFFLINE_TARGETS_HINT, NewTarget, Repository
 
 __all__ = [
     "MAX_MEMBERS",
@@ -45,6 +53,7 @@ __all__ = [
     "file_specs",
     "receive",
     "release_view",
+    "settle_signed",
     "validate",
     "with_counter",
 ]
@@ -233,6 +242,8 @@ class Publisher:
         self.artifacts = artifacts
         self.tmp_dir = tmp_dir
         self.max_bytes = max_bytes  # what a bundle may extract to; None: its tar's size
+        if repo.offline_targets:
+            log.info("the TUF targets key is offline: publishes are staged until `%s`", OFFLINE_TARGETS_HINT)
 
     def publish_tar(self, tar_path: Path, *, actor: str) -> dict[str, Any]:
         """Publish the bundle in ``tar_path`` (removed afterwards) as the next release.
@@ -286,6 +297,7 @@ class Publisher:
                         "name": manifest.name,
                         "version": manifest.version,
                         "rollback_of": None,
+                        "awaiting_signature": self.repo.offline_targets,
                         "manifest": manifest.to_dict(),
                         "created_at": st.utcnow(),
                         "created_by": actor,
@@ -303,6 +315,8 @@ class Publisher:
                     path.unlink(missing_ok=True)
                 raise
         log.info("published %s@%s as release %d by %s", manifest.name, manifest.version, counter, actor)
+        if release["awaiting_signature"]:
+            log.info("release %d awaits the offline targets signature: %s", counter, OFFLINE_TARGETS_HINT)
         return release_view(release, _file_rows(specs, targets))
 
 
@@ -327,6 +341,7 @@ def release_view(release: dict[str, Any], files: Iterable[dict[str, Any]]) -> di
         "name": release["name"],
         "version": release["version"],
         "rollback_of": release["rollback_of"],
+        "awaiting_signature": bool(release.get("awaiting_signature")),
         "created_at": release["created_at"],
         "created_by": release["created_by"],
         "files": [
@@ -341,3 +356,22 @@ def release_view(release: dict[str, Any], files: Iterable[dict[str, Any]]) -> di
             for f in files
         ],
     }
+
+
+def settle_signed(conn: Connection, signed: Mapping[str, Any]) -> list[int]:
+    """Mark signed every release awaiting signature whose files the signed targets list at its
+    counter or a later one (a rollback re-points a path at a higher counter, never a lower);
+    returns their counters. ``signed``: target path to its ``TargetFile``."""
+    done = []
+    for release in st.awaiting_releases(conn):
+        counter = release["counter"]
+        files = st.release_files(conn, counter)
+        if files and all(_listed_from(signed.get(f["path"]), counter) for f in files):
+            done.append(counter)
+    st.mark_releases_signed(conn, done)
+    return done
+
+
+def _listed_from(info: Any, counter: int) -> bool:
+    release = ((getattr(info, "custom", None) or {}).get("edgefleet") or {}).get("release")
+    return isinstance(release, int) and release >= counter

@@ -23,7 +23,7 @@ from ota_server.errors import BadRequest, Conflict
 from ota_server.fleet.publish import release_view, with_counter
 from ota_server.rules import rollouts as ro
 from ota_server.storage import store as st
-from ota_server.trust.repository import NewTarget, Repository
+from ota_server.trust.repository import OFFLINE_TARGETS_HINT, NewTarget, Repository
 
 __all__ = [
     "act",
@@ -136,13 +136,23 @@ def count_outcome(
 
 
 def create_rollout(
-    conn: Connection, spec: ro.RolloutSpec, *, actor: str, release: int | None = None, supersede: str | None = None
+    conn: Connection,
+    spec: ro.RolloutSpec,
+    *,
+    actor: str,
+    release: int | None = None,
+    supersede: str | None = None,
+    allow_unsigned: bool = False,
 ) -> dict[str, Any]:
     """Insert a rollout of ``spec.model@spec.version`` (or of ``release``).
 
+    A release awaiting the offline targets signature is refused, unless ``allow_unsigned`` (a
+    rollback's own rollout: the director holds its assignments until TUF lists the release).
+
     Raises:
         BadRequest: no such release, or a gate override that loosens the bundle's gates.
-            Conflict: a rollout of the model to the group is still active, paused or halted.
+            Conflict: a rollout of the model to the group is still active, paused or halted, or
+            the release awaits the offline targets signature.
     """
     st.lock(conn, f"rollouts:{spec.model}:{spec.group}")
     if release is None:
@@ -152,6 +162,12 @@ def create_rollout(
         release = row["counter"]
     else:
         row = st.get_release(conn, release)
+    if row.get("awaiting_signature") and not allow_unsigned:
+        raise Conflict(
+            f"release {row['name']}@{row['version']} (counter {row['counter']}) awaits the offline TUF targets "
+            f"signature: devices cannot verify it yet; sign it with `{OFFLINE_TARGETS_HINT}`, then create the rollout",
+            field="version",
+        )
     ro.check_gates_tighten(Manifest.from_dict(row["manifest"]).gates, spec.gates)
     for other in st.list_rollouts(conn, group=spec.group, model=spec.model):
         if other["id"] == supersede:
@@ -295,7 +311,9 @@ def rollback(
 
     The older release's TUF targets are re-signed with the new counter (devices require the
     director's counter to be the one the targets key signs); the caller holds ``repo``'s lock and,
-    when its transaction fails, passes the files added to ``created`` to ``repo.discard``.
+    when its transaction fails, passes the files added to ``created`` to ``repo.discard``. With
+    the targets key offline the re-pointed targets are staged and the new rollout assigns nothing
+    until they are signed (``ota-server targets sign``): devices keep what they run until then.
 
     Raises:
         BadRequest: the body names no older release of the model, or bad stages. RecordNotFound:
@@ -318,6 +336,7 @@ def rollback(
         "name": old["name"],
         "version": old["version"],
         "rollback_of": old["counter"],
+        "awaiting_signature": repo.offline_targets,
         "manifest": old["manifest"],
         "created_at": st.utcnow(),
         "created_by": actor,
@@ -344,7 +363,7 @@ def rollback(
         # the older bundle may be stricter: keep only the overrides that still tighten it
         gates=_still_tightening(Manifest.from_dict(old["manifest"]), rollout["gates"] or {}),
     )
-    new = create_rollout(conn, spec, actor=actor, release=counter, supersede=rollout_id)
+    new = create_rollout(conn, spec, actor=actor, release=counter, supersede=rollout_id, allow_unsigned=True)
     st.audit(conn, actor, "rollout.rollback", rollout_id, {"release": counter, "rollout": new["id"]})
     created += repo.add_targets(
         [
@@ -352,6 +371,8 @@ def rollback(
             for f in files
         ]
     )
+    if new_release["awaiting_signature"]:
+        log.warning("rollback release %d awaits the offline targets signature: %s", counter, OFFLINE_TARGETS_HINT)
     return {"release": release_view(new_release, files), "rollout": rollout_view(conn, new)}
 
 

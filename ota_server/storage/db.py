@@ -107,6 +107,8 @@ releases = sa.Table(
     sa.Column("name", sa.String(64), nullable=False, index=True),
     sa.Column("version", sa.String(64), nullable=False),
     sa.Column("rollback_of", sa.Integer, nullable=True),  # a rollback release re-points this one
+    # its TUF targets are staged, not signed: the targets key is offline (NULL on older rows: signed)
+    sa.Column("awaiting_signature", sa.Boolean, nullable=True),
     sa.Column("manifest", sa.JSON, nullable=False),
     sa.Column("created_at", sa.String(32), nullable=False),
     sa.Column("created_by", sa.String(128), nullable=False),

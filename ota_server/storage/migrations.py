@@ -101,6 +101,7 @@ MIGRATIONS = (
     # the revocation epoch is row 2 of generation, made below on every database that lacks it
     Migration(7, "device revocation", columns=(("devices", "revoked_at"),)),
     Migration(8, "per-device assignment revision", columns=(("devices", "assignment_rev"),)),
+    Migration(9, "releases awaiting the offline targets signature", columns=(("releases", "awaiting_signature"),)),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

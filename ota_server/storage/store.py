@@ -518,6 +518,19 @@ def list_releases(conn: Connection, *, name: str | None = None) -> list[Row]:
     return [dict(r) for r in conn.execute(stmt).mappings()]
 
 
+def awaiting_releases(conn: Connection) -> list[Row]:
+    """Releases whose TUF targets await the offline targets signature, oldest first."""
+    stmt = sa.select(db.releases).where(db.releases.c.awaiting_signature.is_(True)).order_by(db.releases.c.counter)
+    return [dict(r) for r in conn.execute(stmt).mappings()]
+
+
+def mark_releases_signed(conn: Connection, counters: Iterable[int]) -> None:
+    """Releases ``counters`` no longer await the targets signature."""
+    counters = list(counters)
+    if counters:
+        conn.execute(db.releases.update().where(db.releases.c.counter.in_(counters)).values(awaiting_signature=False))
+
+
 def release_files(conn: Connection, counter: int) -> list[Row]:
     stmt = sa.select(db.release_files).where(db.release_files.c.release == counter)
     return [dict(r) for r in conn.execute(stmt.order_by(db.release_files.c.path)).mappings()]

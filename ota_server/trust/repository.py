@@ -7,7 +7,10 @@ Layout (consistent snapshots)::
 
 Every change writes new versioned files first and replaces ``timestamp.json`` last (temp file +
 ``os.replace``), all under an ``fcntl`` lock shared by every worker, so a reader never sees a
-half-written repository. The root key may live offline: only ``root_signer`` needs it.
+half-written repository. The root key may live offline: only re-signing root needs it. The
+targets key may live offline too (no ``keys/targets.pem``): then :meth:`Repository.add_targets`
+*stages* the change in ``tuf/staged/targets.json`` (unsigned targets metadata, version N+1, holding
+every change since the last signing) and :mod:`ota_server.trust.offline` signs and installs it.
 
 This module does not know about releases or the database; :mod:`ota_server.fleet.publish` drives it.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -55,7 +59,9 @@ from ota_server.trust.keys import (
 __all__ = [
     "ONLINE_ROLES",
     "NewTarget",
+    "OFFLINE_TARGETS_HINT",
     "Repository",
+    "TARGETS_WARN_S",
     "create_repository",
     "file_lock",
     "resign_root",
@@ -65,7 +71,10 @@ __all__ = [
 
 ONLINE_ROLES = ("timestamp", "snapshot", "targets")  # keys that sign online and ``rotate_key`` rotates
 
+log = logging.getLogger(__name__)
 _SERIALIZER = JSONSerializer(compact=True)
+TARGETS_WARN_S = 30 * 86400  # seconds before offline-signed targets expire that a timestamp re-signing warns
+OFFLINE_TARGETS_HINT = "ota-server targets sign --data-dir DIR --targets-key PATH"  # the offline step
 
 
 @dataclass(frozen=True)
@@ -103,8 +112,17 @@ class Repository:
         self.metadata_dir = config.metadata_dir
         self.targets_dir = config.targets_dir
         self._lock_path = config.locks_dir / "repository.lock"
-        self._ts_cache: tuple[int, datetime] | None = None  # (mtime_ns, expires)
+        self._ts_cache: tuple[int, datetime, datetime] | None = None  # (mtime_ns, expires, targets expires)
         self._also_sign: dict[str, Sequence[Signer]] = {}
+        self._targets_signers: Sequence[Signer] | None = None  # the offline key(s), while they are plugged in
+        self.staged_path = config.metadata_dir.parent / "staged" / "targets.json"
+        self.previous_timestamp: bytes | None = None
+        self._staged_before: tuple[bytes | None] | None = None  # what :meth:`discard` restores
+
+    @property
+    def offline_targets(self) -> bool:
+        """Whether the targets key is offline: the data directory holds no ``keys/targets.pem``."""
+        return not (self.config.keys_dir / "targets.pem").exists()
 
     # ------------------------------------------------------------------ reading
     def _load(self, name: str) -> Metadata[Any]:
@@ -138,6 +156,40 @@ class Repository:
     def root(self) -> Metadata[Root]:
         return self._load(f"{self.root_version()}.root.json")
 
+    def staged(self) -> Metadata[Targets] | None:
+        """The staged (unsigned) targets metadata, None when nothing is staged.
+
+        Raises:
+            RepositoryError: the staged file cannot be read.
+        """
+        try:
+            return Metadata.from_bytes(self.staged_path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, DeserializationError) as e:
+            raise RepositoryError(f"cannot read the staged targets {self.staged_path}: {e}") from e
+
+    def check_staged(self, staged: Metadata[Targets]) -> int:
+        """The signed targets version; the staging must be version signed+1.
+
+        Raises:
+            RepositoryError: the staging is stale (the signed targets moved since it was staged).
+        """
+        current = self.targets().signed.version
+        if staged.signed.version != current + 1:
+            raise RepositoryError(
+                f"the staged targets (version {staged.signed.version}) are stale: the signed targets are "
+                f"version {current}, so the staging must be version {current + 1}; see `ota-server targets "
+                f"status` (removing {self.staged_path} drops its changes)"
+            )
+        return current
+
+    def write_staged(self, staged: Metadata[Targets]) -> None:
+        """Write the staging (unsigned, a fresh expiry) atomically; the caller holds the lock."""
+        staged.signatures.clear()
+        staged.signed.expires = _now() + timedelta(seconds=self.config.targets_ttl_s)
+        write_atomic(self.staged_path, staged.to_bytes(_SERIALIZER))
+
     # ------------------------------------------------------------------ writing
     @contextmanager
     def locked(self) -> Iterator[None]:
@@ -145,11 +197,18 @@ class Repository:
             yield
 
     def _signer(self, role: str) -> Signer:
+        if role == "targets" and self.offline_targets:
+            raise RepositoryError(
+                "the TUF targets key is offline (no keys/targets.pem): targets changes are staged and "
+                f"signed with `{OFFLINE_TARGETS_HINT}`"
+            )
         return tuf_signer(load_private(self.config.keys_dir / f"{role}.pem"))
 
     def _write(self, md: Metadata[Any], name: str, role: str) -> Path:
         md.signatures.clear()
-        md.sign(self._signer(role))
+        signers = self._targets_signers if role == "targets" and self._targets_signers else [self._signer(role)]
+        for signer in signers:
+            md.sign(signer, append=True)
         for extra in self._also_sign.get(role, ()):  # a key rotation signs with the old key too
             md.sign(extra, append=True)
         path = self.metadata_dir / name
@@ -161,16 +220,24 @@ class Repository:
         return self.targets_dir / Path(path).parent / f"{sha256}.{Path(path).name}"
 
     def add_targets(self, new: Sequence[NewTarget]) -> list[Path]:
-        """Link target files and write targets, snapshot, timestamp (caller holds the lock).
+        """Link target files and write targets, snapshot, timestamp (caller holds the lock); with
+        the targets key offline, stage the change instead (see the module docstring).
 
         Returns every file created, so a caller whose transaction fails can remove them
-        (:meth:`discard`). ``timestamp.json`` is replaced last; its previous bytes are kept in
-        ``self.previous_timestamp`` for :meth:`discard`.
+        (:meth:`discard`). ``timestamp.json`` is replaced last; its previous bytes (or, offline,
+        the previous staging) are kept for :meth:`discard`.
+
+        Raises:
+            RepositoryError: the repository cannot be read or written, or the staging is stale.
         """
         created: list[Path] = []
-        self.previous_timestamp = (self.metadata_dir / "timestamp.json").read_bytes()
+        offline = self.offline_targets
+        self.previous_timestamp = None if offline else (self.metadata_dir / "timestamp.json").read_bytes()
+        self._staged_before = (
+            (self.staged_path.read_bytes() if self.staged_path.exists() else None,) if offline else None
+        )
         try:
-            targets = self.targets()
+            targets = self._staging() if offline else self.targets()
             for t in new:
                 dest = self.target_file(t.path, t.sha256)
                 dest.parent.mkdir(parents=True, exist_ok=True)
@@ -186,11 +253,25 @@ class Repository:
                     path=t.path,
                     unrecognized_fields={"custom": t.custom},
                 )
-            self._bump_targets(targets, created)
+            if offline:
+                created.append(self.staged_path)  # :meth:`discard` restores the staging it replaced
+                self.write_staged(targets)
+            else:
+                self._bump_targets(targets, created)
         except BaseException:
             self.discard(created)
             raise
         return created
+
+    def _staging(self) -> Metadata[Targets]:
+        """The staging to add to: the staged targets, or the signed ones as version N+1."""
+        staged = self.staged()
+        if staged is not None:
+            self.check_staged(staged)
+            return staged
+        targets = self.targets()
+        targets.signed.version += 1
+        return targets
 
     def director_target(self, publics: list[dict[str, Any]]) -> NewTarget:
         """:data:`DIRECTOR_TARGET` listing ``publics``, its file written into the targets directory."""
@@ -212,11 +293,18 @@ class Repository:
         targets.signed.expires = _now() + timedelta(seconds=self.config.targets_ttl_s)
         name = f"{targets.signed.version}.targets.json"
         created.append(self._write(targets, name, "targets"))
-        raw = (self.metadata_dir / name).read_bytes()
+        self._link_targets(targets.signed.version, (self.metadata_dir / name).read_bytes(), created)
+
+    def install_targets(self, targets: Metadata[Targets]) -> None:
+        """Install targets signed elsewhere as they are, then bump snapshot and timestamp (caller
+        holds the lock and has verified them)."""
+        raw = targets.to_bytes(_SERIALIZER)
+        write_atomic(self.metadata_dir / f"{targets.signed.version}.targets.json", raw)
+        self._link_targets(targets.signed.version, raw, [])
+
+    def _link_targets(self, version: int, raw: bytes, created: list[Path]) -> None:
         snapshot = self.snapshot()
-        snapshot.signed.meta["targets.json"] = MetaFile(
-            version=targets.signed.version, length=len(raw), hashes=_sha256(raw)
-        )
+        snapshot.signed.meta["targets.json"] = MetaFile(version=version, length=len(raw), hashes=_sha256(raw))
         self._bump_snapshot(snapshot, created)
 
     def _bump_snapshot(self, snapshot: Metadata[Snapshot], created: list[Path]) -> None:
@@ -237,46 +325,83 @@ class Repository:
         self._write(ts, "timestamp.json", "timestamp")
 
     def discard(self, created: Sequence[Path]) -> None:
-        """Undo :meth:`add_targets`: restore the old timestamp, remove the new files."""
-        previous = getattr(self, "previous_timestamp", None)
-        if previous is not None:
-            write_atomic(self.metadata_dir / "timestamp.json", previous)
+        """Undo :meth:`add_targets`: restore the old timestamp (or staging), remove the new files."""
+        if self.previous_timestamp is not None:
+            write_atomic(self.metadata_dir / "timestamp.json", self.previous_timestamp)
+        if self.staged_path in created and self._staged_before is not None:
+            (before,) = self._staged_before
+            if before is None:
+                self.staged_path.unlink(missing_ok=True)
+            else:
+                write_atomic(self.staged_path, before)
         for path in created:
-            path.unlink(missing_ok=True)
+            if path != self.staged_path:
+                path.unlink(missing_ok=True)
 
     def refresh_if_needed(self) -> bool:
-        """Re-sign timestamp (and snapshot) when half their lifetime is gone; cheap when fresh."""
+        """Re-sign timestamp (and snapshot) when half their lifetime is gone, and with the targets key
+        online the targets too; cheap when fresh. With the targets key offline, a re-signing logs a
+        warning once the signed targets expire within :data:`TARGETS_WARN_S` (the offline key must
+        renew them: ``ota-server targets stage-refresh``, then a signing)."""
         path = self.metadata_dir / "timestamp.json"
         mtime = path.stat().st_mtime_ns
         if self._ts_cache is None or self._ts_cache[0] != mtime:
-            self._ts_cache = (mtime, self.timestamp().signed.expires)
-        if self._ts_cache[1] - _now() > timedelta(seconds=self.config.timestamp_ttl_s / 2):
+            # every targets change writes a new timestamp, so its mtime keys the targets expiry too
+            self._ts_cache = (mtime, self.timestamp().signed.expires, self.targets().signed.expires)
+        _, ts_expires, targets_expires = self._ts_cache
+        if not self._timestamp_due(ts_expires) and not self._targets_due(targets_expires):
             return False
         with self.locked():
             ts = self.timestamp()
-            if ts.signed.expires - _now() > timedelta(seconds=self.config.timestamp_ttl_s / 2):
+            targets = self.targets()
+            if self._targets_due(targets.signed.expires):
+                self._bump_targets(targets, [])  # snapshot and timestamp follow
+            elif not self._timestamp_due(ts.signed.expires):
                 return False  # another worker re-signed it while we waited
-            snapshot = self.snapshot()
-            if snapshot.signed.expires - _now() <= timedelta(seconds=self.config.snapshot_ttl_s / 2):
-                self._bump_snapshot(snapshot, [])
             else:
-                raw = (self.metadata_dir / f"{snapshot.signed.version}.snapshot.json").read_bytes()
-                self._bump_timestamp(snapshot.signed.version, raw)
+                snapshot = self.snapshot()
+                if snapshot.signed.expires - _now() <= timedelta(seconds=self.config.snapshot_ttl_s / 2):
+                    self._bump_snapshot(snapshot, [])
+                else:
+                    raw = (self.metadata_dir / f"{snapshot.signed.version}.snapshot.json").read_bytes()
+                    self._bump_timestamp(snapshot.signed.version, raw)
+                if self.offline_targets and targets.signed.expires - _now() <= timedelta(seconds=TARGETS_WARN_S):
+                    log.warning(
+                        "the signed TUF targets expire at %s and the targets key is offline: run `ota-server "
+                        "targets stage-refresh --data-dir %s`, then sign it (%s)",
+                        targets.signed.expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                        self.config.data_dir,
+                        OFFLINE_TARGETS_HINT,
+                    )
         self._ts_cache = None
         return True
+
+    def _timestamp_due(self, expires: datetime) -> bool:
+        return expires - _now() <= timedelta(seconds=self.config.timestamp_ttl_s / 2)
+
+    def _targets_due(self, expires: datetime) -> bool:
+        """Whether the server re-signs the targets now: the key is online, half their lifetime gone."""
+        if expires - _now() > timedelta(seconds=self.config.targets_ttl_s / 2):
+            return False
+        return not self.offline_targets
 
 
 def _sha256(data: bytes) -> dict[str, str]:
     return {"sha256": hashlib.sha256(data).hexdigest()}
 
 
-def create_repository(config: ServerConfig, *, root_key_path: Path) -> Metadata[Root]:
-    """Write version 1 of every role; keys must already exist (see :mod:`ota_server.cli`)."""
+def create_repository(
+    config: ServerConfig, *, root_key_path: Path, targets_key_path: Path | None = None
+) -> Metadata[Root]:
+    """Write version 1 of every role; keys must already exist (see :mod:`ota_server.cli`).
+    ``targets_key_path``: the offline targets key (default: ``keys/targets.pem``)."""
     config.metadata_dir.mkdir(parents=True, exist_ok=True)
     config.targets_dir.mkdir(parents=True, exist_ok=True)
     now = _now()
     root = Metadata(Root(expires=now + timedelta(seconds=config.root_ttl_s), consistent_snapshot=True))
-    for role in ("targets", "snapshot", "timestamp"):
+    targets_key = load_private(targets_key_path or config.keys_dir / "targets.pem")
+    root.signed.add_key(tuf_public(targets_key), "targets")
+    for role in ("snapshot", "timestamp"):
         root.signed.add_key(tuf_public(load_private(config.keys_dir / f"{role}.pem")), role)
     root_key = load_private(root_key_path)
     root.signed.add_key(tuf_public(root_key), "root")
@@ -284,6 +409,7 @@ def create_repository(config: ServerConfig, *, root_key_path: Path) -> Metadata[
     write_atomic(config.metadata_dir / "1.root.json", root.to_bytes(_SERIALIZER))
 
     repo = Repository(config)
+    repo._targets_signers = [tuf_signer(targets_key)]
     targets = Metadata(Targets(expires=now + timedelta(seconds=config.targets_ttl_s)))
     director = config.keys_dir / "director.pem"
     if director.exists():  # devices learn the director key from TUF (see rotate_director)
@@ -360,6 +486,11 @@ def rotate_key(config: ServerConfig, role: str, *, root_key_path: Path) -> dict[
     if role not in ONLINE_ROLES:
         raise RepositoryError(f"role must be one of {list(ONLINE_ROLES)}, got {role!r}")
     repo = Repository(config)
+    if role == "targets" and repo.offline_targets:
+        raise RepositoryError(
+            "the targets key is offline: rotating it needs the old and the new key material "
+            "(ota-server keys rotate --role targets --targets-key OLD --new-key-out PATH)"
+        )
     key_path = config.keys_dir / f"{role}.pem"
     staged = config.keys_dir / f"{role}.pem.new"
     with repo.locked():
@@ -401,6 +532,8 @@ def rotate_director(config: ServerConfig, *, bump_generation: Callable[[], None]
         RepositoryError: the repository cannot be written. SetupError: the key cannot be read.
     """
     repo = Repository(config)
+    if repo.offline_targets:
+        raise RepositoryError("the targets key is offline: a director rotation goes through the staged targets")
     key_path = config.keys_dir / "director.pem"
     staged = config.keys_dir / "director.pem.new"
     with repo.locked():
