@@ -92,7 +92,16 @@ def _add_run(sub: Any) -> None:
     )
     r.add_argument(
         "--source",
-        help="camera source (V4L2 /dev/videoN, file, rtsp://, GStreamer pipeline); without it the agent runs headless",
+        action="append",
+        metavar="[NAME=]SOURCE",
+        help="a camera (V4L2 /dev/videoN, file, rtsp://, GStreamer pipeline), optionally named: front=/dev/video0; "
+        "repeat for several cameras (unnamed ones are cam0, cam1, ...); without any the agent runs headless",
+    )
+    r.add_argument(
+        "--sources",
+        type=Path,
+        metavar="FILE",
+        help="cameras from a JSON/YAML list of NAME=SOURCE strings or {name, source} objects (adds to --source)",
     )
     r.add_argument("--no-loop", action="store_true", help="with a file --source: stop at its end")
     r.add_argument("--results", type=Path, help="with --source: write per-frame results (JSON lines) here")
@@ -100,7 +109,25 @@ def _add_run(sub: Any) -> None:
         "--max-fps",
         type=float,
         default=None,
-        help="with --source: cap the capture rate (frames/s; default: the source's rate)",
+        help="with --source: cap the capture rate of each camera (frames/s; default: the source's rate)",
+    )
+    r.add_argument(
+        "--max-batch",
+        type=int,
+        help="frames per inference (default: one per camera, within what the model takes); "
+        "a model that cannot take it is refused",
+    )
+    r.add_argument(
+        "--batch-timeout-ms",
+        type=float,
+        default=5.0,
+        help="how long a batch waits for the other cameras once one has a frame (default 5)",
+    )
+    r.add_argument(
+        "--cpu-budget",
+        type=int,
+        help="cores for capture and inference (default: all this process may use); "
+        "capture gets min(cameras, N // 2), ONNX Runtime the rest",
     )
     r.add_argument(
         "--engine-opt-batch",
@@ -184,29 +211,62 @@ def _enroll(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _camera_args(args: argparse.Namespace) -> list[str]:
+    from edge_agent.perception.camera import read_sources_file
+
+    sources = list(args.source or [])
+    if args.sources is not None:
+        sources += read_sources_file(args.sources)
+    return sources
+
+
 def _perception(args: argparse.Namespace, config: AgentConfig, stop: threading.Event) -> Any:
-    if not args.source:
-        return None
     # the camera stack is imported only when a camera is asked for
+    from edge_agent.perception.camera import CameraError
+
+    try:
+        sources = _camera_args(args)
+        if not sources:
+            return None
+        return _camera_perception(args, config, stop, sources)
+    except CameraError as e:
+        raise ConfigError(str(e)) from e
+
+
+def _camera_perception(args: argparse.Namespace, config: AgentConfig, stop: threading.Event, sources: list[str]) -> Any:
     import functools
 
     from edge_agent.link.identity import load_identity, load_profile
+    from edge_agent.perception.budget import apply_opencv_threads, split_cpu
+    from edge_agent.perception.camera import parse_cameras
     from edge_agent.perception.runtimes import EngineOptions
     from edge_agent.perception.serving import CameraPerception
 
+    if args.max_batch is not None and args.max_batch < 1:
+        raise ConfigError(f"--max-batch must be >= 1, got {args.max_batch}")
+    if args.batch_timeout_ms < 0:
+        raise ConfigError(f"--batch-timeout-ms must be >= 0, got {args.batch_timeout_ms}")
     paths = config.paths
     # the profile the controller sees too: detection plus the overrides stored at enrollment
     profile = functools.cache(lambda: load_profile(load_identity(paths)))
-    return CameraPerception.from_options(
-        args.source,
+    split = split_cpu(args.cpu_budget, len(parse_cameras(sources)))
+    apply_opencv_threads(split)
+    log.info("%s", split.describe())
+    perception = CameraPerception.from_options(
+        sources,
         loop=not args.no_loop,
+        threads=split.inference,
         results_path=args.results,
         max_fps=args.max_fps,
+        max_batch=args.max_batch,
+        batch_timeout_ms=args.batch_timeout_ms,
         stop_requested=stop,
         engines_dir=paths.engines,
         profile=profile,
         engine=EngineOptions.of(config),
     )
+    perception.probe()  # a source that does not open stops the agent now, not at the first update
+    return perception
 
 
 def _install_stop_handlers(stop: threading.Event) -> None:

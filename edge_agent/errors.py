@@ -5,6 +5,7 @@ raises them name their module (under ``edge_agent/``), the rest are defined here
 
     EdgeAgentError (Exception)        base of everything the agent raises on purpose
     ├── ConfigError                   bad flags, a missing or unreadable data dir / identity
+    │   └── BatchError                perception/pipeline.py: a --max-batch the model cannot take
     ├── JournalError                  the journal or the agent state file cannot be read or written
     ├── ServerError                   the OTA server answered with an error; ``status`` holds the HTTP status
     │   ├── ServerUnreachable         connection refused, timeout, 5xx, the request's deadline: try again later

@@ -40,6 +40,7 @@ __all__ = [
     "Layout",
     "ColorOrder",
     "ResizeMode",
+    "InputForm",
     "DecoderKind",
     "InputSpec",
     "TensorSpec",
@@ -115,6 +116,20 @@ class ResizeMode(str, Enum):
     STRETCH = "stretch"
     LETTERBOX = "letterbox"
     CENTER_CROP = "center-crop"
+
+
+class InputForm(str, Enum):
+    """What a variant's graph takes as input.
+
+    ``tensor``: the network input the :class:`InputSpec` describes (float, its layout,
+    colour order and normalisation, done by :mod:`models.preprocess`). ``frame``: the camera
+    frame resized to the input size, uint8 BGR ``[N, H, W, 3]`` as OpenCV decodes it; the
+    graph itself casts, reorders the channels, normalises and transposes
+    (:meth:`InputSpec.frame_spec`). The resize (letterbox, center crop) stays outside either way.
+    """
+
+    TENSOR = "tensor"
+    FRAME = "frame"
 
 
 class DecoderKind(str, Enum):
@@ -293,6 +308,27 @@ class InputSpec:
         dim = self.shape[3] if self.layout is Layout.NCHW else self.shape[2]
         return int(dim or 0)
 
+    def frame_spec(self) -> InputSpec:
+        """The input of a frame-form variant: the resized uint8 BGR frame, NHWC, nothing else done.
+
+        Same name, batch, size and resize geometry (mode, ``resize_to``, padding) as this spec;
+        the colour order, scale, mean, std and layout are applied inside the graph.
+        """
+        return dataclasses.replace(
+            self,
+            shape=(self.shape[0], self.height, self.width, 3),
+            dtype="uint8",
+            layout=Layout.NHWC,
+            color_order=ColorOrder.BGR,
+            scale=1.0,
+            mean=(0.0, 0.0, 0.0),
+            std=(1.0, 1.0, 1.0),
+        )
+
+    def for_form(self, form: InputForm) -> InputSpec:
+        """What a variant of input ``form`` takes: this spec, or :meth:`frame_spec`."""
+        return self.frame_spec() if form is InputForm.FRAME else self
+
     def to_dict(self) -> dict[str, Any]:
         return dict(_clean(self))
 
@@ -460,6 +496,7 @@ class Variant:
     requires: HardwareRequirements = field(default_factory=HardwareRequirements)
     measurement: Measurement | None = None
     details: Mapping[str, Any] = field(default_factory=dict)  # calibration method, excluded nodes...
+    input_form: InputForm = InputForm.TENSOR  # "frame": the graph takes the resized uint8 BGR frame
 
     @classmethod
     def from_dict(cls, r: _Reader) -> Variant:
@@ -487,6 +524,7 @@ class Variant:
             requires=HardwareRequirements.from_dict(req) if req else HardwareRequirements(),
             measurement=Measurement.from_dict(meas) if meas else None,
             details=r.dict("details"),
+            input_form=r.enum("input_form", InputForm, optional=True) or InputForm.TENSOR,
         )
 
 

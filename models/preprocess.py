@@ -5,6 +5,11 @@ into the network input, and training's evaluation transform, the optimizer's
 calibration reader and the agent's camera pipeline all call it, so a frame is
 preprocessed identically everywhere.
 
+A variant whose graph takes the frame itself (:attr:`~models.bundle.InputForm.FRAME`)
+gets only the geometry here: ``Preprocessor(spec, InputForm.FRAME)`` returns the resized
+uint8 BGR HxWx3 array (stretch, letterbox or center crop), and the graph does the cast,
+channel order, normalisation and layout with the constants of :func:`normalization`.
+
 numpy + OpenCV only. Augmentation is not done here (training does it on the
 uint8 image before calling this).
 """
@@ -17,9 +22,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from models.bundle import ColorOrder, InputSpec, Layout, ResizeMode
+from models.bundle import ColorOrder, InputForm, InputSpec, Layout, ResizeMode
 
-__all__ = ["Transform", "Preprocessor", "resize_frame"]
+__all__ = ["Transform", "Preprocessor", "normalization", "resize_frame"]
 
 
 @dataclass(frozen=True)
@@ -75,16 +80,31 @@ def resize_frame(frame: np.ndarray, spec: InputSpec) -> tuple[np.ndarray, Transf
     return resized[y0 : y0 + th, x0 : x0 + tw], Transform(nw / w, nh / h, -float(x0), -float(y0))
 
 
-class Preprocessor:
-    """``Preprocessor(spec)(frame)`` → one input (no batch dim) in the spec's layout/dtype."""
+def normalization(spec: InputSpec) -> tuple[np.ndarray, np.ndarray]:
+    """``(a, b)``, float32 per channel (in the spec's colour order): ``(x * scale - mean) / std == x * a + b``.
 
-    def __init__(self, spec: InputSpec) -> None:
+    The one place these constants are computed: the numpy path below and the graph of a
+    frame-form variant (``optimize.frame_input``) use the same float32 values.
+    """
+    mean = np.asarray(spec.mean, dtype=np.float32)
+    std = np.asarray(spec.std, dtype=np.float32)
+    return (spec.scale / std).astype(np.float32), (-mean / std).astype(np.float32)
+
+
+class Preprocessor:
+    """``Preprocessor(spec)(frame)`` → one input (no batch dim) in the spec's layout/dtype.
+
+    With ``form=InputForm.FRAME`` it is the input of a frame-form variant: the frame resized
+    to the spec's size with its resize mode, uint8 BGR HxWx3, and nothing else
+    (``self.spec`` is then :meth:`InputSpec.frame_spec`).
+    """
+
+    def __init__(self, spec: InputSpec, form: InputForm = InputForm.TENSOR) -> None:
+        spec = spec.for_form(form)
         self.spec = spec
-        mean = np.asarray(spec.mean, dtype=np.float32)
-        std = np.asarray(spec.std, dtype=np.float32)
+        self.form = form
         # (x * scale - mean) / std == x * a + b, one fused multiply-add per pixel
-        self._a = (spec.scale / std).astype(np.float32)
-        self._b = (-mean / std).astype(np.float32)
+        self._a, self._b = normalization(spec)
         self._dtype = np.dtype(spec.dtype)
         self.last_transform = Transform(1.0, 1.0, 0.0, 0.0)
 

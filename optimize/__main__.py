@@ -18,7 +18,7 @@ from pathlib import Path
 
 from models.bench import BenchConfig
 from models.bundle import BundleError
-from optimize.config import DEFAULT_TARGETS, TARGET_ALIASES, CalibMethod, OptimizeConfig
+from optimize.config import DEFAULT_TARGETS, TARGET_ALIASES, CalibMethod, InputFormChoice, OptimizeConfig
 from optimize.errors import InputError, OptimizeError
 from optimize.report import markdown_table, selection_lines
 
@@ -179,6 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-fp16", action="store_true", help="skip the FP16 variant")
     p.add_argument("--no-simplify", action="store_true", help="skip onnxslim simplification")
     p.add_argument(
+        "--input-form",
+        choices=[c.value for c in InputFormChoice],
+        default=InputFormChoice.BOTH.value,
+        help="both: each variant also as a frame-form twin (ID-frame) taking the resized uint8 BGR frame, "
+        "preprocessing in the graph; tensor: only variants taking the preprocessed tensor, for agents "
+        "older than the manifest's input_form (default: %(default)s)",
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=None,
@@ -234,6 +242,7 @@ def config_from_args(args: argparse.Namespace) -> OptimizeConfig:
         int8=not args.no_int8,
         fp16=not args.no_fp16,
         simplify=not args.no_simplify,
+        input_form=InputFormChoice(args.input_form),
         threads=args.threads,
         bench=BenchConfig(
             warmup_queries=5,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.bundle import BundleError, Format, InputSpec, Manifest, Task, read_bundle, verify_bundle
+from models.bundle import BundleError, Format, InputForm, InputSpec, Manifest, Task, read_bundle, verify_bundle
 from models.preprocess import Preprocessor
 from models.runtime.errors import ModelRuntimeError
 from models.runtime.onnxrt import OrtOptions, OrtRuntime
@@ -130,8 +130,8 @@ def open_baseline(
     return Baseline(Path(directory), manifest, served, origin)
 
 
-def _decoded(rt: OrtRuntime, frames: SampleSet, manifest: Manifest) -> tuple[Decoded, ...]:
-    pre = Preprocessor(manifest.input)
+def _decoded(rt: OrtRuntime, frames: SampleSet, manifest: Manifest, form: InputForm) -> tuple[Decoded, ...]:
+    pre = Preprocessor(manifest.input, form)  # a frame-form variant takes the resized uint8 frame
     inputs, transforms = [], []
     for s in frames.samples:
         inputs.append(pre(s.image))
@@ -171,7 +171,7 @@ def references(baseline: Baseline, heldout: SampleSet, calib: SampleSet, *, thre
             )
             continue
         try:
-            frames = FrameSets(_decoded(rt, heldout, m), _decoded(rt, calib, m))
+            frames = FrameSets(_decoded(rt, heldout, m, v.input_form), _decoded(rt, calib, m, v.input_form))
         except ModelRuntimeError as e:
             log.warning(
                 "%s: skipping expectations against %s of %s: inference failed: %s",

@@ -19,11 +19,32 @@ from models.bundle import BundleError, parse_semver
 from models.hardware import HARDWARE_CLASSES
 from optimize.errors import InputError
 
-__all__ = ["CalibMethod", "OptimizeConfig", "TARGET_ALIASES", "expand_targets", "DEFAULT_TARGETS", "parse_release"]
+__all__ = [
+    "CalibMethod",
+    "InputFormChoice",
+    "OptimizeConfig",
+    "TARGET_ALIASES",
+    "expand_targets",
+    "DEFAULT_TARGETS",
+    "parse_release",
+]
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 TARGET_ALIASES = {"cpu": ("cpu-x86_64", "cpu-aarch64"), "jetson": ("jetson-orin", "jetson-xavier", "jetson-nano")}
 DEFAULT_TARGETS = ("cpu", "cuda", "jetson")
+
+
+class InputFormChoice(str, Enum):
+    """Which input forms ``--input-form`` builds (see :mod:`optimize.frame_input`).
+
+    ``both``: every variant plus its frame-form twin (``onnx-fp32`` and ``onnx-fp32-frame``, ...),
+    the selection deciding per hardware class. ``tensor``: the tensor form only, for fleets whose
+    agents predate ``Variant.input_form``. The tensor-form FP32 always ships: it is every class's
+    fallback.
+    """
+
+    TENSOR = "tensor"
+    BOTH = "both"
 
 
 class CalibMethod(str, Enum):
@@ -97,6 +118,7 @@ class OptimizeConfig:
     server: str | None = None  # --server URL of the OTA server serving --baseline-release
     trusted_root: Path | None = None  # --trusted-root: the image repository's pinned root.json
     calib_data: Path | None = None  # --calib-data: ImageFolder root or a flat directory of frames
+    input_form: InputFormChoice = field(default_factory=lambda: InputFormChoice.BOTH)  # --input-form
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -151,6 +173,8 @@ class OptimizeConfig:
                 value = str(value)
             elif isinstance(value, BenchConfig):
                 value = dataclasses.asdict(value)
+            elif isinstance(value, Enum):
+                value = value.value
             elif isinstance(value, tuple):
                 value = [v.value if isinstance(v, Enum) else str(v) if isinstance(v, Path) else v for v in value]
             out[f.name] = value

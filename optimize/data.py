@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from models.bundle import InputSpec
+from models.bundle import InputForm, InputSpec
 from models.datasets import DatasetError, DatasetSpec, Sample, open_dataset
 from models.datasets.folder import IMAGE_EXTENSIONS, read_image
 from models.datasets.spec import Dataset
@@ -46,12 +46,22 @@ class SampleSet:
     samples: tuple[Sample, ...]
     transforms: tuple[Transform, ...]
     sizes: tuple[tuple[int, int], ...]  # frame (h, w)
+    frames: np.ndarray | None = None  # [N, H, W, 3] uint8 BGR: the same frames resized, what a frame-form variant takes
 
     def __len__(self) -> int:
         return int(self.inputs.shape[0])
 
     def head(self, n: int) -> SampleSet:
-        return SampleSet(self.inputs[:n], self.samples[:n], self.transforms[:n], self.sizes[:n])
+        frames = None if self.frames is None else self.frames[:n]
+        return SampleSet(self.inputs[:n], self.samples[:n], self.transforms[:n], self.sizes[:n], frames)
+
+    def inputs_for(self, form: InputForm) -> np.ndarray:
+        """What a variant of input ``form`` runs on: the preprocessed tensors or the resized frames."""
+        if form is InputForm.TENSOR:
+            return self.inputs
+        if self.frames is None:
+            raise ValueError("these samples were loaded without their resized frames")
+        return self.frames
 
 
 def open_split(dataset: Mapping[str, Any], split: str) -> Dataset:
@@ -80,15 +90,16 @@ def load_samples(ds: Dataset, n: int, spec: InputSpec, *, indices: Sequence[int]
     idx = list(indices) if indices is not None else spread_indices(len(ds), n)
     if not idx:
         raise InputError("the dataset split is empty: nothing to calibrate or evaluate on")
-    pre = Preprocessor(spec)
-    inputs, samples, transforms, sizes = [], [], [], []
+    pre, resize = Preprocessor(spec), Preprocessor(spec, InputForm.FRAME)
+    inputs, frames, samples, transforms, sizes = [], [], [], [], []
     for i in idx:
         s = ds[i]
         inputs.append(pre(s.image))
+        frames.append(resize(s.image))
         transforms.append(pre.last_transform)
         samples.append(s)
         sizes.append((int(s.image.shape[0]), int(s.image.shape[1])))
-    return SampleSet(np.stack(inputs), tuple(samples), tuple(transforms), tuple(sizes))
+    return SampleSet(np.stack(inputs), tuple(samples), tuple(transforms), tuple(sizes), np.stack(frames))
 
 
 class FrameFolder(Dataset):

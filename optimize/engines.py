@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from models.bundle import Format, HardwareRequirements, InputSpec, Precision
+from models.bundle import Format, HardwareRequirements, InputForm, InputSpec, Precision
 from models.hardware import detect_profile, hardware_class
 from optimize.config import OptimizeConfig
 from optimize.errors import EngineCompileError
@@ -30,7 +30,8 @@ def build_engines(
     work: Path,
     note: Callable[[str], None],
 ) -> list[BuiltVariant]:
-    """Engines from the Q/DQ INT8 and FP16 ONNX variants for this host's GPU class (or none)."""
+    """Engines from the Q/DQ INT8 and FP16 ONNX variants (and their frame-form twins: a uint8
+    ``[N, H, W, 3]`` input) for this host's GPU class (or none)."""
     if not tensorrt_available():
         note("TensorRT not installed: GPU classes get the Q/DQ ONNX to build on the device")
         return []
@@ -39,16 +40,16 @@ def build_engines(
     if CLASS_ACCELERATOR[hw] == "cpu" or hw not in cfg.targets or not profile.compute_capability:
         note(f"no engine: this host is {hw}, targets are {list(cfg.targets)}")
         return []
-    sources = {b.precision: b for b in built if b.id in ("onnx-int8-qdq", "onnx-fp16")}
+    tensor_ids = ("onnx-int8-qdq", "onnx-fp16")
+    sources = [b for b in built if b.id in tensor_ids or b.twin in tensor_ids]  # frame-form twins too
     out = []
     sm = profile.compute_capability.replace(".", "")
-    for precision in (Precision.INT8, Precision.FP16):
-        src = sources.get(precision)
-        if src is None:
-            continue
-        engine = stage / f"model-{precision.value}-sm{sm}.engine"
+    for src in sorted(sources, key=lambda b: (b.precision is not Precision.INT8, b.input_form is InputForm.FRAME)):
+        precision, frame = src.precision, src.input_form is InputForm.FRAME
+        suffix = "-frame" if frame else ""
+        engine = stage / f"model-{precision.value}-sm{sm}{suffix}.engine"
         tcfg = TrtBuildConfig(
-            input_shape=(3, spec.height, spec.width),
+            input_shape=(spec.height, spec.width, 3) if frame else (3, spec.height, spec.width),
             input_name=spec.name,
             precision=precision,
             dynamic_batch=spec.shape[0] is None,
@@ -66,13 +67,19 @@ def build_engines(
         )
         out.append(
             BuiltVariant(
-                f"trt-{precision.value}-sm{sm}",
+                f"trt-{precision.value}-sm{sm}{suffix}",
                 engine,
                 Format.TENSORRT_ENGINE,
                 precision,
                 req,
                 {"source": src.id, "strongly_typed": info.strongly_typed, "tensorrt_version": info.tensorrt_version},
                 engine_class=hw,
+                input_form=src.input_form,
+                twin=f"trt-{precision.value}-sm{sm}" if frame else None,
             )
         )
+    tensor_engines = {b.id for b in out}
+    for b in out:  # a frame engine whose tensor engine failed stands alone
+        if b.twin is not None and b.twin not in tensor_engines:
+            b.twin = None
     return out

@@ -4,7 +4,9 @@ Steps: read checkpoint + sidecar, open and check the baselines (``--baseline``,
 ``--baseline-release``), rebuild the torch model, export FP32 ONNX (+ parity on
 real samples, + onnxslim kept only if parity holds), INT8 for CPUs calibrated
 on the training split or ``--calib-data``, TensorRT-flavoured Q/DQ INT8 and
-FP16 for GPUs, TensorRT engines when TensorRT is installed, accuracy of every
+FP16 for GPUs, the frame-form twin of each (``--input-form both``: the
+preprocessing prepended to the graph, :mod:`optimize.frame_input`), TensorRT
+engines when TensorRT is installed, accuracy of every
 variant, latency of all of them timed interleaved, selection per hardware
 class, agreement expectations against the baselines and the bundle's own
 FP32, gates, manifest, report.
@@ -38,6 +40,7 @@ from models.bundle import (
     DecoderKind,
     DecoderSpec,
     Format,
+    InputForm,
     InputSpec,
     Manifest,
     OutputSpec,
@@ -52,7 +55,7 @@ from models.datasets.spec import Dataset
 from models.hardware import detect_profile, hardware_class
 from optimize.baseline import Baseline, check_compatible, open_baseline, references, served_variants
 from optimize.checkpoint import Checkpoint, build_torch_model, read_checkpoint
-from optimize.config import OptimizeConfig
+from optimize.config import InputFormChoice, OptimizeConfig
 from optimize.data import FrameFolder, SampleSet, load_samples, open_split
 from optimize.engines import build_engines
 from optimize.errors import InputError, QuantizationError
@@ -66,6 +69,7 @@ from optimize.export import (
     torch_outputs,
 )
 from optimize.fetch import fetch_release
+from optimize.frame_input import frame_file, frame_id, write_frame_variant
 from optimize.quantize import Int8Flavor, convert_fp16, search_int8
 from optimize.report import report_dict, report_markdown, variant_rows
 from optimize.select import choose, default_gates
@@ -290,6 +294,7 @@ def _build_variants(
         threads=cfg.threads,
         bench=cfg.bench,
         calibset=calibset,
+        input_spec=ckpt.input_spec,
     )
     ev.reference_outputs = ev.outputs(fp32.path)
     fp32.score = ev.score_of(ev.reference_outputs)
@@ -307,9 +312,33 @@ def _build_variants(
             BuiltVariant("onnx-fp16", path, Format.ONNX, Precision.FP16, REQUIREMENTS["onnx-fp16"], {"io": "float32"})
         )
     pr.step("fp16")
+    if cfg.input_form is InputFormChoice.BOTH:
+        built += _frame_twins(built, spec, stage, pr)
     built += build_engines(cfg, built, spec, stage, work, pr.note)
     pr.step("tensorrt engines")
     return built, parity, spec, ev
+
+
+def _frame_twins(built: list[BuiltVariant], spec: InputSpec, stage: Path, pr: _Progress) -> list[BuiltVariant]:
+    """The frame-form twin of every ONNX variant: the same file with the preprocessing prepended."""
+    out = []
+    for b in built:
+        path = write_frame_variant(b.path, stage / frame_file(b.path.name), spec)
+        details = {**b.details, "preprocessing": "in graph", "tensor_form": b.id}
+        out.append(
+            BuiltVariant(
+                frame_id(b.id),
+                path,
+                b.format,
+                b.precision,
+                b.requires,
+                details,
+                input_form=InputForm.FRAME,
+                twin=b.id,
+            )
+        )
+    pr.note(f"frame-form twins: {', '.join(v.id for v in out)}")
+    return out
 
 
 def _measure(ev: Evaluator, built: list[BuiltVariant], pr: _Progress) -> None:

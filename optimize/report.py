@@ -61,6 +61,7 @@ def variant_rows(
                 "file": v.path.name,
                 "precision": v.precision.value,
                 "format": v.format.value,
+                "input_form": v.input_form.value,
                 "size_mb": round(v.path.stat().st_size / 1e6, 3),
                 "accuracy": _r(acc, 4),
                 "delta_points": None if acc is None or ref is None else round((acc - ref) * 100, 2),

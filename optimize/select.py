@@ -19,6 +19,20 @@ Per hardware class the preferred order is:
    device's shadow benchmark has the last word;
 5. the FP32 baseline always last, as the fallback.
 
+Frame-form twins (:mod:`optimize.frame_input`: the same network with the
+preprocessing in the graph) do not compete in steps 3-4: the order is decided
+on the tensor forms, then each frame twin goes right before its tensor form
+unless the tensor form is *significantly faster* per frame — the lower bound
+of the tensor form's CPU-time speedup over its twin at least 1.0 (the same
+interval rule, with the numpy preprocessing counted in the tensor form's
+queries); then the twin is left out, so the tensor FP32 stays last. The two
+compute the same outputs (to float32 rounding, checked by the parity tests)
+and the frame form takes the numpy work off the camera thread, so it needs
+no margin to be preferred; only evidence that it is slower leaves it out.
+A twin whose tensor form is not in the order (too inaccurate, not faster)
+is left out with it. Not measured (GPU classes on a CPU build host): each
+twin before its tensor form, and the device times them.
+
 Every decision carries its reason, written to ``manifest.selection`` and the
 report. No I/O, no clocks: tests feed recorded measurements.
 """
@@ -29,7 +43,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from models.bundle import Format, Gates, Precision, SelectionEntry, SpeedupEvidence
+from models.bundle import Format, Gates, InputForm, Precision, SelectionEntry, SpeedupEvidence
 from models.stats import SpeedupVerdict, prefer_faster
 
 __all__ = ["Candidate", "Decision", "choose", "default_gates", "evidence_of", "CLASS_ACCELERATOR", "CLASS_COMPUTE"]
@@ -62,6 +76,8 @@ class Candidate:
     measured_class: str | None = None  # hardware class of the host that measured the latency
     build_on_device: bool = False
     engine_class: str | None = None  # TensorRT engines: the class they were built for
+    input_form: InputForm = InputForm.TENSOR
+    twin: str | None = None  # a frame-form variant: the tensor-form variant it was built from
 
 
 def evidence_of(v: SpeedupVerdict) -> SpeedupEvidence:
@@ -180,7 +196,10 @@ def _decide(
 ) -> Decision:
     rejected: dict[str, str] = {}
     ok: list[Candidate] = []
+    twins = [c for c in cands if c.twin is not None]
     for c in cands:
+        if c.twin is not None:
+            continue
         why = _runnable(c, hw) or _accuracy_problem(c, base.id, max_drop)
         if why:
             rejected[c.id] = why
@@ -197,7 +216,73 @@ def _decide(
     order = tuple(c.id for c in ok) + (() if base.id in rejected else (base.id,))
     by_id = {v.candidate: v for v in evidence}
     reason = _reason(hw, ok, base, measured, host_class, rejected, max_drop, by_id)
-    return Decision(hw, order, reason, rejected, rule.min_speedup, evidence, wall)
+    order, forms = _with_twins(hw, order, cands, twins, base.id, measured, max_drop, rule, rejected)
+    placed = [f"{v.baseline} before {v.candidate} ({v.reason})" for v in forms if not v.preferred]
+    if placed:
+        reason += "; " + "; ".join(placed)
+    elif not measured and any(t.id in order for t in twins):
+        reason += "; each frame-form twin before its tensor form"
+    for t in twins:
+        if t.id in rejected:
+            reason += f"; {t.id} rejected: {rejected[t.id]}"
+    return Decision(hw, order, reason, rejected, rule.min_speedup, evidence + forms, wall)
+
+
+def _with_twins(
+    hw: str,
+    order: tuple[str, ...],
+    cands: Sequence[Candidate],
+    twins: Sequence[Candidate],
+    base_id: str,
+    measured: bool,
+    max_drop: float,
+    rule: _Rule,
+    rejected: dict[str, str],
+) -> tuple[tuple[str, ...], tuple[SpeedupVerdict, ...]]:
+    """``order`` with each frame twin right before its tensor form, unless the tensor form is
+    significantly faster per frame (then the twin is left out, so the tensor FP32 stays last); the
+    verdicts that decided, the tensor form as the candidate."""
+    by_id = {c.id: c for c in cands}
+    out: list[str] = []
+    forms: list[SpeedupVerdict] = []
+    for vid in order:
+        twin = next((t for t in twins if t.twin == vid), None)
+        if twin is None:
+            out.append(vid)
+            continue
+        why = _runnable(twin, hw) or _accuracy_problem(twin, base_id, max_drop)
+        if why:
+            rejected[twin.id] = why
+            out.append(vid)
+            continue
+        tensor = by_id[vid]
+        if not measured:
+            out += [twin.id, vid]
+            continue
+        if not twin.cpu_ms or not tensor.cpu_ms:
+            rejected[twin.id] = "latency not measured"
+            out.append(vid)
+            continue
+        v = prefer_faster(
+            twin.id,
+            twin.cpu_ms,
+            vid,
+            tensor.cpu_ms,
+            min_speedup=1.0,
+            metric="cpu",
+            confidence=rule.confidence,
+            paired=len(twin.cpu_ms) == len(tensor.cpu_ms),
+        )
+        forms.append(v)
+        if v.preferred:
+            rejected[twin.id] = f"{v.reason}: {vid} is faster per frame"
+            out.append(vid)
+        else:
+            out += [twin.id, vid]
+    for t in twins:
+        if t.id not in out and t.id not in rejected:
+            rejected[t.id] = f"its tensor form {t.twin} is not in the order"
+    return tuple(out), tuple(forms)
 
 
 def _reason(

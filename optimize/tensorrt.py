@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrtBuildConfig:
-    input_shape: tuple[int, int, int]  # C, H, W (NCHW without the batch)
+    input_shape: tuple[int, int, int]  # the input without the batch: C, H, W, or H, W, C for a frame-form ONNX
     input_name: str = "input"
     precision: Precision = Precision.INT8  # INT8 = explicit Q/DQ, FP16, FP32
     min_batch: int = 1
@@ -108,14 +108,14 @@ def _builder_config(trt: Any, builder: Any, config: TrtBuildConfig, strongly: bo
             cfg.set_flag(trt.BuilderFlag.FP16)  # layers left unquantized may still run in FP16
         elif config.precision is Precision.FP16:
             cfg.set_flag(trt.BuilderFlag.FP16)
-    c, h, w = config.input_shape
+    dims = tuple(config.input_shape)
     profile = builder.create_optimization_profile()
     if config.dynamic_batch:
         profile.set_shape(
-            config.input_name, (config.min_batch, c, h, w), (config.opt_batch, c, h, w), (config.max_batch, c, h, w)
+            config.input_name, (config.min_batch, *dims), (config.opt_batch, *dims), (config.max_batch, *dims)
         )
     else:
-        profile.set_shape(config.input_name, (1, c, h, w), (1, c, h, w), (1, c, h, w))
+        profile.set_shape(config.input_name, (1, *dims), (1, *dims), (1, *dims))
     cfg.add_optimization_profile(profile)
     return cfg
 

@@ -7,9 +7,13 @@ what was measured about it on this host. The orchestration lives in
 Latency: every ONNX variant this host can run is timed *interleaved* in one
 process (:func:`models.bench.measure_interleaved`: after warm-up, one query of
 each per round, the order rotated), in single-threaded sessions, so the
-per-query thread CPU time is exact. Wall time is recorded too (the
-measurement's p50/p99); the selection decides on CPU time, which a neighbour
-process stealing the core does not inflate.
+per-query thread CPU time is exact. A query starts from the frame resized to
+the input size (uint8 BGR, what OpenCV's resize gives both forms): a
+tensor-form variant's query includes the numpy preprocessing
+(:class:`models.preprocess.Preprocessor`) that a frame-form variant does in its
+graph, so the two forms are compared like with like. Wall time is recorded too
+(the measurement's p50/p99); the selection decides on CPU time, which a
+neighbour process stealing the core does not inflate.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import functools
 import os
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +32,8 @@ from models.bench import BenchConfig, Interleaved, LatencyStats, measure_interle
 from models.bundle import (
     Format,
     HardwareRequirements,
+    InputForm,
+    InputSpec,
     Measurement,
     OutputSpec,
     Precision,
@@ -34,6 +41,7 @@ from models.bundle import (
     Variant,
     sha256_file,
 )
+from models.preprocess import Preprocessor
 from models.runtime.errors import ModelRuntimeError
 from models.runtime.onnxrt import OrtOptions, OrtRuntime
 from optimize.data import SampleSet
@@ -90,6 +98,8 @@ class BuiltVariant:
     engine_class: str | None = None
     timing: Interleaved | None = None  # per-query wall and thread-CPU times, timed interleaved
     frames: FrameSets | None = None  # decoded outputs on the held-out and calibration frames
+    input_form: InputForm = InputForm.TENSOR
+    twin: str | None = None  # a frame-form variant: the tensor-form variant it was built from
 
     def variant(self, reference: float | None, host: str, measured_at: str, metric: str) -> Variant:
         acc = self.score.value if self.score else None
@@ -115,6 +125,7 @@ class BuiltVariant:
             requires=self.requires,
             measurement=meas,
             details=self.details,
+            input_form=self.input_form,
         )
 
     def candidate(self, reference: float | None, host_class: str) -> Candidate:
@@ -131,6 +142,8 @@ class BuiltVariant:
             measured_class=host_class if self.timing else None,
             build_on_device=self.requires.build_on_device,
             engine_class=self.engine_class,
+            input_form=self.input_form,
+            twin=self.twin,
         )
 
 
@@ -147,8 +160,10 @@ class Evaluator:
         threads: int | None,
         bench: BenchConfig,
         calibset: SampleSet | None = None,
+        input_spec: InputSpec | None = None,
     ) -> None:
         self.task, self.output, self.evalset, self.calibset = task, output, evalset, calibset
+        self.input_spec = input_spec  # the bundle's: timing preprocesses with it (None: time on the tensors)
         self.num_classes, self.threads, self.bench = num_classes, threads, bench
         self.metric = metric_name(task)
         self.reference_outputs: dict[str, np.ndarray] | None = None
@@ -195,9 +210,10 @@ class Evaluator:
     def evaluate(self, bv: BuiltVariant) -> bool:
         """Fill accuracy, agreement and the decoded frames of ``bv``; False (and a note in its
         details) when ONNX Runtime cannot run it here."""
+        form = bv.input_form
         try:
-            out = self.outputs(bv.path)
-            calib = self.outputs(bv.path, self.calibset.inputs) if self.calibset is not None else None
+            out = self.outputs(bv.path, self.evalset.inputs_for(form))
+            calib = self.outputs(bv.path, self.calibset.inputs_for(form)) if self.calibset is not None else None
         except ModelRuntimeError as e:
             bv.details["not_measured"] = f"ONNX Runtime (CPU) cannot run it here: {str(e)[:200]}"
             return False
@@ -215,12 +231,11 @@ class Evaluator:
         (wall statistics). ``bench``'s durations are per variant."""
         if not variants:
             return
-        x = self.evalset.inputs[:1]
         runtimes = {bv.id: self._runtime(bv.path, threads=1) for bv in variants}
         n = len(variants)
         try:
             timed = measure_interleaved(
-                {vid: functools.partial(rt.run, x) for vid, rt in runtimes.items()},
+                {bv.id: self._query(bv, runtimes[bv.id]) for bv in variants},
                 warmup_queries=self.bench.warmup_queries,
                 min_rounds=self.bench.min_queries,
                 min_duration_s=self.bench.min_duration_s * n,
@@ -232,3 +247,16 @@ class Evaluator:
         for bv in variants:
             bv.timing = timed[bv.id]
             bv.latency = bv.timing.wall
+
+    def _query(self, bv: BuiltVariant, rt: OrtRuntime) -> Callable[[], object]:
+        """One timed query of ``bv``: from the resized frame when the samples carry it (the numpy
+        preprocessing counts against a tensor-form variant), else on the preprocessed tensor."""
+        frames, spec = self.evalset.frames, self.input_spec
+        if frames is None or spec is None:
+            return functools.partial(rt.run, self.evalset.inputs_for(bv.input_form)[:1])
+        frame, pre = frames[0], Preprocessor(spec, bv.input_form)
+
+        def query() -> object:
+            return rt.run(pre(frame)[None])
+
+        return query

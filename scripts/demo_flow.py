@@ -94,10 +94,14 @@ def make_inputs(cfg: DemoConfig) -> tuple[list[Agent], int]:
         video = cfg.out / "cams" / f"{name}.avi"
         frames = demo_media.write_camera_video(video, vehicle=i, seconds=cfg.video_s, fps=int(cfg.camera_fps))
         demo_media.write_profile(cfg.out / "profiles" / f"{profile}.json", profile)
-        agents.append(Agent(name=name, profile=profile, data_dir=cfg.out / "agents" / name, source=video))
+        rear = None
+        if i == 0:  # the first vehicle has two cameras, inferred together in batches of two
+            rear = cfg.out / "cams" / f"{name}-rear.avi"
+            demo_media.write_camera_video(rear, vehicle=cfg.agents + i, seconds=cfg.video_s, fps=int(cfg.camera_fps))
+        agents.append(Agent(name=name, profile=profile, data_dir=cfg.out / "agents" / name, source=video, rear=rear))
         print(
             f"    {name}: {profile:<6} ({demo_media.HARDWARE_PROFILES[profile][0]}), camera {video.name} "
-            f"({frames} frames, one sign each)"
+            f"({frames} frames, one sign each)" + (f" and rear camera {rear.name}" if rear is not None else "")
         )
     calib = demo_media.extract_frames([a.source for a in agents], cfg.out / "calib", every=cfg.calib_every)
     print(
@@ -346,7 +350,8 @@ def run(cfg: DemoConfig, procs: Processes) -> list[tuple[str, bool, str]]:
         profile = cfg.out / "profiles" / f"{a.profile}.json"
         demo_steps.enroll_agent(procs, server, a, profile)
         demo_steps.start_agent(procs, a, poll_s=cfg.poll_s, fps=cfg.camera_fps, health_window_s=cfg.health_window_s)
-        print(f"    {a.name} enrolled as {a.device_id} ({a.profile}); running on {a.source.name}")
+        cams = ", ".join(c.split("=", 1)[0] + " " + Path(c.split("=", 1)[1]).name for c in a.cameras())
+        print(f"    {a.name} enrolled as {a.device_id} ({a.profile}); running on {cams}")
     records = []
     steps.begin(5)
     _print_warnings(demo_steps.publish(procs, server, rel.bundles["1.0.0"], "1.0.0"))

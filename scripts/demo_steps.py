@@ -61,9 +61,14 @@ class Agent:
     name: str
     profile: str
     data_dir: Path
-    source: Path
+    source: Path  # the front camera's video
     device_id: str = ""
     child: Any = None
+    rear: Path | None = None  # a second camera's video: this vehicle serves two cameras in one batch
+
+    def cameras(self) -> list[str]:
+        """The ``--source NAME=VIDEO`` values of this vehicle's cameras."""
+        return [f"front={self.source}"] + ([f"rear={self.rear}"] if self.rear is not None else [])
 
 
 @dataclass
@@ -155,8 +160,7 @@ def start_agent(
         "run",
         "--data-dir",
         str(agent.data_dir),
-        "--source",
-        str(agent.source),
+        *(arg for camera in agent.cameras() for arg in ("--source", camera)),
         "--poll-interval",
         str(poll_s),
         "--max-fps",

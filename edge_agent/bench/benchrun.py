@@ -31,9 +31,9 @@ import numpy as np
 from edge_agent.bench import hostinfo
 from edge_agent.bench.tegrastats import TegrastatsSampler, summarize
 from edge_agent.errors import EdgeAgentError
-from edge_agent.perception.camera import CameraError, SourceSpec, open_source, parse_source
+from edge_agent.perception.camera import CameraError, CameraSpec, FrameSource, open_source, parse_cameras
 from edge_agent.perception.inference import STAGES, ModelLoadFailed, load_model
-from edge_agent.perception.pipeline import Pipeline, PipelineConfig, latency_percentiles
+from edge_agent.perception.pipeline import BatchError, Pipeline, PipelineConfig, latency_percentiles
 from models.bench import LatencyStats, measure
 from models.bundle import (
     BundleError,
@@ -90,7 +90,9 @@ class BenchSettings:
     backend: Backend = Backend.AUTO
     providers: tuple[str, ...] | None = None
     threads: int | None = None  # intra-op threads; None = runtime default
-    source: str = "synthetic"
+    source: str = "synthetic"  # the first camera (model-only mode's frames)
+    sources: tuple[str, ...] = ()  # every camera of the pipeline mode ([NAME=]SOURCE); () = just ``source``
+    batch_timeout_ms: float = 5.0  # how long a pipeline batch waits for the other cameras
     mode: Mode = Mode.BOTH
     duration_s: float = 10.0  # measured seconds per model and mode
     warmup_s: float = 2.0  # discarded seconds before each measurement
@@ -202,9 +204,9 @@ def resolve_target(text: str, *, settings: BenchSettings, work: Path) -> Target:
 
 
 def first_frame(source: str) -> np.ndarray:
-    """One frame of the source (the model-only mode's input); raises :class:`BenchError`."""
+    """One frame of the (first camera's) source (the model-only mode's input); raises :class:`BenchError`."""
     try:
-        src = open_source(source, loop=True)
+        src = open_source(parse_cameras([source], loop=True)[0].source)
     except CameraError as e:
         raise BenchError(str(e)) from e
     try:
@@ -247,7 +249,7 @@ def run_model(target: Target, settings: BenchSettings, frame: np.ndarray, result
                 f"{target.label} has a fixed batch of {model.manifest.input.shape[0]}; "
                 f"--batch {settings.batch} cannot run"
             )
-        batch = np.stack([Preprocessor(model.manifest.input)(frame)] * settings.batch)
+        batch = np.stack([Preprocessor(model.input_spec)(frame)] * settings.batch)
         with _power(settings, result.power):
             stats = measure(
                 lambda: model.runtime.run(batch),
@@ -268,15 +270,28 @@ def run_model(target: Target, settings: BenchSettings, frame: np.ndarray, result
         model.close()
 
 
-def _source_spec(settings: BenchSettings) -> SourceSpec:
+def cameras_of(settings: BenchSettings) -> tuple[CameraSpec, ...]:
+    """The pipeline's cameras; raises :class:`BenchError` for a bad source string or a name used twice."""
     try:
-        return parse_source(settings.source, loop=True)
+        return parse_cameras(list(settings.sources or (settings.source,)), loop=True)
     except CameraError as e:
         raise BenchError(str(e)) from e
 
 
+def _open_cameras(settings: BenchSettings) -> dict[str, FrameSource]:
+    opened: dict[str, FrameSource] = {}
+    try:
+        for cam in cameras_of(settings):
+            opened[cam.name] = open_source(cam.source)
+    except CameraError as e:
+        for src in opened.values():
+            src.close()
+        raise BenchError(str(e)) from e
+    return opened
+
+
 def run_pipeline(target: Target, settings: BenchSettings, result: RunResult, progress: Any = None) -> None:
-    """The capture → inference pipeline for ``settings.duration_s`` after a warm-up."""
+    """The capture → batched inference pipeline on every camera for ``settings.duration_s`` after a warm-up."""
     try:
         loaded = load_model(
             target.bundle_dir,
@@ -288,31 +303,52 @@ def run_pipeline(target: Target, settings: BenchSettings, result: RunResult, pro
     except ModelLoadFailed as e:
         raise BenchError(f"{target.source_path}: {e}") from e
     try:
-        source = open_source(_source_spec(settings))
-    except CameraError as e:
+        sources = _open_cameras(settings)
+    except BenchError:
         loaded.close()
-        raise BenchError(str(e)) from e
-    pipe = Pipeline(
-        source,
-        loaded,
-        PipelineConfig(queue_size=settings.queue_size, max_fps=settings.max_fps, keep_outcomes=1_000_000),
-    )
+        raise
+    try:
+        pipe = Pipeline(
+            sources,
+            loaded,
+            PipelineConfig(
+                queue_size=settings.queue_size,
+                max_fps=settings.max_fps,
+                keep_outcomes=1_000_000,
+                batch_timeout_ms=settings.batch_timeout_ms,
+            ),
+        )
+    except BatchError as e:
+        loaded.close()
+        for src in sources.values():
+            src.close()
+        raise BenchError(f"{target.label}: {e}") from e
     pipe.start()
     try:
         _sleep(settings.warmup_s, pipe, None)
-        before, t0 = pipe.counters.snapshot(), time.monotonic()
+        before, t0 = _snapshots(pipe), time.monotonic()
         with _power(settings, result.power):
             _sleep(settings.duration_s, pipe, progress)
-        after, t1 = pipe.counters.snapshot(), time.monotonic()
+        after, t1 = _snapshots(pipe), time.monotonic()
     finally:
         pipe.stop()
         loaded.close()
     if pipe.failure is not None:
         raise BenchError(f"the pipeline failed: {pipe.failure}") from pipe.failure
     window = [o for o in pipe.outcomes if t0 <= o.done_at <= t1]
-    result.pipeline = _pipeline_summary(before, after, t1 - t0, window)
+    result.pipeline = _pipeline_summary(before[""], after[""], t1 - t0, window)
+    result.pipeline["batch_size"] = pipe.batch_size
+    result.pipeline["cameras"] = {
+        name: _pipeline_summary(before[name], after[name], t1 - t0, [o for o in window if o.camera == name])
+        for name in pipe.feeds
+    }
     result.timeline_ms = [o.latency_ms for o in window]
     result.memory["rss_after_pipeline_mb"] = hostinfo.process_rss_mb()
+
+
+def _snapshots(pipe: Pipeline) -> dict[str, dict[str, float]]:
+    """Counters of every camera, and of all of them under ``""``."""
+    return {"": pipe.counters.snapshot(), **{n: f.counters.snapshot() for n, f in pipe.feeds.items()}}
 
 
 def _sleep(seconds: float, pipe: Pipeline, progress: Any) -> None:

@@ -33,12 +33,15 @@ from edge_agent.bench.benchrun import (
     BenchSettings,
     Mode,
     RunResult,
+    cameras_of,
     first_frame,
     resolve_target,
     run_model,
     run_pipeline,
 )
 from edge_agent.bench.tegrastats import TegrastatsSampler
+from edge_agent.errors import ConfigError
+from edge_agent.perception.budget import CpuSplit, apply_opencv_threads, split_cpu
 from models.runtime import Backend
 
 __all__ = ["build_parser", "main"]
@@ -114,9 +117,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive(int), help="intra-op threads (default: the runtime's)")
     p.add_argument(
         "--source",
-        default="synthetic",
+        action="append",
+        metavar="[NAME=]SOURCE",
         help="frames: synthetic, a video FILE (looped), a DEVICE index, an rtsp/http URL or a "
-        "GStreamer pipeline (default: synthetic)",
+        "GStreamer pipeline, optionally named (front=drive.avi); repeat for several cameras, whose "
+        "frames the pipeline mode infers in batches (default: synthetic)",
+    )
+    p.add_argument(
+        "--batch-timeout-ms",
+        type=float,
+        default=5.0,
+        help="pipeline mode: how long a batch waits for the other cameras (default 5)",
+    )
+    p.add_argument(
+        "--cpu-budget",
+        type=_positive(int),
+        help="cores for capture and inference (default: all this process may use); sets the intra-op "
+        "threads to budget - min(cameras, budget // 2) unless --threads is given",
     )
     p.add_argument(
         "--mode",
@@ -174,13 +191,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _settings(args: argparse.Namespace) -> BenchSettings:
+def _settings(args: argparse.Namespace, split: CpuSplit) -> BenchSettings:
+    sources = tuple(args.source or ["synthetic"])
     return BenchSettings(
         variant=args.variant,
         backend=_BACKENDS[args.backend],
         providers=tuple(args.providers) if args.providers else None,
-        threads=args.threads,
-        source=args.source,
+        threads=args.threads or split.inference,
+        source=sources[0],
+        sources=sources,
+        batch_timeout_ms=args.batch_timeout_ms,
         mode=Mode(args.mode),
         duration_s=args.duration,
         warmup_s=max(0.0, args.warmup),
@@ -287,6 +307,22 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def format_cameras(results: Sequence[RunResult]) -> str:
+    """Per camera of each model's pipeline run, then the batched whole."""
+    lines = [f"{'model':<24} {'camera':<12} {'fps':>7} {'p50 ms':>8} {'p99 ms':>8} {'captured':>8} {'dropped':>7}"]
+    for r in results:
+        if r.pipeline is None:
+            continue
+        parts = [*r.pipeline.get("cameras", {}).items(), (f"all (batch {r.pipeline.get('batch_size')})", r.pipeline)]
+        for name, pl in parts:
+            lat = pl["latency"]
+            lines.append(
+                f"{r.target.label:<24} {name:<12} {pl['fps']:>7.1f} {lat['p50_ms']:>8.1f} {lat['p99_ms']:>8.1f} "
+                f"{pl['captured']:>8.0f} {pl['dropped']:>7.0f}"
+            )
+    return "\n".join(lines)
+
+
 def _write_outputs(
     out: Path,
     settings: BenchSettings,
@@ -371,9 +407,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    settings = _settings(args)
+    try:
+        cameras = cameras_of(BenchSettings(sources=tuple(args.source or ["synthetic"])))
+        split = split_cpu(args.cpu_budget, len(cameras))
+    except (BenchError, ConfigError) as e:
+        print(f"edge-bench: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    apply_opencv_threads(split)
+    settings = _settings(args, split)
     host = hostinfo.host_info()
     print(f"host: {hostinfo.describe_host(host)}")
+    given = f"; --threads {args.threads} overrides the intra-op share" if args.threads else ""
+    print(f"cpu split: {split.describe()} ({split.to_dict()['rule']}{given})")
     if not TegrastatsSampler().available():
         log.info("tegrastats not found: no power/temperature samples (not a Jetson)")
     try:
@@ -384,9 +429,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     rows = [_row(r, results[0]) for r in results]
     print(format_table(rows))
+    if len(cameras) > 1:
+        print(format_cameras(results))
     for r in results:
         if r.model is not None and r.model.noisy:
             print(f"note: {r.target.label} model latency is noisy (cv {r.model.cv:.2f}); the host was busy")
+    host["cpu_split"] = split.to_dict()
     written = _write_outputs(args.out, settings, results, rows, host, with_plots=not args.no_plots)
     print("wrote " + ", ".join(str(p) for p in written))
     failures = _thresholds(args, rows)

@@ -17,11 +17,12 @@ counting are :mod:`edge_agent.perception.pipeline`'s job.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -43,6 +44,10 @@ __all__ = [
     "SyntheticSource",
     "parse_source",
     "open_source",
+    "CameraSpec",
+    "parse_camera",
+    "parse_cameras",
+    "read_sources_file",
 ]
 
 log = logging.getLogger(__name__)
@@ -92,6 +97,7 @@ class Frame:
     captured_at: float  # time.monotonic()
     decode_ms: float  # time spent in read()/decode
     prepared: Any = None  # the network input, when the capture thread already preprocessed it
+    camera: str = "cam0"  # the name of the camera that captured it
 
 
 class FrameSource(Protocol):
@@ -166,11 +172,17 @@ class OpenCVSource:
         self._stop = threading.Event()
         self._index = 0
         self._reconnects = 0
+        self._reopening = False
         self._pacer = _Pacer(spec.fps, self._stop)
 
     @property
     def reconnects(self) -> int:
         return self._reconnects
+
+    @property
+    def reconnecting(self) -> bool:
+        """The source dropped and is being reopened (no frames until it is back)."""
+        return self._reopening
 
     def _capture(self) -> cv2.VideoCapture:
         spec = self.spec
@@ -212,8 +224,12 @@ class OpenCVSource:
     def read(self) -> Frame | None:
         while not self._stop.is_set():
             if self._cap is None:
-                if not self._reopen():
-                    return None
+                self._reopening = True
+                try:
+                    if not self._reopen():
+                        return None
+                finally:
+                    self._reopening = False
                 continue
             self._pacer.wait()
             t0 = time.perf_counter()
@@ -350,3 +366,88 @@ def open_source(
         src = OpenCVSource(spec, reconnect=reconnect)
     src.open()
     return src
+
+
+# ---------------------------------------------------------------------- several cameras
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
+
+
+@dataclass(frozen=True)
+class CameraSpec:
+    """One named camera of an agent: ``front=/dev/video0`` (``name`` front)."""
+
+    name: str
+    source: SourceSpec
+
+
+def parse_camera(text: str, index: int, *, loop: bool = False, fps: float | None = None) -> CameraSpec:
+    """``NAME=SOURCE`` or a bare ``SOURCE`` (named ``cam<index>``); raises :class:`CameraError`.
+
+    ``NAME`` is a letter followed by up to 31 letters, digits, ``_`` or ``-``. Only a prefix of
+    that form before the first ``=`` names the camera, so a GStreamer pipeline
+    (``... ! video/x-raw,width=1280 ! appsink``) or a URL with a query string stays a bare source.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise CameraError(
+            "source must be NAME=SOURCE or SOURCE (a device index, file, rtsp/http URL, GStreamer pipeline "
+            "or 'synthetic'), got ''"
+        )
+    head, sep, rest = text.strip().partition("=")
+    if sep and _NAME.match(head):
+        if not rest.strip():
+            raise CameraError(f"camera {head!r} has no source after '=': expected NAME=SOURCE, got {text!r}")
+        return CameraSpec(head, parse_source(rest, loop=loop, fps=fps))
+    return CameraSpec(f"cam{index}", parse_source(text, loop=loop, fps=fps))
+
+
+def parse_cameras(texts: Sequence[str], *, loop: bool = False, fps: float | None = None) -> tuple[CameraSpec, ...]:
+    """Every ``--source`` of the command line, in order; raises :class:`CameraError` for an unparsable
+    one or a camera name given twice."""
+    cameras = tuple(parse_camera(t, i, loop=loop, fps=fps) for i, t in enumerate(texts))
+    seen: dict[str, int] = {}
+    for i, cam in enumerate(cameras):
+        if cam.name in seen:
+            raise CameraError(
+                f"camera name {cam.name!r} is used twice (sources {seen[cam.name] + 1} and {i + 1}): "
+                "every camera needs its own name"
+            )
+        seen[cam.name] = i
+    return cameras
+
+
+def read_sources_file(path: Path) -> list[str]:
+    """The cameras of a ``--sources FILE``: a JSON or YAML list of ``NAME=SOURCE`` strings or of
+    ``{"name": ..., "source": ...}`` objects. Raises :class:`CameraError` naming the file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise CameraError(f"cannot read --sources {path}: {e.strerror or e}") from e
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = _yaml(path, text)
+    if not isinstance(data, list) or not data:
+        raise CameraError(f"--sources {path} must hold a non-empty list of cameras, got {type(data).__name__}")
+    out = []
+    for i, item in enumerate(data):
+        if isinstance(item, str):
+            out.append(item)
+        elif isinstance(item, dict) and isinstance(item.get("source"), (str, int)):
+            name = item.get("name")
+            out.append(f"{name}={item['source']}" if name else str(item["source"]))
+        else:
+            raise CameraError(
+                f"--sources {path}: item {i} must be 'NAME=SOURCE' or {{name: ..., source: ...}}, got {item!r}"
+            )
+    return out
+
+
+def _yaml(path: Path, text: str) -> Any:
+    try:
+        import yaml
+    except ImportError as e:
+        raise CameraError(f"--sources {path} is not JSON, and PyYAML is not installed to read YAML") from e
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise CameraError(f"--sources {path} is neither JSON nor valid YAML: {e}") from e

@@ -1,7 +1,7 @@
 """Health watch: the window after a swap in which a new model can still be rolled back.
 
 A :class:`HealthWatch` listens to the pipeline's outcomes of one model
-version and compares them with what the shadow run measured: failed
+version, from every camera, and compares them with what the shadow run measured: failed
 inferences (error rate above ``gates.max_error_rate``), NaN/inf frames
 (more than ``gates.max_nan_frames``) and a latency regression. The first
 error or NaN regression ends the window early; :func:`judge_health` is the
@@ -51,6 +51,7 @@ class HealthStats:
     nan_frames: int = 0
     latency: LatencySamples = field(default_factory=LatencySamples)
     first_bad_frame: int | None = None
+    cameras: dict[str, list[int]] = field(default_factory=dict)  # camera -> [frames, errors + NaN frames]
 
     def metrics(self, baseline: LatencySamples | None) -> dict[str, float]:
         out = {
@@ -94,6 +95,8 @@ def judge_health(stats: HealthStats, gates: Gates, *, baseline: LatencySamples |
         )
     p95 = metrics["p95_ms"]
     evidence: dict[str, object] = {}
+    if stats.cameras:  # the window watches every camera's frames; this says how many came from each
+        evidence["per_camera"] = {n: {"frames": f, "bad": b} for n, (f, b) in sorted(stats.cameras.items())}
     if baseline is not None:
         metric, before = baseline.measure()
         after_metric, after = stats.latency.measure()
@@ -134,6 +137,9 @@ class HealthWatch:
             if not outcome.ok and s.first_bad_frame is None:
                 s.first_bad_frame = outcome.frame_index
             s.latency.add(outcome)
+            cam = s.cameras.setdefault(outcome.camera, [0, 0])
+            cam[0] += 1
+            cam[1] += not outcome.ok
             early = judge_health(s, self.gates, baseline=None)  # errors and NaNs end it at once
         if not early.passed:
             self._failed.set()

@@ -68,6 +68,7 @@ class Outcome:
     nan: bool = False  # an output was NaN or infinite
     error: str | None = None  # the inference failed; the message says why
     runtime: str | None = None  # the backend that ran it: "onnxruntime" or "tensorrt"
+    camera: str = "cam0"  # the camera that captured the frame
 
     @property
     def ok(self) -> bool:
@@ -84,6 +85,7 @@ class Outcome:
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
+            "camera": self.camera,
             "frame": self.frame_index,
             "model": self.model,
             "latency_ms": round(self.latency_ms, 3),
@@ -169,7 +171,7 @@ class LoadedModel:
         self.labels = model.manifest.labels
         self.variant_id = model.variant.id
         self.runtime = model.backend.value  # "tensorrt" when an engine built on this device serves
-        self.spec = model.manifest.input
+        self.spec = model.input_spec  # the variant's own input: the spec's tensor, or the resized frame
         self._local = threading.local()  # a Preprocessor per thread: it keeps the last transform
 
     def prepare(self, image: np.ndarray) -> Prepared:
@@ -187,38 +189,93 @@ class LoadedModel:
             (time.perf_counter() - t0) * 1000.0,
         )
 
+    @property
+    def max_batch(self) -> int | None:
+        """The most frames one inference takes: 1 for a fixed batch dimension (the frames of
+        several cameras then run one after the other), an engine's profile maximum, None = any."""
+        if self.spec.shape[0] is not None:
+            return 1
+        limit = getattr(self.model.runtime, "max_batch", None)
+        return int(limit) if isinstance(limit, int) else None
+
     def infer(self, frame: Frame) -> Outcome:
         """Run one frame; failures and non-finite outputs are recorded in the outcome."""
+        return self.infer_batch([frame])[0]
+
+    def infer_batch(self, frames: Sequence[Frame]) -> list[Outcome]:
+        """Run frames (of several cameras) as one batch: their prepared tensors stacked along a new
+        batch axis, one runtime call, one outcome per frame in order.
+
+        More frames than :attr:`max_batch` run in chunks. A frame that cannot be prepared gets an
+        outcome with ``error`` and the others still run; a failed runtime call fails every frame
+        of its batch. ``timings_ms["infer"]`` / ``["infer_cpu"]`` are each frame's share of the
+        batch's runtime call (its wall / thread CPU time over the batch size), ``"batch"`` the
+        batch size: a frame's share is what the health watch compares with a shadow run's frames.
+        """
+        limit = self.max_batch
+        if limit is not None and len(frames) > limit:
+            return [o for i in range(0, len(frames), limit) for o in self.infer_batch(frames[i : i + limit])]
         start = _now()
-        timings = {
-            "decode": frame.decode_ms,
-            "queue": max(0.0, (start - frame.captured_at) * 1000.0),
-        }
-        prep = frame.prepared
-        try:
-            if not isinstance(prep, Prepared) or prep.spec != self.spec:
-                prep = self.prepare(frame.image)
+        out: list[Outcome | None] = [None] * len(frames)
+        ready: list[tuple[int, Prepared, dict[str, float]]] = []
+        for i, frame in enumerate(frames):
+            timings = {"decode": frame.decode_ms, "queue": max(0.0, (start - frame.captured_at) * 1000.0)}
+            prep = frame.prepared
+            try:
+                if not isinstance(prep, Prepared) or prep.spec != self.spec:
+                    prep = self.prepare(frame.image)
+            except ValueError as e:
+                out[i] = self._failed(frame, timings, str(e))
+                continue
             timings["preprocess"] = prep.preprocess_ms
+            ready.append((i, prep, timings))
+        if ready:
+            self._run(frames, ready, out)
+        return [o for o in out if o is not None]
+
+    def _run(
+        self,
+        frames: Sequence[Frame],
+        ready: list[tuple[int, Prepared, dict[str, float]]],
+        out: list[Outcome | None],
+    ) -> None:
+        n = len(ready)
+        try:
+            batch = ready[0][1].tensor[None] if n == 1 else np.stack([p.tensor for _, p, _ in ready])
             t1, c1 = time.perf_counter(), time.thread_time()
-            outputs = self.model.runtime.run(prep.tensor[None])
+            outputs = self.model.runtime.run(batch)
             t2, c2 = time.perf_counter(), time.thread_time()
-            outcome = self._decode(frame, outputs, prep, timings)
-            timings.update(
-                infer=(t2 - t1) * 1000.0,
-                infer_cpu=(c2 - c1) * 1000.0,  # this thread's CPU time: what a busy neighbour cannot inflate
-                postprocess=(time.perf_counter() - t2) * 1000.0,
-            )
-            return outcome
         except (ModelRuntimeError, ValueError) as e:
-            return Outcome(
-                frame.index,
-                self.version,
-                frame.captured_at,
-                _now(),
-                timings,
-                error=str(e),
-                runtime=self.runtime,
+            for i, _, timings in ready:
+                out[i] = self._failed(frames[i], timings, str(e))
+            return
+        for row, (i, prep, timings) in enumerate(ready):
+            t3 = time.perf_counter()
+            try:
+                outcome = self._decode(frames[i], outputs, prep, timings, row)
+            except (ModelRuntimeError, ValueError) as e:
+                out[i] = self._failed(frames[i], timings, str(e))
+                continue
+            timings.update(
+                infer=(t2 - t1) * 1000.0 / n,
+                infer_cpu=(c2 - c1) * 1000.0 / n,  # this thread's CPU time: what a busy neighbour cannot inflate
+                postprocess=(time.perf_counter() - t3) * 1000.0,
             )
+            if n > 1:
+                timings["batch"] = float(n)
+            out[i] = outcome
+
+    def _failed(self, frame: Frame, timings: dict[str, float], error: str) -> Outcome:
+        return Outcome(
+            frame.index,
+            self.version,
+            frame.captured_at,
+            _now(),
+            timings,
+            error=error,
+            runtime=self.runtime,
+            camera=frame.camera,
+        )
 
     def _decode(
         self,
@@ -226,20 +283,24 @@ class LoadedModel:
         outputs: dict[str, np.ndarray],
         prep: Prepared,
         timings: dict[str, float],
+        row: int = 0,
     ) -> Outcome:
         spec = self.manifest.output
         picked = pick_outputs(outputs, spec)
-        nan = any(np.issubdtype(a.dtype, np.floating) and not bool(np.all(np.isfinite(a))) for a in outputs.values())
+        nan = any(
+            np.issubdtype(a.dtype, np.floating) and not bool(np.all(np.isfinite(a[row] if a.ndim else a)))
+            for a in outputs.values()
+        )
         kind = spec.decoder.kind
         top_k = detections = mask = None
         if kind is DecoderKind.TOPK:
-            top_k = topk(picked["logits"][0], spec.decoder.top_k)
+            top_k = topk(picked["logits"][row], spec.decoder.top_k)
         elif kind is DecoderKind.BOXES:
             detections = decode_boxes(
-                picked["boxes"][0], picked["scores"][0], spec.decoder, prep.transform, prep.frame_hw
+                picked["boxes"][row], picked["scores"][row], spec.decoder, prep.transform, prep.frame_hw
             )
         else:
-            mask = decode_mask(picked["mask_logits"][0], prep.transform, prep.frame_hw)
+            mask = decode_mask(picked["mask_logits"][row], prep.transform, prep.frame_hw)
         return Outcome(
             frame.index,
             self.version,
@@ -251,6 +312,7 @@ class LoadedModel:
             mask=mask,
             nan=nan,
             runtime=self.runtime,
+            camera=frame.camera,
         )
 
     def warmup(self, frames: Sequence[np.ndarray] = (), *, n: int = 3) -> None:

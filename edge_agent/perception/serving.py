@@ -27,11 +27,12 @@ from pathlib import Path
 from edge_agent.errors import EdgeAgentError, ReasonCode, StopRequested
 from edge_agent.perception.base import GateContext, GateResult, JudgedAgainst, SwapResult
 from edge_agent.perception.camera import (
+    CameraSpec,
     FrameSource,
     ReconnectPolicy,
     SourceSpec,
     open_source,
-    parse_source,
+    parse_cameras,
 )
 from edge_agent.perception.health import HealthWatch
 from edge_agent.perception.inference import (
@@ -42,7 +43,7 @@ from edge_agent.perception.inference import (
     load_model,
     load_staged,
 )
-from edge_agent.perception.pipeline import Pipeline, PipelineConfig
+from edge_agent.perception.pipeline import BatchError, FeedState, Pipeline, PipelineConfig, batch_limit
 from edge_agent.perception.runtimes import EngineOptions, variant_in
 from edge_agent.perception.shadow import ShadowRun
 from models.bundle import Gates
@@ -58,11 +59,15 @@ class PerceptionError(EdgeAgentError):
 
 
 class CameraPerception:
-    """Serve a camera with the active model; shadow, swap, watch and swap back candidates."""
+    """Serve one or several cameras with the active model; shadow, swap, watch and swap back candidates.
+
+    ``source`` is one source (the camera is named ``cam0``) or the named cameras; their frames
+    are inferred in batches (:class:`~edge_agent.perception.pipeline.Pipeline`).
+    """
 
     def __init__(
         self,
-        source: SourceSpec,
+        source: SourceSpec | Sequence[CameraSpec],
         *,
         config: PipelineConfig | None = None,
         providers: Sequence[str] | None = None,
@@ -75,7 +80,10 @@ class CameraPerception:
         profile: Callable[[], HardwareProfile] | None = None,
         engine: EngineOptions | None = None,
     ) -> None:
-        self.source_spec = source
+        self.cameras = (CameraSpec("cam0", source),) if isinstance(source, SourceSpec) else tuple(source)
+        if not self.cameras:
+            raise ValueError("CameraPerception needs at least one camera")
+        self.source_spec = self.cameras[0].source
         # with the device's engine cache and profile, models open as they serve on it (open_staged):
         # a build-on-device variant as its TensorRT engine; without them, the variant file itself
         self.engines_dir, self.profile, self.engine = engines_dir, profile, engine
@@ -97,27 +105,45 @@ class CameraPerception:
     @classmethod
     def from_options(
         cls,
-        source: str,
+        source: str | Sequence[str],
         *,
         loop: bool = True,
         results_path: Path | None = None,
         max_fps: float | None = None,
         queue_size: int = 8,
+        max_batch: int | None = None,
+        batch_timeout_ms: float = 5.0,
+        threads: int | None = None,
         stop_requested: threading.Event | None = None,
         engines_dir: Path | None = None,
         profile: Callable[[], HardwareProfile] | None = None,
         engine: EngineOptions | None = None,
     ) -> CameraPerception:
-        """Build from ``edge-agent run --source SRC`` options; raises ``CameraError`` for a bad source string."""
-        spec = parse_source(source, loop=loop)
+        """Build from ``edge-agent run --source [NAME=]SRC ...`` options; raises ``CameraError`` for a bad
+        source string or a camera name given twice."""
+        cameras = parse_cameras([source] if isinstance(source, str) else list(source), loop=loop)
         return cls(
-            spec,
-            config=PipelineConfig(queue_size=queue_size, max_fps=max_fps, results_path=results_path),
+            cameras,
+            config=PipelineConfig(
+                queue_size=queue_size,
+                max_fps=max_fps,
+                results_path=results_path,
+                max_batch=max_batch,
+                batch_timeout_ms=batch_timeout_ms,
+            ),
+            threads=threads,
             stop_requested=stop_requested,
             engines_dir=engines_dir,
             profile=profile,
             engine=engine,
         )
+
+    def probe(self) -> None:
+        """Open and close every camera's source once; raises ``CameraError`` naming the first that does
+        not open (what ``edge-agent run`` checks before it starts, so a bad source stops it at once)."""
+        for cam in self.cameras:
+            source = open_source(cam.source, reconnect=self.reconnect)
+            source.close()
 
     # ------------------------------------------------------------------ serving
     def _load(self, bundle_dir: Path, variant_id: str | None = None) -> LoadedModel:
@@ -136,18 +162,23 @@ class CameraPerception:
     def start(self, active_bundle_dir: Path) -> None:
         """Load the active model, open the source, start the threads.
 
-        Raises ``ModelLoadFailed`` or ``CameraError`` (nothing is left running then).
+        Raises ``ModelLoadFailed``, ``CameraError`` or ``BatchError`` (a ``max_batch`` the model cannot
+        take); nothing is left running then.
         """
         with self._lock:
             if self._pipeline is not None:
                 raise PerceptionError("perception is already serving; stop() it first")
             model = self._load(Path(active_bundle_dir))
+            opened: dict[str, FrameSource] = {}
             try:
-                source: FrameSource = open_source(self.source_spec, reconnect=self.reconnect)
+                for cam in self.cameras:
+                    opened[cam.name] = open_source(cam.source, reconnect=self.reconnect)
+                self._pipeline = Pipeline(opened, model, self.config, on_result=self.on_result)
             except EdgeAgentError:
+                for src in opened.values():
+                    src.close()
                 model.close()
                 raise
-            self._pipeline = Pipeline(source, model, self.config, on_result=self.on_result)
             self._pipeline.start()
 
     def stop(self) -> None:
@@ -189,8 +220,19 @@ class CameraPerception:
     @staticmethod
     def _snapshot(p: Pipeline) -> dict[str, float]:
         out = p.counters.snapshot()
-        out["queued"] = float(len(p.queue))
-        out["reconnects"] = float(p.source.reconnects)
+        out["queued"] = float(sum(len(f.queue) for f in p.feeds.values()))
+        out["reconnects"] = float(sum(f.source.reconnects for f in p.feeds.values()))
+        out["cameras"] = float(len(p.feeds))
+        out["cameras_down"] = 0.0
+        out["batch_size"] = float(p.batch_size)
+        for name, feed in p.feeds.items():
+            c = feed.counters.snapshot()
+            up = feed.state is FeedState.RUNNING
+            out["cameras_down"] += not up
+            for key in ("captured", "inferred", "dropped", "errors", "fps", "mean_latency_ms"):
+                out[f"camera.{name}.{key}"] = c[key]
+            out[f"camera.{name}.reconnects"] = float(feed.source.reconnects)
+            out[f"camera.{name}.up"] = 1.0 if up else 0.0
         # the names of the report metrics (docs/contracts.md §7)
         out.update(
             frames_captured=out["captured"],
@@ -198,6 +240,18 @@ class CameraPerception:
             swap_ms=out["last_swap_ms"],
         )
         return out
+
+    def camera_states(self) -> dict[str, str]:
+        """Each camera's state now (``running``, ``reconnecting``, ``ended``, ``failed``); {} when not serving."""
+        p = self._pipeline
+        return {name: state.value for name, state in p.states().items()} if p is not None else {}
+
+    def problems(self) -> str | None:
+        """What the heartbeat says about cameras that are not delivering frames, or None when all are."""
+        down = {name: state for name, state in self.camera_states().items() if state != FeedState.RUNNING.value}
+        if not down:
+            return None
+        return "cameras not delivering frames: " + ", ".join(f"{n} ({s})" for n, s in sorted(down.items()))
 
     def _require(self) -> Pipeline:
         if self._pipeline is None:
@@ -218,7 +272,7 @@ class CameraPerception:
                 return GateResult(
                     False,
                     ReasonCode.SOURCE_ENDED,
-                    f"no live frames to judge the candidate on: {pipeline.source.spec.describe()} has ended",
+                    f"no live frames to judge the candidate on: every camera has ended ({pipeline.describe()})",
                     {"frames": 0.0},
                 )
             active = pipeline.active
@@ -227,6 +281,11 @@ class CameraPerception:
                 candidate = self._load(Path(candidate_dir), context.candidate_variant)
             except ModelLoadFailed as e:
                 return GateResult(False, e.reason, str(e))
+            try:
+                batch_limit(candidate, len(pipeline.feeds), self.config.max_batch)
+            except BatchError as e:
+                candidate.close()
+                return GateResult(False, ReasonCode.MODEL_LOAD_FAILED, str(e))
             if candidate.task is not active.task:
                 candidate.close()
                 return GateResult(
@@ -291,7 +350,7 @@ class CameraPerception:
             result = run.wait(
                 timeout_s,
                 stop=self.stop_requested,
-                ended=lambda: None if pipeline.running else pipeline.source.spec.describe(),
+                ended=lambda: None if pipeline.running else f"every camera ({pipeline.describe()})",
             )
             return result, run.stats.latency
         finally:

@@ -21,7 +21,9 @@ catastrophic failure of that class, ``class_agreement_effect`` below its p0), so
 a candidate that never predicts one class is refused although its overall
 agreement is within the tolerance. The run stops as soon as the test is decisive
 (after ``min_shadow_frames``, at most ``shadow_frames``), or on the first error
-or NaN beyond the allowance.
+or NaN beyond the allowance. With several cameras the worker samples them in
+turn, and the evidence carries each camera's frames and agreement; the verdict
+is the test's on all sampled frames.
 
 :func:`judge_shadow` is the pure gate decision (:class:`models.bundle.Gates`):
 failures → ``RUNTIME_CRASHED``, NaN/inf frames → ``NAN_OUTPUT``, p95 over
@@ -63,6 +65,7 @@ __all__ = ["ShadowStats", "ShadowRun", "judge_shadow", "agreement_test", "CONFUS
 
 log = logging.getLogger(__name__)
 CONFUSION_ROWS = 10  # flipped class pairs a refusal reports
+CAMERA_RECENT_S = 1.0  # a camera that offered no frame for this long is not waited for
 
 
 SequentialTest = AgreementTest | ClassAgreementTest
@@ -105,6 +108,14 @@ class ShadowStats:
     offered: int = 0  # frames the active model served while the shadow ran
     first_error: str | None = None
     source_ended: str | None = None  # the source that ended before the test was decisive
+    cameras: dict[str, list[float]] = field(default_factory=dict)  # camera -> [frames, agreement sum]
+
+    def per_camera(self) -> dict[str, dict[str, float]]:
+        """Frames and mean agreement of each camera's sampled frames (the verdict is on all of them)."""
+        return {
+            name: {"frames": int(n), "agreement": round(total / n, 4) if n else 1.0}
+            for name, (n, total) in sorted(self.cameras.items())
+        }
 
     @property
     def agreement(self) -> float:
@@ -230,6 +241,8 @@ def _why(context: GateContext) -> str:
 
 def _agreement_evidence(stats: ShadowStats, context: GateContext) -> dict[str, Any]:
     out: dict[str, Any] = {**stats.test.evidence(), **context.evidence()}
+    if stats.cameras:
+        out["per_camera"] = stats.per_camera()
     if stats.test.verdict is Verdict.REFUSE and stats.flips is not None:
         out["confusion"] = stats.flips.table(CONFUSION_ROWS)
     return out
@@ -285,6 +298,8 @@ class ShadowRun:
         self._slot: tuple[Frame, Outcome] | None = None
         self._cond = threading.Condition()
         self._busy_until = 0.0
+        self._sampled: dict[str, int] = {}  # frames taken per camera
+        self._last_offer: dict[str, float] = {}  # camera -> when it last offered a frame
         self._finished = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._work, name="edge-shadow", daemon=True)
@@ -293,14 +308,28 @@ class ShadowRun:
         self._thread.start()
 
     def offer(self, frame: Frame, active: Outcome) -> None:
-        """Called by the inference thread for every served frame; never blocks."""
+        """Called by the inference thread for every served frame; never blocks.
+
+        With several cameras the worker takes, when idle, a frame of the camera it has sampled least
+        among those that delivered within the last :data:`CAMERA_RECENT_S` (a camera that stopped
+        does not hold the others back), so every camera is sampled alike whatever the timing.
+        """
         self.stats.offered += 1
+        now = time.monotonic()
+        self._last_offer[frame.camera] = now
         if self._finished.is_set() or not active.ok:
             return
         with self._cond:
-            if self._slot is None and time.monotonic() >= self._busy_until:
+            if self._slot is None and now >= self._busy_until and self._its_turn(frame.camera, now):
                 self._slot = (frame, active)
+                self._sampled[frame.camera] = self._sampled.get(frame.camera, 0) + 1
                 self._cond.notify()
+
+    def _its_turn(self, camera: str, now: float) -> bool:
+        if len(self._last_offer) < 2:
+            return True
+        recent = [c for c, t in self._last_offer.items() if now - t <= CAMERA_RECENT_S]
+        return self._sampled.get(camera, 0) <= min(self._sampled.get(c, 0) for c in recent)
 
     def _work(self) -> None:
         while not self._stop.is_set() and not self._finished.is_set():
@@ -330,6 +359,9 @@ class ShadowRun:
         if s.flips is not None:
             s.flips.add(outcome, reference)
         x = frame_agreement(self._task, outcome, reference)
+        cam = s.cameras.setdefault(outcome.camera, [0.0, 0.0])
+        cam[0] += 1
+        cam[1] += x
         if isinstance(s.test, ClassAgreementTest):
             verdict = s.test.add(x, self._class_of(reference))
         else:

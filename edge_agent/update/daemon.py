@@ -97,7 +97,14 @@ class Agent:
             return
         self._last_heartbeat = now
         counters = {k: float(v) for k, v in self.perception.counters().items()}
-        self.controller.outbox.add(make_report("heartbeat", running=self.controller.running(), metrics=counters))
+        # a camera perception names the cameras that stopped delivering frames (they do not stop the agent)
+        problems = getattr(self.perception, "problems", None)
+        detail = problems() if callable(problems) else None
+        if detail:
+            log.warning("heartbeat: %s", detail)
+        self.controller.outbox.add(
+            make_report("heartbeat", running=self.controller.running(), metrics=counters, detail=detail)
+        )
 
     def run_once(self) -> CycleResult:
         sent = self.flush()

@@ -216,7 +216,9 @@ class Model:
             verify=verify,
             engine=self.engine_path,
         )
-        self._pre = Preprocessor(self.manifest.input)
+        # what the variant's graph takes: the spec's tensor, or the resized uint8 frame (input_form "frame")
+        self.input_spec = self.manifest.input.for_form(self.variant.input_form)
+        self._pre = Preprocessor(self.manifest.input, self.variant.input_form)
         self._dynamic_batch = self.manifest.input.shape[0] is None
         self._lock = threading.Lock()
 

@@ -1,7 +1,9 @@
 """TensorRT 10 backend: run a serialized engine with pycuda buffers.
 
 The engine is deserialized with ``trt.Runtime``; its I/O tensors are found by
-name (``num_io_tensors`` / ``get_tensor_name`` / ``get_tensor_mode``), a
+name (``num_io_tensors`` / ``get_tensor_name`` / ``get_tensor_mode``), host
+buffers take each tensor's own dtype (``trt.nptype(engine.get_tensor_dtype(name))``:
+float32 for a tensor-form variant, uint8 for a frame-form one), a
 dynamic batch is set with ``set_input_shape``, device buffers are bound with
 ``set_tensor_address`` and a batch runs with ``execute_async_v3`` on a CUDA
 stream. ``tensorrt`` and ``pycuda`` are imported lazily, inside
@@ -146,10 +148,14 @@ class TrtRuntime:
         fixed = [(i, d) for i, d in enumerate(inp.shape) if d >= 0 and batch.shape[i] != d]
         if fixed:
             raise InferenceError(f"input {inp.name!r} must have shape {list(inp.shape)}, got {list(batch.shape)}")
+        if batch.dtype != inp.dtype:  # never cast silently: a float tensor is no uint8 frame, nor the reverse
+            raise InferenceError(
+                f"input {inp.name!r} must be {inp.dtype} (the engine's tensor dtype), got {batch.dtype}"
+            )
         with self._lock:
             self._ctx.push()
             try:
-                return self._run_locked(np.ascontiguousarray(batch, dtype=inp.dtype))
+                return self._run_locked(np.ascontiguousarray(batch))
             except InferenceError:
                 raise
             except Exception as e:  # noqa: BLE001 - wrap TensorRT/CUDA errors at the edge

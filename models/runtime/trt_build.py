@@ -58,7 +58,8 @@ class EngineSpec:
     """What to build: the input tensor, its batch profile, the precision and the builder's memory."""
 
     input_name: str
-    input_shape: tuple[int, int, int]  # C, H, W (the batch axis is the profile's)
+    input_shape: tuple[int, int, int]  # C, H, W (the batch axis is the profile's); a uint8 [N, H, W, C] frame-form
+    # input is matched as H, W, C
     batch: BatchProfile = field(default_factory=BatchProfile)
     precision: Precision = Precision.INT8  # INT8 = explicit Q/DQ, FP16, FP32
     workspace_mb: int = 1024  # builder scratch memory
@@ -127,19 +128,23 @@ def _parse(trt: Any, builder: Any, logger: Any, onnx: bytes, spec: EngineSpec, s
     if names != [spec.input_name]:
         raise EngineBuildError(f"{source} must have the single input {spec.input_name!r}, has {names}")
     dims = tuple(int(d) for d in inputs[0].shape)
-    if len(dims) != 4 or any(d not in (-1, want) for d, want in zip(dims[1:], spec.input_shape, strict=True)):
+    c, h, w = spec.input_shape
+    # a frame-form variant takes the resized uint8 frame [batch, H, W, C] and transposes in the graph
+    frame = inputs[0].dtype == trt.DataType.UINT8 and len(dims) == 4 and dims[3] == c != dims[1]
+    want_shape = (h, w, c) if frame else (c, h, w)
+    if len(dims) != 4 or any(d not in (-1, want) for d, want in zip(dims[1:], want_shape, strict=True)):
         raise EngineBuildError(
             f"{source} input {spec.input_name!r} is {list(dims)}; "
-            f"the bundle says [batch, {', '.join(map(str, spec.input_shape))}]"
+            f"the bundle says [batch, {', '.join(map(str, want_shape))}]"
         )
     if dims[0] != -1 and not spec.batch.min == spec.batch.max == dims[0]:
         raise EngineBuildError(
             f"{source} has a fixed batch of {dims[0]}; the profile asks for {spec.batch.min}..{spec.batch.max}"
         )
-    return network
+    return network, want_shape
 
 
-def _config(trt: Any, builder: Any, spec: EngineSpec) -> Any:
+def _config(trt: Any, builder: Any, spec: EngineSpec, sample_shape: tuple[int, int, int]) -> Any:
     cfg = builder.create_builder_config()
     cfg.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, spec.workspace_mb << 20)
     if spec.precision is Precision.INT8:
@@ -147,10 +152,9 @@ def _config(trt: Any, builder: Any, spec: EngineSpec) -> Any:
         cfg.set_flag(trt.BuilderFlag.FP16)  # layers outside the Q/DQ pairs may run in FP16
     elif spec.precision is Precision.FP16:
         cfg.set_flag(trt.BuilderFlag.FP16)
-    c, h, w = spec.input_shape
     b = spec.batch
     profile = builder.create_optimization_profile()
-    profile.set_shape(spec.input_name, (b.min, c, h, w), (b.opt, c, h, w), (b.max, c, h, w))
+    profile.set_shape(spec.input_name, (b.min, *sample_shape), (b.opt, *sample_shape), (b.max, *sample_shape))
     cfg.add_optimization_profile(profile)
     return cfg
 
@@ -165,8 +169,8 @@ def build_serialized_engine(onnx: bytes, spec: EngineSpec, *, source: str = "<on
     logger = _make_logger(trt)
     try:
         builder = trt.Builder(logger)
-        network = _parse(trt, builder, logger, onnx, spec, source)
-        serialized = builder.build_serialized_network(network, _config(trt, builder, spec))
+        network, sample_shape = _parse(trt, builder, logger, onnx, spec, source)
+        serialized = builder.build_serialized_network(network, _config(trt, builder, spec, sample_shape))
     except EngineBuildError:
         raise
     except Exception as e:  # noqa: BLE001 - TensorRT raises RuntimeError/TypeError/ValueError variants

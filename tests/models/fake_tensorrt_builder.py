@@ -37,9 +37,10 @@ class MemoryPoolType(IntEnum):
 
 
 class ITensor:
-    def __init__(self, name: str, shape: tuple[int, ...]) -> None:
+    def __init__(self, name: str, shape: tuple[int, ...], dtype: Any = None) -> None:
         self.name = name
         self.shape = shape
+        self.dtype = dtype  # a fake_tensorrt.DataType, as TensorRT's ITensor.dtype
 
 
 class INetworkDefinition:
@@ -88,7 +89,9 @@ class OnnxParser:
             return False
         self.network.model, self.network.onnx = model, bytes(data)
         inputs, _ = onnx_tensors(model)
-        self.network._inputs = [ITensor(t["name"], tuple(t["shape"])) for t in inputs]
+        from tests.models.fake_tensorrt import DataType
+
+        self.network._inputs = [ITensor(t["name"], tuple(t["shape"]), DataType(t["dtype"])) for t in inputs]
         return True
 
 

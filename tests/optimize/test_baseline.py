@@ -157,9 +157,10 @@ def test_expectations_against_a_baseline_dir_with_calib_frames(
     assert "onnx-int8: cpu " in printed and "needs >= 1.1x" in printed  # the selection, with its interval
     assert f"agreement expectations: {len(m.expectations)} against signs@1.0.0, signs@1.1.0" in printed
     ids = [v.id for v in m.variants]
-    assert ids == ["onnx-fp32", "onnx-int8"]
+    assert ids == ["onnx-fp32", "onnx-int8", "onnx-fp32-frame", "onnx-int8-frame"]  # each with its frame-form twin
+    # a CPU device of 1.0.0 may serve any variant of its class's order, and FP32
     served = list(
-        dict.fromkeys([base.selection["cpu-x86_64"].order[0], base.selection["cpu-aarch64"].order[0], "onnx-fp32"])
+        dict.fromkeys([*base.selection["cpu-x86_64"].order, *base.selection["cpu-aarch64"].order, "onnx-fp32"])
     )
     keys = {(e.variant, e.baseline, e.baseline_variant) for e in m.expectations}
     assert keys == {(v, "signs@1.1.0", "onnx-fp32") for v in ids} | {(v, "signs@1.0.0", b) for v in ids for b in served}
@@ -264,10 +265,10 @@ def test_an_expectation_below_the_floor_is_warned_in_the_log_and_the_report(
         assert main(_args(trained_run, out, "--baseline", str(broken))) == 0
     m = read_bundle(out)
     against = [e for e in m.expectations if e.baseline == "signs@1.0.0"]
-    assert {e.variant for e in against} == {"onnx-fp32", "onnx-int8"}
+    assert {e.variant for e in against} == {"onnx-fp32", "onnx-int8", "onnx-fp32-frame", "onnx-int8-frame"}
     assert all(e.expected < m.gates.min_agreement for e in against)  # it agrees with a rotated copy of itself
     report = json.loads((out / "report.json").read_text())
-    assert len(report["warnings"]) == 2
+    assert len(report["warnings"]) == 4
     for w in report["warnings"]:
         assert "below the floor min_agreement 50.0%: devices running signs@1.0.0/onnx-fp32 will refuse" in w
         assert w in caplog.text and f"**Warning:** {w}" in (out / "report.md").read_text()
