@@ -164,12 +164,14 @@ class Assignment:
         return (primary, *self.alternates)
 
 
-def parse_time(text: Any, *, where: str) -> datetime:
+def parse_time(text: Any, *, where: str, claimed: dict[str, Any] | None = None) -> datetime:
     """``"2026-11-27T10:00:00Z"`` → aware datetime; refuses anything else."""
     try:
         value = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
     except ValueError:
-        raise FatalError(_R.SIGNATURE_INVALID, f"{where} is not an ISO-8601 time: {text!r}") from None
+        raise FatalError(
+            _R.SIGNATURE_INVALID, f"{where} is not an ISO-8601 time: {text!r:.80}", claimed=claimed
+        ) from None
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
@@ -311,7 +313,7 @@ def verify_assignment(
         raise FatalError(
             _R.NONCE_MISMATCH, "assignment carries another nonce than this poll's (replayed?)", claimed=claimed
         )
-    expires = parse_time(signed.get("expires"), where="expires")
+    expires = parse_time(signed.get("expires"), where="expires", claimed=claimed)
     if expires <= now:
         raise FatalError(_R.ASSIGNMENT_EXPIRED, f"assignment expired at {signed.get('expires')}", claimed=claimed)
     rollout_id = signed.get("rollout_id")

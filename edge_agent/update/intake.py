@@ -113,7 +113,8 @@ class AssignmentIntake:
             return self._accept(st, polled.envelope, polled.etag)
         except FatalError as e:
             self.claimed = {**(e.claimed or claimed_of(polled.envelope)), "assignment_digest": _stable(polled.envelope)}
-            refused = f"{_digest(polled.envelope)}:{e.reason.value}"
+            # the same assignment re-signed for this poll (new nonce, issued, expires) is the same refusal
+            refused = f"{self.claimed['assignment_digest'] or _digest(polled.envelope)}:{e.reason.value}"
             # a repository-side refusal may heal (re-signed timestamp, late publish): re-check each poll;
             # any other keeps its ETag while its signed expiry holds (only a verified signature vouches)
             expires = None if e.reason in _UNVOUCHED else _signed_expiry(polled.envelope)
@@ -238,7 +239,12 @@ def _named_paths(envelope: Any) -> list[str]:
 def _stable(envelope: Any) -> str | None:
     """The assignment's digest as reports name it (models.device_reports), None when malformed."""
     signed = envelope.get("signed") if isinstance(envelope, Mapping) else None
-    return assignment_digest(signed) if isinstance(signed, Mapping) else None
+    if not isinstance(signed, Mapping):
+        return None
+    try:
+        return assignment_digest(signed)
+    except ValueError:  # not signable (a lone surrogate): no director signed it
+        return None
 
 
 def _live_etag(st: AgentState, now: datetime) -> str | None:

@@ -15,7 +15,7 @@ import hashlib
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any
 
@@ -55,6 +55,8 @@ __all__ = [
     "reason_key",
     "stage_progress",
 ]
+
+_GATE_NAMES = frozenset(f.name for f in fields(Gates))  # what a rollout may override
 
 DEFAULT_STAGES = (1.0, 10.0, 50.0, 100.0)
 
@@ -163,6 +165,11 @@ def parse_rollout(body: Any) -> RolloutSpec:
     gates = body.get("gates") or {}
     if not isinstance(gates, Mapping):
         raise BadRequest("gates must be an object", field="gates")
+    unknown = sorted(str(k) for k in gates if k not in _GATE_NAMES)
+    if unknown:
+        raise BadRequest(
+            f"unknown gate {unknown[0]!r}; a rollout may override {sorted(_GATE_NAMES)}", field=f"gates.{unknown[0]}"
+        )
     try:
         Gates(latency_budget_ms=1.0).with_overrides(gates)
     except (BundleError, TypeError) as e:

@@ -5,6 +5,7 @@ child-process gate and the headless perception the daemon wires in."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,6 +151,7 @@ def test_a_refused_assignment_is_recorded_once_and_reported_with_what_it_claimed
     assert e.value.reason is R.WRONG_DEVICE
     last = c.state.load().last_update or {}
     assert (last["state"], last["reason"], last["release"]) == ("refused", "WRONG_DEVICE", release["counter"])
+    time.sleep(1.0 - time.time() % 1.0 + 0.01)  # the next poll's assignment is re-signed with a later issued/expires
     assert c.check() is None  # the same refused assignment again: not raised (so not reported) twice
     c.report(State.REFUSED, None, StepOutcome(e.value.reason, e.value.detail))
     (report,) = c.outbox.pending()

@@ -175,6 +175,7 @@ def test_outcome_of_states() -> None:
         ({"model": "m", "version": "1", "min_devices_for_halt": 0}, "min_devices_for_halt"),
         ({"model": "m", "version": "1", "success_quota": True}, "success_quota"),
         ({"model": "m", "version": "1", "tags": "eu"}, "tags"),
+        ({"model": "m", "version": "1", "gates": {"min_agreement": 0.9, "bogus": 1}}, "gates.bogus"),
     ],
 )
 def test_parse_rollout_rejects(body: object, field: str | None) -> None:
