@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo test test-fast lint bench mutate clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (set PYTHON=...)"; exit 2; }
@@ -28,6 +28,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit $$?; done
+
+# mutation testing of the safety core (mutmut; long, not part of `make test`); README "Mutation testing".
+# One module: make mutate MUTATE_ARGS="--module edge_agent/trust/assignment.py"
+mutate: $(STAMP)
+	nice -n 19 $(PY) benchmarks/mutation.py --run --check $(MUTATE_ARGS)
 
 clean:
 	rm -rf runs demo-out .pytest_cache

@@ -4,7 +4,9 @@ Starts the OTA server as ``make demo`` does (``ota-server init``, tokens,
 ``ota-server serve`` under gunicorn on 127.0.0.1, SQLite; :mod:`ota_server.local`),
 publishes tiny real bundles, enrolls the simulated fleet once
 (``ota_server.client.simulator``), then runs staged rollouts one after the other
-against the same fleet, one per mode:
+against the same fleet, one per mode and round — ``--rounds`` rounds, the order of
+the modes rotated every round (``common.run_rounds``), so drift of the host's load
+falls on both modes alike:
 
 - **baseline** — naive polling: every poll carries a fresh nonce and no
   ``If-None-Match``, so the director signs a new assignment each time;
@@ -15,14 +17,17 @@ For each it reports how long the staged rollout took (creation → completed),
 the poll throughput the server sustained during it, poll latency percentiles,
 per stage the devices, the time until the next stage and the polls and reports
 per second meanwhile, and per route the requests the server answered with their
-mean server-side time (from ``/metrics``) and the server's CPU time. It prints
-tables and writes ``bench-out/fleet_rollout.json``. Timings depend on the
-host's load: compare the rows of one run.
+mean server-side time (from ``/metrics``) and the server's CPU time; with more
+than one round, per mode the mean over the rounds with its 95 % interval (Student
+t). It prints tables and writes ``bench-out/fleet_rollout.json``. Timings depend
+on the host's load: compare the rows of one run. ``--quick`` is a short smoke run
+(500 devices, 1 s polls).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -35,7 +40,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from common import fmt_interval, mean_interval, parse_with_quick, rotated, run_rounds
+
 from models.procs import cpu_seconds, process_tree, tail
+from models.stats import Interval
 from ota_server.client import ClientError, OtaClient, RolloutRequest
 from ota_server.client.simulator import (
     SimConfig,
@@ -87,6 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=100,
         help="finished devices before the failure rate may halt: with 1%% failures and a 5%% "
         "threshold, 50 halts a healthy rollout about once in 40 runs, 100 once in 1,700",
+    )
+    p.add_argument(
+        "--rounds", type=int, default=1, help="rollouts per mode, the modes' order rotated each round (default 1)"
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a short smoke run: 500 devices, 1 s poll interval, 16 client threads, halts allowed after 50 devices",
     )
     p.add_argument("--timeout", type=float, default=1200.0, help="seconds each rollout may take")
     p.add_argument("--out", type=Path, default=ROOT / "bench-out" / "fleet_rollout.json", help="JSON output")
@@ -149,6 +165,10 @@ def route_deltas(before: dict[str, dict[str, float]], after: dict[str, dict[str,
     return sorted(rows, key=lambda r: -r["requests"])
 
 
+QUICK = {"devices": 500, "poll_interval": 1.0, "workers": 16, "min_devices_for_halt": 50, "timeout": 300.0}
+SUMMARY = ("rollout_s", "poll_rps", "poll_p50_ms", "server_cpu_s", "server_cpu_ms_per_request")  # per-mode means
+
+
 def row(
     mode: str, summary: dict[str, Any], routes: list[dict[str, Any]], *, server_cpu_s: float, client_cpu_s: float
 ) -> dict[str, Any]:
@@ -183,12 +203,33 @@ def row(
     }
 
 
+def summarize_modes(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per mode, the mean of :data:`SUMMARY`'s figures over its rounds with 95 % intervals."""
+    out = []
+    for mode, runs in by_scenario_rows(rows).items():
+        entry: dict[str, Any] = {"mode": mode, "rounds": len(runs)}
+        for key in SUMMARY:
+            values = [float(r[key]) for r in runs if r[key] is not None]
+            if values:
+                entry[key] = mean_interval(values).to_dict()
+        out.append(entry)
+    return out
+
+
+def by_scenario_rows(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        out.setdefault(r["mode"], []).append(r)
+    return out
+
+
 def print_tables(rows: Sequence[dict[str, Any]], *, devices: int, enroll_s: float) -> None:
     print(
         f"\nstaged rollout to {devices} simulated devices (enrollment took {enroll_s:.1f} s, "
         f"{devices / enroll_s:.0f}/s); numbers depend on this host's load\n"
     )
     cols = [
+        ("round", 5, "d"),
         ("mode", 9, ""),
         ("rollout_status", 10, ""),
         ("rollout_s", 10, ".1f"),
@@ -208,10 +249,22 @@ def print_tables(rows: Sequence[dict[str, Any]], *, devices: int, enroll_s: floa
         print(
             "  ".join(f"{format(r[name], spec) if r[name] is not None else '-':>{width}}" for name, width, spec in cols)
         )
+    summary = summarize_modes(rows)
+    if any(m["rounds"] > 1 for m in summary):
+        print("\nper mode, mean over the rounds [95% CI, Student t]")
+        for m in summary:
+            cells = [f"{k} {fmt_interval(Interval(**m[k]), '.2f')}" for k in SUMMARY if k in m]
+            print(f"  {m['mode']:<9} ({m['rounds']} rounds)  " + "  ".join(cells))
     for r in rows:
-        print(f"\n{r['mode']}: per stage (polls/s and reports/s are the simulated fleet's while in the stage)")
+        print(
+            f"\nround {r['round']}, {r['mode']}: per stage "
+            "(polls/s and reports/s are the simulated fleet's while in the stage)"
+        )
         print(format_stage_table(r["stages"]))
-        print(f"{r['mode']}: server side, per route (mean ms = time in the server, queueing for a thread excluded)")
+        print(
+            f"round {r['round']}, {r['mode']}: server side, per route "
+            "(mean ms = time in the server, queueing for a thread excluded)"
+        )
         for route in r["routes"][:6]:
             statuses = ", ".join(f"{k}: {v}" for k, v in route["by_status"].items())
             print(f"  {route['route']:<48} {route['requests']:>8}  {route['mean_ms']:>8.2f} ms  ({statuses})")
@@ -229,7 +282,9 @@ def write_json(args: argparse.Namespace, rows: list[dict[str, Any]], *, enroll_s
                 "poll_interval_s": args.poll_interval,
                 "stages": stages,
                 "load_average": list(os.getloadavg()),
+                "rounds": args.rounds,
                 "rows": rows,
+                "summary": summarize_modes(rows),
             },
             indent=2,
         )
@@ -248,7 +303,8 @@ def run(args: argparse.Namespace, modes: list[str], work: Path) -> int:
         start_timeout_s=180.0,
     ) as server:
         master = server.process.pid
-        versions = [f"1.{i + 1}.0" for i in range(len(modes))]
+        plan = [mode for r in range(args.rounds) for mode in rotated(modes, r)]
+        versions = [f"1.{i + 1}.0" for i in range(len(plan))]
         for version in versions:
             publish_tiny(server, work, version)
         cfg = SimConfig(
@@ -270,8 +326,11 @@ def run(args: argparse.Namespace, modes: list[str], work: Path) -> int:
         t0 = time.monotonic()
         enroll_all(client, cfg, devices)
         enroll_s = time.monotonic() - t0
-        rows = []
-        for mode, version in zip(modes, versions, strict=True):
+        rows: list[dict[str, Any]] = []
+        next_version = iter(versions)
+
+        def rollout(mode: str) -> dict[str, Any]:
+            version = next(next_version)
             print(f"rollout of bench {version} ({mode} polling) ...", file=sys.stderr)
             body = RolloutRequest(
                 model="bench",
@@ -286,11 +345,17 @@ def run(args: argparse.Namespace, modes: list[str], work: Path) -> int:
             summary = run_rollout(replace(cfg, etag=MODES[mode]), client, devices, start_rollout=body)
             cpu, own = cpu_seconds(process_tree(master)) - cpu0, time.process_time() - own0
             routes = route_deltas(before, scrape_routes(client))
-            rows.append(row(mode, summary, routes, server_cpu_s=cpu, client_cpu_s=own))
+            result = row(mode, summary, routes, server_cpu_s=cpu, client_cpu_s=own)
+            result["round"] = len(rows) // len(modes)
+            result["version"] = version
+            rows.append(result)
             ro = summary.get("rollout", {})
             if ro.get("status") not in ("completed", None):  # a halted rollout blocks the next one
                 client.abort_rollout(ro["id"])
-            write_json(args, rows, enroll_s=enroll_s, stages=stages)  # kept even if a later mode is cut short
+            write_json(args, rows, enroll_s=enroll_s, stages=stages)  # kept even if a later one is cut short
+            return result
+
+        run_rounds({mode: functools.partial(rollout, mode) for mode in modes}, args.rounds)
         if server.process.poll() is not None:
             print(tail(server.log_path), file=sys.stderr)
     print_tables(rows, devices=args.devices, enroll_s=enroll_s)
@@ -300,11 +365,13 @@ def run(args: argparse.Namespace, modes: list[str], work: Path) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_with_quick(parser, argv, QUICK)
     try:
         modes = parse_modes(args.modes)
     except ValueError as e:
         parser.error(str(e))
+    if args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {args.rounds}")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     with tempfile.TemporaryDirectory(prefix="edgefleet-bench-") as tmp:
         try:

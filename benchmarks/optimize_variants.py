@@ -10,7 +10,7 @@ on the same held-out images (top-1) and timed single-stream, batch 1,
 comparable even on a busy host. The speedup over ONNX Runtime FP32 is the
 ratio of median thread CPU times with its 95 % paired-bootstrap interval
 (:func:`models.stats.speedup_interval`; exact with the default one thread),
-p50/p99 are wall time.
+p50/p99 are wall time. ``--quick`` is a short smoke run (one small model).
 
 With ``--sweep-sizes`` the same trained weights are also exported at other
 input sizes (the classifiers pool globally, so any size runs), quantized with
@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from common import parse_with_quick
 
 from models.bench import Interleaved, cpu_identity, measure_interleaved
 from models.runtime.onnxrt import OrtOptions, OrtRuntime
@@ -73,8 +74,26 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S,S,...",
         help="also time FP32 vs INT8 at these input sizes (same weights), e.g. 64,128,160,224",
     )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a short smoke run: MobileNetV3-small at 64 px, 600 training images, 1 epoch, 20 rounds, 1 s",
+    )
     p.add_argument("--out", type=Path, default=ROOT / "bench-out", help="output directory")
     return p
+
+
+# --quick's defaults (flags given explicitly still win)
+QUICK = {
+    "archs": "mobilenet_v3_small",
+    "image_size": 64,
+    "train_size": 600,
+    "val_size": 200,
+    "epochs": 1,
+    "calib_samples": 32,
+    "queries": 20,
+    "seconds": 1.0,
+}
 
 
 def ensure_run(arch: str, args: argparse.Namespace) -> Path:
@@ -183,6 +202,7 @@ def bench_arch(arch: str, args: argparse.Namespace) -> tuple[list[dict[str, Any]
                 "cpu_p50_ms": round(timed[name].cpu.p50_ms, 3),
                 "noisy": wall.noisy,
                 "n": wall.n,
+                "rounds": len(timed[name].wall_ms),
                 "speedup_vs_ort_fp32": round(speedup.point, 2),
                 "speedup_ci95": [round(speedup.low, 2), round(speedup.high, 2)],
                 "size_mb": round(path.stat().st_size / 1e6, 2) if path else None,
@@ -303,7 +323,7 @@ def plot(rows: Sequence[dict[str, Any]], path: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_with_quick(build_parser(), argv, QUICK)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -325,6 +345,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seconds": round(time.monotonic() - t0, 1),
         "host": _host(),
         "cpu": cpu_identity(),
+        # how the variants were timed: one query of each per round, the order rotated every round
+        "order": "interleaved per query, rotated each round (models.bench.measure_interleaved)",
     }
     print(f"\nhost: {meta['host']}; cpu: {meta['cpu']}")
     (args.out / "optimize_variants.json").write_text(

@@ -15,7 +15,14 @@ Side by side in one run:
   * ``poll-sign``   every poll has a fresh nonce → the director signs each answer (baseline);
   * ``poll-200``    same nonce, no If-None-Match → answered from the per-worker cache;
   * ``poll-304``    same nonce with If-None-Match → 304, no signing, no write (the agent's case).
+The three are interleaved: ``--rounds`` rounds of each, the order rotated every round
+(``common.rotated``), ``--duration / --rounds`` seconds each, so drift of a shared host's load
+falls on all three alike; the table gives 95 % intervals (Student t over the rounds) of the
+rates and CPU per request. A fresh nonce replaces a device's cached assignment, so every
+``poll-sign`` run is followed by an untimed pass that polls each device once with its kept nonce
+again: the cached scenarios are measured in their steady state, whatever ran before them.
 Plus a full download of the variant (MB/s) and a resumed one (first half, then ``Range``).
+``--quick`` is a short smoke run (1,000 devices, 3 s per scenario, a 4 MiB artifact).
 
 Prints a table and writes ``bench-out/server_load.json`` and ``bench-out/server_load.png``.
 Assignments are re-signed when their validity window ends (on the hour and the half hour with
@@ -42,6 +49,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, cast
 
 import urllib3
+from common import mean_interval, median_interval, parse_with_quick, rotated  # benchmarks/common.py
 from tqdm import tqdm
 
 from models.bundle import read_bundle, write_bundle
@@ -57,7 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", type=int, default=10_000, help="devices to register (default 10000)")
     p.add_argument("--clients", type=int, default=16, help="concurrent keep-alive connections in total (default 16)")
     p.add_argument("--load-procs", type=int, default=2, help="load generator processes (default 2)")
-    p.add_argument("--duration", type=float, default=8.0, help="seconds per poll scenario (default 8)")
+    p.add_argument(
+        "--duration", type=float, default=8.0, help="seconds per poll scenario, all rounds together (default 8)"
+    )
+    p.add_argument(
+        "--rounds", type=int, default=3, help="rounds of the poll scenarios, order rotated each round (default 3)"
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a short smoke run: 1000 devices, 4 connections, 3 s per scenario, a 4 MiB artifact",
+    )
     p.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2)")
     p.add_argument("--threads", type=int, default=2, help="threads per worker (default 2)")
     p.add_argument("--artifact-mb", type=int, default=64, help="size of the downloaded variant (default 64 MiB)")
@@ -342,29 +360,52 @@ async def _poll(s: Slice, mode: str, stop_at: float, lat: list[float], errors: l
             errors.append(f"{s.ids[k]}: {reply.status} {reply.body[:200]!r}")
 
 
+async def _run_mode(slices: list[Slice], mode: str, duration: float, barrier: Any, pids: list[int]) -> dict[str, Any]:
+    barrier.wait(timeout=600)  # the load processes start each scenario together (blocks an idle loop)
+    lat_all: list[list[float]] = [[] for _ in slices]
+    errors: list[str] = []
+    cpu0, own0, start = cpu_seconds(pids), time.process_time(), time.perf_counter()
+    stop_at = start + duration
+    await asyncio.gather(*(_poll(s, mode, stop_at, lat_all[k], errors) for k, s in enumerate(slices)))
+    end = time.perf_counter()
+    if mode == "warm":
+        for s in slices:
+            s.freeze()
+    return {
+        "latencies": [x for lat in lat_all for x in lat],
+        "errors": errors,
+        "elapsed": end - start if mode == "warm" else min(end, stop_at) - start,
+        "server_cpu_s": cpu_seconds(pids) - cpu0,
+        "client_cpu_s": time.process_time() - own0,
+    }
+
+
 async def _scenarios(
-    url: str, devices: list[tuple[str, str]], connections: int, duration: float, barrier: Any, pids: list[int]
+    url: str,
+    devices: list[tuple[str, str]],
+    connections: int,
+    duration: float,
+    rounds: int,
+    barrier: Any,
+    pids: list[int],
 ) -> dict[str, Any]:
+    """The warm-up, then ``rounds`` rounds of every poll scenario in rotated order
+    (:func:`common.rotated`), ``duration / rounds`` seconds each. After ``poll-sign`` an untimed
+    pass polls every device once more with its kept nonce: a fresh nonce replaces the device's
+    cached assignment, and the cached scenarios are measured in their steady state whichever
+    scenario ran before them."""
     slices = make_slices(url, devices, connections)
-    results: dict[str, Any] = {}
-    for mode in ("warm", *MODES):
-        barrier.wait(timeout=600)  # the load processes start each scenario together (blocks an idle loop)
-        lat_all: list[list[float]] = [[] for _ in slices]
-        errors: list[str] = []
-        cpu0, own0, start = cpu_seconds(pids), time.process_time(), time.perf_counter()
-        stop_at = start + duration
-        await asyncio.gather(*(_poll(s, mode, stop_at, lat_all[k], errors) for k, s in enumerate(slices)))
-        end = time.perf_counter()
-        results[mode] = {
-            "latencies": [x for lat in lat_all for x in lat],
-            "errors": errors,
-            "elapsed": end - start if mode == "warm" else min(end, stop_at) - start,
-            "server_cpu_s": cpu_seconds(pids) - cpu0,
-            "client_cpu_s": time.process_time() - own0,
-        }
-        if mode == "warm":
-            for s in slices:
-                s.freeze()
+    results: dict[str, Any] = {"warm": await _run_mode(slices, "warm", duration, barrier, pids), "rounds": []}
+    rewarm: list[float] = []
+    for r in range(rounds):
+        order = rotated(MODES, r)
+        per_round = {}
+        for mode in order:
+            per_round[mode] = await _run_mode(slices, mode, duration / rounds, barrier, pids)
+            if mode == "poll-sign":
+                rewarm.append((await _run_mode(slices, "warm", duration, barrier, pids))["elapsed"])
+        results["rounds"].append({"order": order, "modes": per_round})
+    results["rewarm_s"] = rewarm
     results["connects"] = sum(s.client.connects for s in slices)
     for s in slices:
         s.client.close()
@@ -376,11 +417,12 @@ def _load_proc(
     devices: list[tuple[str, str]],
     connections: int,
     duration: float,
+    rounds: int,
     barrier: Any,
     queue: Any,
     pids: list[int],
 ) -> None:
-    queue.put(asyncio.run(_scenarios(url, devices, connections, duration, barrier, pids)))
+    queue.put(asyncio.run(_scenarios(url, devices, connections, duration, rounds, barrier, pids)))
 
 
 # ------------------------------------------------------------------ scenarios
@@ -393,19 +435,22 @@ def run_polls(url: str, devices: list[tuple[str, str]], args: argparse.Namespace
     per = args.clients // args.load_procs
     parts = [devices[k :: args.load_procs] for k in range(args.load_procs)]
     procs = [
-        ctx.Process(target=_load_proc, args=(url, part, per, args.duration, barrier, queue, pids)) for part in parts
+        ctx.Process(target=_load_proc, args=(url, part, per, args.duration, args.rounds, barrier, queue, pids))
+        for part in parts
     ]
     for p in procs:
         p.start()
-    outs = [queue.get(timeout=args.duration * 6 + 600) for _ in procs]
+    outs = [queue.get(timeout=args.duration * 6 + 600 * (args.rounds + 1)) for _ in procs]
     for p in procs:
         p.join(timeout=30)
     merged: dict[str, Any] = {}
     for mode in MODES:
-        lat = sorted(x for o in outs for x in o[mode]["latencies"])
-        elapsed = max(o[mode]["elapsed"] for o in outs)
-        cpu = max(o[mode]["server_cpu_s"] for o in outs)  # every load process sees all the server's CPU
-        client_cpu = sum(o[mode]["client_cpu_s"] for o in outs)
+        # one round's figures from every load process (they ran the scenario together)
+        per_round = [_merge([o["rounds"][r]["modes"][mode] for o in outs]) for r in range(args.rounds)]
+        lat = sorted(x for pr in per_round for x in pr.pop("latencies"))
+        elapsed = sum(pr["elapsed"] for pr in per_round)
+        cpu = sum(pr["server_cpu_s"] for pr in per_round)
+        client_cpu = sum(pr["client_cpu_s"] for pr in per_round)
         merged[mode] = {
             "server_cpu_ms_per_request": cpu / len(lat) * 1e3 if lat else 0.0,
             "client_cpu_ms_per_request": client_cpu / len(lat) * 1e3 if lat else 0.0,
@@ -414,13 +459,53 @@ def run_polls(url: str, devices: list[tuple[str, str]], args: argparse.Namespace
             "p50_ms": _pct(lat, 50),
             "p99_ms": _pct(lat, 99),
             "mean_ms": statistics.fmean(lat) * 1e3 if lat else 0,
-            "errors": [e for o in outs for e in o[mode]["errors"]][:10],
+            "errors": [e for pr in per_round for e in pr["errors"]][:10],
             "latencies_ms": [x * 1e3 for x in lat],
+            # 95 % intervals: of the per-round means (Student t), and a bootstrap of the p50
+            "per_s_ci95": _interval([pr["per_s"] for pr in per_round], 1),
+            "server_cpu_ms_per_request_ci95": _interval([pr["server_cpu_ms_per_request"] for pr in per_round], 3),
+            "p50_ms_ci95": _median_ci(lat),
+            "rounds": [
+                {"round": r, "position": outs[0]["rounds"][r]["order"].index(mode)}
+                | {k: v for k, v in pr.items() if k != "errors"}
+                for r, pr in enumerate(per_round)
+            ],
         }
+    merged["round_order"] = [rd["order"] for rd in outs[0]["rounds"]]
     merged["warm_s"] = max(o["warm"]["elapsed"] for o in outs)
+    merged["rewarm_s"] = [round(max(ws), 2) for ws in zip(*(o["rewarm_s"] for o in outs), strict=True)]
     merged["warm_errors"] = [e for o in outs for e in o["warm"]["errors"]][:10]
     merged["connects"] = sum(o["connects"] for o in outs)
     return merged
+
+
+def _merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One round of one scenario, over the load processes that ran it side by side."""
+    lat = [x for p in parts for x in p["latencies"]]
+    elapsed = max(p["elapsed"] for p in parts)
+    cpu = max(p["server_cpu_s"] for p in parts)  # every load process sees all the server's CPU
+    return {
+        "latencies": lat,
+        "errors": [e for p in parts for e in p["errors"]],
+        "elapsed": elapsed,
+        "server_cpu_s": cpu,
+        "client_cpu_s": sum(p["client_cpu_s"] for p in parts),
+        "requests": len(lat),
+        "per_s": round(len(lat) / elapsed, 1) if elapsed else 0.0,
+        "server_cpu_ms_per_request": round(cpu / len(lat) * 1e3, 4) if lat else 0.0,
+    }
+
+
+def _interval(values: list[float], digits: int) -> list[float]:
+    iv = mean_interval(values)
+    return [round(iv.low, digits), round(iv.high, digits)]
+
+
+def _median_ci(sorted_s: list[float]) -> list[float]:
+    if not sorted_s:
+        return [0.0, 0.0]
+    iv = median_interval([x * 1e3 for x in sorted_s], resamples=500)
+    return [round(iv.low, 2), round(iv.high, 2)]
 
 
 def _pct(sorted_values: Sequence[float], q: float) -> float:
@@ -467,25 +552,28 @@ def run_downloads(url: str, target_path: str, sha256: str, length: int) -> dict[
 def print_table(polls: dict[str, Any], dl: dict[str, Any], args: argparse.Namespace) -> None:
     print(
         f"\nOTA server load: {args.devices} devices, {args.clients} connections in {args.load_procs} "
-        f"process(es), gunicorn {args.workers} workers x {args.threads} threads, {args.duration:g} s each"
+        f"process(es), gunicorn {args.workers} workers x {args.threads} threads, {args.duration:g} s per "
+        f"scenario in {args.rounds} rounds (order rotated: {' | '.join(','.join(o) for o in polls['round_order'])})"
     )
     print(
-        f"{'scenario':<12} {'requests':>9} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
-        f"{'server CPU ms/req':>18} {'req/s per free core':>20} {'client CPU ms/req':>18}"
+        f"{'scenario':<12} {'requests':>9} {'req/s':>7} {'[95% CI]':>15} {'p50 ms':>7} {'p99 ms':>8} {'errors':>6} "
+        f"{'server CPU ms/req [95% CI]':>28} {'req/s per free core':>19} {'client CPU ms/req':>17}"
     )
     for mode in MODES:
         m = polls[mode]
         cpu = m["server_cpu_ms_per_request"]
+        lo, hi = m["per_s_ci95"]
+        clo, chi = m["server_cpu_ms_per_request_ci95"]
         print(
-            f"{mode:<12} {m['requests']:>9} {m['per_s']:>9.0f} {m['p50_ms']:>8.2f} {m['p99_ms']:>8.2f} "
-            f"{len(m['errors']):>7} {cpu:>18.3f} {(1000 / cpu if cpu else 0):>20.0f} "
-            f"{m['client_cpu_ms_per_request']:>18.3f}"
+            f"{mode:<12} {m['requests']:>9} {m['per_s']:>7.0f} {f'[{lo:.0f}, {hi:.0f}]':>15} {m['p50_ms']:>7.2f} "
+            f"{m['p99_ms']:>8.2f} {len(m['errors']):>6} {f'{cpu:.3f} [{clo:.3f}, {chi:.3f}]':>28} "
+            f"{(1000 / cpu if cpu else 0):>19.0f} {m['client_cpu_ms_per_request']:>17.3f}"
         )
     base = polls["poll-sign"]["per_s"] or 1
     print(f"poll-304 vs poll-sign: x{polls['poll-304']['per_s'] / base:.2f} throughput")
     print(
-        f"first poll of every device (signing): {polls['warm_s']:.1f} s; "
-        f"connections opened: {polls['connects']} for {args.clients} clients"
+        f"first poll of every device (signing): {polls['warm_s']:.1f} s; untimed re-warm after each poll-sign: "
+        f"{polls['rewarm_s']} s; connections opened: {polls['connects']} for {args.clients} clients"
     )
     print(
         f"download {dl['length'] / 2**20:.0f} MiB: {dl['full_mb_s']:.0f} MB/s (ok={dl['full_ok']}); "
@@ -493,7 +581,8 @@ def print_table(polls: dict[str, Any], dl: dict[str, Any], args: argparse.Namesp
     )
     print("(server CPU ms/req: CPU time of the gunicorn processes per answered poll — less distorted by other")
     print(" load on the host than wall-clock rates, though not immune; req/s per free core = 1000 / that;")
-    print(" client CPU ms/req: the load generator's own CPU time, taken from the same cores)")
+    print(" client CPU ms/req: the load generator's own CPU time, taken from the same cores;")
+    print(" [95% CI]: Student t over the per-round figures)")
     target = polls["poll-304"]["per_s"] >= 1000 and polls["poll-304"]["p99_ms"] <= 50
     print(f"target >= 1000 polls/s with p99 <= 50 ms (poll-304): {'met' if target else 'NOT met'}")
 
@@ -520,10 +609,16 @@ def plot(polls: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+QUICK = {"devices": 1000, "clients": 4, "duration": 3.0, "artifact_mb": 4}  # --quick's defaults
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_with_quick(build_parser(), argv, QUICK)
     if args.clients < args.load_procs or args.devices < args.clients:
         print("need devices >= clients >= load-procs", file=sys.stderr)
+        return 2
+    if args.rounds < 1 or args.duration <= 0:
+        print(f"need --rounds >= 1 and --duration > 0, got {args.rounds} and {args.duration}", file=sys.stderr)
         return 2
     from ota_server.client import RolloutRequest
     from ota_server.local import LocalServer

@@ -16,6 +16,7 @@ from edge_agent.update.core import State
 from edge_agent.update.daemon import build_agent
 from edge_agent.update.daemon import status as daemon_status
 from tests.bundles import make_bundle, make_multi_bundle
+from tests.conftest import wait_until
 from tests.edge_agent.update_harness import (
     FAST_RUN,
     MitmProxy,
@@ -252,21 +253,24 @@ def test_man_in_the_middle_of_the_real_server(server: LiveServer, tmp_path: Path
 
 
 def test_daemon_loop_stops_cleanly_on_sigterm(server: LiveServer, device: Path) -> None:
+    """The daemon polls cycle after cycle (each ends with its "next poll in" debug line) until SIGTERM."""
     import signal
     import threading
-    import time
 
-    proc = start_agent(device, "run", "--poll-interval", "0.3", *FAST_RUN)
+    cycles = 3
+    proc = start_agent(device, "--log-level", "DEBUG", "run", "--poll-interval", "0.3", *FAST_RUN)
     lines: list[str] = []
     assert proc.stdout is not None
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout or []), daemon=True)
     reader.start()
+
+    def polled() -> int:
+        return sum("next poll in" in x for x in list(lines))
+
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and sum("cycle" in x or "headless" in x for x in lines) < 1:
-            time.sleep(0.1)
-        time.sleep(1.0)  # a few poll cycles
-        assert proc.poll() is None, "the daemon exited on its own"
+        wait_until(lambda: polled() >= cycles or proc.poll() is not None, timeout=60, what=f"{cycles} poll cycles")
+        assert proc.poll() is None, "the daemon exited on its own:\n" + "".join(lines)[-3000:]
+        assert polled() >= cycles
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
         reader.join(timeout=10)

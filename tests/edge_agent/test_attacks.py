@@ -4,6 +4,10 @@ The agent (real code, in this process) talks HTTP to :class:`SimServer`: a
 real TUF repository and a director with real Ed25519 keys behind a server
 that misbehaves on demand. Every test starts from a device running
 ``sim@1.0.0`` and checks that it still runs it, untouched, afterwards.
+
+The cases marked ``finding`` attack the fix of that security finding on the agent's side (the index
+and the check that every finding has a case: ``tests/ota_server/test_attacks.py``); the others are
+the update path's original attacks.
 """
 
 from __future__ import annotations
@@ -214,6 +218,7 @@ def test_slow_retrieval_is_retried_then_abandoned(rig: Rig) -> None:
     rig.refused(second, "SLOW_RETRIEVAL", state=State.FAILED)
 
 
+@pytest.mark.finding("M9")
 def test_the_director_key_alone_cannot_raise_the_release_counter(rig: Rig) -> None:
     """With only the director key: a real target under counter 10^15, every gate off. TUF's signed
     counter for the target differs, so it is refused, and later real releases are not "counter decreased"."""
@@ -234,6 +239,7 @@ def test_the_director_key_alone_cannot_raise_the_release_counter(rig: Rig) -> No
     assert check_slots(rig.data) == rig.active
 
 
+@pytest.mark.finding("M9")
 def test_the_director_key_alone_cannot_loosen_the_bundles_gates(rig: Rig) -> None:
     """The genuine counter but the latency budget switched off: the bundle's budget still holds."""
     rig.minor += 1
@@ -269,6 +275,7 @@ def _list_director_keys(sim: RepoSim, *keys: Ed25519PrivateKey) -> None:
     sim.publish()
 
 
+@pytest.mark.finding("M10")
 def test_a_director_key_that_tuf_no_longer_lists_stops_working(rig: Rig) -> None:
     """A director rotation is a TUF operation: once the targets metadata lists only the new key, the
     key pinned at enrollment no longer signs assignments, and the new one does."""
@@ -365,6 +372,7 @@ def test_an_honest_update_with_an_alternate_stages_both(rig: Rig) -> None:
     assert [(t["candidate"], t["preferred"]) for t in gate["gate"]["timing"]] == [("onnx-int8", False)]
 
 
+@pytest.mark.finding("L16")
 def test_a_model_file_corrupted_once_is_downloaded_afresh_and_installs(rig: Rig) -> None:
     """One flipped byte on the wire is not a verdict on the release: the file is fetched again."""
     release = rig.release()
@@ -378,6 +386,7 @@ def test_a_model_file_corrupted_once_is_downloaded_afresh_and_installs(rig: Rig)
     assert len(rig.srv.reasons()) == refused  # nothing refused, nothing counted against the rollout
 
 
+@pytest.mark.finding("L16")
 def test_a_model_file_corrupted_every_time_is_refused_after_three_downloads_reported_once(rig: Rig) -> None:
     served, before = len(rig.srv.served), rig.srv.reasons().count("HASH_MISMATCH")
     rig.refused(rig.attempt(rig.assign(rig.release()), tamper_suffix=".onnx"), "HASH_MISMATCH")
@@ -386,6 +395,7 @@ def test_a_model_file_corrupted_every_time_is_refused_after_three_downloads_repo
     assert not list((rig.data / "downloads").glob("*.part"))
 
 
+@pytest.mark.finding("L17")
 def test_a_signed_target_hash_that_is_a_path_is_refused_before_any_download(rig: Rig) -> None:
     release = rig.release()
     target = copy.deepcopy(rig.sim.assignment_body(release, device_id="x", nonce="x")["target"])
@@ -394,6 +404,40 @@ def test_a_signed_target_hash_that_is_a_path_is_refused_before_any_download(rig:
     rig.refused(rig.attempt(rig.assign(release, target=target)), "TARGET_MISMATCH")
     assert rig.srv.served[served:] == []
     assert not list((rig.data / "downloads").glob("*.part"))
+
+
+@pytest.mark.finding("L17")
+def test_a_target_hash_that_is_a_path_in_tuf_too_never_becomes_a_path(rig: Rig) -> None:
+    """The repository itself lists the model under a sha256 that is a path (a compromised targets
+    key), so TUF and the assignment agree: the agent's own check refuses it before a byte is written."""
+    release = rig.release()
+    escape = "../../" + "e" * 58  # downloads/<sha256>.part would land two folders above downloads/
+    target = rig.sim.targets.signed.targets[release["target"].path]
+    target.hashes = {"sha256": escape}
+    rig.sim.publish()
+    served = len(rig.srv.served)
+    result = rig.attempt(rig.assign(release))
+    rig.refused(result, "TARGET_MISMATCH")
+    assert "64 lowercase hex digits" in (result.record.outcome.detail or ""), result.record
+    assert [p for p in rig.srv.served[served:] if p.endswith(".onnx")] == []
+    assert not (rig.data / "downloads" / f"{escape}.part").exists()
+    assert not list(rig.data.parent.glob("e" * 58 + "*"))
+
+
+@pytest.mark.finding("M7")
+def test_an_oversized_assignment_reply_is_cut_and_installs_nothing(rig: Rig) -> None:
+    """A validly signed assignment padded past the endpoint's cap is a protocol error, not an update."""
+    good = rig.assign(rig.release())
+
+    def padded(device: str, nonce: str) -> dict[str, Any]:
+        envelope = good(device, nonce)
+        assert envelope is not None
+        return {**envelope, "pad": "x" * (8 * 1024 * 1024)}
+
+    result = rig.attempt(padded)
+    assert result.retry and result.record.state is State.IDLE, result.record
+    assert result.record.outcome.reason is not None and result.record.outcome.reason.value == "PROTOCOL_ERROR"
+    assert check_slots(rig.data) == rig.active
 
 
 def _fresh_agent(rig: Rig, tmp: Path) -> Agent:
@@ -414,6 +458,7 @@ def _poll(rig: Rig, agent: Agent, **knobs: Any) -> CycleResult:
         rig.srv.knobs = type(rig.srv.knobs)()
 
 
+@pytest.mark.finding("M8")
 def test_a_304_to_an_agent_that_verified_nothing_is_a_protocol_error(rig: Rig, tmp_path: Path) -> None:
     """An unauthenticated 304 must not freeze a fresh agent as "nothing to do"."""
     from models.reasons import ReasonCode
@@ -428,6 +473,7 @@ def test_a_304_to_an_agent_that_verified_nothing_is_a_protocol_error(rig: Rig, t
         agent.controller.outbox.close()
 
 
+@pytest.mark.finding("M8")
 def test_a_304_holds_only_for_a_verified_assignment_until_it_expires(rig: Rig, tmp_path: Path) -> None:
     import time
 

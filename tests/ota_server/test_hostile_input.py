@@ -103,6 +103,7 @@ def _assert_refused(
     assert list((server.data_dir / "tmp").iterdir()) == []
 
 
+@pytest.mark.finding("M6")
 def test_a_sparse_member_cannot_outgrow_the_upload_limit(server: LiveServer, tmp_path: Path) -> None:
     make_bundle(tmp_path / "b", name="sparse", version="1.0.0")
     before = _state(server)
@@ -113,6 +114,7 @@ def test_a_sparse_member_cannot_outgrow_the_upload_limit(server: LiveServer, tmp
     assert _state(server) == before
 
 
+@pytest.mark.finding("M6")
 def test_too_many_members_are_refused(server: LiveServer, tmp_path: Path) -> None:
     before = _state(server)
     data = b"".join(_regular(f"f{i}.bin", b"x") for i in range(300)) + _end()
@@ -121,6 +123,7 @@ def test_too_many_members_are_refused(server: LiveServer, tmp_path: Path) -> Non
     assert _state(server) == before
 
 
+@pytest.mark.finding("L13")
 def test_publish_errors_never_show_the_servers_paths(server: LiveServer, tmp_path: Path) -> None:
     make_bundle(tmp_path / "b", name="paths", version="1.0.0")
     manifest = (tmp_path / "b" / "bundle.json").read_bytes()
@@ -135,6 +138,7 @@ def test_publish_errors_never_show_the_servers_paths(server: LiveServer, tmp_pat
     assert _state(server) == before
 
 
+@pytest.mark.finding("L14")
 @pytest.mark.parametrize("depth", [100_000, 200])
 def test_deeply_nested_json_is_a_400_naming_the_body(server: LiveServer, depth: int) -> None:
     log_before = len(server.log_text())
@@ -152,6 +156,7 @@ def test_deeply_nested_json_is_a_400_naming_the_body(server: LiveServer, depth: 
     assert "Traceback" not in log and "RecursionError" not in log, log[-2000:]
 
 
+@pytest.mark.finding("M6")
 def test_members_together_stay_under_the_limit(tmp_path: Path) -> None:
     from ota_server.errors import PayloadTooLarge
     from ota_server.fleet.publish import extract

@@ -61,6 +61,7 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
         yield server
 
 
+@pytest.mark.finding("M5")
 def test_one_device_flooding_reports_is_held_to_its_quota(srv: LiveServer) -> None:
     dev = Device(srv, "flood")
     path = f"/api/v1/devices/{dev.id}/reports"
@@ -96,6 +97,7 @@ def test_one_device_flooding_reports_is_held_to_its_quota(srv: LiveServer) -> No
     assert status == 200 and len(body["accepted"]) == 3
 
 
+@pytest.mark.finding("M5")
 @pytest.mark.parametrize(
     ("hardware", "field"),
     [

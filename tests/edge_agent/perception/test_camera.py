@@ -90,10 +90,43 @@ def test_unreachable_stream_and_missing_device_fail_clearly() -> None:
         open_source("/dev/video63")
 
 
-def test_gstreamer_pipeline_error_names_the_cause() -> None:
+NO_GSTREAMER = "this OpenCV build has no GStreamer support"
+NOT_OPENED = "cv2.VideoCapture.isOpened() is False"
+# no GStreamer install has this element: the pipeline fails to open with or without GStreamer in OpenCV
+UNOPENABLE = "edgefleetnosuchsrc ! videoconvert ! appsink"
+
+
+def _opencv_has_gstreamer() -> bool:
+    import cv2
+
+    line = next((x for x in cv2.getBuildInformation().splitlines() if x.strip().startswith("GStreamer:")), "")
+    return bool(line) and line.split(":", 1)[1].strip().split()[0] != "NO"
+
+
+def test_gstreamer_pipeline_error_names_the_cause_on_this_host() -> None:
     with pytest.raises(CameraError, match="gstreamer source") as err:
-        open_source("videotestsrc num-buffers=5 ! videoconvert ! appsink")
-    assert "GStreamer" in str(err.value) or "isOpened" in str(err.value)
+        open_source(UNOPENABLE)
+    expected, other = (NOT_OPENED, NO_GSTREAMER) if _opencv_has_gstreamer() else (NO_GSTREAMER, NOT_OPENED)
+    assert expected in str(err.value) and other not in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("gstreamer_line", "cause"),
+    [
+        ("    GStreamer:                   NO", NO_GSTREAMER),
+        ("    GStreamer:                   YES (1.22.0)", NOT_OPENED),
+    ],
+)
+def test_gstreamer_error_cause_follows_the_opencv_build(
+    monkeypatch: pytest.MonkeyPatch, gstreamer_line: str, cause: str
+) -> None:
+    """Both causes, whichever OpenCV this host has: the build information is what the agent reads."""
+    import cv2
+
+    monkeypatch.setattr(cv2, "getBuildInformation", lambda: f"General configuration\n  Video I/O:\n{gstreamer_line}\n")
+    with pytest.raises(CameraError, match="gstreamer source") as err:
+        open_source(UNOPENABLE)
+    assert cause in str(err.value), str(err.value)
 
 
 def test_synthetic_source_is_deterministic_and_changes() -> None:

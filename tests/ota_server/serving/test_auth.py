@@ -47,6 +47,7 @@ def test_roles_are_ordered() -> None:
     assert not Role.VIEWER.allows(Role.PUBLISHER) and Role.VIEWER.allows(Role.VIEWER)
 
 
+@pytest.mark.finding("H2")
 def test_lookups_are_cached_and_failures_throttled() -> None:
     good = new_token("dev")
     calls: list[str] = []
@@ -71,6 +72,7 @@ def test_lookups_are_cached_and_failures_throttled() -> None:
     assert auth.bad_attempts == 4
 
 
+@pytest.mark.finding("H2")
 def test_a_throttled_address_still_gets_valid_lookups_and_windows_are_bounded() -> None:
     good = new_token("api")
     principal = Principal(PrincipalKind.API, "ops", role=Role.OPERATOR)
@@ -86,6 +88,7 @@ def test_a_throttled_address_still_gets_valid_lookups_and_windows_are_bounded() 
     assert len(auth._bad) <= auth.MAX_ADDRESSES
 
 
+@pytest.mark.finding("M4")
 def test_revocations_flush_the_cache_within_the_check_interval() -> None:
     good = new_token("dev")
     principal = Principal(PrincipalKind.DEVICE, "dev_1", device_id="dev_1")
@@ -108,6 +111,7 @@ def test_revocations_flush_the_cache_within_the_check_interval() -> None:
         auth.authenticate(f"Bearer {good}", remote="r")
 
 
+@pytest.mark.finding("H2")
 def test_client_address_reads_x_forwarded_for_only_from_a_trusted_peer() -> None:
     none = parse_trusted_proxies("")
     local = parse_trusted_proxies("127.0.0.1, 10.0.0.0/8")
@@ -138,6 +142,7 @@ def _fresh(srv: LiveServer, method: str, path: str, token: str | None, *, json_b
         return c.request(method, path, json_body=json_body, token=token).status
 
 
+@pytest.mark.finding("H2")
 def test_garbage_from_one_address_does_not_lock_out_valid_credentials(tmp_path: Path) -> None:
     with live_server(tmp_path, workers=2) as srv:
         device = srv.enroll()
@@ -161,6 +166,7 @@ def test_garbage_from_one_address_does_not_lock_out_valid_credentials(tmp_path: 
             assert _fresh(srv, "GET", poll, dev_token) == 200
 
 
+@pytest.mark.finding("H2")
 def test_the_throttle_keys_on_the_forwarded_address_behind_a_trusted_proxy(tmp_path: Path) -> None:
     with live_server(tmp_path, workers=2, serve_args=["--forwarded-allow-ips", "127.0.0.1"]) as srv:
         attacker = {"Authorization": GARBAGE, "X-Forwarded-For": "203.0.113.7"}
@@ -192,6 +198,7 @@ def _token_list(srv: LiveServer, capsys: pytest.CaptureFixture[str]) -> list[dic
     return list(json.loads(out)["tokens"])
 
 
+@pytest.mark.finding("M4")
 def test_token_list_and_revoke_reach_every_worker_within_a_second(
     revocation_server: LiveServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -213,6 +220,7 @@ def test_token_list_and_revoke_reach_every_worker_within_a_second(
     assert "no API token" in capsys.readouterr().err
 
 
+@pytest.mark.finding("M4")
 def test_a_revoked_device_is_refused_on_every_worker_within_a_second(
     revocation_server: LiveServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -243,6 +251,7 @@ def test_a_revoked_device_is_refused_on_every_worker_within_a_second(
     assert srv.api("POST", "/api/v1/devices/dev_nope/revoke", json={}, token=operator)[0] == 404
 
 
+@pytest.mark.finding("M4")
 def test_token_revoke_takes_an_id_or_the_token_and_bumps_the_revocation_epoch(
     initialized: tuple[ServerConfig, dict[str, str]],
 ) -> None:

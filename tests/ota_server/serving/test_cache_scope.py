@@ -64,6 +64,7 @@ class Device:
         assert status == 200, body
 
 
+@pytest.mark.finding("L15")
 def test_a_devices_own_change_resigns_only_its_assignment(server: LiveServer) -> None:
     server.create_rollout(model="scope", version="1.0.0", group="default", stages=[100])
     a, b = Device(server, "a"), Device(server, "b")

@@ -81,6 +81,7 @@ def server(tmp_path: Path) -> Iterator[LiveServer]:
         yield srv
 
 
+@pytest.mark.finding("H1")
 def test_slow_clients_do_not_stop_the_server(server: LiveServer) -> None:
     port = int(server.url.rsplit(":", 1)[1])
     device = server.enroll(name="probe")
@@ -149,6 +150,7 @@ def _read_all(sock: socket.socket, limit_s: float) -> bytes:
     return data
 
 
+@pytest.mark.finding("H1")
 def test_deadlines_close_slow_clients(tmp_path: Path) -> None:
     args = ["--header-timeout-s", "1", "--body-timeout-s", "1"]
     with live_server(tmp_path, workers=1, threads=2, serve_args=args) as srv:
@@ -174,6 +176,7 @@ def test_deadlines_close_slow_clients(tmp_path: Path) -> None:
             sock.close()
 
 
+@pytest.mark.finding("H1")
 def test_connection_cap_per_address(tmp_path: Path) -> None:
     with live_server(tmp_path, workers=1, threads=2, serve_args=["--max-connections-per-ip", "4"]) as srv:
         port = int(srv.url.rsplit(":", 1)[1])
@@ -214,6 +217,7 @@ def _answers(sock: socket.socket, count: int) -> list[bytes]:
     return out
 
 
+@pytest.mark.finding("H1")
 def test_requests_read_by_the_event_loop_are_answered_as_before(server: LiveServer) -> None:
     port = int(server.url.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port), timeout=5.0) as sock:

@@ -11,6 +11,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+import pytest
 from tuf.ngclient import Updater  # type: ignore[attr-defined]
 
 from ota_server.cli import main as server_main
@@ -48,6 +49,7 @@ def _cli(*argv: str) -> int:
     return server_main(list(argv))
 
 
+@pytest.mark.finding("M10")
 def test_offline_targets_ceremony_against_a_live_server(db_url: str | None, tmp_path: Path) -> None:
     key = tmp_path / "usb" / "targets.pem"
     with live_server(tmp_path, db_url=db_url, init_args=["--offline-targets", str(key)]) as server:

@@ -75,6 +75,7 @@ def _tuf_release(server: LiveServer, path: str) -> int:
     return int(targets.signed.targets[path].custom["edgefleet"]["release"])
 
 
+@pytest.mark.finding("M9")
 def test_a_fleet_rollback_re_signs_its_targets_with_the_new_counter(server: LiveServer, tmp_path: Path) -> None:
     data = tmp_path / "van"
     enroll_agent(server, data, "back")
@@ -96,6 +97,7 @@ def test_a_fleet_rollback_re_signs_its_targets_with_the_new_counter(server: Live
     _run(data, "back@1.0.0")  # the agent requires the director's counter to be TUF's
 
 
+@pytest.mark.finding("M10")
 def test_every_role_rotates_and_updates_continue(
     server: LiveServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
