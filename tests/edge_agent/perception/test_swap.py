@@ -48,11 +48,12 @@ def test_hot_swap_drops_nothing_and_attributes_every_frame(tmp_path: Path, video
     make_bundle(v1, version="1.0.0")
     make_bundle(v2, version="1.1.0")
     results = tmp_path / "results.jsonl"
-    # a live-style stream: drop-oldest, paced at 60 fps, so a stalled swap would show as drops; the queue
-    # absorbs the scheduler stalls of a busy 2-core test host (~0.5 s), far more than a swap may take
+    # a paced stream whose reader blocks on a full queue: no frame is ever dropped by policy, so a gap
+    # in the results can only be a frame the swap lost. (A live camera also drops the frames older than
+    # the one a batch takes when a loaded host falls behind: test_multicam counts those.)
     p = CameraPerception(
         parse_source(str(video), loop=True),
-        config=PipelineConfig(queue_size=32, drop_policy=DropPolicy.DROP_OLDEST, max_fps=60.0, results_path=results),
+        config=PipelineConfig(queue_size=32, drop_policy=DropPolicy.BLOCK, max_fps=60.0, results_path=results),
     )
     p.start(v1)
     _wait_for(p, 20)
@@ -85,7 +86,7 @@ def test_repeated_swaps_never_interleave_versions(tmp_path: Path, video: Path) -
     results = tmp_path / "r.jsonl"
     p = CameraPerception(
         parse_source(str(video), loop=True),
-        config=PipelineConfig(queue_size=32, drop_policy=DropPolicy.DROP_OLDEST, max_fps=60.0, results_path=results),
+        config=PipelineConfig(queue_size=32, drop_policy=DropPolicy.BLOCK, max_fps=60.0, results_path=results),
     )
     p.start(dirs[0])
     pipe = p.pipeline
