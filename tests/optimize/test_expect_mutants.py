@@ -27,17 +27,7 @@ from optimize.expect import (
     frame_agreement,
     mean_agreement,
 )
-
-SHA = "ab" * 32
-LABELS = ("stop", "yield", "limit", "other", "turn")
-IDENTITY = Transform(1.0, 1.0, 0.0, 0.0)
-
-
-def _dets(*boxes: tuple[float, float, float, float, int]) -> Detections:
-    if not boxes:
-        return Detections.empty()
-    a = np.array(boxes, dtype=np.float32)
-    return Detections(a[:, :4], np.linspace(0.9, 0.5, len(boxes)).astype(np.float32), a[:, 4].astype(np.int64))
+from tests.optimize.test_expect import IDENTITY, LABELS, SHA, _dets  # the same frames and references
 
 
 def test_a_batch_with_more_sizes_than_transforms_is_refused() -> None:
