@@ -184,6 +184,14 @@ def test_parse_rollout_rejects(body: object, field: str | None) -> None:
     assert e.value.field == field
 
 
+def test_an_unknown_gate_name_is_refused_naming_the_gates_a_rollout_may_override() -> None:
+    with pytest.raises(BadRequest) as e:
+        ro.parse_rollout({"model": "m", "version": "1", "gates": {"min_agreement": 0.9, "bogus": 1, "also": 2}})
+    assert e.value.field == "gates.also"  # the first in sorted order
+    assert str(e.value).startswith("unknown gate 'also'; a rollout may override [")
+    assert "'min_agreement'" in str(e.value) and "'bogus'" not in str(e.value).split(";", 1)[1]
+
+
 def test_parse_rollout_defaults() -> None:
     spec = ro.parse_rollout({"model": "m", "version": "1.0.0"})
     assert spec.stages == (1.0, 10.0, 50.0, 100.0) and spec.group == "default" and spec.max_failure_rate == 0.05
