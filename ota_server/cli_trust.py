@@ -262,23 +262,14 @@ def _show(args: argparse.Namespace, result: dict[str, Any], text: str) -> None:
 
 
 def _targets_status(args: argparse.Namespace, config: ServerConfig) -> int:
-    import sqlalchemy as sa
-
-    from ota_server.storage import db
+    from ota_server.provision import with_database
     from ota_server.storage import store as st
     from ota_server.trust.offline import staged_status
 
     if args.warn_days < 0:
         raise SetupError(f"--warn-days must be >= 0, got {args.warn_days:g}")
     status = staged_status(config, warn_days=args.warn_days)
-    engine = db.make_engine(config.effective_db_url)
-    try:
-        with engine.connect() as conn:
-            rows = st.awaiting_releases(conn)
-    except sa.exc.SQLAlchemyError as e:
-        raise SetupError(f"cannot read the releases: {e}") from e
-    finally:
-        engine.dispose()
+    rows = with_database(config, st.awaiting_releases, fail="cannot read the releases")
     status["awaiting_releases"] = [{"counter": r["counter"], "name": r["name"], "version": r["version"]} for r in rows]
     if args.json:
         print(json.dumps(status, indent=2))
@@ -315,23 +306,20 @@ def _settle(config: ServerConfig) -> list[int]:
     import sqlalchemy as sa
 
     from ota_server.fleet.publish import settle_signed
-    from ota_server.storage import db
+    from ota_server.provision import with_database
     from ota_server.storage import store as st
     from ota_server.trust.repository import Repository
 
     listed = Repository(config).targets().signed.targets
-    engine = db.make_engine(config.effective_db_url)
-    try:
-        with engine.begin() as conn:
-            done = settle_signed(conn, listed)
-            if done:
-                st.bump_generation(conn)
-                st.audit(conn, "cli:ota-server", "targets.sign", "releases", {"releases": done})
-    except sa.exc.SQLAlchemyError as e:
-        raise SetupError(f"cannot mark the releases signed: {e}") from e
-    finally:
-        engine.dispose()
-    return done
+
+    def settle(conn: sa.Connection) -> list[int]:
+        done = settle_signed(conn, listed)
+        if done:
+            st.bump_generation(conn)
+            st.audit(conn, "cli:ota-server", "targets.sign", "releases", {"releases": done})
+        return done
+
+    return with_database(config, settle, fail="cannot mark the releases signed", write=True)
 
 
 def _bump_generation(config: ServerConfig, *, action: str) -> None:
@@ -342,18 +330,14 @@ def _bump_generation(config: ServerConfig, *, action: str) -> None:
     """
     import sqlalchemy as sa
 
-    from ota_server.storage import db
+    from ota_server.provision import with_database
     from ota_server.storage import store as st
 
-    engine = db.make_engine(config.effective_db_url)
-    try:
-        with engine.begin() as conn:
-            st.bump_generation(conn)
-            st.audit(conn, "cli:ota-server", action, "director")
-    except sa.exc.SQLAlchemyError as e:
-        raise SetupError(f"cannot bump the fleet generation: {e}") from e
-    finally:
-        engine.dispose()
+    def bump(conn: sa.Connection) -> None:
+        st.bump_generation(conn)
+        st.audit(conn, "cli:ota-server", action, "director")
+
+    with_database(config, bump, fail="cannot bump the fleet generation", write=True)
 
 
 def _load(data_dir: Path) -> ServerConfig:

@@ -18,10 +18,10 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
@@ -174,6 +174,26 @@ def _redact(url: str) -> str:
     return sa.engine.make_url(url).render_as_string(hide_password=True)
 
 
+T = TypeVar("T")
+
+
+def with_database(config: ServerConfig, work: Callable[[sa.Connection], T], *, fail: str, write: bool = False) -> T:
+    """``work`` on one connection to the server's database (in one transaction when ``write``); the
+    engine is disposed after, as a one-shot CLI command wants.
+
+    Raises:
+        SetupError: the database cannot be used (``fail``, then the driver's error).
+    """
+    engine = db.make_engine(config.effective_db_url)
+    try:
+        with engine.begin() if write else engine.connect() as conn:
+            return work(conn)
+    except sa.exc.SQLAlchemyError as e:
+        raise SetupError(f"{fail}: {e}") from e
+    finally:
+        engine.dispose()
+
+
 def _binding(
     *, group: str, tags: Sequence[str], uses: int | None, expires_s: float | None, approval: bool
 ) -> dict[str, Any]:
@@ -264,14 +284,7 @@ def list_enroll_credentials(config: ServerConfig) -> list[dict[str, Any]]:
     Raises:
         SetupError: the database cannot be used.
     """
-    engine = db.make_engine(config.effective_db_url)
-    try:
-        with engine.connect() as conn:
-            rows = st.list_credentials(conn)
-    except sa.exc.SQLAlchemyError as e:
-        raise SetupError(f"cannot read {_redact(config.effective_db_url)}: {e}") from e
-    finally:
-        engine.dispose()
+    rows = with_database(config, st.list_credentials, fail=f"cannot read {_redact(config.effective_db_url)}")
     return [
         {
             "id": r["cred_id"],
@@ -336,14 +349,9 @@ def list_tokens(config: ServerConfig) -> list[dict[str, Any]]:
     Raises:
         SetupError: the database cannot be used.
     """
-    engine = db.make_engine(config.effective_db_url)
-    try:
-        with engine.connect() as conn:
-            rows = st.list_api_tokens(conn)
-    except sa.exc.SQLAlchemyError as e:
-        raise SetupError(f"cannot read the tokens in {_redact(config.effective_db_url)}: {e}") from e
-    finally:
-        engine.dispose()
+    rows = with_database(
+        config, st.list_api_tokens, fail=f"cannot read the tokens in {_redact(config.effective_db_url)}"
+    )
     return [
         {
             "id": r["digest"][:TOKEN_ID_CHARS],
